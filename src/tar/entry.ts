@@ -48,5 +48,7 @@ export interface EntrySource {
 export function displayPath(path: Buffer): string {
   const text = path.toString("utf8");
   if (Buffer.from(text, "utf8").equals(path)) return text;
-  return [...path].map((b) => (b >= 0x20 && b < 0x7f ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, "0")}`)).join("");
+  return [...path]
+    .map((b) => (b >= 0x20 && b < 0x7f ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, "0")}`))
+    .join("");
 }

@@ -1,0 +1,170 @@
+/**
+ * Wires source → normaliser → tar → layer → image → sinks. One walk of the source feeds every sink:
+ * streaming sinks take the layer as it is packed, the others read a private spooled copy afterwards.
+ */
+import { createHash } from "node:crypto";
+import { mkdtemp, open, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { SinkError, errnoCode, throwIfAborted } from "./errors.js";
+import type { ContainerConfig } from "./image/config.js";
+import { formatCreated, imageId, type Image } from "./image/image.js";
+import { fileLayer, type Layer } from "./image/layer.js";
+import type { Platform } from "./image/platform.js";
+import type { ProgressEvent, ProgressListener } from "./progress.js";
+import type { LayerConsumer, Sink, SinkResult } from "./sinks/sink.js";
+import type { EntrySource } from "./tar/entry.js";
+import { EntryNormalizer } from "./tar/normalize.js";
+import { packTar } from "./tar/pack.js";
+
+/** How the image's `created` time (and the mtime clamp) is chosen. */
+export type EpochChoice =
+  /** `--source-date-epoch` / `SOURCE_DATE_EPOCH`: mtimes are clamped to it. */
+  | { readonly kind: "fixed"; readonly seconds: number }
+  /** Derived from the inputs: the newest mtime of the tree (nothing to clamp). */
+  | { readonly kind: "newest-input" }
+  /** `--created now`: explicitly asked for the current time. */
+  | { readonly kind: "now" };
+
+export interface BuildRequest {
+  readonly source: EntrySource;
+  readonly epoch: EpochChoice;
+  readonly platform: Platform;
+  readonly config: ContainerConfig;
+  /** The history entry: what made the image (`mkbase dir ./rootfs`) and an optional comment (`-m`). */
+  readonly createdBy: string;
+  readonly comment?: string;
+  readonly annotations?: Readonly<Record<string, string>>;
+  readonly sinks: readonly Sink[];
+  readonly signal: AbortSignal;
+  readonly onProgress: ProgressListener;
+}
+
+export interface BuildResult {
+  readonly image: Image;
+  readonly imageId: string;
+  readonly diffId: string;
+  /** Uncompressed layer size in bytes. */
+  readonly size: number;
+  readonly entries: number;
+  readonly epoch: number;
+  readonly results: readonly SinkResult[];
+  readonly warnings: readonly string[];
+}
+
+interface PackedLayer {
+  readonly diffId: string;
+  readonly size: number;
+  readonly entries: number;
+  readonly newestMtime: number | undefined;
+}
+
+async function packLayer(
+  request: BuildRequest,
+  consumers: readonly LayerConsumer[],
+  spoolPath: string | undefined,
+): Promise<PackedLayer> {
+  const clamp = request.epoch.kind === "fixed" ? request.epoch.seconds : undefined;
+  const normalizer = new EntryNormalizer(clamp);
+  const hash = createHash("sha256");
+  let size = 0;
+  const spool = spoolPath === undefined ? undefined : await open(spoolPath, "wx", 0o600);
+  try {
+    request.onProgress({ kind: "phase", message: `packing ${request.source.description}` });
+    const entries = normalizer.apply(request.source.entries(request.signal));
+    for await (const chunk of packTar(entries, { signal: request.signal, onProgress: request.onProgress })) {
+      hash.update(chunk);
+      size += chunk.length;
+      try {
+        await spool?.write(chunk);
+      } catch (error) {
+        throw new SinkError(
+          `cannot write the layer to the temporary directory: ${(error as Error).message}`,
+          {
+            cause: error,
+            hint:
+              errnoCode(error) === "ENOSPC"
+                ? "The disk is full: free space or point TMPDIR at a larger disk (the layer needs as much room as the tar)."
+                : "Check TMPDIR and its permissions.",
+          },
+        );
+      }
+      await Promise.all(consumers.map((consumer) => consumer.write(chunk)));
+    }
+  } finally {
+    await spool?.close();
+  }
+  return {
+    diffId: `sha256:${hash.digest("hex")}`,
+    size,
+    entries: normalizer.count,
+    newestMtime: normalizer.newestMtime,
+  };
+}
+
+function chooseEpoch(choice: EpochChoice, newestMtime: number | undefined): number {
+  if (choice.kind === "fixed") return choice.seconds;
+  if (choice.kind === "now") return Math.floor(Date.now() / 1000);
+  return Math.max(0, newestMtime ?? 0);
+}
+
+/** Builds the image and delivers it to every sink. Temporary files are removed whatever happens. */
+export async function build(request: BuildRequest): Promise<BuildResult> {
+  const warnings: string[] = [];
+  const onProgress = (event: ProgressEvent): void => {
+    if (event.kind === "warning") warnings.push(event.message);
+    request.onProgress(event);
+  };
+  const tracked: BuildRequest = { ...request, onProgress };
+  const needsFile = request.sinks.some((sink) => sink.needsLayerFile);
+  // Private (0700) directory: the spooled layer holds every file of the tree, secrets included.
+  const tempDir = needsFile ? await mkdtemp(join(tmpdir(), "mkbase-")) : undefined;
+  const consumers: LayerConsumer[] = [];
+  try {
+    for (const sink of request.sinks) {
+      const consumer = sink.streamLayer?.(request.signal);
+      if (consumer !== undefined) consumers.push(consumer);
+    }
+    const spoolPath = tempDir === undefined ? undefined : join(tempDir, "layer.tar");
+    let packed: PackedLayer;
+    try {
+      packed = await packLayer(tracked, consumers, spoolPath);
+      throwIfAborted(request.signal);
+    } catch (error) {
+      for (const consumer of consumers) consumer.abort(error);
+      throw error;
+    }
+    for (const consumer of consumers) consumer.end();
+
+    const epoch = chooseEpoch(request.epoch, packed.newestMtime);
+    const layer: Layer =
+      spoolPath === undefined
+        ? { diffId: packed.diffId, size: packed.size, open: undefined }
+        : fileLayer(spoolPath, packed.diffId, packed.size);
+    const image: Image = {
+      platform: request.platform,
+      created: epoch,
+      config: request.config,
+      layers: [layer],
+      history: [{ created: formatCreated(epoch), createdBy: request.createdBy, comment: request.comment }],
+      annotations: request.annotations ?? {},
+    };
+    const results: SinkResult[] = [];
+    for (const sink of request.sinks) {
+      throwIfAborted(request.signal);
+      results.push(await sink.write(image, request.signal));
+    }
+    return {
+      image,
+      imageId: imageId(image),
+      diffId: packed.diffId,
+      size: packed.size,
+      entries: packed.entries,
+      epoch,
+      results,
+      warnings,
+    };
+  } finally {
+    if (tempDir !== undefined) await rm(tempDir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,63 @@
+/** `mkbase dir PATH`: a root filesystem directory (or a live system's `/`) into an image. */
+import type { Command } from "commander";
+import { addImageOptions, type ImageFlags } from "./image-options.js";
+import type { CommandContext } from "./run-build.js";
+
+interface DirFlags extends ImageFlags {
+  readonly system?: boolean;
+  readonly crossMounts?: boolean;
+}
+
+export function registerDirCommand(
+  program: Command,
+  context: () => CommandContext,
+  done: (code: number) => void,
+): void {
+  const command = program
+    .command("dir")
+    .argument("<path>", "root filesystem directory (use / to capture this system)")
+    .summary("build an image from a root filesystem directory")
+    .description(
+      "Build an image from a root filesystem directory. The tree is walked in sorted order and packed faithfully:\n" +
+        "files, directories, symlinks (never followed), hardlinks, devices, FIFOs, setuid/setgid/sticky bits, any\n" +
+        "uid/gid, xattrs such as file capabilities, long and non-UTF-8 names. Sockets are skipped with a warning.\n" +
+        "With / (or --system) the contents of /proc, /sys, /dev, /run and /tmp are left out, and other mounted\n" +
+        "filesystems are not crossed unless --cross-mounts is given.",
+    )
+    .option(
+      "--system",
+      "treat PATH as a live system: keep /proc, /sys, /dev, /run, /tmp empty (implied for /)",
+    )
+    .option("--cross-mounts", "descend into filesystems mounted below PATH");
+  addImageOptions(command)
+    .addHelpText(
+      "after",
+      `
+Examples:
+  mkbase dir ./rootfs -t corp/base:1.0 --cmd /bin/sh
+  sudo mkbase dir / -t snapshot:today --exclude var/lib/docker
+  IMAGE_ID=$(mkbase dir ./rootfs -t x:1 --quiet)
+  mkbase dir ./rootfs -t x:1 --via import -c 'ENV LANG=C.UTF-8' -m "nightly"`,
+    )
+    .action(async (path: string, flags: DirFlags) => {
+      const { runBuild } = await import("./run-build.js");
+      const { RootfsDirSource } = await import("../sources/rootfs-dir.js");
+      const { loadPathFilter } = await import("../tar/exclude.js");
+      const filter = await loadPathFilter(flags.exclude, flags.excludeFrom);
+      done(
+        await runBuild(
+          context(),
+          flags,
+          (onProgress) =>
+            RootfsDirSource.open({
+              path,
+              filter,
+              system: flags.system,
+              crossMounts: flags.crossMounts,
+              onProgress,
+            }),
+          "mkbase dir",
+        ),
+      );
+    });
+}

@@ -1,0 +1,170 @@
+/**
+ * The flags every building command shares (`-t`, `--cmd`, `--label`, `--platform`, `-c`, epoch, output),
+ * and their translation into the parts of a build request. Only commander is imported here, so that
+ * `mkbase --help` and `--version` start fast; heavy modules load when a command runs.
+ */
+import { Option, type Command } from "commander";
+import { UsageError } from "../errors.js";
+import type { EpochChoice } from "../build.js";
+import {
+  applyChange,
+  parseCommand,
+  parseKeyValue,
+  parsePort,
+  withEnv,
+  type ContainerConfig,
+} from "../image/config.js";
+import { hostPlatform, parsePlatform, type Platform } from "../image/platform.js";
+import { parseTagReference, type Reference } from "../image/reference.js";
+
+/** Values commander collects for the shared flags. */
+export interface ImageFlags {
+  readonly tag: string[];
+  readonly cmd?: string;
+  readonly entrypoint?: string;
+  readonly env: string[];
+  readonly user?: string;
+  readonly workdir?: string;
+  readonly expose: string[];
+  readonly volume: string[];
+  readonly label: string[];
+  readonly stopSignal?: string;
+  readonly platform?: string;
+  readonly change: string[];
+  readonly message?: string;
+  readonly sourceDateEpoch?: string;
+  readonly created?: string;
+  readonly via: "load" | "import" | "build";
+  readonly quiet?: boolean;
+  readonly json?: boolean;
+  readonly iidfile?: string;
+  readonly exclude: string[];
+  readonly excludeFrom: string[];
+}
+
+const collect = (value: string, previous: string[]): string[] => [...previous, value];
+
+/** Adds the shared flags to `command`. */
+export function addImageOptions(command: Command): Command {
+  return command
+    .option("-t, --tag <name>", "name and optionally tag the image (name:tag); repeatable", collect, [])
+    .option("--cmd <command>", "default command: a JSON array (exec form) or a string run by /bin/sh -c")
+    .option("--entrypoint <command>", "entrypoint: a JSON array (exec form) or a string run by /bin/sh -c")
+    .option("--env <KEY=VALUE>", "set an environment variable; repeatable", collect, [])
+    .option("--user <user[:group]>", "user the container runs as")
+    .option("--workdir <path>", "working directory of the container")
+    .option("--expose <port[/proto]>", "document a port the container listens on; repeatable", collect, [])
+    .option("--volume <path>", "declare a volume mount point; repeatable", collect, [])
+    .option("--label <KEY=VALUE>", "set a label; repeatable", collect, [])
+    .option("--stop-signal <signal>", "signal that stops the container (e.g. SIGTERM)")
+    .option("--platform <os/arch[/variant]>", "platform recorded in the image (default: this machine's)")
+    .option(
+      "-c, --change <instruction>",
+      "apply a Dockerfile instruction (CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, USER, VOLUME, WORKDIR, STOPSIGNAL); repeatable",
+      collect,
+      [],
+    )
+    .option("-m, --message <text>", "comment recorded in the image history")
+    .option(
+      "--source-date-epoch <seconds>",
+      "build time: clamps file mtimes and sets the image's created time (default: $SOURCE_DATE_EPOCH, else the newest mtime of the input)",
+    )
+    .option("--created <now>", "use the current time as the image's created time (not reproducible)")
+    .addOption(
+      new Option(
+        "--via <path>",
+        "how the image enters the Docker Engine: load (exact config, reproducible ID), import (streamed; the engine sets created and may ignore --platform), build (FROM scratch context; the engine sets created)",
+      )
+        .choices(["load", "import", "build"])
+        .default("load"),
+    )
+    .option(
+      "--exclude <pattern>",
+      "leave out paths matching a .dockerignore pattern; repeatable",
+      collect,
+      [],
+    )
+    .option(
+      "--exclude-from <file>",
+      "read exclude patterns from a file (.dockerignore syntax); repeatable",
+      collect,
+      [],
+    )
+    .option("-q, --quiet", "no progress output; print only the image ID")
+    .option("--json", "print the result as one JSON object on stdout")
+    .option("--iidfile <file>", "write the image ID to a file");
+}
+
+/** Largest epoch accepted: the end of year 9999, the limit of RFC 3339 timestamps. */
+const MAX_EPOCH = 253402300799;
+
+function parseEpochValue(value: string, origin: string): number {
+  if (!/^\d+$/.test(value.trim()) || Number(value) > MAX_EPOCH) {
+    throw new UsageError(`${origin}=${value} is not a valid build time`, {
+      hint: "Give whole seconds since 1970-01-01 UTC, e.g. $(git log -1 --format=%ct).",
+    });
+  }
+  return Number(value);
+}
+
+/** `--source-date-epoch`, else `SOURCE_DATE_EPOCH`, else `--created now`, else derived from the input. */
+export function parseEpoch(
+  flags: ImageFlags,
+  env: Readonly<Record<string, string | undefined>>,
+): EpochChoice {
+  if (flags.created !== undefined && flags.created !== "now") {
+    throw new UsageError(`--created ${flags.created}: the only accepted value is "now"`, {
+      hint: "For a fixed time use --source-date-epoch SECONDS.",
+    });
+  }
+  if (flags.sourceDateEpoch !== undefined) {
+    if (flags.created === "now")
+      throw new UsageError("--created now and --source-date-epoch contradict each other");
+    return { kind: "fixed", seconds: parseEpochValue(flags.sourceDateEpoch, "--source-date-epoch") };
+  }
+  if (flags.created === "now") return { kind: "now" };
+  const fromEnv = env.SOURCE_DATE_EPOCH;
+  if (fromEnv !== undefined && fromEnv !== "") {
+    return { kind: "fixed", seconds: parseEpochValue(fromEnv, "SOURCE_DATE_EPOCH") };
+  }
+  return { kind: "newest-input" };
+}
+
+/** The container config from the flags, then `-c` instructions applied in order. */
+export function configFromFlags(flags: ImageFlags): ContainerConfig {
+  let config: ContainerConfig = {};
+  for (const entry of flags.env) {
+    const [key, value] = parseKeyValue(entry, "--env");
+    config = withEnv(config, key, value);
+  }
+  if (flags.cmd !== undefined) config = { ...config, Cmd: parseCommand(flags.cmd, "--cmd") };
+  if (flags.entrypoint !== undefined)
+    config = { ...config, Entrypoint: parseCommand(flags.entrypoint, "--entrypoint") };
+  if (flags.user !== undefined) config = { ...config, User: flags.user };
+  if (flags.workdir !== undefined) {
+    if (!flags.workdir.startsWith("/"))
+      throw new UsageError(`--workdir ${flags.workdir}: must be an absolute path`);
+    config = { ...config, WorkingDir: flags.workdir };
+  }
+  if (flags.expose.length > 0) {
+    config = {
+      ...config,
+      ExposedPorts: Object.fromEntries(flags.expose.flatMap(parsePort).map((p) => [p, {}])),
+    };
+  }
+  if (flags.volume.length > 0)
+    config = { ...config, Volumes: Object.fromEntries(flags.volume.map((v) => [v, {}])) };
+  if (flags.label.length > 0) {
+    config = { ...config, Labels: Object.fromEntries(flags.label.map((l) => parseKeyValue(l, "--label"))) };
+  }
+  if (flags.stopSignal !== undefined) config = { ...config, StopSignal: flags.stopSignal };
+  return flags.change.reduce(applyChange, config);
+}
+
+export function platformFromFlags(flags: ImageFlags): Platform {
+  return flags.platform === undefined ? hostPlatform() : parsePlatform(flags.platform);
+}
+
+export function tagsFromFlags(flags: ImageFlags): (Reference & { readonly tag: string })[] {
+  return flags.tag.map(parseTagReference);
+}

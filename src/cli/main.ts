@@ -1,0 +1,93 @@
+/**
+ * The command line: commander wiring, signals, and the one place where errors become messages and exit
+ * codes. Commands load their heavy modules lazily so `mkbase --version` stays fast.
+ */
+import { readFileSync } from "node:fs";
+import { Command, CommanderError } from "commander";
+import { ExitCode, InterruptedError, MkbaseError } from "../errors.js";
+import { registerDirCommand } from "./dir.js";
+import type { CommandContext } from "./run-build.js";
+
+function packageVersion(): string {
+  const url = new URL("../../../package.json", import.meta.url);
+  return (JSON.parse(readFileSync(url, "utf8")) as { version: string }).version;
+}
+
+const EXIT_CODES_HELP = `
+Exit codes:
+  0    success
+  1    internal error (a bug: please report it)
+  2    usage error: bad flag, reference, platform or epoch; nothing was started
+  3    source error: missing, unreadable, unsafe or changing input
+  4    the Docker Engine could not be reached
+  5    the destination (engine, registry, file) failed; no image or tag was left behind
+  6    an external tool failed, is missing, or needs privileges
+  130  interrupted (Ctrl-C or SIGTERM); temporary files were removed`;
+
+/** Renders an error as one paragraph on stderr and returns its exit code. */
+async function reportError(error: unknown): Promise<number> {
+  const { makeChalk } = await import("./render.js");
+  const chalk = makeChalk(process.env, process.stderr);
+  if (error instanceof InterruptedError) {
+    process.stderr.write(`${chalk.red("mkbase: interrupted")}; nothing was left behind.\n`);
+    return error.exitCode;
+  }
+  if (error instanceof MkbaseError) {
+    const hint = error.hint === undefined ? "" : ` ${error.hint}`;
+    process.stderr.write(`${chalk.red("mkbase: error:")} ${error.message}.${hint}\n`);
+    return error.exitCode;
+  }
+  process.stderr.write(
+    `${chalk.red("mkbase: internal error:")} ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+  );
+  return ExitCode.internal;
+}
+
+/** Runs the CLI with `argv` (without node and script) and resolves with the exit code. */
+export async function main(argv: readonly string[]): Promise<number> {
+  const controller = new AbortController();
+  let interrupts = 0;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    interrupts += 1;
+    // A second Ctrl-C means "now": give up on cleanup.
+    if (interrupts > 1) process.exit(ExitCode.interrupted);
+    controller.abort(new InterruptedError(`received ${signal}`));
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+
+  let exitCode: number = ExitCode.ok;
+  const context = (): CommandContext => ({
+    signal: controller.signal,
+    env: process.env,
+    stdout: process.stdout,
+  });
+  const done = (code: number): void => {
+    exitCode = code;
+  };
+  const program = new Command("mkbase")
+    .description(
+      "Build container base images without a Dockerfile: from a root filesystem directory, a tarball,\na bootstrapper run or a static binary, straight into the Docker Engine.",
+    )
+    .version(packageVersion())
+    .showHelpAfterError("(run with --help for usage)")
+    .exitOverride()
+    .addHelpText("after", EXIT_CODES_HELP);
+  registerDirCommand(program, context, done);
+
+  try {
+    await program.parseAsync([...argv], { from: "user" });
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      // Help and version are "errors" to commander; everything else it reports is a usage error.
+      return error.exitCode === 0 ? ExitCode.ok : ExitCode.usage;
+    }
+    exitCode = await reportError(
+      controller.signal.aborted ? new InterruptedError("interrupted", { cause: error }) : error,
+    );
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+  }
+  return exitCode;
+}

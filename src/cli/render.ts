@@ -1,0 +1,92 @@
+/**
+ * Progress and messages on stderr: a spinner with rates on a TTY, plain timestamped-free lines otherwise
+ * (CI logs), colour only when stderr is a terminal and `NO_COLOR` is unset. Stdout is never touched here.
+ */
+import { Chalk, type ChalkInstance } from "chalk";
+import ora, { type Ora } from "ora";
+import type { ProgressEvent } from "../progress.js";
+
+/** Plain mode prints a packing line at most this often. */
+const PLAIN_PACK_INTERVAL_MS = 2000;
+
+export interface Renderer {
+  readonly onProgress: (event: ProgressEvent) => void;
+  /** Stops the spinner; `ok` decides the final symbol. */
+  stop(ok: boolean): void;
+}
+
+export function makeChalk(env: NodeJS.ProcessEnv, stream: NodeJS.WriteStream): ChalkInstance {
+  const colour =
+    stream.isTTY === true && (env.NO_COLOR === undefined || env.NO_COLOR === "") && env.TERM !== "dumb";
+  return new Chalk({ level: colour ? 1 : 0 });
+}
+
+function formatBytes(bytes: number): string {
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(0)} KiB`;
+  if (bytes < 1024 * 1024 * 1024) return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+  return `${(bytes / 1024 / 1024 / 1024).toFixed(2)} GiB`;
+}
+
+function packLine(entries: number, bytes: number, startedAt: number): string {
+  const seconds = Math.max((Date.now() - startedAt) / 1000, 0.001);
+  const rate = `${formatBytes(bytes / seconds)}/s, ${Math.round(entries / seconds)} entries/s`;
+  return `${entries} entries, ${formatBytes(bytes)} (${rate})`;
+}
+
+/** A renderer for stderr; `quiet` drops progress but keeps warnings. */
+export function makeRenderer(options: {
+  quiet: boolean;
+  verbose?: boolean;
+  stream?: NodeJS.WriteStream;
+}): Renderer {
+  const stream = options.stream ?? process.stderr;
+  const chalk = makeChalk(process.env, stream);
+  const warn = (message: string): void => {
+    spinner?.clear();
+    stream.write(`${chalk.yellow("warning:")} ${message}\n`);
+    spinner?.render();
+  };
+  const interactive = stream.isTTY === true && !options.quiet && process.env.CI === undefined;
+  // discardStdin off: stdin may carry the input tarball, and raw mode would swallow Ctrl-C.
+  const spinner: Ora | undefined = interactive ? ora({ stream, discardStdin: false }).start() : undefined;
+  let phase = "";
+  let phaseStartedAt = Date.now();
+  let lastPlainPack = 0;
+
+  const onProgress = (event: ProgressEvent): void => {
+    switch (event.kind) {
+      case "warning":
+        warn(event.message);
+        return;
+      case "phase":
+        if (spinner !== undefined && phase !== "") spinner.succeed(phase).start();
+        phase = event.message;
+        phaseStartedAt = Date.now();
+        if (spinner !== undefined) spinner.text = phase;
+        else if (!options.quiet) stream.write(`${phase}\n`);
+        return;
+      case "pack": {
+        const line = packLine(event.entries, event.bytes, phaseStartedAt);
+        if (spinner !== undefined) spinner.text = `${phase}: ${line}`;
+        else if (!options.quiet && Date.now() - lastPlainPack >= PLAIN_PACK_INTERVAL_MS) {
+          lastPlainPack = Date.now();
+          stream.write(`  ${line}\n`);
+        }
+        return;
+      }
+      case "log":
+        if (spinner !== undefined) spinner.text = `${phase}: ${event.line}`;
+        else if (!options.quiet && options.verbose !== false)
+          stream.write(`  ${chalk.dim(`${event.source}:`)} ${event.line}\n`);
+        return;
+    }
+  };
+  return {
+    onProgress,
+    stop(ok) {
+      if (spinner === undefined) return;
+      if (ok) spinner.succeed(phase);
+      else spinner.fail(phase);
+    },
+  };
+}

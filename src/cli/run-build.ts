@@ -1,0 +1,124 @@
+/**
+ * What every building command does once its source is ready: check all flags, connect to the engine,
+ * build, and print the result. Loaded only when a command runs (it pulls in dockerode, ora, chalk).
+ */
+import { rename, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { build, type BuildResult } from "../build.js";
+import { connectEngine } from "../docker/engine.js";
+import { UsageError } from "../errors.js";
+import { configToInstructions } from "../image/config.js";
+import { formatPlatform, hostPlatform } from "../image/platform.js";
+import type { ProgressListener } from "../progress.js";
+import { DockerBuildSink, DockerImportSink, DockerLoadSink } from "../sinks/docker-engine.js";
+import type { Sink } from "../sinks/sink.js";
+import type { EntrySource } from "../tar/entry.js";
+import {
+  configFromFlags,
+  parseEpoch,
+  platformFromFlags,
+  tagsFromFlags,
+  type ImageFlags,
+} from "./image-options.js";
+import { makeRenderer } from "./render.js";
+
+export interface CommandContext {
+  readonly signal: AbortSignal;
+  readonly env: Readonly<Record<string, string | undefined>>;
+  readonly stdout: NodeJS.WritableStream;
+}
+
+/** Everything derived from the shared flags, checked before any work starts. */
+export function prepareImageFlags(flags: ImageFlags, env: CommandContext["env"]) {
+  const tags = tagsFromFlags(flags);
+  const config = configFromFlags(flags);
+  const platform = platformFromFlags(flags);
+  const epoch = parseEpoch(flags, env);
+  if (flags.via === "import" && config.StopSignal !== undefined) {
+    throw new UsageError("--stop-signal cannot be set through the engine's import endpoint", {
+      hint: "Use the default --via load, or --via build.",
+    });
+  }
+  return { tags, config, platform, epoch };
+}
+
+/** Writes `text` to `path` atomically (temp file + rename), so a reader never sees half a file. */
+async function writeFileAtomic(path: string, text: string): Promise<void> {
+  const temp = join(dirname(path), `.${process.pid}.mkbase-tmp`);
+  await writeFile(temp, text);
+  await rename(temp, path);
+}
+
+function printResult(result: BuildResult, flags: ImageFlags, stdout: NodeJS.WritableStream): void {
+  const final = result.results[0];
+  const id = final?.id ?? result.imageId;
+  if (flags.json) {
+    stdout.write(
+      `${JSON.stringify({
+        id,
+        tags: result.results.flatMap((r) => r.tags),
+        diffId: result.diffId,
+        size: result.size,
+        entries: result.entries,
+        epoch: result.epoch,
+        platform: formatPlatform(result.image.platform),
+        destinations: result.results.map((r) => r.destination),
+        warnings: result.warnings,
+      })}\n`,
+    );
+  } else {
+    stdout.write(`${id}\n`);
+  }
+}
+
+/**
+ * Runs a build of `source` into the Docker Engine with the shared flags, prints the result, and returns
+ * the exit code. `createdBy` is the history line (the command, without host paths, for reproducibility).
+ */
+export async function runBuild(
+  context: CommandContext,
+  flags: ImageFlags,
+  openSource: (onProgress: ProgressListener) => Promise<EntrySource>,
+  createdBy: string,
+): Promise<number> {
+  const prepared = prepareImageFlags(flags, context.env);
+  const renderer = makeRenderer({ quiet: flags.quiet === true });
+  let ok = false;
+  try {
+    const source = await openSource(renderer.onProgress);
+    const engine = await connectEngine(context.signal);
+    const common = { engine, tags: prepared.tags, onProgress: renderer.onProgress, message: flags.message };
+    const platform = formatPlatform(prepared.platform);
+    if (flags.via === "import" && platform !== formatPlatform(hostPlatform())) {
+      renderer.onProgress({
+        kind: "warning",
+        message: `--via import: engines before API 1.32 ignore the platform and record the host's; use --via load to be sure ${platform} is recorded`,
+      });
+    }
+    const sink: Sink =
+      flags.via === "import"
+        ? new DockerImportSink({ ...common, changes: configToInstructions(prepared.config), platform })
+        : flags.via === "build"
+          ? new DockerBuildSink({ ...common, platform })
+          : new DockerLoadSink(common);
+    const result = await build({
+      source,
+      epoch: prepared.epoch,
+      platform: prepared.platform,
+      config: prepared.config,
+      createdBy,
+      comment: flags.message,
+      sinks: [sink],
+      signal: context.signal,
+      onProgress: renderer.onProgress,
+    });
+    ok = true;
+    renderer.stop(true);
+    const id = result.results[0]?.id ?? result.imageId;
+    if (flags.iidfile !== undefined) await writeFileAtomic(flags.iidfile, id);
+    printResult(result, flags, context.stdout);
+    return 0;
+  } finally {
+    if (!ok) renderer.stop(false);
+  }
+}

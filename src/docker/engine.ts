@@ -1,0 +1,192 @@
+/**
+ * The narrow part of the Docker Engine API that mkbase uses, over dockerode's connection handling.
+ * Sinks depend on the {@link EngineClient} interface, so unit tests can fake it; end-to-end tests use the
+ * real engine.
+ */
+import type { Readable } from "node:stream";
+import Docker from "dockerode";
+import { DaemonUnavailableError, InterruptedError, SinkError, errnoCode } from "../errors.js";
+import {
+  resolveEndpoint,
+  systemDiscovery,
+  type DiscoveryEnvironment,
+  type EngineEndpoint,
+} from "./connection.js";
+
+/** Highest API version mkbase speaks; the engine's own is used when it is lower. */
+const CLIENT_MAX_API = "1.47";
+const PING_TIMEOUT_MS = 15_000;
+
+export interface ImageSummary {
+  readonly id: string;
+  /** DiffIDs of the image's layers (`RootFS.Layers`). */
+  readonly diffIds: readonly string[];
+  readonly architecture: string;
+  readonly repoTags: readonly string[];
+}
+
+export interface EngineClient {
+  readonly endpoint: string;
+  readonly apiVersion: string;
+  /**
+   * POSTs `body` (a tar) to `path` and resolves with the streamed response once the headers say 2xx.
+   * The request is destroyed, never ended, when `signal` aborts or `body` errors.
+   */
+  postTar(
+    path: string,
+    query: Record<string, unknown>,
+    body: Readable,
+    signal: AbortSignal,
+  ): Promise<Readable>;
+  inspectImage(id: string): Promise<ImageSummary | undefined>;
+  tagImage(id: string, repository: string, tag: string): Promise<void>;
+  removeImage(id: string): Promise<void>;
+}
+
+/** Compares dotted API versions numerically (`1.9` < `1.41`). */
+export function compareApiVersions(a: string, b: string): number {
+  const [aMajor = 0, aMinor = 0] = a.split(".").map(Number);
+  const [bMajor = 0, bMinor = 0] = b.split(".").map(Number);
+  return aMajor - bMajor || aMinor - bMinor;
+}
+
+function unreachable(endpoint: EngineEndpoint, error: unknown): DaemonUnavailableError {
+  const code = errnoCode(error);
+  const hint =
+    code === "EACCES"
+      ? "Permission denied on the socket: run as root, or add your user to the docker group."
+      : "Start the engine (e.g. `sudo systemctl start docker` or `dockerd`), or point DOCKER_HOST at a running one (unix://, tcp:// or ssh://).";
+  const why = code ?? (error instanceof Error ? error.message : String(error));
+  return new DaemonUnavailableError(`cannot reach the Docker Engine at ${endpoint.description} (${why})`, {
+    cause: error,
+    hint,
+  });
+}
+
+function engineFailure(what: string, error: unknown): SinkError {
+  const status = (error as { statusCode?: number }).statusCode;
+  const json = (error as { json?: { message?: string } }).json;
+  const detail = json?.message ?? (error instanceof Error ? error.message : String(error));
+  return new SinkError(
+    `the Docker Engine failed ${what}${status === undefined ? "" : ` (HTTP ${status})`}: ${detail}`,
+    {
+      cause: error,
+    },
+  );
+}
+
+class DockerodeEngine implements EngineClient {
+  constructor(
+    private readonly docker: Docker,
+    readonly endpoint: string,
+    readonly apiVersion: string,
+  ) {}
+
+  postTar(
+    path: string,
+    query: Record<string, unknown>,
+    body: Readable,
+    signal: AbortSignal,
+  ): Promise<Readable> {
+    return new Promise((resolve, reject) => {
+      if (signal.aborted) {
+        body.destroy();
+        reject(new InterruptedError("interrupted"));
+        return;
+      }
+      this.docker.modem.dial(
+        {
+          path: `${path}?`,
+          method: "POST",
+          options: query,
+          file: body,
+          isStream: true,
+          abortSignal: signal,
+          headers: { "Content-Type": "application/x-tar" },
+          statusCodes: { 200: true, 201: true, 400: "bad request", 404: "not found", 500: "server error" },
+        } as Parameters<Docker["modem"]["dial"]>[0],
+        (error: unknown, response: unknown) => {
+          if (error) {
+            body.destroy();
+            if (signal.aborted) reject(new InterruptedError("interrupted", { cause: error }));
+            else if ((error as { statusCode?: number }).statusCode !== undefined)
+              reject(engineFailure(`POST ${path}`, error));
+            else
+              reject(
+                new SinkError(
+                  `lost the connection to the Docker Engine at ${this.endpoint}: ${(error as Error).message}`,
+                  {
+                    cause: error,
+                    hint: "Check that the engine is still running (`docker version`) and run again.",
+                  },
+                ),
+              );
+          } else {
+            resolve(response as Readable);
+          }
+        },
+      );
+    });
+  }
+
+  async inspectImage(id: string): Promise<ImageSummary | undefined> {
+    try {
+      const info = await this.docker.getImage(id).inspect();
+      return {
+        id: info.Id,
+        diffIds: info.RootFS?.Layers ?? [],
+        architecture: info.Architecture,
+        repoTags: info.RepoTags ?? [],
+      };
+    } catch (error) {
+      if ((error as { statusCode?: number }).statusCode === 404) return undefined;
+      throw engineFailure(`to inspect image ${id}`, error);
+    }
+  }
+
+  async tagImage(id: string, repository: string, tag: string): Promise<void> {
+    try {
+      await this.docker.getImage(id).tag({ repo: repository, tag });
+    } catch (error) {
+      throw engineFailure(`to tag ${id} as ${repository}:${tag}`, error);
+    }
+  }
+
+  async removeImage(id: string): Promise<void> {
+    try {
+      await this.docker.getImage(id).remove({ noprune: false });
+    } catch (error) {
+      if ((error as { statusCode?: number }).statusCode === 404) return;
+      throw engineFailure(`to remove image ${id}`, error);
+    }
+  }
+}
+
+/**
+ * Connects to the engine and negotiates the API version (the lower of the engine's and mkbase's), so
+ * engines from API 1.41 (Docker 20.10) to current ones, which refuse old versions, both work.
+ */
+export async function connectEngine(
+  signal: AbortSignal,
+  discovery: DiscoveryEnvironment = systemDiscovery,
+): Promise<EngineClient> {
+  const endpoint = resolveEndpoint(discovery);
+  const probe = new Docker(endpoint.options);
+  let version: Docker.DockerVersion;
+  try {
+    // dockerode accepts an abortSignal here, but its type definitions do not say so.
+    const versionWithSignal = probe.version.bind(probe) as unknown as (options: {
+      abortSignal: AbortSignal;
+    }) => Promise<Docker.DockerVersion>;
+    version = await versionWithSignal({
+      abortSignal: AbortSignal.any([signal, AbortSignal.timeout(PING_TIMEOUT_MS)]),
+    });
+  } catch (error) {
+    if (signal.aborted) throw new InterruptedError("interrupted", { cause: error });
+    throw unreachable(endpoint, error);
+  }
+  const engineApi = version.ApiVersion;
+  const apiVersion = compareApiVersions(engineApi, CLIENT_MAX_API) < 0 ? engineApi : CLIENT_MAX_API;
+  const docker = new Docker({ ...endpoint.options, version: `v${apiVersion}` });
+  return new DockerodeEngine(docker, endpoint.description, apiVersion);
+}

@@ -1,0 +1,213 @@
+/**
+ * The runtime part of an image config (what `docker run` uses), and its Dockerfile-instruction form,
+ * which `docker import --change`, the engine's import endpoint and a `FROM scratch` Dockerfile all speak.
+ */
+import { UsageError } from "../errors.js";
+
+/** OCI image config `config` object. Absent members are omitted from the JSON. */
+export interface ContainerConfig {
+  readonly User?: string;
+  readonly ExposedPorts?: Readonly<Record<string, Record<string, never>>>;
+  readonly Env?: readonly string[];
+  readonly Entrypoint?: readonly string[];
+  readonly Cmd?: readonly string[];
+  readonly Volumes?: Readonly<Record<string, Record<string, never>>>;
+  readonly WorkingDir?: string;
+  readonly Labels?: Readonly<Record<string, string>>;
+  readonly StopSignal?: string;
+}
+
+/**
+ * A command as the user wrote it: a JSON array is the exec form; anything else is the shell form,
+ * run by `/bin/sh -c` exactly as a Dockerfile `CMD` line would be.
+ */
+export function parseCommand(text: string, flag: string): string[] {
+  const trimmed = text.trim();
+  if (trimmed.startsWith("[")) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(trimmed);
+    } catch (error) {
+      throw new UsageError(`${flag}: ${text} looks like a JSON array but is not valid JSON`, {
+        cause: error,
+        hint: `Write the exec form as ${flag} '["/bin/app","--flag"]', or a plain string for the shell form.`,
+      });
+    }
+    if (!Array.isArray(parsed) || !parsed.every((item) => typeof item === "string")) {
+      throw new UsageError(`${flag}: the exec form must be a JSON array of strings`, {
+        hint: `For example ${flag} '["/bin/app","--flag"]'.`,
+      });
+    }
+    return parsed;
+  }
+  if (trimmed === "") return [];
+  return ["/bin/sh", "-c", trimmed];
+}
+
+/** Whether a command array is the shell form produced by {@link parseCommand}. */
+export function isShellForm(command: readonly string[]): boolean {
+  return command.length === 3 && command[0] === "/bin/sh" && command[1] === "-c";
+}
+
+/** `KEY=VALUE` (repeatable flags such as `--env` and `--label`). */
+export function parseKeyValue(text: string, flag: string): [string, string] {
+  const eq = text.indexOf("=");
+  if (eq <= 0) {
+    throw new UsageError(`${flag} ${text}: expected KEY=VALUE`, { hint: `For example ${flag} KEY=value.` });
+  }
+  return [text.slice(0, eq), text.slice(eq + 1)];
+}
+
+/** `80`, `80/tcp`, `53/udp`, `8000-8002/tcp` → the `ExposedPorts` keys. */
+export function parsePort(text: string): string[] {
+  const match = /^(\d+)(?:-(\d+))?(?:\/(tcp|udp|sctp))?$/i.exec(text.trim());
+  const low = Number(match?.[1]);
+  const high = match?.[2] === undefined ? low : Number(match[2]);
+  if (match === null || low < 1 || high > 65535 || high < low) {
+    throw new UsageError(`--expose ${text}: not a port`, {
+      hint: "Use PORT[/tcp|udp|sctp] or LOW-HIGH[/proto].",
+    });
+  }
+  const proto = (match[3] ?? "tcp").toLowerCase();
+  const ports: string[] = [];
+  for (let p = low; p <= high; p++) ports.push(`${p}/${proto}`);
+  return ports;
+}
+
+function setEnv(env: readonly string[] | undefined, key: string, value: string): string[] {
+  return [...(env ?? []).filter((line) => !line.startsWith(`${key}=`)), `${key}=${value}`];
+}
+
+/** Returns `config` with `KEY=VALUE` set in `Env` (replacing an earlier value). */
+export function withEnv(config: ContainerConfig, key: string, value: string): ContainerConfig {
+  return { ...config, Env: setEnv(config.Env, key, value) };
+}
+
+/** Splits `text` into words, honouring double and single quotes and backslash escapes. */
+function splitWords(text: string): string[] {
+  const words: string[] = [];
+  let current = "";
+  let quote: string | undefined;
+  let inWord = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i] as string;
+    if (quote !== undefined) {
+      if (c === quote) quote = undefined;
+      else if (c === "\\" && quote === '"' && i + 1 < text.length) current += text[++i];
+      else current += c;
+    } else if (c === '"' || c === "'") {
+      quote = c;
+      inWord = true;
+    } else if (c === "\\" && i + 1 < text.length) {
+      current += text[++i];
+      inWord = true;
+    } else if (/\s/.test(c)) {
+      if (inWord) words.push(current);
+      current = "";
+      inWord = false;
+    } else {
+      current += c;
+      inWord = true;
+    }
+  }
+  if (quote !== undefined) throw new UsageError(`unterminated quote in "${text}"`);
+  if (inWord) words.push(current);
+  return words;
+}
+
+/** `KEY=VALUE ...` pairs, or the legacy `KEY VALUE` form, as ENV and LABEL accept them. */
+function parsePairs(args: string, instruction: string): [string, string][] {
+  const words = splitWords(args);
+  if (words.length === 0) throw new UsageError(`${instruction} needs at least one KEY=VALUE`);
+  const first = words[0] as string;
+  if (!first.includes("=")) {
+    // Legacy `ENV KEY value with spaces`: everything after the key is the value.
+    return [[first, args.trim().slice(first.length).trim()]];
+  }
+  return words.map((word) => parseKeyValue(word, instruction));
+}
+
+const CHANGE_INSTRUCTIONS = [
+  "CMD",
+  "ENTRYPOINT",
+  "ENV",
+  "EXPOSE",
+  "LABEL",
+  "USER",
+  "VOLUME",
+  "WORKDIR",
+  "STOPSIGNAL",
+];
+
+/**
+ * Applies one `docker import --change` style Dockerfile instruction to `config` and returns the result.
+ * Only the instructions that describe the config (not the filesystem) are accepted, as in `docker import`.
+ */
+export function applyChange(config: ContainerConfig, line: string): ContainerConfig {
+  const match = /^\s*(\w+)\s*(.*)$/s.exec(line);
+  const instruction = match?.[1]?.toUpperCase() ?? "";
+  const args = match?.[2]?.trim() ?? "";
+  if (!CHANGE_INSTRUCTIONS.includes(instruction)) {
+    throw new UsageError(
+      `--change "${line}": ${instruction || "empty"} is not an instruction mkbase can apply`,
+      {
+        hint: `Use one of ${CHANGE_INSTRUCTIONS.join(", ")}.`,
+      },
+    );
+  }
+  if (args === "") throw new UsageError(`--change "${line}": ${instruction} needs an argument`);
+  switch (instruction) {
+    case "CMD":
+      return { ...config, Cmd: parseCommand(args, "CMD") };
+    case "ENTRYPOINT":
+      return { ...config, Entrypoint: parseCommand(args, "ENTRYPOINT") };
+    case "ENV":
+      return parsePairs(args, "ENV").reduce((c, [key, value]) => withEnv(c, key, value), config);
+    case "LABEL":
+      return { ...config, Labels: { ...config.Labels, ...Object.fromEntries(parsePairs(args, "LABEL")) } };
+    case "EXPOSE": {
+      const ports = splitWords(args).flatMap(parsePort);
+      return {
+        ...config,
+        ExposedPorts: { ...config.ExposedPorts, ...Object.fromEntries(ports.map((p) => [p, {}])) },
+      };
+    }
+    case "VOLUME": {
+      const paths = args.startsWith("[") ? parseCommand(args, "VOLUME") : splitWords(args);
+      return { ...config, Volumes: { ...config.Volumes, ...Object.fromEntries(paths.map((p) => [p, {}])) } };
+    }
+    case "USER":
+      return { ...config, User: args };
+    case "WORKDIR":
+      return { ...config, WorkingDir: args };
+    default:
+      return { ...config, StopSignal: args };
+  }
+}
+
+/**
+ * The config as Dockerfile instructions, in a fixed order. Used for the engine's import `changes` and for
+ * the `FROM scratch` build context, so both paths describe the image the same way.
+ */
+export function configToInstructions(config: ContainerConfig): string[] {
+  const lines: string[] = [];
+  for (const line of config.Env ?? []) {
+    const eq = line.indexOf("=");
+    lines.push(`ENV ${line.slice(0, eq)}=${JSON.stringify(line.slice(eq + 1))}`);
+  }
+  for (const [key, value] of Object.entries(config.Labels ?? {}).sort(([a], [b]) =>
+    a < b ? -1 : a > b ? 1 : 0,
+  )) {
+    lines.push(`LABEL ${JSON.stringify(key)}=${JSON.stringify(value)}`);
+  }
+  const ports = Object.keys(config.ExposedPorts ?? {});
+  if (ports.length > 0) lines.push(`EXPOSE ${ports.sort().join(" ")}`);
+  const volumes = Object.keys(config.Volumes ?? {});
+  if (volumes.length > 0) lines.push(`VOLUME ${JSON.stringify(volumes.sort())}`);
+  if (config.WorkingDir !== undefined) lines.push(`WORKDIR ${config.WorkingDir}`);
+  if (config.User !== undefined) lines.push(`USER ${config.User}`);
+  if (config.StopSignal !== undefined) lines.push(`STOPSIGNAL ${config.StopSignal}`);
+  if (config.Entrypoint !== undefined) lines.push(`ENTRYPOINT ${JSON.stringify(config.Entrypoint)}`);
+  if (config.Cmd !== undefined) lines.push(`CMD ${JSON.stringify(config.Cmd)}`);
+  return lines;
+}

@@ -1,0 +1,34 @@
+/** Content digests and canonical JSON: the two things every image identity is made of. */
+import { createHash } from "node:crypto";
+
+/** `sha256:<hex>` of `data`. */
+export function sha256Digest(data: Buffer | string): string {
+  return `sha256:${createHash("sha256").update(data).digest("hex")}`;
+}
+
+/** The hex part of a `sha256:<hex>` digest. */
+export function digestHex(digest: string): string {
+  return digest.slice(digest.indexOf(":") + 1);
+}
+
+function sortKeys(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(sortKeys);
+  if (value !== null && typeof value === "object") {
+    const record = value as Record<string, unknown>;
+    return Object.fromEntries(
+      Object.keys(record)
+        .filter((key) => record[key] !== undefined)
+        .sort()
+        .map((key) => [key, sortKeys(record[key])]),
+    );
+  }
+  return value;
+}
+
+/**
+ * Canonical JSON: keys sorted at every level, no whitespace, `undefined` members dropped. The same value
+ * always serialises to the same bytes, so config and manifest digests are reproducible.
+ */
+export function canonicalJson(value: unknown): Buffer {
+  return Buffer.from(JSON.stringify(sortKeys(value)), "utf8");
+}

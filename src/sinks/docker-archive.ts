@@ -1,0 +1,90 @@
+/**
+ * The docker-archive format (what `docker save` writes and `docker load` reads), laid out so that both
+ * old and new engines read it: `manifest.json` for the classic image store, and an OCI `index.json` +
+ * `oci-layout` over the same digest-named blobs for the containerd image store.
+ */
+import type { TarEntry } from "../tar/entry.js";
+import { canonicalJson, digestHex } from "../image/digest.js";
+import type { Image } from "../image/image.js";
+import { INDEX_MEDIA_TYPE, uncompressedManifest } from "../image/manifest.js";
+import { formatReference, type Reference } from "../image/reference.js";
+
+function fileEntry(path: string, data: Buffer, mtime: number): TarEntry {
+  return {
+    path: Buffer.from(path),
+    type: "file",
+    mode: 0o644,
+    uid: 0,
+    gid: 0,
+    mtime,
+    size: data.length,
+    content: { kind: "bytes", data },
+  };
+}
+
+function dirEntry(path: string, mtime: number): TarEntry {
+  return { path: Buffer.from(path), type: "directory", mode: 0o755, uid: 0, gid: 0, mtime, size: 0 };
+}
+
+/**
+ * The entries of a docker-archive holding `image`, tagged with `tags` (none: the engine loads it
+ * untagged). The layer must be re-openable. Entry order and times are fixed, so the archive is
+ * reproducible.
+ */
+export function dockerArchiveEntries(image: Image, tags: readonly Reference[]): TarEntry[] {
+  const { manifest, config } = uncompressedManifest(image);
+  const mtime = image.created;
+  const blobPath = (digest: string): string => `blobs/sha256/${digestHex(digest)}`;
+  const blobs: TarEntry[] = [
+    fileEntry(blobPath(config.descriptor.digest), config.data, mtime),
+    fileEntry(blobPath(manifest.descriptor.digest), manifest.data, mtime),
+  ];
+  for (const layer of image.layers) {
+    const open = layer.open;
+    if (open === undefined) throw new Error("a docker-archive needs a re-openable layer");
+    blobs.push({
+      path: Buffer.from(blobPath(layer.diffId)),
+      type: "file",
+      mode: 0o644,
+      uid: 0,
+      gid: 0,
+      mtime,
+      size: layer.size,
+      content: { kind: "stream", chunks: open() },
+    });
+  }
+  // Two layers with the same content share one blob; the archive must not hold the path twice.
+  const uniqueBlobs = [...new Map(blobs.map((entry) => [entry.path.toString(), entry])).values()].sort(
+    (a, b) => Buffer.compare(a.path, b.path),
+  );
+  const names = tags.map(formatReference);
+  const index = canonicalJson({
+    schemaVersion: 2,
+    mediaType: INDEX_MEDIA_TYPE,
+    manifests: (names.length === 0 ? [undefined] : names).map((name) => ({
+      ...manifest.descriptor,
+      annotations:
+        name === undefined
+          ? undefined
+          : {
+              "io.containerd.image.name": name,
+              "org.opencontainers.image.ref.name": name.slice(name.lastIndexOf(":") + 1),
+            },
+    })),
+  });
+  const dockerManifest = canonicalJson([
+    {
+      Config: blobPath(config.descriptor.digest),
+      RepoTags: names.length === 0 ? null : names,
+      Layers: image.layers.map((layer) => blobPath(layer.diffId)),
+    },
+  ]);
+  return [
+    dirEntry("blobs", mtime),
+    dirEntry("blobs/sha256", mtime),
+    ...uniqueBlobs,
+    fileEntry("index.json", index, mtime),
+    fileEntry("manifest.json", dockerManifest, mtime),
+    fileEntry("oci-layout", canonicalJson({ imageLayoutVersion: "1.0.0" }), mtime),
+  ];
+}

@@ -1,0 +1,34 @@
+/**
+ * A sink is a place an image goes: the Docker Engine, a file, a registry. One verb, `write(image)`.
+ * Several sinks can take the same image from one walk of the source.
+ */
+import type { Image } from "../image/image.js";
+
+/** Takes the layer bytes while they are packed (for sinks that stream, like the engine's import). */
+export interface LayerConsumer {
+  /** Takes one chunk; resolves when the next one may be written (backpressure). */
+  write(chunk: Buffer): Promise<void>;
+  /** The layer is complete and verified by the source. */
+  end(): void;
+  /** The build failed: drop everything, destroying rather than ending any request. */
+  abort(error: unknown): void;
+}
+
+export interface SinkResult {
+  /** Short name of the destination, e.g. `docker (load)`. */
+  readonly destination: string;
+  /** The image ID or manifest digest the destination holds now. */
+  readonly id: string;
+  /** References that now point at it. */
+  readonly tags: readonly string[];
+}
+
+export interface Sink {
+  readonly destination: string;
+  /** True when `write` must read the layer again after it was packed (so the build keeps a copy). */
+  readonly needsLayerFile: boolean;
+  /** Present on sinks that take the layer as it is packed; called before packing starts. */
+  streamLayer?(signal: AbortSignal): LayerConsumer;
+  /** Delivers the finished image. For streaming sinks this waits for the destination to confirm. */
+  write(image: Image, signal: AbortSignal): Promise<SinkResult>;
+}

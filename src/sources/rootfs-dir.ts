@@ -1,0 +1,102 @@
+/**
+ * `mkbase dir PATH`: a directory on disk, including `/` of a live system, as image entries.
+ */
+import { stat } from "node:fs/promises";
+import { resolve } from "node:path";
+import { SourceError, errnoCode } from "../errors.js";
+import type { ProgressListener } from "../progress.js";
+import type { EntrySource, TarEntry } from "../tar/entry.js";
+import type { PathFilter } from "../tar/exclude.js";
+import { SYSTEM_RUNTIME_DIRS, walkTree } from "../tar/walk.js";
+
+export interface RootfsDirOptions {
+  readonly path: string;
+  readonly filter?: PathFilter;
+  /**
+   * Capture a live system: keep `/proc`, `/sys`, `/dev`, `/run`, `/tmp` as empty directories.
+   * Implied when the path is `/`.
+   */
+  readonly system?: boolean;
+  readonly crossMounts?: boolean;
+  readonly onProgress: ProgressListener;
+}
+
+/** How many names a warning lists before it says "and N more". */
+const NAMES_IN_WARNING = 5;
+
+function listNames(names: readonly string[]): string {
+  const shown = names.slice(0, NAMES_IN_WARNING).join(", ");
+  return names.length > NAMES_IN_WARNING ? `${shown} and ${names.length - NAMES_IN_WARNING} more` : shown;
+}
+
+export class RootfsDirSource implements EntrySource {
+  readonly description: string;
+  private readonly root: string;
+
+  private constructor(private readonly options: RootfsDirOptions) {
+    this.root = resolve(options.path);
+    this.description = `directory ${options.path}`;
+  }
+
+  /** Checks that `path` is a readable directory before anything else starts. */
+  static async open(options: RootfsDirOptions): Promise<RootfsDirSource> {
+    let info;
+    try {
+      info = await stat(options.path);
+    } catch (error) {
+      const code = errnoCode(error);
+      throw new SourceError(
+        code === "ENOENT"
+          ? `${options.path} does not exist`
+          : `cannot read ${options.path}: ${(error as Error).message}`,
+        {
+          path: options.path,
+          cause: error,
+          hint:
+            code === "ENOENT"
+              ? "Check the path of the root filesystem directory."
+              : "Run as a user who can read it (often root).",
+        },
+      );
+    }
+    if (!info.isDirectory()) {
+      throw new SourceError(`${options.path} is not a directory`, {
+        path: options.path,
+        hint: "`mkbase dir` takes a root filesystem directory; use `mkbase tar` for a tarball or `mkbase scratch` for a single binary.",
+      });
+    }
+    return new RootfsDirSource(options);
+  }
+
+  /** Whether the walk leaves out the contents of the live-system runtime directories. */
+  get isSystemCapture(): boolean {
+    return this.options.system === true || this.root === "/";
+  }
+
+  *entries(signal: AbortSignal): Generator<TarEntry> {
+    const sockets: string[] = [];
+    const mounts: string[] = [];
+    yield* walkTree(this.root, {
+      signal,
+      filter: this.options.filter,
+      contentsExcluded: this.isSystemCapture ? SYSTEM_RUNTIME_DIRS : [],
+      crossMounts: this.options.crossMounts,
+      onSkip: (kind, path) => (kind === "socket" ? sockets : mounts).push(path),
+    });
+    if (sockets.length > 0) {
+      this.options.onProgress({
+        kind: "warning",
+        message: `skipped ${sockets.length} socket${sockets.length === 1 ? "" : "s"} (an image cannot hold one): ${listNames(sockets)}`,
+      });
+    }
+    const otherMounts = this.isSystemCapture
+      ? mounts.filter((m) => !SYSTEM_RUNTIME_DIRS.includes(m))
+      : mounts;
+    if (otherMounts.length > 0) {
+      this.options.onProgress({
+        kind: "warning",
+        message: `did not descend into other filesystems mounted at ${listNames(otherMounts)} (use --cross-mounts to include them)`,
+      });
+    }
+  }
+}

@@ -1,0 +1,211 @@
+/**
+ * The filesystem walk: a depth-first, name-sorted, streaming traversal that describes every entry
+ * completely (type, mode, owner, mtime, link target, device numbers, xattrs) without following symlinks.
+ *
+ * It is synchronous on purpose: `lstat`/`readdir` are page-cache hits for a rootfs, and an awaited call
+ * per entry costs more than the work itself. Only the ancestors' name lists are held, so memory stays
+ * flat however large the tree.
+ */
+import { constants, closeSync, lstatSync, openSync, readdirSync, readlinkSync, type Stats } from "node:fs";
+import { getAttributeSync, listAttributesSync } from "@napi-rs/xattr";
+import { SourceError, errnoCode, throwIfAborted } from "../errors.js";
+import { displayPath, type TarEntry } from "./entry.js";
+import type { PathFilter } from "./exclude.js";
+
+const SLASH = Buffer.from("/");
+
+/** Top-level directories of a live system whose contents are runtime state, not part of an image. */
+export const SYSTEM_RUNTIME_DIRS: readonly string[] = ["proc", "sys", "dev", "run", "tmp"];
+
+/**
+ * Extended attributes never carried: SELinux labels belong to the host's policy, and copying them would
+ * stamp the host's contexts onto every file of the image.
+ */
+const SKIPPED_XATTRS = new Set(["security.selinux"]);
+
+export interface WalkOptions {
+  readonly signal: AbortSignal;
+  /** Paths (relative, `/`-separated) to leave out; may prune whole directories. */
+  readonly filter?: PathFilter;
+  /** Keep these top-level directories but none of their contents (live-system capture). */
+  readonly contentsExcluded?: readonly string[];
+  /** Descend into directories on other filesystems (mount points); off by default. */
+  readonly crossMounts?: boolean;
+  /** Called once per skipped socket and per mount point not crossed. */
+  readonly onSkip?: (kind: "socket" | "mount", path: string) => void;
+}
+
+/** Linux `dev_t` encoding (glibc's gnu_dev_major/minor). */
+function deviceNumbers(rdev: number): { devmajor: number; devminor: number } {
+  const big = BigInt(rdev);
+  const major = Number(((big >> 8n) & 0xfffn) | ((big >> 32n) & ~0xfffn));
+  const minor = Number((big & 0xffn) | ((big >> 12n) & ~0xffn));
+  return { devmajor: major, devminor: minor };
+}
+
+/** Reads the xattrs of `path` (not following symlinks). */
+function readXattrs(path: Buffer, isRegularFile: boolean): ReadonlyMap<string, Buffer> | undefined {
+  const text = path.toString("utf8");
+  let target = text;
+  let fd: number | undefined;
+  if (!Buffer.from(text, "utf8").equals(path)) {
+    // The xattr binding takes string paths, which cannot name a file whose name is not UTF-8. For regular
+    // files, go through the open descriptor's /proc link instead; other kinds with such names keep none.
+    if (!isRegularFile) return undefined;
+    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+    target = `/proc/self/fd/${fd}`;
+  }
+  try {
+    let names: string[];
+    try {
+      names = listAttributesSync(target);
+    } catch (error) {
+      // Filesystems without xattr support (some tmpfs, network mounts) have nothing to carry.
+      if (errnoCode(error) === "ENOTSUP" || errnoCode(error) === "EOPNOTSUPP") return undefined;
+      throw error;
+    }
+    if (names.length === 0) return undefined;
+    const result = new Map<string, Buffer>();
+    for (const name of names.sort()) {
+      if (SKIPPED_XATTRS.has(name)) continue;
+      const value = getAttributeSync(target, name);
+      if (value !== null) result.set(name, Buffer.from(value));
+    }
+    return result.size > 0 ? result : undefined;
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
+function lstatOrFail(full: Buffer): Stats {
+  try {
+    return lstatSync(full);
+  } catch (error) {
+    const shown = displayPath(full);
+    if (errnoCode(error) === "ENOENT") {
+      throw new SourceError(`${shown} vanished while the tree was being read`, {
+        path: shown,
+        cause: error,
+        hint: "Stop whatever is changing the tree (or leave the path out with --exclude) and run again.",
+      });
+    }
+    throw new SourceError(`cannot read ${shown}: ${(error as Error).message}`, {
+      path: shown,
+      cause: error,
+      hint: "Run as a user who can read every file (often root), or leave the path out with --exclude.",
+    });
+  }
+}
+
+function readdirOrFail(full: Buffer): Buffer[] {
+  try {
+    return readdirSync(full, { encoding: "buffer" });
+  } catch (error) {
+    const shown = displayPath(full);
+    throw new SourceError(`cannot list directory ${shown}: ${(error as Error).message}`, {
+      path: shown,
+      cause: error,
+      hint:
+        errnoCode(error) === "ENOENT"
+          ? "Stop whatever is changing the tree and run again."
+          : "Run as a user who can read every directory (often root), or leave it out with --exclude.",
+    });
+  }
+}
+
+interface Frame {
+  /** Absolute path of the directory on disk. */
+  readonly full: Buffer;
+  /** Path relative to the root ("" for the root). */
+  readonly rel: Buffer;
+  readonly names: Buffer[];
+  index: number;
+}
+
+/**
+ * Walks the directory `root` and yields its entries (not the root itself), parents before children,
+ * names sorted bytewise within each directory. A hardlinked file is yielded in full the first time and
+ * as a `hardlink` to that first path afterwards.
+ */
+export function* walkTree(root: string, options: WalkOptions): Generator<TarEntry> {
+  const rootFull = Buffer.from(root);
+  const rootStat = lstatOrFail(rootFull);
+  const hardlinks = new Map<string, Buffer>();
+  const contentsExcluded = new Set(options.contentsExcluded ?? []);
+  const stack: Frame[] = [
+    { full: rootFull, rel: Buffer.alloc(0), names: readdirOrFail(rootFull).sort(Buffer.compare), index: 0 },
+  ];
+
+  while (stack.length > 0) {
+    const frame = stack[stack.length - 1] as Frame;
+    const name = frame.names[frame.index++];
+    if (name === undefined) {
+      stack.pop();
+      continue;
+    }
+    throwIfAborted(options.signal);
+    const full = Buffer.concat([frame.full, SLASH, name]);
+    const rel = frame.rel.length === 0 ? name : Buffer.concat([frame.rel, SLASH, name]);
+    const st = lstatOrFail(full);
+    const isDir = st.isDirectory();
+    const relText = rel.toString("utf8");
+    if (options.filter?.excludes(relText)) {
+      // An exception pattern (`!keep`) may re-include something below: descend without emitting the dir.
+      if (isDir && options.filter.mayIncludeUnder(relText)) {
+        stack.push({ full, rel, names: readdirOrFail(full).sort(Buffer.compare), index: 0 });
+      }
+      continue;
+    }
+
+    const base = {
+      path: rel,
+      mode: st.mode & 0o7777,
+      uid: st.uid,
+      gid: st.gid,
+      // mtimeMs is rounded to the millisecond; flooring it (not rounding) keeps the second right.
+      mtime: Math.floor(st.mtimeMs / 1000),
+    };
+
+    if (isDir) {
+      yield { ...base, type: "directory", size: 0, xattrs: readXattrs(full, false) };
+      const topLevelRuntime = frame.rel.length === 0 && contentsExcluded.has(relText);
+      if (topLevelRuntime) continue;
+      if (st.dev !== rootStat.dev && !options.crossMounts) {
+        options.onSkip?.("mount", displayPath(rel));
+        continue;
+      }
+      stack.push({ full, rel, names: readdirOrFail(full).sort(Buffer.compare), index: 0 });
+    } else if (st.isFile()) {
+      if (st.nlink > 1) {
+        const key = `${st.dev}:${st.ino}`;
+        const first = hardlinks.get(key);
+        if (first !== undefined) {
+          yield { ...base, type: "hardlink", size: 0, linkname: first };
+          continue;
+        }
+        hardlinks.set(key, rel);
+      }
+      yield {
+        ...base,
+        type: "file",
+        size: st.size,
+        xattrs: readXattrs(full, true),
+        content: { kind: "path", path: full },
+      };
+    } else if (st.isSymbolicLink()) {
+      yield { ...base, type: "symlink", size: 0, linkname: readlinkSync(full, { encoding: "buffer" }) };
+    } else if (st.isCharacterDevice() || st.isBlockDevice()) {
+      yield {
+        ...base,
+        type: st.isCharacterDevice() ? "char" : "block",
+        size: 0,
+        ...deviceNumbers(st.rdev),
+      };
+    } else if (st.isFIFO()) {
+      yield { ...base, type: "fifo", size: 0 };
+    } else {
+      // Sockets exist only while a process listens on them; an image cannot carry one.
+      options.onSkip?.("socket", displayPath(rel));
+    }
+  }
+}
