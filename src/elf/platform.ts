@@ -4,16 +4,10 @@
  * specification, which uses Go's GOARCH values.
  */
 import { SourceError, UsageError } from "../errors.js";
+import type { Platform } from "../image/platform.js";
 import { ElfMachine, type ElfInfo } from "./read.js";
 
-/** An OCI platform as written into an image config and an image index. */
-export interface Platform {
-  readonly os: "linux";
-  /** GOARCH spelling: `amd64`, `arm64`, `arm`, `386`, `ppc64le`, `s390x`, `riscv64`. */
-  readonly architecture: string;
-  /** CPU variant: `v6`/`v7`/`v8` for arm, `v8` for arm64, absent for the rest. */
-  readonly variant?: string;
-}
+export type { Platform };
 
 /**
  * The platform an ELF program needs.
