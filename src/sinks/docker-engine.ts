@@ -138,10 +138,11 @@ export class DockerImportSink implements Sink {
     );
     failed.catch(() => undefined);
     this.response = response;
+    const closed = once(body, "close").then(() => "closed" as const);
+    closed.catch(() => undefined);
     return {
       write: async (chunk) => {
         if (body.write(chunk)) return;
-        const closed = once(body, "close").then(() => "closed" as const);
         if ((await Promise.race([once(body, "drain"), closed, failed])) !== "closed") return;
         // The engine stopped reading: its reply says why (it throws with the engine's own words).
         await readEngineMessages(await response, "importing the image");
