@@ -8,7 +8,8 @@ import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { SourceError, UsageError } from "../../src/errors.js";
-import { parsePlatform, platformOfElf, platformsMatch, formatPlatform } from "../../src/elf/platform.js";
+import { platformOfElf } from "../../src/elf/platform.js";
+import { formatPlatform, parsePlatform, platformsMatch } from "../../src/image/platform.js";
 import { DF_1_PIE, ElfMachine, inspectElfFile, readElf, type ElfInfo } from "../../src/elf/read.js";
 
 const run = promisify(execFile);
