@@ -1,0 +1,310 @@
+/**
+ * `mkbase tar FILE|-|URL`: a root filesystem packed as a tarball (ubuntu-base, Alpine minirootfs, a
+ * `docker export`, an mmdebstrap output…). The archive is read as a stream and never extracted on the
+ * host: its entries go straight to the pipeline, in archive order.
+ */
+import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
+import { access, constants, stat } from "node:fs/promises";
+import { basename } from "node:path";
+import { errnoCode, MkbaseError, SourceError, throwIfAborted, UsageError } from "../errors.js";
+import type { ProgressListener } from "../progress.js";
+import { decompress } from "../tar/decompress.js";
+import type { EntrySource, TarEntry } from "../tar/entry.js";
+import { ArchiveEntryChecker, readTar } from "../tar/read.js";
+
+export interface RootfsTarballOptions {
+  /** A file path, `-` for stdin, or an `http://` / `https://` URL. */
+  input: string;
+  /** Expected sha256 of the raw (possibly compressed) bytes, as 64 hex digits (`sha256:` prefix allowed). */
+  sha256?: string;
+  /** Allow a URL without `sha256`. */
+  insecure?: boolean;
+  /** What `-` reads; `process.stdin` when not given. */
+  stdin?: NodeJS.ReadableStream;
+  onProgress?: ProgressListener;
+}
+
+/** Large reads keep the per-chunk cost of the whole pipeline low. */
+const READ_CHUNK = 1024 * 1024;
+const SHA256_HEX = /^[0-9a-f]{64}$/;
+const URL_SCHEME = /^[a-z][a-z0-9+.-]*:\/\//i;
+
+type Location =
+  | { readonly kind: "file"; readonly path: string }
+  | { readonly kind: "stdin" }
+  | { readonly kind: "url"; readonly url: URL; readonly shown: string };
+
+/** An {@link EntrySource} over a (possibly compressed) tarball from a file, stdin or a URL. */
+export class RootfsTarballSource implements EntrySource {
+  readonly description: string;
+  private readonly location: Location;
+  private readonly sha256: string | undefined;
+  private readonly options: RootfsTarballOptions;
+
+  /**
+   * Checks the options that need no I/O.
+   *
+   * @throws UsageError for a malformed `sha256`, an unsupported URL scheme, or a URL with neither
+   *   `sha256` nor `insecure`.
+   */
+  constructor(options: RootfsTarballOptions) {
+    this.options = options;
+    this.sha256 = options.sha256 === undefined ? undefined : parseSha256(options.sha256);
+    this.location = locate(options.input);
+    if (this.location.kind === "url" && this.sha256 === undefined && options.insecure !== true) {
+      throw new UsageError(`refusing to download ${this.location.shown} without --sha256`, {
+        hint: "pass the archive's published checksum with --sha256 HEX, or pass --insecure to use it unverified",
+      });
+    }
+    this.description = describe(this.location);
+  }
+
+  /**
+   * Creates the source and checks that its input can be read; the CLI calls this before contacting the
+   * engine so that a typo fails at once.
+   */
+  static async create(options: RootfsTarballOptions): Promise<RootfsTarballSource> {
+    const source = new RootfsTarballSource(options);
+    await source.validate();
+    return source;
+  }
+
+  /**
+   * Checks that a file input exists, is not a directory and is readable, and that stdin is not a
+   * terminal. URLs are checked when fetched.
+   *
+   * @throws SourceError or UsageError saying what to do.
+   */
+  async validate(): Promise<void> {
+    const location = this.location;
+    if (location.kind === "stdin") {
+      if ((this.stdinStream() as { isTTY?: boolean }).isTTY === true) {
+        throw new UsageError("refusing to read a tarball from a terminal", {
+          hint: "pipe the archive in (… | mkbase tar -) or give its path",
+        });
+      }
+      return;
+    }
+    if (location.kind !== "file") return;
+    let stats;
+    try {
+      stats = await stat(location.path);
+      await access(location.path, constants.R_OK);
+    } catch (error) {
+      throw fileError(location.path, error);
+    }
+    if (stats.isDirectory()) {
+      throw new SourceError(`${location.path} is a directory, not a tarball`, {
+        path: location.path,
+        hint: `to build from a root filesystem directory, use \`mkbase dir ${location.path}\``,
+      });
+    }
+  }
+
+  async *entries(signal: AbortSignal): AsyncGenerator<TarEntry> {
+    await this.validate();
+    throwIfAborted(signal);
+    const location = this.location;
+    if (location.kind === "url" && this.sha256 === undefined) {
+      this.warn(`downloading ${location.shown} without --sha256: its content is not verified`);
+    }
+    let raw = this.rawChunks(signal);
+    if (this.sha256 !== undefined) raw = verifySha256(raw, this.sha256, this.description);
+    const checker = new ArchiveEntryChecker((message) => this.warn(message));
+    for await (const entry of readTar(decompress(raw, signal), signal)) {
+      const checked = checker.check(entry);
+      if (checked !== undefined) yield checked;
+    }
+  }
+
+  private warn(message: string): void {
+    this.options.onProgress?.({ kind: "warning", message });
+  }
+
+  private stdinStream(): NodeJS.ReadableStream {
+    return this.options.stdin ?? process.stdin;
+  }
+
+  private rawChunks(signal: AbortSignal): AsyncGenerator<Buffer> {
+    const location = this.location;
+    switch (location.kind) {
+      case "file":
+        return readFile(location.path, signal);
+      case "stdin":
+        return readStdin(this.stdinStream(), signal);
+      case "url":
+        return download(location.url, location.shown, signal);
+    }
+  }
+}
+
+function parseSha256(value: string): string {
+  const hex = value
+    .trim()
+    .toLowerCase()
+    .replace(/^sha256:/, "");
+  if (!SHA256_HEX.test(hex)) {
+    throw new UsageError(`--sha256 "${value}" is not a sha256 digest`, {
+      hint: "give the 64 hexadecimal digits of the archive's sha256 (as printed by sha256sum)",
+    });
+  }
+  return hex;
+}
+
+function locate(input: string): Location {
+  if (input === "-") return { kind: "stdin" };
+  if (URL_SCHEME.test(input)) {
+    let url: URL;
+    try {
+      url = new URL(input);
+    } catch (error) {
+      throw new UsageError(`"${input}" is not a valid URL`, { cause: error, hint: "check the URL" });
+    }
+    if (url.protocol !== "http:" && url.protocol !== "https:") {
+      throw new UsageError(`unsupported URL scheme "${url.protocol}" in ${input}`, {
+        hint: "give an http:// or https:// URL, a file path, or - for stdin",
+      });
+    }
+    return { kind: "url", url, shown: withoutCredentials(url) };
+  }
+  return { kind: "file", path: input };
+}
+
+/** The URL as it may appear in messages: user and password removed. */
+function withoutCredentials(url: URL): string {
+  const shown = new URL(url.href);
+  shown.username = "";
+  shown.password = "";
+  return shown.href;
+}
+
+function describe(location: Location): string {
+  switch (location.kind) {
+    case "stdin":
+      return "tarball from stdin";
+    case "file":
+      return `tarball ${basename(location.path)}`;
+    case "url":
+      return `tarball ${basename(location.url.pathname) || location.url.host}`;
+  }
+}
+
+function fileError(path: string, error: unknown): SourceError {
+  const code = errnoCode(error);
+  if (code === "ENOENT" || code === "ENOTDIR") {
+    return new SourceError(`${path} does not exist`, {
+      cause: error,
+      path,
+      hint: "check the path of the tarball",
+    });
+  }
+  if (code === "EACCES" || code === "EPERM") {
+    return new SourceError(`${path} is not readable`, {
+      cause: error,
+      path,
+      hint: "check the file's permissions, or run mkbase as a user that can read it",
+    });
+  }
+  return new SourceError(`cannot read ${path}${code === undefined ? "" : ` (${code})`}`, {
+    cause: error,
+    path,
+    hint: "check the path of the tarball",
+  });
+}
+
+async function* readFile(path: string, signal: AbortSignal): AsyncGenerator<Buffer> {
+  const stream = createReadStream(path, { highWaterMark: READ_CHUNK });
+  try {
+    for await (const chunk of stream as AsyncIterable<Buffer>) {
+      throwIfAborted(signal);
+      yield chunk;
+    }
+  } catch (error) {
+    throwIfAborted(signal);
+    if (error instanceof MkbaseError) throw error;
+    throw fileError(path, error);
+  } finally {
+    stream.destroy();
+  }
+}
+
+async function* readStdin(stdin: NodeJS.ReadableStream, signal: AbortSignal): AsyncGenerator<Buffer> {
+  try {
+    for await (const chunk of stdin as AsyncIterable<Buffer | string>) {
+      throwIfAborted(signal);
+      yield typeof chunk === "string" ? Buffer.from(chunk) : chunk;
+    }
+  } catch (error) {
+    throwIfAborted(signal);
+    if (error instanceof MkbaseError) throw error;
+    throw new SourceError(`reading the tarball from stdin failed${describeCode(error)}`, {
+      cause: error,
+      hint: "check the command that writes to mkbase's stdin",
+    });
+  }
+}
+
+async function* download(url: URL, shown: string, signal: AbortSignal): AsyncGenerator<Buffer> {
+  let response: Response;
+  try {
+    response = await fetch(url, { signal, redirect: "follow" });
+  } catch (error) {
+    throwIfAborted(signal);
+    throw new SourceError(`could not download ${shown}${describeCode(error)}`, {
+      cause: error,
+      hint: "check the URL and the network connection",
+    });
+  }
+  if (!response.ok) {
+    await response.body?.cancel().catch(() => {});
+    throw new SourceError(
+      `downloading ${shown} failed: HTTP ${response.status} ${response.statusText}`.trim(),
+      {
+        hint: response.status === 404 ? "check the URL" : "check the URL, or try again later",
+      },
+    );
+  }
+  if (response.body === null) return;
+  try {
+    for await (const chunk of response.body as AsyncIterable<Uint8Array>) {
+      yield Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    }
+  } catch (error) {
+    throwIfAborted(signal);
+    if (error instanceof MkbaseError) throw error;
+    throw new SourceError(`the download of ${shown} was interrupted${describeCode(error)}`, {
+      cause: error,
+      hint: "check the network connection and try again",
+    });
+  }
+}
+
+/** ` (ECONNREFUSED)` for a system error, including one wrapped by fetch as its `cause`. */
+function describeCode(error: unknown): string {
+  const code = errnoCode(error) ?? errnoCode((error as { cause?: unknown } | undefined)?.cause);
+  return code === undefined ? "" : ` (${code})`;
+}
+
+/**
+ * Passes `chunks` through while hashing them; at their end, throws when the digest differs. The throw
+ * reaches the entry consumer before the last entry is acknowledged, so no image is completed from
+ * bytes that were not the expected ones.
+ */
+async function* verifySha256(
+  chunks: AsyncIterable<Buffer>,
+  expected: string,
+  what: string,
+): AsyncGenerator<Buffer> {
+  const hash = createHash("sha256");
+  for await (const chunk of chunks) {
+    hash.update(chunk);
+    yield chunk;
+  }
+  const actual = hash.digest("hex");
+  if (actual !== expected) {
+    throw new SourceError(`sha256 mismatch for ${what}: expected ${expected}, got ${actual}`, {
+      hint: "the file is corrupt or not the one you meant; check the --sha256 value against the publisher's checksums",
+    });
+  }
+}

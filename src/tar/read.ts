@@ -1,0 +1,756 @@
+/**
+ * A streaming tar reader. It turns an archive (ustar, GNU or PAX, as written by GNU tar, bsdtar, Go,
+ * Python and the like) into {@link TarEntry} values without extracting anything and without holding a
+ * file's content in memory.
+ *
+ * It is our own because tar-stream's extract and node-tar decode PAX values and names as UTF-8 strings:
+ * that corrupts binary `security.capability` xattrs and names that are not valid UTF-8. Here every name
+ * and every PAX value stays a Buffer from the input bytes to the entry.
+ */
+import { InterruptedError, SourceError, throwIfAborted } from "../errors.js";
+import { displayPath, type EntryType, type TarEntry } from "./entry.js";
+
+const BLOCK = 512;
+const EMPTY = Buffer.alloc(0);
+
+/**
+ * PAX records and GNU long names are read into memory; real ones are a few kilobytes (an xattr value is
+ * at most 64 KiB on Linux). The limit keeps a corrupt size field from allocating gigabytes.
+ */
+const MAX_METADATA_SIZE = 16 * 1024 * 1024;
+
+/** A header field: where it starts and ends in the 512-byte block. */
+const FIELD = {
+  name: [0, 100],
+  mode: [100, 108],
+  uid: [108, 116],
+  gid: [116, 124],
+  size: [124, 136],
+  mtime: [136, 148],
+  checksum: [148, 156],
+  linkname: [157, 257],
+  magic: [257, 263],
+  version: [263, 265],
+  devmajor: [329, 337],
+  devminor: [337, 345],
+  prefix: [345, 500],
+  /** star writes a shorter prefix followed by atime and ctime, and marks it with `tar\0` at 508. */
+  starPrefix: [345, 476],
+  starMagic: [508, 512],
+} as const satisfies Record<string, readonly [number, number]>;
+
+const TYPEFLAG_OFFSET = 156;
+
+/**
+ * Reads a tar archive from `chunks` (already decompressed) and yields its entries in archive order.
+ *
+ * A file's content is `{ kind: "stream" }` yielding exactly `size` bytes as slices of the input chunks.
+ * Read it before asking for the next entry: content is only available while its entry is current, and
+ * whatever was not read is skipped when the next entry is requested.
+ *
+ * After the end-of-archive marker the input is read to its end, so that a decompressor or a digest over
+ * the input sees every byte and can report a truncated or altered stream.
+ *
+ * Paths and link names are raw bytes with leading `./` and trailing `/` removed; they are not checked
+ * for safety here (see {@link ArchiveEntryChecker}).
+ *
+ * @throws SourceError for a truncated or corrupt archive, GNU sparse files and unknown entry types.
+ */
+export async function* readTar(chunks: AsyncIterable<Buffer>, signal: AbortSignal): AsyncGenerator<TarEntry> {
+  const input = new TarInput(chunks[Symbol.asyncIterator]());
+  const globals = new Map<string, Buffer>();
+  let pending = emptyPending();
+  let headers = 0;
+  try {
+    while (true) {
+      throwIfAborted(signal);
+      const headerOffset = input.offset;
+      const block = await input.readBlock(
+        headers === 0 ? () => notTarArchive("it is shorter than one tar header") : undefined,
+      );
+      if (block === undefined) {
+        if (headers === 0) throw notTarArchive("the input is empty");
+        throw truncated("it ends without the end-of-archive marker");
+      }
+      if (isZeroBlock(block)) {
+        if (pending.started) throw truncated("an extended header is not followed by an entry");
+        const next = await input.readBlock();
+        if (next !== undefined && !isZeroBlock(next)) {
+          throw new SourceError(
+            `corrupt tar archive: a zero block at byte ${headerOffset} is followed by more data`,
+            {
+              hint: "the archive was probably concatenated from several archives; recreate it as one archive",
+            },
+          );
+        }
+        await input.drain();
+        return;
+      }
+      if (!checksumMatches(block)) {
+        if (headers === 0) throw notTarArchive("its first header has no valid checksum");
+        throw new SourceError(
+          `corrupt tar archive: the header at byte ${headerOffset} has a wrong checksum`,
+          {
+            hint: "the file is damaged; download or create it again",
+          },
+        );
+      }
+      headers++;
+      const header = parseHeader(block, headerOffset);
+      const flag = header.typeflag;
+
+      if (flag === "x" || flag === "g" || flag === "L" || flag === "K") {
+        if (header.size > MAX_METADATA_SIZE) {
+          throw new SourceError(
+            `corrupt tar archive: the extended header at byte ${headerOffset} claims ${header.size} bytes`,
+            { hint: "the file is damaged; download or create it again" },
+          );
+        }
+        const data = await input.readBytes(header.size);
+        await input.skip(padding(header.size));
+        // A global record stands alone (git archive starts with one); the others describe the next entry.
+        if (flag !== "g") pending.started = true;
+        if (flag === "x") {
+          for (const [key, value] of parsePaxRecords(data, headerOffset)) pending.pax.set(key, value);
+        } else if (flag === "g") {
+          for (const [key, value] of parsePaxRecords(data, headerOffset)) {
+            if (value.length === 0) globals.delete(key);
+            else globals.set(key, value);
+          }
+        } else if (flag === "L") {
+          pending.longName = untilNul(data, 0, data.length);
+        } else {
+          pending.longLink = untilNul(data, 0, data.length);
+        }
+        continue;
+      }
+
+      const { entry, dataSize } = buildEntry(header, pending, globals);
+      pending = emptyPending();
+      if (entry.type === "file" && entry.size > 0) {
+        const content = new EntryContentStream(input, entry.size, signal);
+        yield { ...entry, content: { kind: "stream", chunks: content } };
+        await content.finish();
+        await input.skip(padding(entry.size));
+      } else {
+        yield entry;
+        // GNU tar skips the data of every non-directory entry by its size field (a pax hardlink may carry
+        // the file's data); a directory's size is informational.
+        if (entry.type !== "directory" && dataSize > 0) await input.skip(dataSize + padding(dataSize));
+      }
+    }
+  } finally {
+    await input.close();
+  }
+}
+
+interface PendingMetadata {
+  /** An extended header has been read and an entry header must follow. */
+  started: boolean;
+  pax: Map<string, Buffer>;
+  longName: Buffer | undefined;
+  longLink: Buffer | undefined;
+}
+
+function emptyPending(): PendingMetadata {
+  return { started: false, pax: new Map(), longName: undefined, longLink: undefined };
+}
+
+interface RawHeader {
+  offset: number;
+  name: Buffer;
+  linkname: Buffer;
+  typeflag: string;
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  mtime: number;
+  devmajor: number;
+  devminor: number;
+}
+
+function parseHeader(block: Buffer, offset: number): RawHeader {
+  const numeric = (field: readonly [number, number], what: string): number =>
+    parseNumeric(block, field[0], field[1], what, offset);
+  const magic = block.toString("latin1", FIELD.magic[0], FIELD.magic[1]);
+  let name = untilNul(block, FIELD.name[0], FIELD.name[1]);
+  // Only POSIX ustar has a prefix field; GNU's "ustar  " format keeps atime/ctime/sparse data there.
+  if (magic === "ustar\0") {
+    const star = block.toString("latin1", FIELD.starMagic[0], FIELD.starMagic[1]) === "tar\0";
+    const field = star ? FIELD.starPrefix : FIELD.prefix;
+    const prefix = untilNul(block, field[0], field[1]);
+    if (prefix.length > 0) name = Buffer.concat([prefix, Buffer.from("/"), name]);
+  }
+  return {
+    offset,
+    name,
+    linkname: untilNul(block, FIELD.linkname[0], FIELD.linkname[1]),
+    typeflag: String.fromCharCode(block[TYPEFLAG_OFFSET] ?? 0),
+    mode: numeric(FIELD.mode, "mode"),
+    uid: numeric(FIELD.uid, "uid"),
+    gid: numeric(FIELD.gid, "gid"),
+    size: numeric(FIELD.size, "size"),
+    mtime: numeric(FIELD.mtime, "mtime"),
+    devmajor: numeric(FIELD.devmajor, "devmajor"),
+    devminor: numeric(FIELD.devminor, "devminor"),
+  };
+}
+
+const TYPES: Readonly<Record<string, EntryType>> = {
+  "0": "file",
+  "\0": "file",
+  "7": "file",
+  "1": "hardlink",
+  "2": "symlink",
+  "3": "char",
+  "4": "block",
+  "5": "directory",
+  "6": "fifo",
+};
+
+/** Applies the header, then GNU long names, then global PAX records, then per-entry PAX records. */
+function buildEntry(
+  header: RawHeader,
+  pending: PendingMetadata,
+  globals: ReadonlyMap<string, Buffer>,
+): { entry: TarEntry; dataSize: number } {
+  const pax = new Map(globals);
+  for (const [key, value] of pending.pax) {
+    // An empty value in an `x` record cancels a global record and the header field is used again.
+    if (value.length === 0) pax.delete(key);
+    else pax.set(key, value);
+  }
+  const rawName = pax.get("path") ?? pending.longName ?? header.name;
+  const rawLink = pax.get("linkpath") ?? pending.longLink ?? header.linkname;
+
+  const sparseKey = [...pax.keys()].find((key) => key.startsWith("GNU.sparse."));
+  if (header.typeflag === "S" || sparseKey !== undefined) {
+    const shown = pax.get("GNU.sparse.name") ?? rawName;
+    throw new SourceError(
+      `"${displayPath(stripPath(shown))}" is a GNU sparse file, which mkbase does not read`,
+      {
+        path: displayPath(stripPath(shown)),
+        hint: "recreate the archive without --sparse (-S)",
+      },
+    );
+  }
+
+  let type = TYPES[header.typeflag];
+  if (type === undefined) {
+    const flag = header.typeflag.charCodeAt(0);
+    const shownFlag = flag >= 0x21 && flag < 0x7f ? `'${header.typeflag}'` : `byte ${flag}`;
+    throw new SourceError(
+      `"${displayPath(stripPath(rawName))}" has the entry type ${shownFlag}, which mkbase does not support`,
+      {
+        path: displayPath(stripPath(rawName)),
+        hint: "recreate the archive with only files, directories, links, devices and FIFOs",
+      },
+    );
+  }
+  // Old (pre-POSIX) archivers mark directories only by a trailing slash on a regular-file entry.
+  if ((header.typeflag === "0" || header.typeflag === "\0") && rawName[rawName.length - 1] === 0x2f) {
+    type = "directory";
+  }
+
+  const path = stripPath(rawName);
+  const where = (what: string): string =>
+    `${what} of "${displayPath(path)}" (header at byte ${header.offset})`;
+  const size = paxInteger(pax, "size", where) ?? header.size;
+  const entry: {
+    -readonly [K in keyof TarEntry]: TarEntry[K];
+  } = {
+    path,
+    type,
+    mode: header.mode & 0o7777,
+    uid: paxInteger(pax, "uid", where) ?? header.uid,
+    gid: paxInteger(pax, "gid", where) ?? header.gid,
+    mtime: paxMtime(pax, where) ?? header.mtime,
+    size: type === "file" ? size : 0,
+  };
+  if (type === "symlink" || type === "hardlink") {
+    entry.linkname = type === "hardlink" ? stripPath(rawLink) : Buffer.from(rawLink);
+  }
+  if (type === "char" || type === "block") {
+    entry.devmajor = paxInteger(pax, "SCHILY.devmajor", where) ?? header.devmajor;
+    entry.devminor = paxInteger(pax, "SCHILY.devminor", where) ?? header.devminor;
+  }
+  const xattrs = paxXattrs(pax, where);
+  if (xattrs.size > 0) entry.xattrs = xattrs;
+  // The data blocks follow the PAX size when there is one.
+  return { entry, dataSize: size };
+}
+
+/** Removes leading `./` and trailing `/`; the result is a copy that does not pin an input chunk. */
+function stripPath(raw: Buffer): Buffer {
+  let start = 0;
+  let end = raw.length;
+  while (end > 1 && raw[end - 1] === 0x2f) end--;
+  while (end - start >= 2 && raw[start] === 0x2e && raw[start + 1] === 0x2f) {
+    start += 2;
+    while (start < end && raw[start] === 0x2f) start++;
+  }
+  if (start === end) return Buffer.from(".");
+  return Buffer.from(raw.subarray(start, end));
+}
+
+const DECIMAL = /^\d+$/;
+
+function paxInteger(
+  pax: ReadonlyMap<string, Buffer>,
+  key: string,
+  where: (what: string) => string,
+): number | undefined {
+  const value = pax.get(key);
+  if (value === undefined) return undefined;
+  const text = value.toString("latin1");
+  const number = Number(text);
+  if (!DECIMAL.test(text) || !Number.isSafeInteger(number)) {
+    throw corruptHeader(`the PAX ${key} "${text}" is not a valid number`, where);
+  }
+  return number;
+}
+
+const PAX_TIME = /^(-?)(\d+)(?:\.(\d*))?$/;
+
+/**
+ * PAX times may carry a fraction; the entry keeps whole seconds, rounded down (so -1.5 is -2), reading
+ * the value as the decimal number POSIX says it is. (libarchive writes -1000.5 s as "-1001.5", seconds
+ * rounded down plus a positive fraction, so a negative fractional time from bsdtar comes out a second
+ * early; GNU tar writes the decimal value.)
+ */
+function paxMtime(pax: ReadonlyMap<string, Buffer>, where: (what: string) => string): number | undefined {
+  const value = pax.get("mtime");
+  if (value === undefined) return undefined;
+  const text = value.toString("latin1");
+  const match = PAX_TIME.exec(text);
+  const whole = match === null ? NaN : Number(match[2]);
+  if (match === null || !Number.isSafeInteger(whole)) {
+    throw corruptHeader(`the PAX mtime "${text}" is not a valid time`, where);
+  }
+  if (match[1] !== "-") return whole;
+  const fractional = /[1-9]/.test(match[3] ?? "");
+  return -whole - (fractional ? 1 : 0);
+}
+
+const SCHILY_XATTR = "SCHILY.xattr.";
+const LIBARCHIVE_XATTR = "LIBARCHIVE.xattr.";
+
+/**
+ * `SCHILY.xattr.NAME` (GNU tar, star, bsdtar) carries the value as raw bytes; `LIBARCHIVE.xattr.NAME`
+ * (bsdtar) carries it in base64 with a URL-encoded name. bsdtar writes both with the same value.
+ */
+function paxXattrs(pax: ReadonlyMap<string, Buffer>, where: (what: string) => string): Map<string, Buffer> {
+  const xattrs = new Map<string, Buffer>();
+  for (const [key, value] of pax) {
+    if (key.startsWith(LIBARCHIVE_XATTR)) {
+      let name: string;
+      try {
+        name = decodeURIComponent(key.slice(LIBARCHIVE_XATTR.length));
+      } catch (error) {
+        throw corruptHeader(`the PAX key "${key}" is not URL-encoded`, where, error);
+      }
+      xattrs.set(name, Buffer.from(value.toString("latin1"), "base64"));
+    }
+  }
+  // The raw SCHILY value wins when both are present: it needs no decoding.
+  for (const [key, value] of pax) {
+    if (key.startsWith(SCHILY_XATTR)) xattrs.set(key.slice(SCHILY_XATTR.length), value);
+  }
+  return xattrs;
+}
+
+/** Parses `LENGTH KEY=VALUE\n` records; values stay bytes (they may be binary or not UTF-8). */
+function parsePaxRecords(data: Buffer, headerOffset: number): Map<string, Buffer> {
+  const records = new Map<string, Buffer>();
+  const corrupt = (): SourceError =>
+    new SourceError(`corrupt tar archive: the PAX header at byte ${headerOffset} has a malformed record`, {
+      hint: "the file is damaged; download or create it again",
+    });
+  let position = 0;
+  while (position < data.length) {
+    // Some writers pad the record block with NULs.
+    if (data[position] === 0) break;
+    const space = data.indexOf(0x20, position);
+    if (space < 0) throw corrupt();
+    const lengthText = data.toString("latin1", position, space);
+    const length = Number(lengthText);
+    const end = position + length;
+    if (!DECIMAL.test(lengthText) || end > data.length || end <= space + 1 || data[end - 1] !== 0x0a) {
+      throw corrupt();
+    }
+    const equals = data.indexOf(0x3d, space + 1);
+    if (equals < 0 || equals >= end - 1) throw corrupt();
+    records.set(data.toString("utf8", space + 1, equals), data.subarray(equals + 1, end - 1));
+    position = end;
+  }
+  return records;
+}
+
+/**
+ * Numeric header fields: octal text (optionally padded with spaces or NULs), or GNU base-256 (first byte
+ * 0x80 for positive, 0xff for negative two's complement) for values that do not fit.
+ */
+function parseNumeric(block: Buffer, start: number, end: number, what: string, offset: number): number {
+  const first = block[start] ?? 0;
+  if (first & 0x80) {
+    let value = 0n;
+    for (let i = start; i < end; i++) {
+      const byte = block[i] ?? 0;
+      value = (value << 8n) | BigInt(i === start ? byte & 0x7f : byte);
+    }
+    // 0xff marks a negative number: the whole field is two's complement.
+    if (first === 0xff) value -= 1n << BigInt(8 * (end - start) - 1);
+    const number = Number(value);
+    if (!Number.isSafeInteger(number)) {
+      throw corruptField(what, offset, "is out of range");
+    }
+    return number;
+  }
+  let i = start;
+  while (i < end && (block[i] === 0x20 || block[i] === 0)) i++;
+  let value = 0;
+  for (; i < end; i++) {
+    const byte = block[i] ?? 0;
+    if (byte === 0x20 || byte === 0) break;
+    if (byte < 0x30 || byte > 0x37) throw corruptField(what, offset, "is not an octal number");
+    value = value * 8 + (byte - 0x30);
+  }
+  // Only spaces or NULs may follow the digits.
+  for (; i < end; i++) {
+    if (block[i] !== 0x20 && block[i] !== 0) throw corruptField(what, offset, "is not an octal number");
+  }
+  return value;
+}
+
+/**
+ * Whether a 512-byte header block carries a valid checksum: the sum of the header bytes with the
+ * checksum field counted as spaces. Historic writers summed signed chars, so either sum is accepted.
+ */
+export function checksumMatches(block: Buffer): boolean {
+  if (block.length < BLOCK) return false;
+  let unsigned = 0;
+  let signed = 0;
+  for (let i = 0; i < BLOCK; i++) {
+    const byte = i >= FIELD.checksum[0] && i < FIELD.checksum[1] ? 0x20 : (block[i] ?? 0);
+    unsigned += byte;
+    signed += byte >= 0x80 ? byte - 0x100 : byte;
+  }
+  let stored = 0;
+  let digits = 0;
+  let i = FIELD.checksum[0];
+  while (i < FIELD.checksum[1] && block[i] === 0x20) i++;
+  for (; i < FIELD.checksum[1]; i++) {
+    const byte = block[i] ?? 0;
+    if (byte < 0x30 || byte > 0x37) break;
+    stored = stored * 8 + (byte - 0x30);
+    digits++;
+  }
+  return digits > 0 && (stored === unsigned || stored === signed);
+}
+
+function isZeroBlock(block: Buffer): boolean {
+  for (let i = 0; i < BLOCK; i++) if (block[i] !== 0) return false;
+  return true;
+}
+
+/** The bytes of a field up to its first NUL, copied so that they do not pin the input chunk. */
+function untilNul(buffer: Buffer, start: number, end: number): Buffer {
+  const field = buffer.subarray(start, end);
+  const nul = field.indexOf(0);
+  return Buffer.from(nul >= 0 ? field.subarray(0, nul) : field);
+}
+
+function padding(size: number): number {
+  return (BLOCK - (size % BLOCK)) % BLOCK;
+}
+
+function truncated(detail: string): SourceError {
+  return new SourceError(`truncated archive: ${detail}`, {
+    hint: "the file is incomplete; download or create it again",
+  });
+}
+
+function notTarArchive(detail: string): SourceError {
+  return new SourceError(`not a tar archive: ${detail}`, {
+    hint: "give a tar archive, optionally compressed with gzip, bzip2, xz or zstd",
+  });
+}
+
+function corruptField(what: string, offset: number, problem: string): SourceError {
+  return new SourceError(
+    `corrupt tar archive: the ${what} field of the header at byte ${offset} ${problem}`,
+    {
+      hint: "the file is damaged; download or create it again",
+    },
+  );
+}
+
+function corruptHeader(problem: string, where: (what: string) => string, cause?: unknown): SourceError {
+  return new SourceError(`corrupt tar archive: ${problem} (${where("header")})`, {
+    cause,
+    hint: "the file is damaged; download or create it again",
+  });
+}
+
+/**
+ * The input as a byte cursor over the incoming chunks. Headers are sliced out of a chunk when they lie
+ * within one (copied only when they straddle two); content is handed on as slices of the chunks.
+ */
+class TarInput {
+  private chunk: Buffer = EMPTY;
+  private position = 0;
+  private ended = false;
+  /** Bytes consumed so far, for messages. */
+  offset = 0;
+
+  constructor(private readonly source: AsyncIterator<Buffer>) {}
+
+  /**
+   * The next 512 bytes, or `undefined` at the end of the input.
+   *
+   * @param partial the error for an input that ends inside the block; "truncated archive" by default.
+   */
+  async readBlock(partial?: () => SourceError): Promise<Buffer | undefined> {
+    if (this.chunk.length - this.position >= BLOCK) return this.slice(BLOCK);
+    if (!(await this.fill())) return undefined;
+    if (this.chunk.length - this.position >= BLOCK) return this.slice(BLOCK);
+    const parts: Buffer[] = [];
+    let missing = BLOCK;
+    while (missing > 0) {
+      if (!(await this.fill())) throw partial?.() ?? truncated("it ends inside a header");
+      const part = this.slice(Math.min(missing, this.chunk.length - this.position));
+      parts.push(part);
+      missing -= part.length;
+    }
+    return Buffer.concat(parts, BLOCK);
+  }
+
+  /** Up to `max` bytes (at least one), as a slice of the current chunk. */
+  async take(max: number): Promise<Buffer> {
+    if (!(await this.fill())) throw truncated("it ends inside a file's content");
+    return this.slice(Math.min(max, this.chunk.length - this.position));
+  }
+
+  /** Exactly `size` bytes in a new buffer. */
+  async readBytes(size: number): Promise<Buffer> {
+    const data = Buffer.allocUnsafe(size);
+    let filled = 0;
+    while (filled < size) {
+      const part = await this.take(size - filled);
+      part.copy(data, filled);
+      filled += part.length;
+    }
+    return data;
+  }
+
+  async skip(size: number): Promise<void> {
+    let remaining = size;
+    while (remaining > 0) {
+      const part = await this.take(remaining);
+      remaining -= part.length;
+    }
+  }
+
+  /** Reads and discards the rest of the input. */
+  async drain(): Promise<void> {
+    this.offset += this.chunk.length - this.position;
+    this.chunk = EMPTY;
+    this.position = 0;
+    while (!this.ended) {
+      const result = await this.source.next();
+      if (result.done) this.ended = true;
+      else this.offset += result.value.length;
+    }
+  }
+
+  /** Stops the source early (the consumer went away or an error is on its way up). */
+  async close(): Promise<void> {
+    if (this.ended) return;
+    this.ended = true;
+    await this.source.return?.();
+  }
+
+  private slice(length: number): Buffer {
+    const part = this.chunk.subarray(this.position, this.position + length);
+    this.position += length;
+    this.offset += length;
+    return part;
+  }
+
+  private async fill(): Promise<boolean> {
+    while (this.position >= this.chunk.length) {
+      if (this.ended) return false;
+      const result = await this.source.next();
+      if (result.done) {
+        this.ended = true;
+        return false;
+      }
+      this.chunk = result.value;
+      this.position = 0;
+    }
+    return true;
+  }
+}
+
+/** The content of the current file entry: readable once, and only until the next entry is requested. */
+class EntryContentStream implements AsyncIterable<Buffer> {
+  private remaining: number;
+  private started = false;
+  private finished = false;
+
+  constructor(
+    private readonly input: TarInput,
+    size: number,
+    private readonly signal: AbortSignal,
+  ) {
+    this.remaining = size;
+  }
+
+  async *[Symbol.asyncIterator](): AsyncGenerator<Buffer> {
+    if (this.started) throw new Error("a tar entry's content can be read only once");
+    this.started = true;
+    while (this.remaining > 0) {
+      if (this.finished) throw new Error("a tar entry's content was read after the next entry was requested");
+      if (this.signal.aborted) throw new InterruptedError("interrupted", { cause: this.signal.reason });
+      const chunk = await this.input.take(this.remaining);
+      this.remaining -= chunk.length;
+      yield chunk;
+    }
+  }
+
+  /** Skips whatever the consumer did not read. */
+  async finish(): Promise<void> {
+    this.finished = true;
+    const remaining = this.remaining;
+    this.remaining = 0;
+    await this.input.skip(remaining);
+  }
+}
+
+/**
+ * Checks that an archive's entries are safe to turn into an image layer, in archive order, and makes
+ * their paths canonical (relative, no `.` or empty components).
+ *
+ * Refused, with a {@link SourceError} naming the entry: `..` components; an entry below an earlier
+ * symlink or non-directory (extracting it would write through the link); a hard link whose target is
+ * not an earlier entry, is absolute, contains `..` or is a directory; a path that appears twice;
+ * overlay whiteouts (`.wh.` names). Absolute paths are made relative with one warning per archive. The
+ * root entry (`.`) is dropped. A hard link's absolute target is refused, unless the archive's paths
+ * are absolute too (`tar -P`): then it is made relative like them.
+ */
+export class ArchiveEntryChecker {
+  /** Canonical path (as latin1, so byte-exact) → type, for every entry seen so far. */
+  private readonly seen = new Map<string, EntryType>();
+  private warnedAbsolute = false;
+
+  /** @param warn called at most once, when the first absolute path is met. */
+  constructor(private readonly warn: (message: string) => void) {}
+
+  /** The entry with its canonical path, or `undefined` for the root entry. */
+  check(entry: TarEntry): TarEntry | undefined {
+    const shown = displayPath(entry.path);
+    const raw = entry.path.toString("latin1");
+    const components = raw.split("/").filter((component) => component !== "" && component !== ".");
+    if (components.includes("..")) {
+      throw new SourceError(`unsafe entry "${shown}" in the archive: its path contains ".."`, {
+        path: shown,
+        hint: "an entry must stay inside the root; create the archive from inside the root directory (tar -C ROOT -c .)",
+      });
+    }
+    if (components.length === 0) {
+      if (entry.type === "directory") return undefined;
+      throw new SourceError(`the archive's root entry "${shown}" is a ${entry.type}, not a directory`, {
+        path: shown,
+        hint: "create the archive from inside the root directory (tar -C ROOT -c .)",
+      });
+    }
+    if (raw.startsWith("/") && !this.warnedAbsolute) {
+      this.warnedAbsolute = true;
+      this.warn(
+        `the archive holds absolute paths (first: "${shown}"); they were made relative to the image root`,
+      );
+    }
+    const last = components[components.length - 1] ?? "";
+    if (last.startsWith(".wh.")) {
+      throw new SourceError(
+        `"${shown}" is an overlay whiteout (a ".wh." name), not a file of a root filesystem`,
+        {
+          path: shown,
+          hint: "whiteouts belong to image layers; remove it from the archive or give a flattened root filesystem",
+        },
+      );
+    }
+
+    let ancestor = "";
+    for (let i = 0; i < components.length - 1; i++) {
+      ancestor = i === 0 ? (components[0] ?? "") : `${ancestor}/${components[i] ?? ""}`;
+      const type = this.seen.get(ancestor);
+      if (type === undefined || type === "directory") continue;
+      const ancestorShown = displayPath(Buffer.from(ancestor, "latin1"));
+      if (type === "symlink") {
+        throw new SourceError(
+          `"${shown}" is below "${ancestorShown}", which is a symbolic link earlier in the archive`,
+          {
+            path: shown,
+            hint: "extracting it would write through the link; recreate the archive without the link or without the entries below it",
+          },
+        );
+      }
+      throw new SourceError(`"${shown}" is below "${ancestorShown}", which is a ${type}, not a directory`, {
+        path: shown,
+        hint: "the archive does not describe a valid tree; recreate it from a directory",
+      });
+    }
+
+    const canonical = components.join("/");
+    if (this.seen.has(canonical)) {
+      throw new SourceError(`"${shown}" appears more than once in the archive`, {
+        path: shown,
+        hint: "an image layer holds each path once; recreate the archive without the duplicate (an appended archive, tar -r, repeats paths)",
+      });
+    }
+
+    let linkname = entry.linkname;
+    if (entry.type === "hardlink") linkname = this.checkHardlinkTarget(entry, shown);
+
+    this.seen.set(canonical, entry.type);
+    const path = canonical === raw ? entry.path : Buffer.from(canonical, "latin1");
+    if (path === entry.path && linkname === entry.linkname) return entry;
+    return { ...entry, path, ...(linkname === undefined ? {} : { linkname }) };
+  }
+
+  private checkHardlinkTarget(entry: TarEntry, shown: string): Buffer {
+    const target = entry.linkname ?? Buffer.alloc(0);
+    const targetShown = displayPath(target);
+    const raw = target.toString("latin1");
+    const components = raw.split("/").filter((component) => component !== "" && component !== ".");
+    // An absolute target is the host's path unless the archive's own paths are absolute (tar -P), in
+    // which case it names one of them and is made relative with them.
+    const absoluteRefused = raw.startsWith("/") && !this.warnedAbsolute;
+    if (absoluteRefused || components.includes("..") || components.length === 0) {
+      throw new SourceError(`hard link "${shown}" has the unsafe target "${targetShown}"`, {
+        path: shown,
+        hint: "a hard link must name an earlier entry of the archive by its relative path; recreate the archive",
+      });
+    }
+    const canonical = components.join("/");
+    const type = this.seen.get(canonical);
+    if (type === undefined) {
+      throw new SourceError(
+        `hard link "${shown}" points to "${targetShown}", which is not an earlier entry of the archive`,
+        {
+          path: shown,
+          hint: "the link target must be archived before the link; recreate the archive with GNU tar or bsdtar",
+        },
+      );
+    }
+    if (type === "directory") {
+      throw new SourceError(`hard link "${shown}" points to the directory "${targetShown}"`, {
+        path: shown,
+        hint: "directories cannot be hard-linked; recreate the archive",
+      });
+    }
+    return canonical === raw ? target : Buffer.from(canonical, "latin1");
+  }
+}

@@ -1,0 +1,406 @@
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
+import { linkSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Readable } from "node:stream";
+import { after, before, describe, test } from "node:test";
+import { InterruptedError, SourceError, ToolError, UsageError } from "../../src/errors.js";
+import type { ProgressEvent } from "../../src/progress.js";
+import { RootfsTarballSource, type RootfsTarballOptions } from "../../src/sources/rootfs-tarball.js";
+import { decompress, detectCompression } from "../../src/tar/decompress.js";
+
+const signal = new AbortController().signal;
+
+let work: string;
+let tree: string;
+let plainTar: string;
+let server: Server;
+let baseUrl: string;
+
+function run(command: string, args: string[], cwd?: string): void {
+  execFileSync(command, args, { cwd, stdio: ["ignore", "ignore", "pipe"] });
+}
+
+/** `command < input > output`. */
+function filter(command: string, args: string[], input: string, output: string): void {
+  writeFileSync(output, execFileSync(command, args, { input: readFileSync(input), maxBuffer: 1 << 30 }));
+}
+
+function sha256(file: string): string {
+  return createHash("sha256").update(readFileSync(file)).digest("hex");
+}
+
+/** Every entry as one line holding every field and a digest of the content. */
+async function summarize(options: RootfsTarballOptions): Promise<string[]> {
+  const source = await RootfsTarballSource.create(options);
+  const lines: string[] = [];
+  for await (const entry of source.entries(signal)) {
+    let content = "";
+    if (entry.content?.kind === "stream") {
+      const hash = createHash("sha256");
+      for await (const chunk of entry.content.chunks) hash.update(chunk);
+      content = hash.digest("hex").slice(0, 16);
+    }
+    const xattrs = [...(entry.xattrs ?? new Map<string, Buffer>())].map(
+      ([k, v]) => `${k}=${v.toString("hex")}`,
+    );
+    lines.push(
+      [
+        entry.path.toString("latin1"),
+        entry.type,
+        entry.mode.toString(8),
+        entry.uid,
+        entry.gid,
+        entry.mtime,
+        entry.size,
+        entry.linkname?.toString("latin1") ?? "",
+        entry.devmajor ?? "",
+        entry.devminor ?? "",
+        xattrs.join(","),
+        content,
+      ].join(" "),
+    );
+  }
+  return lines;
+}
+
+function assertSourceError(message: RegExp): (error: unknown) => boolean {
+  return (error: unknown) => {
+    assert.ok(error instanceof SourceError, String(error));
+    assert.match(error.message, message);
+    assert.ok(error.hint);
+    return true;
+  };
+}
+
+before(async () => {
+  work = mkdtempSync(join(tmpdir(), "mkbase-rootfs-tarball-"));
+  tree = join(work, "tree");
+  mkdirSync(join(tree, "etc"), { recursive: true });
+  mkdirSync(join(tree, "usr/bin"), { recursive: true });
+  writeFileSync(join(tree, "etc/hostname"), "box\n");
+  writeFileSync(join(tree, "usr/bin/tool"), randomBytes(1024 * 1024 + 17), { mode: 0o755 });
+  run("setcap", ["cap_net_raw+ep", join(tree, "usr/bin/tool")]);
+  linkSync(join(tree, "usr/bin/tool"), join(tree, "usr/bin/tool2"));
+  symlinkSync("usr/bin", join(tree, "bin"));
+  run("mknod", [join(tree, "etc/null"), "c", "1", "3"]);
+  plainTar = join(work, "rootfs.tar");
+  run("tar", ["--xattrs", "--format=posix", "-C", tree, "-cf", plainTar, "."]);
+
+  server = createServer((request, response) => {
+    const name = request.url?.slice(1) ?? "";
+    if (name === "cut.tar.gz") {
+      // Promise more than is sent, then drop the connection.
+      const data = readFileSync(join(work, "rootfs.tar.gz"));
+      response.writeHead(200, { "content-length": String(data.length) });
+      response.write(data.subarray(0, data.length >> 1), () => response.destroy());
+      return;
+    }
+    let data: Buffer;
+    try {
+      data = readFileSync(join(work, name));
+    } catch {
+      response.writeHead(404).end("not found");
+      return;
+    }
+    response.writeHead(200, { "content-length": String(data.length) }).end(data);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  filter("gzip", ["-c"], plainTar, join(work, "rootfs.tar.gz"));
+  const data = readFileSync(plainTar);
+  const half = join(work, "half");
+  writeFileSync(`${half}.1`, data.subarray(0, data.length >> 1));
+  writeFileSync(`${half}.2`, data.subarray(data.length >> 1));
+  filter("gzip", ["-c"], `${half}.1`, `${half}.1.gz`);
+  filter("gzip", ["-c"], `${half}.2`, `${half}.2.gz`);
+  writeFileSync(
+    join(work, "multi.tar.gz"),
+    Buffer.concat([readFileSync(`${half}.1.gz`), readFileSync(`${half}.2.gz`)]),
+  );
+  filter("pigz", ["-c"], plainTar, join(work, "pigz.tar.gz"));
+  filter("bzip2", ["-c"], plainTar, join(work, "rootfs.tar.bz2"));
+  filter("xz", ["-c", "-T1"], plainTar, join(work, "rootfs.tar.xz"));
+  filter("zstd", ["-c", "-q"], plainTar, join(work, "rootfs.tar.zst"));
+});
+
+after(async () => {
+  await new Promise((resolve) => server.close(resolve));
+  rmSync(work, { recursive: true, force: true });
+});
+
+describe("compression", () => {
+  test("gzip, multi-member gzip, pigz, bzip2, xz, zstd and plain give identical entries", async () => {
+    const expected = await summarize({ input: plainTar });
+    assert.ok(expected.some((line) => /^usr\/bin\/tool2? file 755 .*security\.capability=01/.test(line)));
+    assert.ok(expected.some((line) => /^usr\/bin\/tool2? hardlink /.test(line)));
+    assert.ok(expected.some((line) => line.startsWith("etc/null char ")));
+
+    for (const name of [
+      "rootfs.tar.gz",
+      "multi.tar.gz",
+      "pigz.tar.gz",
+      "rootfs.tar.bz2",
+      "rootfs.tar.xz",
+      "rootfs.tar.zst",
+    ]) {
+      assert.deepEqual(await summarize({ input: join(work, name) }), expected, name);
+    }
+  });
+
+  test("detectCompression reads magic bytes, not names", () => {
+    const tarHead = readFileSync(plainTar).subarray(0, 512);
+    assert.equal(detectCompression(tarHead), "none");
+    assert.equal(detectCompression(Buffer.alloc(1024)), "none", "an empty archive is zero blocks");
+    assert.equal(detectCompression(readFileSync(join(work, "rootfs.tar.gz"))), "gzip");
+    assert.equal(detectCompression(Buffer.from("BZh91AY&SY")), "bzip2");
+    assert.equal(detectCompression(Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00, 0x00])), "xz");
+    assert.equal(detectCompression(Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0x00])), "zstd");
+    assert.throws(() => detectCompression(Buffer.alloc(600, 0x41)), assertSourceError(/^not a tar archive/));
+    assert.throws(
+      () => detectCompression(Buffer.from([0x04, 0x22, 0x4d, 0x18, 1, 2])),
+      assertSourceError(/lz4/),
+    );
+  });
+
+  test("truncated and corrupt compressed archives are SourceErrors, never shorter archives", async () => {
+    const cases: [string, Buffer][] = [];
+    for (const name of ["rootfs.tar.gz", "rootfs.tar.bz2", "rootfs.tar.xz", "rootfs.tar.zst"]) {
+      const data = readFileSync(join(work, name));
+      cases.push([`${name} cut in half`, data.subarray(0, data.length >> 1)]);
+      cases.push([`${name} without its last 4 bytes`, data.subarray(0, data.length - 4)]);
+      const flipped = Buffer.from(data);
+      flipped.writeUInt8((flipped.readUInt8(data.length >> 1) ^ 0xff) & 0xff, data.length >> 1);
+      cases.push([`${name} with a flipped byte`, flipped]);
+    }
+    for (const [label, data] of cases) {
+      const file = join(work, "broken");
+      writeFileSync(file, data);
+      await assert.rejects(summarize({ input: file }), (error: unknown) => {
+        assert.ok(error instanceof SourceError, `${label}: ${String(error)}`);
+        // A decompressor emits a damaged block before it checks it, so the tar reader may see the
+        // damage first; either way the read fails.
+        if (!label.includes("flipped")) assert.match(error.message, /corrupt|truncated/, label);
+        return true;
+      });
+    }
+  });
+
+  test("gzip of something that is not a tar archive", async () => {
+    const file = join(work, "text.gz");
+    writeFileSync(join(work, "text"), "hello, this is not an archive\n".repeat(100));
+    filter("gzip", ["-c"], join(work, "text"), file);
+    await assert.rejects(summarize({ input: file }), assertSourceError(/^not a tar archive/));
+    await assert.rejects(summarize({ input: join(work, "text") }), assertSourceError(/^not a tar archive/));
+  });
+
+  test("a missing decompressor is a ToolError naming the Debian package", async () => {
+    const savedPath = process.env.PATH;
+    const emptyBin = join(work, "empty-bin");
+    mkdirSync(emptyBin, { recursive: true });
+    process.env.PATH = emptyBin;
+    try {
+      await assert.rejects(summarize({ input: join(work, "rootfs.tar.xz") }), (error: unknown) => {
+        assert.ok(error instanceof ToolError, String(error));
+        assert.match(error.hint ?? "", /xz-utils/);
+        return true;
+      });
+    } finally {
+      process.env.PATH = savedPath;
+    }
+  });
+
+  test("decompress stops its child when the consumer goes away, and honours the signal", async () => {
+    const data = readFileSync(join(work, "rootfs.tar.zst"));
+    const children = (): string =>
+      execFileSync("ps", ["-o", "comm=", "--ppid", String(process.pid)], { encoding: "utf8" });
+    for await (const chunk of decompress(Readable.from([data]), signal)) {
+      assert.ok(chunk.length > 0);
+      assert.match(children(), /zstd/);
+      break;
+    }
+    for (let i = 0; i < 50 && /zstd/.test(children()); i++)
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.doesNotMatch(children(), /zstd/);
+    const controller = new AbortController();
+    controller.abort();
+    await assert.rejects(async () => {
+      for await (const chunk of decompress(Readable.from([data]), controller.signal)) assert.ok(chunk);
+    }, InterruptedError);
+  });
+});
+
+describe("inputs and validation", () => {
+  test("stdin, with and without --sha256", async () => {
+    const expected = await summarize({ input: plainTar });
+    const gz = join(work, "rootfs.tar.gz");
+    assert.deepEqual(await summarize({ input: "-", stdin: Readable.from([readFileSync(gz)]) }), expected);
+    assert.deepEqual(
+      await summarize({
+        input: "-",
+        stdin: Readable.from([readFileSync(gz)]),
+        sha256: `sha256:${sha256(gz).toUpperCase()}`,
+      }),
+      expected,
+    );
+    await assert.rejects(
+      summarize({ input: "-", stdin: Readable.from([readFileSync(gz)]), sha256: "0".repeat(64) }),
+      assertSourceError(/sha256 mismatch/),
+    );
+    const terminal = Object.assign(Readable.from([]), { isTTY: true });
+    await assert.rejects(RootfsTarballSource.create({ input: "-", stdin: terminal }), UsageError);
+  });
+
+  test("a file's sha256 is checked over all its bytes, including what follows the archive's end", async () => {
+    const padded = join(work, "padded.tar");
+    writeFileSync(padded, Buffer.concat([readFileSync(plainTar), Buffer.alloc(20480)]));
+    assert.ok((await summarize({ input: padded, sha256: sha256(padded) })).length > 0);
+    await assert.rejects(
+      summarize({ input: padded, sha256: sha256(plainTar) }),
+      assertSourceError(/sha256 mismatch/),
+    );
+  });
+
+  test("missing files, directories and bad flags fail before any work", async () => {
+    await assert.rejects(
+      RootfsTarballSource.create({ input: join(work, "nope.tar") }),
+      assertSourceError(/nope\.tar does not exist/),
+    );
+    await assert.rejects(RootfsTarballSource.create({ input: tree }), assertSourceError(/is a directory/));
+    assert.throws(() => new RootfsTarballSource({ input: plainTar, sha256: "abc" }), UsageError);
+    assert.throws(
+      () => new RootfsTarballSource({ input: `${baseUrl}/rootfs.tar.gz` }),
+      (error: unknown) => {
+        assert.ok(error instanceof UsageError);
+        assert.match(error.message, /refusing to download .* without --sha256/);
+        assert.match(error.hint ?? "", /--insecure/);
+        return true;
+      },
+    );
+    assert.throws(
+      () => new RootfsTarballSource({ input: "ftp://example.invalid/x.tar", insecure: true }),
+      UsageError,
+    );
+    assert.equal(new RootfsTarballSource({ input: plainTar }).description, "tarball rootfs.tar");
+  });
+
+  test("unsafe archives made by GNU tar are refused, naming the entry", async () => {
+    const scratch = join(work, "unsafe");
+    mkdirSync(join(scratch, "dir"), { recursive: true });
+    mkdirSync(join(scratch, "sub"));
+    writeFileSync(join(scratch, "a"), "a");
+    linkSync(join(scratch, "a"), join(scratch, "b"));
+    symlinkSync("dir", join(scratch, "lnk"));
+    writeFileSync(join(scratch, "dir/file"), "f");
+    writeFileSync(join(scratch, ".wh.gone"), "");
+    const cases: [string, string[], RegExp][] = [
+      ["dotdot.tar", ["-P", "-C", join(scratch, "sub"), "-cf", "OUT", "../a"], /unsafe entry "\.\.\/a"/],
+      ["dup.tar", ["-C", scratch, "-cf", "OUT", "dir", "dir"], /"dir" appears more than once/],
+      [
+        "under.tar",
+        ["-C", scratch, "-cf", "OUT", "--transform=s,^dir/,lnk/,", "lnk", "dir/file"],
+        /"lnk\/file" is below "lnk", which is a symbolic link/,
+      ],
+      [
+        "hardlink.tar",
+        ["-C", scratch, "-cf", "OUT", "--transform=s,^a$,moved,H", "a", "b"],
+        /hard link "b" points to "a", which is not an earlier entry/,
+      ],
+      ["whiteout.tar", ["-C", scratch, "-cf", "OUT", ".wh.gone"], /"\.wh\.gone" is an overlay whiteout/],
+    ];
+    for (const [name, args, message] of cases) {
+      const file = join(work, name);
+      run(
+        "tar",
+        args.map((arg) => (arg === "OUT" ? file : arg)),
+      );
+      await assert.rejects(summarize({ input: file }), assertSourceError(message), name);
+    }
+  });
+
+  test("absolute paths are made relative with one warning", async () => {
+    const file = join(work, "absolute.tar");
+    run("tar", ["-P", "-cf", file, join(tree, "etc/hostname"), join(tree, "usr/bin")]);
+    const events: ProgressEvent[] = [];
+    const lines = await summarize({ input: file, onProgress: (event) => events.push(event) });
+    const relativeTree = tree.replace(/^\/+/, "");
+    assert.ok(
+      lines.some((line) => line.startsWith(`${relativeTree}/etc/hostname file `)),
+      lines.join("\n"),
+    );
+    assert.ok(lines.every((line) => !line.startsWith("/")));
+    assert.equal(events.filter((event) => event.kind === "warning").length, 1);
+  });
+});
+
+describe("downloads", () => {
+  test("the right sha256 is accepted", async () => {
+    const url = `${baseUrl}/rootfs.tar.gz`;
+    const events: ProgressEvent[] = [];
+    const lines = await summarize({
+      input: url,
+      sha256: sha256(join(work, "rootfs.tar.gz")),
+      onProgress: (e) => events.push(e),
+    });
+    assert.deepEqual(lines, await summarize({ input: plainTar }));
+    assert.deepEqual(events, []);
+    assert.equal(
+      new RootfsTarballSource({ input: url, insecure: true }).description,
+      "tarball rootfs.tar.gz",
+    );
+  });
+
+  test("a wrong sha256 fails the entry stream before it ends", async () => {
+    const source = await RootfsTarballSource.create({
+      input: `${baseUrl}/rootfs.tar.gz`,
+      sha256: "a".repeat(64),
+    });
+    const iterator = source.entries(signal);
+    let yielded = 0;
+    let outcome: unknown;
+    while (true) {
+      let result: IteratorResult<unknown>;
+      try {
+        result = await iterator.next();
+      } catch (error) {
+        outcome = error;
+        break;
+      }
+      if (result.done) {
+        outcome = "ended";
+        break;
+      }
+      yielded++;
+    }
+    assert.ok(outcome instanceof SourceError, String(outcome));
+    assert.match(outcome.message, /sha256 mismatch/);
+    assert.ok(yielded > 0);
+  });
+
+  test("--insecure downloads with one warning", async () => {
+    const events: ProgressEvent[] = [];
+    const lines = await summarize({
+      input: `${baseUrl}/rootfs.tar.gz`,
+      insecure: true,
+      onProgress: (e) => events.push(e),
+    });
+    assert.ok(lines.length > 0);
+    assert.equal(events.length, 1);
+    assert.equal(events[0]?.kind, "warning");
+  });
+
+  test("HTTP errors and cut downloads are SourceErrors", async () => {
+    await assert.rejects(
+      summarize({ input: `${baseUrl}/missing.tar.gz`, insecure: true }),
+      assertSourceError(/HTTP 404/),
+    );
+    await assert.rejects(
+      summarize({ input: `${baseUrl}/cut.tar.gz`, sha256: sha256(join(work, "rootfs.tar.gz")) }),
+      (error: unknown) => error instanceof SourceError,
+    );
+  });
+});
