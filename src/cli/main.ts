@@ -6,6 +6,7 @@ import { readFileSync } from "node:fs";
 import { Command, CommanderError } from "commander";
 import { ExitCode, InterruptedError, MkbaseError } from "../errors.js";
 import { registerDirCommand } from "./dir.js";
+import { registerTarCommand } from "./tar.js";
 import type { CommandContext } from "./run-build.js";
 
 function packageVersion(): string {
@@ -24,6 +25,13 @@ Exit codes:
   6    an external tool failed, is missing, or needs privileges
   130  interrupted (Ctrl-C or SIGTERM); temporary files were removed`;
 
+/** Capitalised and ending in a full stop, so message and hint read as one paragraph. */
+function sentence(text: string): string {
+  const trimmed = text.trim();
+  const capitalised = trimmed.charAt(0).toUpperCase() + trimmed.slice(1);
+  return /[.!?]$/.test(capitalised) ? capitalised : `${capitalised}.`;
+}
+
 /** Renders an error as one paragraph on stderr and returns its exit code. */
 async function reportError(error: unknown): Promise<number> {
   const { makeChalk } = await import("./render.js");
@@ -33,8 +41,9 @@ async function reportError(error: unknown): Promise<number> {
     return error.exitCode;
   }
   if (error instanceof MkbaseError) {
-    const hint = error.hint === undefined ? "" : ` ${error.hint}`;
-    process.stderr.write(`${chalk.red("mkbase: error:")} ${error.message}.${hint}\n`);
+    process.stderr.write(
+      `${chalk.red("mkbase: error:")} ${sentence(error.message)}${error.hint === undefined ? "" : ` ${sentence(error.hint)}`}\n`,
+    );
     return error.exitCode;
   }
   process.stderr.write(
@@ -74,6 +83,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     .exitOverride()
     .addHelpText("after", EXIT_CODES_HELP);
   registerDirCommand(program, context, done);
+  registerTarCommand(program, context, done);
 
   try {
     await program.parseAsync([...argv], { from: "user" });

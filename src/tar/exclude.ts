@@ -5,7 +5,8 @@
  */
 import { readFile } from "node:fs/promises";
 import dockerignore from "@balena/dockerignore";
-import { UsageError, errnoCode } from "../errors.js";
+import { SourceError, UsageError, errnoCode } from "../errors.js";
+import { displayPath, type TarEntry } from "./entry.js";
 
 export class PathFilter {
   private readonly matcher: ReturnType<typeof dockerignore.default>;
@@ -56,4 +57,32 @@ export async function loadPathFilter(
     }
   }
   return new PathFilter(lines);
+}
+
+/**
+ * Leaves out the entries of an archive-order stream that `filter` excludes. A hardlink whose target was
+ * left out cannot be written (the content is gone), so it is an error that names both paths.
+ */
+export async function* excludeEntries(
+  entries: Iterable<TarEntry> | AsyncIterable<TarEntry>,
+  filter: PathFilter,
+): AsyncGenerator<TarEntry> {
+  const excluded = new Set<string>();
+  for await (const entry of entries) {
+    const path = entry.path.toString("utf8");
+    if (filter.excludes(path)) {
+      if (entry.type === "file") excluded.add(path);
+      continue;
+    }
+    if (entry.type === "hardlink" && excluded.has(entry.linkname?.toString("utf8") ?? "")) {
+      throw new SourceError(
+        `${displayPath(entry.path)} is a hardlink to ${displayPath(entry.linkname ?? Buffer.alloc(0))}, which --exclude leaves out`,
+        {
+          path: displayPath(entry.path),
+          hint: "Exclude both paths, or neither.",
+        },
+      );
+    }
+    yield entry;
+  }
 }
