@@ -1,0 +1,132 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { Command } from "commander";
+import { DaemonUnavailableError, UsageError } from "../../src/errors.js";
+import { resolveEndpoint, type DiscoveryEnvironment } from "../../src/docker/connection.js";
+import { compareApiVersions } from "../../src/docker/engine.js";
+import {
+  addImageOptions,
+  configFromFlags,
+  parseEpoch,
+  type ImageFlags,
+} from "../../src/cli/image-options.js";
+
+function flags(args: string[]): ImageFlags {
+  const command = addImageOptions(new Command("x").exitOverride());
+  command.parse(args, { from: "user" });
+  return command.opts<ImageFlags>();
+}
+
+describe("epoch choice", () => {
+  it("prefers the flag, then SOURCE_DATE_EPOCH, then the input", () => {
+    assert.deepEqual(parseEpoch(flags(["--source-date-epoch", "5"]), { SOURCE_DATE_EPOCH: "7" }), {
+      kind: "fixed",
+      seconds: 5,
+    });
+    assert.deepEqual(parseEpoch(flags([]), { SOURCE_DATE_EPOCH: "7" }), { kind: "fixed", seconds: 7 });
+    assert.deepEqual(parseEpoch(flags([]), {}), { kind: "newest-input" });
+    assert.deepEqual(parseEpoch(flags([]), { SOURCE_DATE_EPOCH: "" }), { kind: "newest-input" });
+    assert.deepEqual(parseEpoch(flags(["--created", "now"]), {}), { kind: "now" });
+  });
+
+  for (const bad of ["-1", "1.5", "abc", "99999999999999"]) {
+    it(`rejects ${bad}`, () => {
+      assert.throws(() => parseEpoch(flags(["--source-date-epoch", bad]), {}), UsageError);
+      assert.throws(() => parseEpoch(flags([]), { SOURCE_DATE_EPOCH: bad }), UsageError);
+    });
+  }
+
+  it("rejects contradictions and unknown --created values", () => {
+    assert.throws(() => parseEpoch(flags(["--created", "now", "--source-date-epoch", "1"]), {}), UsageError);
+    assert.throws(() => parseEpoch(flags(["--created", "yesterday"]), {}), UsageError);
+  });
+});
+
+describe("config flags", () => {
+  it("builds the config, then applies -c in order", () => {
+    const config = configFromFlags(
+      flags([
+        "--env",
+        "A=1",
+        "--cmd",
+        "run",
+        "--label",
+        "k=v",
+        "--expose",
+        "80",
+        "-c",
+        "ENV A=2",
+        "-c",
+        "USER 7",
+        "--workdir",
+        "/w",
+      ]),
+    );
+    assert.deepEqual(config.Env, ["A=2"]);
+    assert.deepEqual(config.Cmd, ["/bin/sh", "-c", "run"]);
+    assert.deepEqual(config.Labels, { k: "v" });
+    assert.equal(config.User, "7");
+    assert.equal(config.WorkingDir, "/w");
+    assert.throws(() => configFromFlags(flags(["--workdir", "rel"])), UsageError);
+    assert.throws(() => configFromFlags(flags(["--env", "=x"])), UsageError);
+  });
+});
+
+describe("engine discovery", () => {
+  const discovery = (env: Record<string, string>, existing: string[] = []): DiscoveryEnvironment => ({
+    env,
+    exists: (path) => existing.includes(path),
+    readFile: (path) => Buffer.from(`pem:${path}`),
+    home: "/home/u",
+  });
+
+  it("uses DOCKER_HOST as given", () => {
+    assert.deepEqual(resolveEndpoint(discovery({ DOCKER_HOST: "unix:///x.sock" })).options, {
+      socketPath: "/x.sock",
+    });
+    assert.deepEqual(resolveEndpoint(discovery({ DOCKER_HOST: "tcp://h:2375" })).options, {
+      protocol: "http",
+      host: "h",
+      port: 2375,
+    });
+    const tls = resolveEndpoint(
+      discovery({ DOCKER_HOST: "tcp://h:1234", DOCKER_TLS_VERIFY: "1", DOCKER_CERT_PATH: "/c" }),
+    );
+    assert.equal(tls.options.protocol, "https");
+    assert.equal(String(tls.options.ca), "pem:/c/ca.pem");
+    const ssh = resolveEndpoint(discovery({ DOCKER_HOST: "ssh://me@box:2222", SSH_AUTH_SOCK: "/agent" }));
+    assert.deepEqual(
+      [ssh.options.protocol, ssh.options.host, ssh.options.port, ssh.options.username],
+      ["ssh", "box", 2222, "me"],
+    );
+    assert.throws(() => resolveEndpoint(discovery({ DOCKER_HOST: "ftp://x" })), UsageError);
+  });
+
+  it("falls back to the system socket, then the rootless one", () => {
+    assert.equal(
+      resolveEndpoint(discovery({}, ["/var/run/docker.sock"])).description,
+      "unix:///var/run/docker.sock",
+    );
+    const rootless = resolveEndpoint(
+      discovery({ XDG_RUNTIME_DIR: "/run/user/1000" }, ["/run/user/1000/docker.sock"]),
+    );
+    assert.equal(rootless.description, "unix:///run/user/1000/docker.sock");
+  });
+
+  it("names every place it looked when there is no engine", () => {
+    assert.throws(
+      () => resolveEndpoint(discovery({ XDG_RUNTIME_DIR: "/run/user/1000" })),
+      (error: unknown) =>
+        error instanceof DaemonUnavailableError &&
+        error.message.includes("/var/run/docker.sock") &&
+        error.message.includes("/run/user/1000/docker.sock") &&
+        error.message.includes("DOCKER_HOST"),
+    );
+  });
+
+  it("compares API versions numerically", () => {
+    assert.ok(compareApiVersions("1.9", "1.41") < 0);
+    assert.ok(compareApiVersions("1.44", "1.41") > 0);
+    assert.equal(compareApiVersions("1.41", "1.41"), 0);
+  });
+});

@@ -1,0 +1,171 @@
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { Readable } from "node:stream";
+import { describe, it } from "node:test";
+import { build, type BuildRequest } from "../../src/build.js";
+import type { EngineClient, ImageSummary } from "../../src/docker/engine.js";
+import { SinkError } from "../../src/errors.js";
+import { parseTagReference } from "../../src/image/reference.js";
+import { DockerImportSink, DockerLoadSink } from "../../src/sinks/docker-engine.js";
+import type { EntrySource, TarEntry } from "../../src/tar/entry.js";
+
+/** A narrow fake of the engine: records calls, answers with scripted ndjson. */
+class FakeEngine implements EngineClient {
+  readonly endpoint = "fake://engine";
+  readonly apiVersion = "1.41";
+  readonly calls: string[] = [];
+  received = Buffer.alloc(0);
+  constructor(
+    private readonly reply: (body: Buffer) => object[],
+    private readonly inspected: (id: string) => ImageSummary | undefined = () => undefined,
+    private readonly failTagAt = -1,
+  ) {}
+
+  async postTar(path: string, _query: Record<string, unknown>, body: Readable): Promise<Readable> {
+    this.calls.push(`post ${path}`);
+    const chunks: Buffer[] = [];
+    for await (const chunk of body) chunks.push(chunk as Buffer);
+    this.received = Buffer.concat(chunks);
+    return Readable.from(this.reply(this.received).map((line) => `${JSON.stringify(line)}\n`));
+  }
+  async inspectImage(id: string) {
+    this.calls.push(`inspect ${id}`);
+    return this.inspected(id);
+  }
+  async tagImage(id: string, repository: string, tag: string) {
+    if (this.calls.filter((c) => c.startsWith("tag")).length === this.failTagAt)
+      throw new SinkError("tag refused");
+    this.calls.push(`tag ${id} ${repository}:${tag}`);
+  }
+  async removeImage(id: string) {
+    this.calls.push(`remove ${id}`);
+  }
+}
+
+const entries: TarEntry[] = [
+  { path: Buffer.from("etc"), type: "directory", mode: 0o755, uid: 0, gid: 0, mtime: 100, size: 0 },
+  {
+    path: Buffer.from("etc/x"),
+    type: "file",
+    mode: 0o644,
+    uid: 0,
+    gid: 0,
+    mtime: 200,
+    size: 2,
+    content: { kind: "bytes", data: Buffer.from("hi") },
+  },
+];
+const source: EntrySource = { description: "test entries", entries: () => entries };
+
+function request(sink: BuildRequest["sinks"][number]): BuildRequest {
+  return {
+    source,
+    epoch: { kind: "newest-input" },
+    platform: { os: "linux", architecture: "amd64" },
+    config: {},
+    createdBy: "mkbase test",
+    sinks: [sink],
+    signal: new AbortController().signal,
+    onProgress: () => {},
+  };
+}
+
+/** A sink that only reports, to learn the image ID a build computes before the fake engine answers with it. */
+const probeSink = {
+  destination: "probe",
+  needsLayerFile: false,
+  write: async () => ({ destination: "probe", id: "", tags: [] }),
+};
+
+const tags = [parseTagReference("corp/x:1"), parseTagReference("corp/x:2")];
+const sha = (data: Buffer): string => `sha256:${createHash("sha256").update(data).digest("hex")}`;
+
+describe("DockerLoadSink", () => {
+  it("refuses to tag when the engine loaded a different image ID", async () => {
+    const engine = new FakeEngine(() => [{ stream: `Loaded image ID: sha256:${"0".repeat(64)}\n` }]);
+    await assert.rejects(
+      build(request(new DockerLoadSink({ engine, tags, onProgress: () => {} }))),
+      SinkError,
+    );
+    assert.ok(!engine.calls.some((c) => c.startsWith("tag")), "nothing was tagged");
+  });
+
+  it("tags every reference when the engine loaded our image", async () => {
+    const engine = new FakeEngine(() => [{ stream: `Loaded image ID: ${loaded}\n` }]);
+    let loaded = "";
+    const sink = new DockerLoadSink({ engine, tags, onProgress: () => {} });
+    const probe = await build(request(probeSink));
+    loaded = probe.imageId;
+    const result = await build(request(sink));
+    assert.equal(result.results[0]?.id, probe.imageId);
+    assert.deepEqual(result.results[0]?.tags, ["corp/x:1", "corp/x:2"]);
+    assert.equal(result.epoch, 200, "the epoch defaults to the newest mtime");
+    assert.ok(engine.received.includes(Buffer.from("manifest.json")), "a docker-archive was sent");
+  });
+
+  it("turns an engine error line into a SinkError without tagging", async () => {
+    const engine = new FakeEngine(() => [
+      { status: "Loading" },
+      { errorDetail: { message: "no space left on device" }, error: "no space" },
+    ]);
+    await assert.rejects(
+      build(request(new DockerLoadSink({ engine, tags, onProgress: () => {} }))),
+      /no space left on device/,
+    );
+    assert.ok(!engine.calls.some((c) => c.startsWith("tag")));
+  });
+
+  it("removes the tags it made when a later tag fails", async () => {
+    let loaded = "";
+    const engine = new FakeEngine(() => [{ stream: `Loaded image ID: ${loaded}\n` }], undefined, 1);
+    const probe = await build(request(probeSink));
+    loaded = probe.imageId;
+    await assert.rejects(
+      build(request(new DockerLoadSink({ engine, tags, onProgress: () => {} }))),
+      /tag refused/,
+    );
+    assert.ok(engine.calls.includes("remove corp/x:1"));
+  });
+});
+
+describe("DockerImportSink", () => {
+  const id = `sha256:${"b".repeat(64)}`;
+
+  it("checks the imported layer against ours before tagging", async () => {
+    let diffId = "";
+    const engine = new FakeEngine(
+      (body) => {
+        diffId = sha(body);
+        return [{ status: "Importing" }, { status: id }];
+      },
+      (asked) => ({ id: asked, diffIds: [diffId], architecture: "amd64", repoTags: [] }),
+    );
+    const sink = new DockerImportSink({
+      engine,
+      tags,
+      onProgress: () => {},
+      changes: ['CMD ["/x"]'],
+      platform: "linux/amd64",
+    });
+    const result = await build(request(sink));
+    assert.equal(result.diffId, diffId);
+    assert.deepEqual(engine.calls.slice(-2), [`tag ${id} corp/x:1`, `tag ${id} corp/x:2`]);
+  });
+
+  it("removes the image and tags nothing when the layer differs", async () => {
+    const engine = new FakeEngine(
+      () => [{ status: id }],
+      (asked) => ({ id: asked, diffIds: [`sha256:${"c".repeat(64)}`], architecture: "amd64", repoTags: [] }),
+    );
+    const sink = new DockerImportSink({
+      engine,
+      tags,
+      onProgress: () => {},
+      changes: [],
+      platform: "linux/amd64",
+    });
+    await assert.rejects(build(request(sink)), /differs from the one mkbase packed/);
+    assert.ok(engine.calls.includes(`remove ${id}`));
+    assert.ok(!engine.calls.some((c) => c.startsWith("tag")));
+  });
+});

@@ -1,0 +1,120 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { UsageError } from "../../src/errors.js";
+import { applyChange, configToInstructions, parseCommand, parsePort } from "../../src/image/config.js";
+import { canonicalJson } from "../../src/image/digest.js";
+import { configJson, imageId, type Image } from "../../src/image/image.js";
+import { formatReference, parseReference, parseTagReference } from "../../src/image/reference.js";
+
+describe("image references", () => {
+  it("accepts the forms docker accepts", () => {
+    assert.deepEqual(parseTagReference("corp/base:1.0"), {
+      domain: undefined,
+      path: "corp/base",
+      tag: "1.0",
+      digest: undefined,
+    });
+    assert.equal(parseTagReference("ubuntu").tag, "latest");
+    const withPort = parseReference("localhost:5000/a/b:x");
+    assert.deepEqual([withPort.domain, withPort.path, withPort.tag], ["localhost:5000", "a/b", "x"]);
+    assert.equal(parseReference("Registry.Example.com/x").domain, "Registry.Example.com");
+    assert.equal(formatReference(parseReference("a__b/c-d.e:T_1")), "a__b/c-d.e:T_1");
+  });
+
+  for (const bad of [
+    "UPPER/case",
+    "a:b:c",
+    "",
+    "a//b",
+    "-a",
+    "a:",
+    "a:-x",
+    `${"a".repeat(256)}`,
+    "a@sha256:zz",
+    "a/B",
+  ]) {
+    it(`rejects ${JSON.stringify(bad)}`, () => {
+      assert.throws(() => parseTagReference(bad), UsageError);
+    });
+  }
+
+  it("refuses a digest in a tag", () => {
+    assert.throws(() => parseTagReference(`a@sha256:${"0".repeat(64)}`), /cannot carry a digest/);
+  });
+});
+
+describe("container config", () => {
+  it("parses exec and shell forms", () => {
+    assert.deepEqual(parseCommand('["/bin/app","-x"]', "--cmd"), ["/bin/app", "-x"]);
+    assert.deepEqual(parseCommand("echo hi", "--cmd"), ["/bin/sh", "-c", "echo hi"]);
+    assert.throws(() => parseCommand("[not json", "--cmd"), UsageError);
+    assert.throws(() => parseCommand("[1,2]", "--cmd"), UsageError);
+  });
+
+  it("parses ports and ranges", () => {
+    assert.deepEqual(parsePort("80"), ["80/tcp"]);
+    assert.deepEqual(parsePort("53/UDP"), ["53/udp"]);
+    assert.deepEqual(parsePort("8000-8002"), ["8000/tcp", "8001/tcp", "8002/tcp"]);
+    assert.throws(() => parsePort("0"), UsageError);
+    assert.throws(() => parsePort("http"), UsageError);
+  });
+
+  it("applies docker import --change instructions", () => {
+    let config = applyChange({}, 'ENV A=1 B="two words"');
+    config = applyChange(config, "ENV LEGACY some value");
+    config = applyChange(config, 'LABEL "org.x"="y z"');
+    config = applyChange(config, "EXPOSE 80 443/tcp");
+    config = applyChange(config, 'VOLUME ["/data"]');
+    config = applyChange(config, 'cmd ["/bin/sh"]');
+    config = applyChange(config, "ENV A=3");
+    assert.deepEqual(config.Env, ["B=two words", "LEGACY=some value", "A=3"]);
+    assert.deepEqual(config.Labels, { "org.x": "y z" });
+    assert.deepEqual(Object.keys(config.ExposedPorts ?? {}), ["80/tcp", "443/tcp"]);
+    assert.deepEqual(Object.keys(config.Volumes ?? {}), ["/data"]);
+    assert.deepEqual(config.Cmd, ["/bin/sh"]);
+    assert.throws(() => applyChange({}, "RUN apt-get update"), UsageError);
+    assert.throws(() => applyChange({}, "USER"), UsageError);
+  });
+
+  it("round-trips through Dockerfile instructions", () => {
+    const config = {
+      Env: ["A=1", 'Q=say "hi"'],
+      Labels: { b: "2", a: "1" },
+      Cmd: ["/bin/sh", "-c", "echo $A"],
+      Entrypoint: ["/tini", "--"],
+      User: "1000:1000",
+      WorkingDir: "/srv",
+      StopSignal: "SIGQUIT",
+      ExposedPorts: { "80/tcp": {} },
+      Volumes: { "/data": {} },
+    };
+    const rebuilt = configToInstructions(config).reduce(applyChange, {});
+    assert.deepEqual(rebuilt, config);
+  });
+});
+
+describe("image identity", () => {
+  const image: Image = {
+    platform: { os: "linux", architecture: "arm64", variant: "v8" },
+    created: 1_700_000_000,
+    config: { Cmd: ["/hello"], Labels: {} },
+    layers: [{ diffId: `sha256:${"a".repeat(64)}`, size: 1024, open: undefined }],
+    history: [{ created: "2023-11-14T22:13:20Z", createdBy: "mkbase dir" }],
+    annotations: {},
+  };
+
+  it("writes a canonical OCI config", () => {
+    const parsed = JSON.parse(configJson(image).toString()) as Record<string, unknown>;
+    assert.equal(parsed.created, "2023-11-14T22:13:20Z");
+    assert.equal(parsed.architecture, "arm64");
+    assert.equal(parsed.variant, "v8");
+    assert.deepEqual(parsed.config, { Cmd: ["/hello"] }, "empty members are omitted");
+    assert.deepEqual(parsed.rootfs, { type: "layers", diff_ids: [`sha256:${"a".repeat(64)}`] });
+    assert.equal(configJson(image).toString(), canonicalJson(parsed).toString());
+  });
+
+  // The golden value was computed independently: sha256 of the same document written by Python json.dumps(sort_keys).
+  it("pins the image ID of a fixed image (golden digest)", () => {
+    assert.equal(imageId(image), "sha256:45889b8a2224c027d09535e2c86cbf8b990748fe9055aee9775dbe7e5358fb5f");
+  });
+});

@@ -1,0 +1,129 @@
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import {
+  linkSync,
+  mkdirSync,
+  mkdtempSync,
+  rmSync,
+  symlinkSync,
+  utimesSync,
+  writeFileSync,
+  chmodSync,
+} from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { SourceError } from "../../src/errors.js";
+import type { TarEntry } from "../../src/tar/entry.js";
+import { PathFilter } from "../../src/tar/exclude.js";
+import { walkTree } from "../../src/tar/walk.js";
+
+const signal = new AbortController().signal;
+let root: string;
+
+function walk(options: Partial<Parameters<typeof walkTree>[1]> = {}): TarEntry[] {
+  return [...walkTree(root, { signal, ...options })];
+}
+
+const names = (entries: TarEntry[]): string[] => entries.map((e) => e.path.toString("latin1"));
+
+before(async () => {
+  root = mkdtempSync(join(tmpdir(), "mkbase-walk-test-"));
+  mkdirSync(join(root, "b/sub"), { recursive: true });
+  writeFileSync(join(root, "a.txt"), "a");
+  writeFileSync(join(root, "b/sub/file"), "12345");
+  writeFileSync(join(root, "B"), "upper");
+  linkSync(join(root, "b/sub/file"), join(root, "z-hard"));
+  symlinkSync("../nowhere", join(root, "b/dangling"));
+  chmodSync(join(root, "a.txt"), 0o4755);
+  writeFileSync(Buffer.concat([Buffer.from(join(root, "raw-")), Buffer.from([0xff])]), "raw");
+  execFileSync("mkfifo", [join(root, "fifo")]);
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(join(root, "sock"), resolve));
+  // Leave the socket file behind: closing the server would unlink it.
+  server.unref();
+  for (const dir of ["proc", "tmp"]) {
+    mkdirSync(join(root, dir));
+    writeFileSync(join(root, dir, "inside"), "x");
+  }
+  utimesSync(join(root, "a.txt"), 1_600_000_000.9, 1_600_000_000.9);
+});
+after(() => rmSync(root, { recursive: true, force: true }));
+
+describe("walkTree", () => {
+  it("yields entries depth-first, sorted bytewise within each directory, without the root", () => {
+    assert.deepEqual(names(walk()), [
+      "B",
+      "a.txt",
+      "b",
+      "b/dangling",
+      "b/sub",
+      "b/sub/file",
+      "fifo",
+      "proc",
+      "proc/inside",
+      "raw-\xff",
+      "tmp",
+      "tmp/inside",
+      "z-hard",
+    ]);
+  });
+
+  it("describes each kind faithfully", () => {
+    const byName = new Map(walk().map((e) => [e.path.toString("latin1"), e]));
+    const file = byName.get("a.txt");
+    assert.equal(file?.type, "file");
+    assert.equal(file?.mode, 0o4755);
+    assert.equal(file?.mtime, 1_600_000_000, "mtime is floored, never rounded up");
+    assert.equal(byName.get("b/dangling")?.type, "symlink");
+    assert.equal(byName.get("b/dangling")?.linkname?.toString(), "../nowhere");
+    assert.equal(byName.get("fifo")?.type, "fifo");
+    assert.equal(byName.get("b/sub/file")?.type, "file");
+    assert.equal(byName.get("z-hard")?.type, "hardlink");
+    assert.equal(byName.get("z-hard")?.linkname?.toString(), "b/sub/file");
+    assert.equal(byName.get("raw-\xff")?.path.at(-1), 0xff);
+  });
+
+  it("reports sockets instead of yielding them", () => {
+    const skipped: string[] = [];
+    const entries = walk({ onSkip: (kind, path) => skipped.push(`${kind}:${path}`) });
+    assert.ok(!names(entries).includes("sock"));
+    assert.deepEqual(skipped, ["socket:sock"]);
+  });
+
+  it("keeps runtime directories empty in system mode", () => {
+    const entries = names(walk({ contentsExcluded: ["proc", "tmp"] }));
+    assert.ok(entries.includes("proc") && entries.includes("tmp"));
+    assert.ok(!entries.includes("proc/inside") && !entries.includes("tmp/inside"));
+  });
+
+  it("prunes excluded paths, and a hardlink whose first path is excluded becomes a file", () => {
+    const entries = walk({ filter: new PathFilter(["b", "*.txt"]) });
+    assert.ok(!names(entries).some((n) => n.startsWith("b/") || n === "b" || n === "a.txt"));
+    const hard = entries.find((e) => e.path.toString() === "z-hard");
+    assert.equal(hard?.type, "file");
+    assert.equal(hard?.size, 5);
+  });
+
+  it("re-includes exceptions below an excluded directory", () => {
+    const entries = names(walk({ filter: new PathFilter(["b", "!b/sub/file"]) }));
+    assert.ok(entries.includes("b/sub/file"));
+    assert.ok(!entries.includes("b/dangling"));
+  });
+
+  it("fails with a SourceError naming a path that vanished", () => {
+    assert.throws(
+      () => [...walkTree(join(root, "missing"), { signal })],
+      (error: unknown) => error instanceof SourceError && /missing/.test(error.message),
+    );
+  });
+
+  it("stops when the signal is aborted", () => {
+    const controller = new AbortController();
+    const iterator = walkTree(root, { signal: controller.signal });
+    iterator.next();
+    controller.abort();
+    assert.throws(() => iterator.next(), { name: "InterruptedError" });
+  });
+});
