@@ -7,10 +7,11 @@
  * consumer's backpressure (an HTTP request, a file, a compressor) gets to act.
  */
 import { closeSync, constants, openSync, readSync } from "node:fs";
-import { SourceError, errnoCode, throwIfAborted } from "../errors.js";
+import { SourceError, throwIfAborted } from "../errors.js";
 import type { ProgressListener } from "../progress.js";
 import { displayPath, type TarEntry } from "./entry.js";
 import { END_OF_ARCHIVE, encodeHeader, paddingFor } from "./header.js";
+import { unreadablePathError } from "./walk.js";
 
 /** 4 MiB: large enough that per-chunk costs vanish, small enough to keep memory flat. */
 const CHUNK_SIZE = 4 * 1024 * 1024;
@@ -71,19 +72,7 @@ function openForReading(path: Buffer): number {
     // O_NOFOLLOW: if the file was replaced by a symlink since the walk saw it, refuse rather than follow.
     return openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
   } catch (error) {
-    const shown = displayPath(path);
-    if (errnoCode(error) === "ENOENT") {
-      throw new SourceError(`${shown} vanished while the tree was being read`, {
-        path: shown,
-        cause: error,
-        hint: "Stop whatever is changing the tree (or exclude the path with --exclude) and run again.",
-      });
-    }
-    throw new SourceError(`cannot read ${shown}: ${(error as Error).message}`, {
-      path: shown,
-      cause: error,
-      hint: "Run as a user who can read every file (often root), or leave the file out with --exclude.",
-    });
+    throw unreadablePathError(path, error);
   }
 }
 

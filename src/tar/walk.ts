@@ -77,23 +77,31 @@ function readXattrs(path: Buffer, isRegularFile: boolean): ReadonlyMap<string, B
   }
 }
 
+/**
+ * The error for a path of the tree that could not be read: one that vanished since its directory was
+ * listed means the tree is changing under us; anything else is a permission or I/O problem.
+ */
+export function unreadablePathError(full: Buffer, error: unknown): SourceError {
+  const shown = displayPath(full);
+  if (errnoCode(error) === "ENOENT") {
+    return new SourceError(`${shown} vanished while the tree was being read`, {
+      path: shown,
+      cause: error,
+      hint: "Stop whatever is changing the tree (or leave the path out with --exclude) and run again.",
+    });
+  }
+  return new SourceError(`cannot read ${shown}: ${(error as Error).message}`, {
+    path: shown,
+    cause: error,
+    hint: "Run as a user who can read every file (often root), or leave the path out with --exclude.",
+  });
+}
+
 function lstatOrFail(full: Buffer): Stats {
   try {
     return lstatSync(full);
   } catch (error) {
-    const shown = displayPath(full);
-    if (errnoCode(error) === "ENOENT") {
-      throw new SourceError(`${shown} vanished while the tree was being read`, {
-        path: shown,
-        cause: error,
-        hint: "Stop whatever is changing the tree (or leave the path out with --exclude) and run again.",
-      });
-    }
-    throw new SourceError(`cannot read ${shown}: ${(error as Error).message}`, {
-      path: shown,
-      cause: error,
-      hint: "Run as a user who can read every file (often root), or leave the path out with --exclude.",
-    });
+    throw unreadablePathError(full, error);
   }
 }
 
