@@ -3,27 +3,18 @@
  * old and new engines read it: `manifest.json` for the classic image store, and an OCI `index.json` +
  * `oci-layout` over the same digest-named blobs for the containerd image store.
  */
-import type { TarEntry } from "../tar/entry.js";
+import { bytesEntry, directoryEntry, type TarEntry } from "../tar/entry.js";
 import { canonicalJson, digestHex } from "../image/digest.js";
 import type { Image } from "../image/image.js";
 import { INDEX_MEDIA_TYPE, uncompressedManifest } from "../image/manifest.js";
 import { formatReference, type Reference } from "../image/reference.js";
 
 function fileEntry(path: string, data: Buffer, mtime: number): TarEntry {
-  return {
-    path: Buffer.from(path),
-    type: "file",
-    mode: 0o644,
-    uid: 0,
-    gid: 0,
-    mtime,
-    size: data.length,
-    content: { kind: "bytes", data },
-  };
+  return bytesEntry(path, data, 0o644, mtime);
 }
 
 function dirEntry(path: string, mtime: number): TarEntry {
-  return { path: Buffer.from(path), type: "directory", mode: 0o755, uid: 0, gid: 0, mtime, size: 0 };
+  return directoryEntry(path, 0o755, mtime);
 }
 
 /**

@@ -52,3 +52,22 @@ export function displayPath(path: Buffer): string {
     .map((b) => (b >= 0x20 && b < 0x7f ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, "0")}`))
     .join("");
 }
+
+/** A root-owned regular file whose content is already in memory (generated files, JSON documents). */
+export function bytesEntry(path: string, data: Buffer, mode: number, mtime: number): TarEntry {
+  return {
+    path: Buffer.from(path),
+    type: "file",
+    mode,
+    uid: 0,
+    gid: 0,
+    mtime,
+    size: data.length,
+    content: { kind: "bytes", data },
+  };
+}
+
+/** A root-owned directory. */
+export function directoryEntry(path: string, mode: number, mtime: number): TarEntry {
+  return { path: Buffer.from(path), type: "directory", mode, uid: 0, gid: 0, mtime, size: 0 };
+}
