@@ -6,6 +6,7 @@ import { readFileSync } from "node:fs";
 import { Command, CommanderError } from "commander";
 import { ExitCode, InterruptedError, MkbaseError } from "../errors.js";
 import { registerDirCommand } from "./dir.js";
+import { registerScratchCommand } from "./scratch.js";
 import { registerTarCommand } from "./tar.js";
 import type { CommandContext } from "./run-build.js";
 
@@ -83,6 +84,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     .exitOverride()
     .addHelpText("after", EXIT_CODES_HELP);
   registerDirCommand(program, context, done);
+  registerScratchCommand(program, context, done);
   registerTarCommand(program, context, done);
 
   try {

@@ -72,6 +72,12 @@ function printResult(result: BuildResult, flags: ImageFlags, stdout: NodeJS.Writ
 }
 
 /**
+ * Values a command derives from its input instead of the shared flags (`mkbase scratch`: the platform from
+ * the ELF header, the epoch from the program's mtime, the config checked against the image's files).
+ */
+export type ImageOverrides = Partial<ReturnType<typeof prepareImageFlags>>;
+
+/**
  * Runs a build of `source` into the Docker Engine with the shared flags, prints the result, and returns
  * the exit code. `createdBy` is the history line (the command, without host paths, for reproducibility).
  */
@@ -80,8 +86,9 @@ export async function runBuild(
   flags: ImageFlags,
   openSource: (onProgress: ProgressListener) => Promise<EntrySource>,
   createdBy: string,
+  overrides: ImageOverrides = {},
 ): Promise<number> {
-  const prepared = prepareImageFlags(flags, context.env);
+  const prepared = { ...prepareImageFlags(flags, context.env), ...overrides };
   const renderer = makeRenderer({ quiet: flags.quiet === true });
   let ok = false;
   try {

@@ -1,0 +1,339 @@
+/**
+ * `mkbase scratch BINARY [-- ARGS...]`: a FROM scratch image holding one program (and, on request, its
+ * libraries, CA certificates, zoneinfo, a non-root user, `/tmp` and extra files). With several
+ * `--platform os/arch=FILE` it builds one image per platform.
+ */
+import type { Command, Option } from "commander";
+import { UsageError } from "../errors.js";
+import {
+  formatPlatform,
+  hostPlatform,
+  parsePlatform,
+  platformsMatch,
+  type Platform,
+} from "../image/platform.js";
+import { formatReference, type Reference } from "../image/reference.js";
+import {
+  addImageOptions,
+  configFromFlags,
+  parseEpoch,
+  tagsFromFlags,
+  type ImageFlags,
+} from "./image-options.js";
+import type { CommandContext } from "./run-build.js";
+
+/** What commander collects for `mkbase scratch`; `--platform` is repeatable here. */
+interface ScratchFlags extends Omit<ImageFlags, "platform"> {
+  readonly platform?: string[];
+  readonly dest?: string;
+  readonly bundleLibs?: boolean;
+  readonly sysroot?: string;
+  readonly caCerts?: boolean;
+  readonly tzdata?: boolean;
+  readonly tmp?: boolean;
+  readonly add: string[];
+  readonly chown?: string;
+  readonly chmod?: string;
+}
+
+/** The user `--user NAME[:UID]` creates. */
+export interface ScratchUserSpec {
+  readonly name: string;
+  readonly uid: number;
+}
+
+/** The numbers distroless and other FROM scratch images use, so that `--user nonroot` means the same. */
+const WELL_KNOWN_USERS: Readonly<Record<string, number>> = { root: 0, nonroot: 65532, nobody: 65534 };
+/** The largest uid Linux accepts ((uid_t)-1 means "no change" to chown and setresuid). */
+const MAX_ID = 4294967294;
+/** A POSIX portable user name (useradd accepts these without --badname). */
+const USER_NAME = /^[a-z_][a-z0-9_-]{0,31}$/;
+
+function parseId(text: string, flag: string): number {
+  if (!/^\d+$/.test(text) || Number(text) > MAX_ID) {
+    throw new UsageError(`${flag}: ${text} is not a user or group number`, {
+      hint: `Give a number between 0 and ${MAX_ID}.`,
+    });
+  }
+  return Number(text);
+}
+
+/** `--user NAME[:UID]`: `nonroot` is 65532 and `root` 0; any other name needs its UID. */
+export function parseScratchUser(text: string): ScratchUserSpec {
+  const colon = text.indexOf(":");
+  const name = colon < 0 ? text : text.slice(0, colon);
+  if (!USER_NAME.test(name)) {
+    throw new UsageError(`--user ${text}: ${JSON.stringify(name)} is not a user name`, {
+      hint: "Write --user NAME[:UID] with a lowercase name, e.g. --user nonroot or --user app:10001.",
+    });
+  }
+  if (colon >= 0) return { name, uid: parseId(text.slice(colon + 1), "--user") };
+  const known = WELL_KNOWN_USERS[name];
+  if (known === undefined) {
+    throw new UsageError(`--user ${name}: which UID should ${name} have?`, {
+      hint: `Write --user ${name}:UID (e.g. ${name}:10001), or use --user nonroot (65532).`,
+    });
+  }
+  return { name, uid: known };
+}
+
+/** `--add SRC:DEST`, split at the last `:` that starts an absolute DEST, so SRC may hold colons. */
+export function parseAddSpec(text: string): { source: string; dest: string } {
+  const split = text.lastIndexOf(":/");
+  if (split <= 0) {
+    throw new UsageError(`--add ${text}: expected SRC:DEST with an absolute DEST`, {
+      hint: "For example --add ./config.yaml:/etc/app/config.yaml or --add ./static/:/srv/static/.",
+    });
+  }
+  return { source: text.slice(0, split), dest: text.slice(split + 1) };
+}
+
+/**
+ * `--chown UID[:GID]` as Dockerfile `COPY --chown`: numbers, or the names this image's `/etc/passwd` knows
+ * (root and the `--user`); a missing group means the same number as the user.
+ */
+export function parseChown(text: string, user: ScratchUserSpec | undefined): { uid: number; gid: number } {
+  const known = new Map<string, number>([["root", 0]]);
+  if (user !== undefined) known.set(user.name, user.uid);
+  const idOf = (part: string): number => {
+    const named = known.get(part);
+    if (named !== undefined) return named;
+    if (/^\d+$/.test(part)) return parseId(part, "--chown");
+    throw new UsageError(`--chown ${text}: the image has no user or group ${JSON.stringify(part)}`, {
+      hint: "Use numbers (--chown 1000:1000), root, or the name given to --user.",
+    });
+  };
+  const [owner = "", group] = text.split(":", 2);
+  const uid = idOf(owner);
+  return { uid, gid: group === undefined ? uid : idOf(group) };
+}
+
+/** `--chmod MODE`: octal permission bits, as `COPY --chmod`. */
+export function parseChmod(text: string): number {
+  if (!/^[0-7]{3,4}$/.test(text)) {
+    throw new UsageError(`--chmod ${text}: expected an octal mode such as 644 or 0755`);
+  }
+  return parseInt(text, 8);
+}
+
+/** One image to build: a program and, from `--platform`, the platform it must be for. */
+export interface ScratchTarget {
+  readonly binary: string;
+  readonly platform: Platform | undefined;
+}
+
+/**
+ * The programs to package. `--platform os/arch=FILE` (repeatable) names one program per platform, and then
+ * every operand is a CMD argument; otherwise the first operand is the program and `--platform` (at most one,
+ * without `=`) only states what it must be built for.
+ */
+export function scratchTargets(
+  operands: readonly string[],
+  platforms: readonly string[],
+): { targets: ScratchTarget[]; args: string[]; perPlatform: boolean } {
+  const perFile = platforms.filter((value) => value.includes("="));
+  if (perFile.length > 0) {
+    if (perFile.length !== platforms.length) {
+      throw new UsageError("mix of --platform os/arch=FILE and a plain --platform", {
+        hint: "Give every platform its program: --platform linux/amd64=./app-amd64 --platform linux/arm64=./app-arm64.",
+      });
+    }
+    const targets = perFile.map((value) => {
+      const eq = value.indexOf("=");
+      const binary = value.slice(eq + 1);
+      if (binary === "") throw new UsageError(`--platform ${value}: no program after =`);
+      return { binary, platform: parsePlatform(value.slice(0, eq)) };
+    });
+    targets.forEach((target, index) => {
+      const twin = targets.findIndex((other) => platformsMatch(other.platform, target.platform));
+      if (twin !== index) {
+        throw new UsageError(`--platform ${formatPlatform(target.platform)} is given twice`);
+      }
+    });
+    return { targets, args: [...operands], perPlatform: true };
+  }
+  if (platforms.length > 1) {
+    throw new UsageError("several --platform values for one program", {
+      hint: "One program runs on one platform; for several, name a program per platform: --platform linux/arm64=./app-arm64.",
+    });
+  }
+  const [binary, ...args] = operands;
+  if (binary === undefined) {
+    throw new UsageError("no program given", {
+      hint: "Run mkbase scratch ./program -t name, or --platform os/arch=FILE for each platform.",
+    });
+  }
+  const platform = platforms[0];
+  return {
+    targets: [{ binary, platform: platform === undefined ? undefined : parsePlatform(platform) }],
+    args,
+    perPlatform: false,
+  };
+}
+
+/** The tag suffix for a platform in a multi-platform build: the architecture, plus the variant for 32-bit arm. */
+export function platformTagSuffix(platform: Platform): string {
+  return platform.architecture === "arm" && platform.variant !== undefined
+    ? `${platform.architecture}-${platform.variant}`
+    : platform.architecture;
+}
+
+const collect = (value: string, previous: string[] | undefined): string[] => [...(previous ?? []), value];
+
+function sharedOption(command: Command, long: string): Option {
+  const option = command.options.find((candidate) => candidate.long === long);
+  if (option === undefined) throw new Error(`the shared option ${long} is missing`);
+  return option;
+}
+
+export function registerScratchCommand(
+  program: Command,
+  context: () => CommandContext,
+  done: (code: number) => void,
+): void {
+  const command = program
+    .command("scratch")
+    .argument("[binary]", "the program (an ELF file) to put into the image")
+    .argument("[args...]", "after --: arguments that become the image's CMD")
+    .summary("build a FROM scratch image from a single program")
+    .description(
+      "Build a FROM scratch image that holds one program, owned by root with mode 0755, as its ENTRYPOINT. " +
+        "The ELF header is read first: the architecture sets the image platform, and a dynamically linked " +
+        "program is refused (naming its loader and libraries) unless --bundle-libs copies them in. Scripts, " +
+        "text and other non-ELF files are refused. --cmd and --entrypoint are checked against the image's " +
+        "files. Every file gets the build epoch as mtime; it defaults to the program's mtime, so the same " +
+        "program and flags give the same image ID.",
+    )
+    .option(
+      "--dest <path>",
+      "where the program goes in the image (default /NAME; a trailing / means into that directory)",
+    )
+    .option("--bundle-libs", "copy the program interpreter and the shared libraries of a dynamic program")
+    .option(
+      "--sysroot <dir>",
+      "take libraries, CA certificates and zoneinfo from this root filesystem, not from /",
+    )
+    .option("--ca-certs", `add the CA bundle as /etc/ssl/certs/ca-certificates.crt and set SSL_CERT_FILE`)
+    .option("--tzdata", "add the time zone database (/usr/share/zoneinfo)")
+    .option("--tmp", "add an empty /tmp with mode 1777")
+    .option(
+      "--add <src:dest>",
+      "copy a file or directory into the image, as Dockerfile COPY; repeatable",
+      collect,
+      [],
+    )
+    .option("--chown <uid[:gid]>", "owner of the --add files (numbers, root, or the --user name)")
+    .option("--chmod <mode>", "octal mode of the --add files and directories (default: their own)");
+  addImageOptions(command);
+  // Two shared flags mean more here: --platform names a program per platform, --user creates the account.
+  sharedOption(command, "--platform").argParser(collect).description =
+    "platform the program must be built for (default: the program's own); os/arch=FILE, repeated, builds one image per platform";
+  sharedOption(command, "--user").description =
+    "run as NAME[:UID], creating /etc/passwd and /etc/group with root and that user (nonroot is 65532)";
+  command
+    .addHelpText(
+      "after",
+      `
+Examples:
+  mkbase scratch ./hello -t hello
+  mkbase scratch ./server -t api:1 --ca-certs --tzdata --user nonroot --expose 8080 -- --port 8080
+  mkbase scratch ./app-dynamic -t app --bundle-libs
+  mkbase scratch ./hello --add ./config.yaml:/etc/hello/config.yaml --add ./static/:/srv/static/
+  mkbase scratch --platform linux/amd64=./hello-amd64 --platform linux/arm64=./hello-arm64 -t hello:multi
+
+With several --platform os/arch=FILE, each image is loaded into the engine as NAME:TAG-ARCH
+(hello:multi-amd64, hello:multi-arm64) and NAME:TAG points at the one for this machine's platform.
+stdout then has one image ID (or JSON object) per line.`,
+    )
+    .action(async (binary: string | undefined, args: string[], flags: ScratchFlags) => {
+      done(await runScratch(context(), binary === undefined ? args : [binary, ...args], flags));
+    });
+}
+
+/** Checks everything, opens every program, then builds one image per program. */
+async function runScratch(
+  context: CommandContext,
+  operands: readonly string[],
+  flags: ScratchFlags,
+): Promise<number> {
+  const { targets, args, perPlatform: multi } = scratchTargets(operands, flags.platform ?? []);
+  if (flags.exclude.length > 0 || flags.excludeFrom.length > 0) {
+    throw new UsageError("--exclude and --exclude-from have nothing to leave out in mkbase scratch", {
+      hint: "Only the program and what the flags name go into the image; drop the flag.",
+    });
+  }
+  if (multi && flags.iidfile !== undefined) {
+    throw new UsageError("--iidfile holds one image ID, and --platform os/arch=FILE builds several", {
+      hint: "Read the IDs from stdout (one per line) or use --json.",
+    });
+  }
+  const user = flags.user === undefined ? undefined : parseScratchUser(flags.user);
+  const sharedFlags: ImageFlags = { ...flags, platform: undefined, user: undefined };
+  const tags = tagsFromFlags(sharedFlags);
+  const epoch = parseEpoch(sharedFlags, context.env);
+  const baseConfig = configFromFlags(sharedFlags);
+  const addOwner = flags.chown === undefined ? undefined : parseChown(flags.chown, user);
+  const addMode = flags.chmod === undefined ? undefined : parseChmod(flags.chmod);
+  const adds = flags.add.map(parseAddSpec);
+
+  const { StaticBinarySource } = await import("../sources/static-binary.js");
+  const images = [];
+  for (const target of targets) {
+    const source = await StaticBinarySource.open({
+      binary: target.binary,
+      dest: flags.dest,
+      platform: target.platform,
+      bundleLibs: flags.bundleLibs,
+      sysroot: flags.sysroot,
+      caCerts: flags.caCerts,
+      tzdata: flags.tzdata,
+      tmp: flags.tmp,
+      user,
+      adds,
+      addOwner,
+      addMode,
+      mtime: epoch.kind === "fixed" ? epoch.seconds : undefined,
+      signal: context.signal,
+    });
+    const config = source.imageConfig(baseConfig, args);
+    images.push({ source, config });
+  }
+
+  const { runBuild } = await import("./run-build.js");
+  const host = hostPlatform();
+  const hostImage = images.find(({ source }) => platformsMatch(source.platform, host));
+  if (multi && tags.length > 0 && hostImage === undefined && flags.quiet !== true) {
+    process.stderr.write(
+      `warning: no program for this machine's platform (${formatPlatform(host)}): ${tags.length === 1 ? "the plain tag is" : "the plain tags are"} not set\n`,
+    );
+  }
+  for (const { source, config } of images) {
+    const imageTags: (Reference & { readonly tag: string })[] = multi
+      ? [
+          ...tags.map((tag) => ({ ...tag, tag: `${tag.tag}-${platformTagSuffix(source.platform)}` })),
+          ...(source === hostImage?.source ? tags : []),
+        ]
+      : tags;
+    const code = await runBuild(
+      context,
+      sharedFlags,
+      () => Promise.resolve(source),
+      `mkbase scratch ${source.binaryImagePath}`,
+      {
+        // Without --source-date-epoch or SOURCE_DATE_EPOCH the program's mtime is the build time.
+        epoch: epoch.kind === "newest-input" ? { kind: "fixed", seconds: source.binaryMtime } : epoch,
+        platform: source.platform,
+        config,
+        tags: imageTags,
+      },
+    );
+    if (code !== 0) return code;
+    if (multi && imageTags.length > 0 && flags.quiet !== true) {
+      const note = source === hostImage?.source ? " (this machine's platform)" : "";
+      process.stderr.write(
+        `${formatPlatform(source.platform)}: ${imageTags.map(formatReference).join(", ")}${note}\n`,
+      );
+    }
+  }
+  return 0;
+}
