@@ -1,0 +1,279 @@
+/**
+ * `mkbase scratch` into the real Docker Engine: programs compiled here become FROM scratch images that
+ * `docker run` starts, holding exactly the expected files; programs that could not run there are refused
+ * before any image exists.
+ */
+import assert from "node:assert/strict";
+import { existsSync, readFileSync } from "node:fs";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import {
+  describeResult,
+  repositoryRoot,
+  runChecked,
+  runCommand,
+  runMkbase,
+  type RunResult,
+} from "./support/cli.js";
+import { dockerRun, imageIds, imageInspect, removeImages, uniqueTag } from "./support/docker.js";
+import { containerRuntimePaths } from "./support/inspect.js";
+
+const imageIdPattern = /^sha256:[0-9a-f]{64}$/;
+const greeting = "hello from mkbase";
+
+/** Tags and IDs this file made; all removed at the end. */
+const made = new Set<string>();
+let work: string;
+const programs = {
+  hello: "",
+  helloDynamic: "",
+  helloArm64: "",
+  certsTz: "",
+  whoami: "",
+};
+/** Whether the kernel runs arm64 programs through qemu (binfmt_misc), so arm64 images can be started. */
+let arm64Runs = false;
+
+async function compile(
+  compiler: string,
+  name: string,
+  output: string,
+  flags: readonly string[],
+): Promise<void> {
+  await runChecked(compiler, ["-O2", ...flags, "-o", output, join(repositoryRoot, "fixtures", "c", name)]);
+}
+
+/** Registers qemu-aarch64 with binfmt_misc when this machine can (root, qemu-user-static installed). */
+async function registerArm64Emulation(): Promise<boolean> {
+  const binfmt = "/proc/sys/fs/binfmt_misc";
+  if (!existsSync(join(binfmt, "register"))) {
+    await runCommand("mount", ["-t", "binfmt_misc", "binfmt_misc", binfmt]);
+  }
+  const config = "/usr/lib/binfmt.d/qemu-aarch64.conf";
+  if (!existsSync(join(binfmt, "qemu-aarch64")) && existsSync(config)) {
+    // An entry registered meanwhile by someone else makes the write fail with EEXIST, which is fine.
+    await writeFile(join(binfmt, "register"), readFileSync(config)).catch(() => undefined);
+  }
+  return existsSync(join(binfmt, "qemu-aarch64"));
+}
+
+before(async () => {
+  work = await mkdtemp(join(tmpdir(), "mkbase-e2e-scratch-"));
+  programs.hello = join(work, "hello");
+  programs.helloDynamic = join(work, "hello-dynamic");
+  programs.helloArm64 = join(work, "hello-arm64");
+  programs.certsTz = join(work, "certs-tz");
+  programs.whoami = join(work, "whoami");
+  await compile("gcc", "hello.c", programs.hello, ["-static"]);
+  await compile("gcc", "hello.c", programs.helloDynamic, []);
+  await compile("aarch64-linux-gnu-gcc", "hello.c", programs.helloArm64, ["-static"]);
+  await compile("gcc", "certs-tz.c", programs.certsTz, ["-static"]);
+  await compile("gcc", "whoami.c", programs.whoami, ["-static"]);
+  arm64Runs = await registerArm64Emulation();
+});
+
+after(async () => {
+  await removeImages(made);
+  await rm(work, { recursive: true, force: true });
+});
+
+/** `mkbase scratch ARGS… -t TAG`, which must succeed; returns the printed image ID. */
+async function scratch(tag: string, args: readonly string[]): Promise<string> {
+  made.add(tag);
+  const result = await runMkbase(["scratch", ...args, "-t", tag, "--quiet"]);
+  assert.equal(result.code, 0, describeResult(result));
+  const id = result.stdout.trim();
+  assert.match(id, imageIdPattern);
+  made.add(id);
+  return id;
+}
+
+/**
+ * The image's files, from `docker export` of a created container, without what the engine adds to every
+ * container (and without `/etc` itself when the image has no `/etc`, since the engine creates it then).
+ */
+async function imageFiles(image: string, imageHasEtc: boolean): Promise<string[]> {
+  const container = (await runChecked("docker", ["create", image])).trim();
+  try {
+    const listing = await runChecked("sh", ["-c", 'docker export "$1" | tar -t', "sh", container]);
+    return listing
+      .split("\n")
+      .filter((line) => line !== "")
+      .map((line) => `/${line.replace(/\/$/, "")}`)
+      .filter(
+        (path) =>
+          !containerRuntimePaths.some((runtime) => path === runtime || path.startsWith(`${runtime}/`)),
+      )
+      .filter((path) => imageHasEtc || path !== "/etc")
+      .sort();
+  } finally {
+    await runChecked("docker", ["rm", container]);
+  }
+}
+
+/** Runs mkbase expecting a refusal: non-zero exit, the expected message, no new image, no tag. */
+async function assertRefused(args: readonly string[], pattern: RegExp, exitCode: number): Promise<RunResult> {
+  const tag = uniqueTag("scratch-refused");
+  made.add(tag);
+  const before = await imageIds();
+  const result = await runMkbase(["scratch", ...args, "-t", tag]);
+  assert.equal(result.code, exitCode, describeResult(result));
+  assert.match(result.stderr, pattern);
+  assert.equal(result.stdout, "");
+  assert.equal(await imageInspect(tag), undefined);
+  assert.deepEqual(
+    [...(await imageIds())].filter((id) => !before.has(id)),
+    [],
+  );
+  return result;
+}
+
+describe("mkbase scratch", () => {
+  test("a static program runs, and the image holds exactly that program", async () => {
+    const tag = uniqueTag("scratch-hello");
+    await scratch(tag, [programs.hello]);
+    const run = await dockerRun(tag, []);
+    assert.equal(run.code, 0, describeResult(run));
+    assert.equal(run.stdout, `${greeting}\n`);
+    assert.deepEqual(await imageFiles(tag, false), ["/hello"]);
+    const inspect = await imageInspect(tag);
+    assert.deepEqual(inspect?.Config?.Entrypoint, ["/hello"]);
+    assert.equal(inspect?.Architecture, "amd64");
+  });
+
+  test("a dynamic program is refused with its loader and library named; --bundle-libs makes it run", async () => {
+    const refused = await assertRefused([programs.helloDynamic], /ld-linux-x86-64\.so\.2/, 3);
+    assert.match(refused.stderr, /libc\.so\.6/);
+    assert.match(refused.stderr, /--bundle-libs/);
+
+    const tag = uniqueTag("scratch-bundled");
+    await scratch(tag, [programs.helloDynamic, "--bundle-libs"]);
+    const run = await dockerRun(tag, []);
+    assert.equal(run.code, 0, describeResult(run));
+    assert.equal(run.stdout, `${greeting}\n`);
+    const files = await imageFiles(tag, false);
+    assert.ok(files.includes("/hello-dynamic"), files.join("\n"));
+    assert.ok(
+      files.some((file) => file.endsWith("/libc.so.6")),
+      files.join("\n"),
+    );
+    assert.ok(
+      files.some((file) => file.endsWith("/ld-linux-x86-64.so.2")),
+      files.join("\n"),
+    );
+  });
+
+  test("an arm64 program makes an arm64 image; --platform linux/amd64 contradicts it", async (t) => {
+    const tag = uniqueTag("scratch-arm64");
+    await scratch(tag, [programs.helloArm64]);
+    const inspect = await imageInspect(tag);
+    assert.equal(inspect?.Architecture, "arm64");
+    if (arm64Runs) {
+      const run = await dockerRun(tag, [], { dockerArgs: ["--platform", "linux/arm64"] });
+      assert.equal(run.code, 0, describeResult(run));
+      assert.equal(run.stdout, `${greeting}\n`);
+    } else {
+      t.diagnostic("qemu-aarch64 is not registered with binfmt_misc: the arm64 image was not started");
+    }
+    await assertRefused(
+      [programs.helloArm64, "--platform", "linux/amd64"],
+      /linux\/arm64.*--platform asks for linux\/amd64/,
+      2,
+    );
+  });
+
+  test("--ca-certs and --tzdata put both in place; --user nonroot runs as 65532", async () => {
+    const certsTag = uniqueTag("scratch-certs");
+    await scratch(certsTag, [programs.certsTz, "--ca-certs", "--tzdata"]);
+    const certs = await dockerRun(certsTag, []);
+    assert.equal(certs.code, 0, describeResult(certs));
+    assert.match(certs.stdout, /^OK ca-certificates\.crt=\d+ UTC=\d+$/m);
+    assert.ok(
+      (await imageInspect(certsTag))?.Config?.Env?.includes(
+        "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt",
+      ),
+    );
+
+    const userTag = uniqueTag("scratch-whoami");
+    await scratch(userTag, [programs.whoami, "--user", "nonroot", "--tmp"]);
+    const whoami = await dockerRun(userTag, []);
+    assert.equal(whoami.code, 0, describeResult(whoami));
+    assert.equal(whoami.stdout, "uid=65532 gid=65532\n");
+    assert.deepEqual(await imageFiles(userTag, true), [
+      "/etc",
+      "/etc/group",
+      "/etc/passwd",
+      "/tmp",
+      "/whoami",
+    ]);
+  });
+
+  test("inputs that could not run are refused before any image exists", async () => {
+    const script = join(work, "script.sh");
+    await writeFile(script, "#!/bin/sh\necho hi\n", { mode: 0o755 });
+    const empty = join(work, "empty");
+    await writeFile(empty, "");
+    const directory = join(work, "a-directory");
+    await mkdir(directory, { recursive: true });
+    const data = join(work, "data.txt");
+    await writeFile(data, "not a program\n", { mode: 0o644 });
+
+    await assertRefused([script], /script for \/bin\/sh/, 3);
+    await assertRefused([empty], /empty/, 3);
+    await assertRefused([directory], /directory/, 3);
+    await assertRefused([join(work, "missing")], /does not exist/, 3);
+    await assertRefused(
+      [programs.hello, "--add", `${data}:/data.txt`, "--cmd", '["/data.txt"]'],
+      /not executable/,
+      2,
+    );
+    await assertRefused([programs.hello, "--cmd", '["/nowhere"]'], /not a file in the image/, 2);
+    await assertRefused([programs.hello, "--cmd", "echo hi"], /no \/bin\/sh/, 2);
+  });
+
+  test("the same program and flags give the same image ID", async () => {
+    const first = await scratch(uniqueTag("scratch-repro"), [programs.hello, "--tmp", "--user", "nonroot"]);
+    const second = await scratch(uniqueTag("scratch-repro"), [programs.hello, "--tmp", "--user", "nonroot"]);
+    assert.equal(second, first);
+    const pinned = await scratch(uniqueTag("scratch-repro"), [
+      programs.hello,
+      "--source-date-epoch",
+      "1700000000",
+    ]);
+    assert.equal((await imageInspect(pinned))?.Created, "2023-11-14T22:13:20Z");
+  });
+
+  test("one program per --platform: suffixed tags, and the plain tag on this machine's platform", async () => {
+    const tag = uniqueTag("scratch-multi");
+    const [repository, version] = tag.split(":") as [string, string];
+    for (const suffix of ["amd64", "arm64"]) made.add(`${repository}:${version}-${suffix}`);
+    made.add(tag);
+    const result = await runMkbase([
+      "scratch",
+      "--platform",
+      `linux/amd64=${programs.hello}`,
+      "--platform",
+      `linux/arm64=${programs.helloArm64}`,
+      "-t",
+      tag,
+    ]);
+    assert.equal(result.code, 0, describeResult(result));
+    const ids = result.stdout.trim().split("\n");
+    assert.equal(ids.length, 2, result.stdout);
+    for (const id of ids) {
+      assert.match(id, imageIdPattern);
+      made.add(id);
+    }
+    const amd64 = await imageInspect(`${repository}:${version}-amd64`);
+    const arm64 = await imageInspect(`${repository}:${version}-arm64`);
+    const plain = await imageInspect(tag);
+    assert.equal(amd64?.Architecture, "amd64");
+    assert.equal(arm64?.Architecture, "arm64");
+    assert.equal(amd64?.Id, ids[0]);
+    assert.equal(arm64?.Id, ids[1]);
+    assert.equal(plain?.Id, amd64?.Id);
+    assert.match(result.stderr, /linux\/amd64: .*-amd64, .*\(this machine's platform\)/);
+  });
+});
