@@ -14,7 +14,7 @@ import { platformOfElf } from "../elf/platform.js";
 import type { ResolvedFile } from "../elf/resolve.js";
 import { isShellForm, withEnv, type ContainerConfig } from "../image/config.js";
 import { formatPlatform, platformsMatch, type Platform } from "../image/platform.js";
-import { displayPath, type EntrySource, type TarEntry } from "../tar/entry.js";
+import { bytesEntry, directoryEntry, displayPath, type EntrySource, type TarEntry } from "../tar/entry.js";
 import { walkTree } from "../tar/walk.js";
 
 const posix = path.posix;
@@ -156,7 +156,7 @@ class ImageTree {
     }
     for (const parent of missing.reverse()) {
       this.entries.set(mapKey(parent), {
-        entry: directoryEntry(parent, 0o755, this.mtime),
+        entry: parentDirectory(parent, this.mtime),
         origin,
         implicit: true,
       });
@@ -181,8 +181,9 @@ function sameEntry(a: TarEntry, b: TarEntry): boolean {
   return false;
 }
 
-function directoryEntry(entryPath: Buffer, mode: number, mtime: number): TarEntry {
-  return { path: entryPath, type: "directory", mode, uid: 0, gid: 0, mtime, size: 0 };
+/** A root-owned 0755 directory nobody asked for, above an entry (its name may not be UTF-8). */
+function parentDirectory(path: Buffer, mtime: number): TarEntry {
+  return { path, type: "directory", mode: 0o755, uid: 0, gid: 0, mtime, size: 0 };
 }
 
 function hostFileEntry(
@@ -205,17 +206,7 @@ function hostFileEntry(
 }
 
 function generatedFileEntry(imagePath: string, text: string, mtime: number): TarEntry {
-  const data = Buffer.from(text, "utf8");
-  return {
-    path: entryPath(imagePath),
-    type: "file",
-    mode: 0o644,
-    uid: 0,
-    gid: 0,
-    mtime,
-    size: data.length,
-    content: { kind: "bytes", data },
-  };
+  return bytesEntry(entryPath(imagePath).toString(), Buffer.from(text, "utf8"), 0o644, mtime);
 }
 
 /**
@@ -346,7 +337,7 @@ export class StaticBinarySource implements EntrySource {
       tree.add(generatedFileEntry("/etc/passwd", passwdFile(options.user), mtime), "--user");
       tree.add(generatedFileEntry("/etc/group", groupFile(options.user), mtime), "--user");
     }
-    if (options.tmp === true) tree.add(directoryEntry(entryPath("/tmp"), 0o1777, mtime), "--tmp");
+    if (options.tmp === true) tree.add(directoryEntry("tmp", 0o1777, mtime), "--tmp");
     for (const spec of options.adds ?? []) await addCopy(tree, spec, options, mtime);
     return new StaticBinarySource(elf, platform, binaryImagePath, binaryMtime, tree.sorted(), options);
   }
@@ -587,7 +578,7 @@ async function addZoneinfo(
     );
   }
   const prefix = entryPath(ZONEINFO_IMAGE_PATH);
-  tree.add(directoryEntry(prefix, 0o755, mtime), "--tzdata");
+  tree.add(directoryEntry(prefix.toString(), 0o755, mtime), "--tzdata");
   for (const walked of walkTree(host, { signal: signal ?? new AbortController().signal })) {
     // Fixed modes and owners: the zone files are data, and the host's umask must not reach the image.
     const mode = walked.type === "directory" ? 0o755 : walked.type === "symlink" ? 0o777 : 0o644;
@@ -663,7 +654,7 @@ async function addCopy(
   const prefix = entryPath(spec.dest);
   if (prefix.length > 0) {
     tree.add(
-      { ...directoryEntry(prefix, modeOf(stats.mode), mtime), uid: owner.uid, gid: owner.gid },
+      { ...directoryEntry(prefix.toString(), modeOf(stats.mode), mtime), uid: owner.uid, gid: owner.gid },
       origin,
     );
   }
