@@ -35,8 +35,8 @@ function sentence(text: string): string {
 
 /** Renders an error as one paragraph on stderr and returns its exit code. */
 async function reportError(error: unknown): Promise<number> {
-  const { makeChalk } = await import("./render.js");
-  const chalk = makeChalk(process.env, process.stderr);
+  const { makePainter } = await import("./render.js");
+  const chalk = await makePainter(process.env, process.stderr);
   if (error instanceof InterruptedError) {
     process.stderr.write(`${chalk.red("mkbase: interrupted")}; nothing was left behind.\n`);
     return error.exitCode;

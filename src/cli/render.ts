@@ -2,8 +2,7 @@
  * Progress and messages on stderr: a spinner with rates on a TTY, plain timestamped-free lines otherwise
  * (CI logs), colour only when stderr is a terminal and `NO_COLOR` is unset. Stdout is never touched here.
  */
-import { Chalk, type ChalkInstance } from "chalk";
-import ora, { type Ora } from "ora";
+import type { Ora } from "ora";
 import type { ProgressEvent } from "../progress.js";
 
 /** Plain mode prints a packing line at most this often. */
@@ -15,10 +14,26 @@ export interface Renderer {
   stop(ok: boolean): void;
 }
 
-export function makeChalk(env: NodeJS.ProcessEnv, stream: NodeJS.WriteStream): ChalkInstance {
+/** The few styles mkbase uses; identity functions when colour is off. */
+export interface Painter {
+  readonly red: (text: string) => string;
+  readonly yellow: (text: string) => string;
+  readonly dim: (text: string) => string;
+}
+
+const plain = (text: string): string => text;
+
+/**
+ * Colour only on a terminal, without `NO_COLOR` and not on a dumb terminal. chalk is loaded only then:
+ * plain output (CI logs, pipes) does not pay for it at start-up.
+ */
+export async function makePainter(env: NodeJS.ProcessEnv, stream: NodeJS.WriteStream): Promise<Painter> {
   const colour =
     stream.isTTY === true && (env.NO_COLOR === undefined || env.NO_COLOR === "") && env.TERM !== "dumb";
-  return new Chalk({ level: colour ? 1 : 0 });
+  if (!colour) return { red: plain, yellow: plain, dim: plain };
+  const { Chalk } = await import("chalk");
+  const chalk = new Chalk({ level: 1 });
+  return { red: (t) => chalk.red(t), yellow: (t) => chalk.yellow(t), dim: (t) => chalk.dim(t) };
 }
 
 function formatBytes(bytes: number): string {
@@ -34,13 +49,13 @@ function packLine(entries: number, bytes: number, startedAt: number): string {
 }
 
 /** A renderer for stderr; `quiet` drops progress but keeps warnings. */
-export function makeRenderer(options: {
+export async function makeRenderer(options: {
   quiet: boolean;
   verbose?: boolean;
   stream?: NodeJS.WriteStream;
-}): Renderer {
+}): Promise<Renderer> {
   const stream = options.stream ?? process.stderr;
-  const chalk = makeChalk(process.env, stream);
+  const chalk = await makePainter(process.env, stream);
   const warn = (message: string): void => {
     spinner?.clear();
     stream.write(`${chalk.yellow("warning:")} ${message}\n`);
@@ -48,7 +63,10 @@ export function makeRenderer(options: {
   };
   const interactive = stream.isTTY === true && !options.quiet && process.env.CI === undefined;
   // discardStdin off: stdin may carry the input tarball, and raw mode would swallow Ctrl-C.
-  const spinner: Ora | undefined = interactive ? ora({ stream, discardStdin: false }).start() : undefined;
+  // The spinner library is loaded only when there is a terminal to draw on.
+  const spinner: Ora | undefined = interactive
+    ? (await import("ora")).default({ stream, discardStdin: false }).start()
+    : undefined;
   let phase = "";
   let phaseStartedAt = Date.now();
   let lastPlainPack = 0;

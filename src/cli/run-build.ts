@@ -1,6 +1,6 @@
 /**
  * What every building command does once its source is ready: check all flags, connect to the engine,
- * build, and print the result. Loaded only when a command runs (it pulls in dockerode, ora, chalk).
+ * build, and print the result. Loaded only when a command runs (it pulls in the engine client).
  */
 import { rename, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
@@ -89,7 +89,7 @@ export async function runBuild(
   overrides: ImageOverrides = {},
 ): Promise<number> {
   const prepared = { ...prepareImageFlags(flags, context.env), ...overrides };
-  const renderer = makeRenderer({ quiet: flags.quiet === true });
+  const renderer = await makeRenderer({ quiet: flags.quiet === true });
   let ok = false;
   try {
     const source = await openSource(renderer.onProgress);

@@ -6,13 +6,13 @@
 import { existsSync, readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
-import type { DockerOptions } from "dockerode";
+import type Modem from "docker-modem";
 import { DaemonUnavailableError, UsageError } from "../errors.js";
 
 export interface EngineEndpoint {
   /** Where mkbase connects, for messages (`unix:///var/run/docker.sock`, `tcp://host:2376 (TLS)`). */
   readonly description: string;
-  readonly options: DockerOptions;
+  readonly options: Modem.ConstructorOptions;
 }
 
 export interface DiscoveryEnvironment {
@@ -45,7 +45,7 @@ function tcpEndpoint(hostValue: string, discovery: DiscoveryEnvironment): Engine
   const env = discovery.env;
   // As the docker CLI: TLS when DOCKER_TLS_VERIFY is set (to anything non-empty) or on the TLS port.
   const tls = (env.DOCKER_TLS_VERIFY !== undefined && env.DOCKER_TLS_VERIFY !== "") || url.port === "2376";
-  const options: DockerOptions = {
+  const options: Modem.ConstructorOptions = {
     protocol: tls ? "https" : "http",
     host: url.hostname,
     port: url.port === "" ? (tls ? 2376 : 2375) : Number(url.port),
@@ -94,7 +94,7 @@ export function resolveEndpoint(discovery: DiscoveryEnvironment = systemDiscover
           port: url.port === "" ? 22 : Number(url.port),
           username: decodeURIComponent(url.username) || undefined,
           sshOptions: { agent: discovery.env.SSH_AUTH_SOCK },
-        } as DockerOptions,
+        },
       };
     }
     throw new UsageError(`DOCKER_HOST=${host} is not a supported address`, {
