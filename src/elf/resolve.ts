@@ -671,7 +671,7 @@ function platformToken(info: ElfInfo): string | undefined {
   }
 }
 
-type WalkResult = {
+export type WalkResult = {
   readonly kind: "file" | "directory" | "other";
   /** The path with every symlink resolved, inside the root. */
   readonly realPath: string;
@@ -686,7 +686,7 @@ const MAX_SYMLINKS = 40;
  * symlink targets start again at the root, and `..` never climbs above it. Undefined when a component is
  * missing or a symlink loop is found.
  */
-async function walkInRoot(root: string, imagePath: string): Promise<WalkResult | undefined> {
+export async function walkInRoot(root: string, imagePath: string): Promise<WalkResult | undefined> {
   const pending = imagePath.split("/").filter((part) => part !== "" && part !== ".");
   const symlinks: ImageSymlink[] = [];
   let current = "/";

@@ -6,12 +6,12 @@
  * and so that the image's command can be checked against the files it will really hold. The entry list is
  * small (a program, a few libraries, at most a zoneinfo tree) and is kept in memory, sorted.
  */
-import { lstat, readlink, stat } from "node:fs/promises";
+import { stat } from "node:fs/promises";
 import path from "node:path";
 import { SourceError, UsageError, errnoCode, throwIfAborted } from "../errors.js";
 import { inspectElfFile, type ElfInfo } from "../elf/read.js";
 import { platformOfElf } from "../elf/platform.js";
-import type { ResolvedFile } from "../elf/resolve.js";
+import { resolveLibraries, walkInRoot, type ResolvedFile } from "../elf/resolve.js";
 import { isShellForm, withEnv, type ContainerConfig } from "../image/config.js";
 import { formatPlatform, platformsMatch, type Platform } from "../image/platform.js";
 import { bytesEntry, directoryEntry, displayPath, type EntrySource, type TarEntry } from "../tar/entry.js";
@@ -233,40 +233,10 @@ function placeFile(dest: string, name: string): string {
   return dest.endsWith("/") ? posix.join(dest, name) : posix.normalize(dest);
 }
 
-/**
- * Follows `imagePath` inside `root` as a chrooted lookup would: absolute symlink targets start again at the
- * root and `..` never leaves it. Returns the host path of what it ends at, or undefined when it is missing.
- */
+/** The host path `imagePath` leads to inside `root` (a chrooted lookup), or undefined when it is missing. */
 async function resolveInRoot(root: string, imagePath: string): Promise<string | undefined> {
-  const pending = imagePath.split("/").filter((part) => part !== "" && part !== ".");
-  let current = "/";
-  for (let links = 0; pending.length > 0;) {
-    const part = pending.shift() as string;
-    if (part === "..") {
-      current = posix.dirname(current);
-      continue;
-    }
-    const next = posix.join(current, part);
-    const host = path.join(root, next);
-    let stats;
-    try {
-      stats = await lstat(host);
-    } catch (error) {
-      const code = errnoCode(error);
-      if (code === "ENOENT" || code === "ENOTDIR") return undefined;
-      throw error;
-    }
-    if (stats.isSymbolicLink()) {
-      // Linux gives up after 40 links in one lookup (ELOOP).
-      if (++links > 40) return undefined;
-      const target = await readlink(host);
-      if (target.startsWith("/")) current = "/";
-      pending.unshift(...target.split("/").filter((piece) => piece !== "" && piece !== "."));
-      continue;
-    }
-    current = next;
-  }
-  return path.join(root, current);
+  const walk = await walkInRoot(root, imagePath);
+  return walk === undefined ? undefined : path.join(root, walk.realPath);
 }
 
 function describeRoot(sysroot: string | undefined): string {
@@ -501,7 +471,6 @@ async function addLibraries(
   options: StaticBinaryOptions,
   mtime: number,
 ): Promise<void> {
-  const { resolveLibraries } = await import("../elf/resolve.js");
   const resolved = await resolveLibraries(binary, elf, {
     sysroot: options.sysroot,
     binaryImagePath,
