@@ -1,0 +1,295 @@
+/**
+ * What goes wrong, and what mkbase leaves behind when it does: every fault must end with a message
+ * that says what happened, the documented exit code, and no image or tag in the engine. Faults that
+ * would hurt the shared engine (killing the daemon mid-transfer) run against a private one.
+ */
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { chmod, mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import {
+  describeResult,
+  mkbaseLauncher,
+  runChecked,
+  runCommand,
+  runMkbase,
+  spawnCommand,
+  spawnMkbase,
+  waitForExit,
+  waitForStderr,
+  type RunOptions,
+  type RunResult,
+} from "./support/cli.js";
+import { debianRootfs } from "./support/debian-rootfs.js";
+import { imageIds, imageInspect, removeImages, uniqueTag } from "./support/docker.js";
+import { makeMinimalTree, type FixtureTree } from "./support/fixture-tree.js";
+import { startPrivateEngine, type PrivateEngine } from "./support/private-engine.js";
+
+/** Tags this file asked for; each must be absent after its test, and is removed at the end in any case. */
+const requested = new Set<string>();
+
+let tree: FixtureTree;
+let work: string;
+
+before(async () => {
+  tree = await makeMinimalTree();
+  work = await mkdtemp(join(tmpdir(), "mkbase-e2e-faults-"));
+});
+after(async () => {
+  // An invalid reference is simply not found, so every requested tag can be passed.
+  await removeImages(requested);
+  await tree.cleanup();
+  await rm(work, { recursive: true, force: true });
+});
+
+/**
+ * Images the shared engine gained since `before` that carry `label` or `tag`, i.e. what the failed run
+ * left. Other builds may add images to the shared engine meanwhile; the label tells ours apart, and
+ * every image mkbase makes carries the config it was given.
+ */
+async function leftBehind(
+  before: ReadonlySet<string>,
+  label: { key: string; value: string },
+  tag: string,
+): Promise<string[]> {
+  const found: string[] = [];
+  for (const id of await imageIds()) {
+    if (before.has(id)) continue;
+    const inspected = await imageInspect(id);
+    if (inspected === undefined) continue;
+    if (inspected.Config?.Labels?.[label.key] === label.value || (inspected.RepoTags ?? []).includes(tag))
+      found.push(id);
+  }
+  return found;
+}
+
+interface ExpectedFailure {
+  /** The documented exit code. */
+  code: number;
+  /** What stderr must say. */
+  stderr: RegExp;
+  /** The tag to ask for; a fresh one when absent. */
+  tag?: string;
+  /** Runs something other than plain `node bin/mkbase` (a wrapper such as setpriv), then mkbase. */
+  wrapper?: readonly string[];
+  options?: RunOptions;
+}
+
+/**
+ * Runs `mkbase COMMAND ARGS -t TAG --label …` against the shared engine and checks that it fails as
+ * `expected` and leaves no image and no tag.
+ */
+async function expectFailure(command: readonly string[], expected: ExpectedFailure): Promise<RunResult> {
+  const tag = expected.tag ?? uniqueTag(`fault-${command[0] ?? "run"}`);
+  requested.add(tag);
+  const label = { key: "mkbase.test.failure", value: randomBytes(8).toString("hex") };
+  const imagesBefore = await imageIds();
+  const args = [...command, "-t", tag, "--label", `${label.key}=${label.value}`];
+  const result =
+    expected.wrapper === undefined
+      ? await runMkbase(args, expected.options)
+      : await runCommand(
+          expected.wrapper[0] as string,
+          [...expected.wrapper.slice(1), process.execPath, mkbaseLauncher, ...args],
+          expected.options,
+        );
+  assert.equal(result.code, expected.code, describeResult(result));
+  assert.match(result.stderr, expected.stderr);
+  assert.match(result.stderr, /^mkbase: error: /m, "the error must be one readable line, not a stack trace");
+  assert.equal(result.stdout, "", "stdout carries only a result, and there is none");
+  assert.deepEqual(await leftBehind(imagesBefore, label, tag), [], "the failed run left an image");
+  assert.equal(await imageInspect(tag), undefined, `the tag ${tag} must not exist`);
+  return result;
+}
+
+/** A run that takes longer has hung; it is killed and fails its test instead of stalling the suite. */
+const hangLimitMs = 120_000;
+
+const escapeRegExp = (text: string): string => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+
+describe("the source", () => {
+  test("a missing path", async () => {
+    const missing = join(work, "no-such-rootfs");
+    await expectFailure(["dir", missing], {
+      code: 3,
+      stderr: new RegExp(`${escapeRegExp(missing)} does not exist`),
+    });
+  });
+
+  test("a file instead of a directory", async () => {
+    const file = join(tree.root, "hello.txt");
+    await expectFailure(["dir", file], {
+      code: 3,
+      stderr: new RegExp(`${escapeRegExp(file)} is not a directory`),
+    });
+  });
+
+  test("an unreadable file", async () => {
+    const dir = join(work, "unreadable");
+    await runChecked("cp", ["--archive", tree.root, dir]);
+    const secret = join(dir, "secret");
+    await writeFile(secret, "not for the image\n");
+    await chmod(secret, 0o000);
+    // Root reads a mode-000 file through CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH. Dropping those two from
+    // the bounding set keeps mkbase uid 0, so it still reaches the engine's root-owned socket, but
+    // makes the owner's 000 bits apply. (An unprivileged uid would fail earlier, at the socket, with
+    // exit 4, before reading any file.)
+    await expectFailure(["dir", dir], {
+      code: 3,
+      stderr: new RegExp(`${escapeRegExp(secret)}.*(EACCES|permission denied)`, "i"),
+      wrapper: ["setpriv", "--bounding-set=-dac_override,-dac_read_search"],
+    });
+  });
+
+  test("a file that grows while being read", async () => {
+    const dir = join(work, "growing");
+    await runChecked("cp", ["--archive", tree.root, dir]);
+    const log = join(dir, "grows.log");
+    const initialSize = 64 * 1024 * 1024;
+    await writeFile(log, Buffer.alloc(initialSize, "x"));
+    // Appends 64 KiB every millisecond, up to 1 GiB so a hung run cannot fill the disk.
+    const appendForever = `
+      const fs = require("node:fs");
+      const fd = fs.openSync(process.argv[1], "a");
+      const chunk = Buffer.alloc(65536, "y");
+      setInterval(() => { if (fs.fstatSync(fd).size < 2 ** 30) fs.writeSync(fd, chunk); }, 1);`;
+    const appender = spawnCommand(process.execPath, ["-e", appendForever, log]);
+    try {
+      while ((await stat(log)).size === initialSize) await new Promise((resolve) => setTimeout(resolve, 10));
+      await expectFailure(["dir", dir], {
+        code: 3,
+        stderr: new RegExp(`grows\\.log grew while being read`),
+        options: { timeoutMs: hangLimitMs },
+      });
+    } finally {
+      appender.kill("SIGKILL");
+      await waitForExit(appender);
+    }
+  });
+
+  test("a tar entry that climbs out with ../etc/passwd", async () => {
+    const dir = join(work, "climb");
+    await mkdir(join(dir, "root"), { recursive: true });
+    await mkdir(join(dir, "etc"));
+    await writeFile(join(dir, "root", "hello.txt"), "hello\n");
+    await writeFile(join(dir, "etc", "passwd"), "root:x:0:0::/root:/bin/sh\n");
+    const archive = join(dir, "climb.tar");
+    // -P keeps the member name "../etc/passwd" as given.
+    await runChecked("tar", ["-P", "-C", join(dir, "root"), "-cf", archive, ".", "../etc/passwd"]);
+    assert.match(await runChecked("tar", ["-tf", archive]), /^\.\.\/etc\/passwd$/m);
+    await expectFailure(["tar", archive], { code: 3, stderr: /"\.\.\/etc\/passwd"/ });
+  });
+
+  test("a truncated gzip", async () => {
+    const archive = join(work, "truncated.tar.gz");
+    await runChecked("sh", ["-c", 'tar -C "$1" -c . | gzip -n > "$2"', "sh", tree.root, archive]);
+    const whole = await readFile(archive);
+    await writeFile(archive, whole.subarray(0, Math.floor(whole.length / 2)));
+    await expectFailure(["tar", archive], { code: 3, stderr: /truncated|unexpected end/i });
+  });
+
+  test("a URL without --sha256", async () => {
+    // Refused before any connection: nothing listens on this port, and the message is not about that.
+    await expectFailure(["tar", "http://127.0.0.1:9/rootfs.tar.gz"], { code: 2, stderr: /--sha256/ });
+  });
+});
+
+describe("the flags", () => {
+  for (const tag of ["UPPER/case", "a:b:c"]) {
+    test(`an invalid tag ${tag}`, async () => {
+      await expectFailure(["dir", tree.root], { code: 2, stderr: new RegExp(`"${escapeRegExp(tag)}"`), tag });
+    });
+  }
+});
+
+describe("no daemon listening: exit 4, naming the address tried", () => {
+  test("no socket file", async () => {
+    const host = `unix://${join(work, "no-engine.sock")}`;
+    await expectFailure(["dir", tree.root], {
+      code: 4,
+      stderr: new RegExp(`Docker Engine at ${escapeRegExp(host)}`),
+      options: { env: { ...process.env, DOCKER_HOST: host } },
+    });
+  });
+
+  test("a socket file left by a daemon that is gone", async () => {
+    const socket = join(work, "stale-engine.sock");
+    // A child binds the socket and exits without closing it, which leaves the file with no listener.
+    const bindAndExit = `require("node:net").createServer().listen(process.argv[1], () => process.exit(0));`;
+    await runChecked(process.execPath, ["-e", bindAndExit, socket]);
+    assert.ok((await stat(socket)).isSocket());
+    const host = `unix://${socket}`;
+    await expectFailure(["dir", tree.root], {
+      code: 4,
+      stderr: new RegExp(`Docker Engine at ${escapeRegExp(host)}`),
+      options: { env: { ...process.env, DOCKER_HOST: host } },
+    });
+  });
+});
+
+describe("the engine dies or the user interrupts, mid-transfer (private engine)", () => {
+  let engine: PrivateEngine;
+  let rootfs: string;
+
+  before(async () => {
+    // The Debian rootfs (about 200 MB) keeps the engine busy for seconds.
+    rootfs = await debianRootfs();
+    engine = await startPrivateEngine();
+  });
+  after(async () => {
+    await engine?.dispose();
+  });
+
+  test("Ctrl-C during a load: exit 130 within seconds, no image, no temp dir", async () => {
+    const childTmp = await mkdtemp(join(work, "tmpdir-"));
+    const child = spawnMkbase(["dir", rootfs, "-t", uniqueTag("fault-sigint")], {
+      env: { ...engine.env, TMPDIR: childTmp },
+      timeoutMs: hangLimitMs,
+    });
+    await waitForStderr(child, /loading into the Docker Engine/);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const signalledAt = Date.now();
+    child.kill("SIGINT");
+    const result = await waitForExit(child);
+    const took = Date.now() - signalledAt;
+    assert.equal(result.code, 130, describeResult(result));
+    assert.ok(took < 5000, `took ${took} ms to stop after SIGINT`);
+    assert.match(result.stderr, /interrupted/);
+    assert.equal(result.stdout, "");
+    const left = (await readdir(childTmp)).filter((name) => name.startsWith("mkbase-"));
+    assert.deepEqual(left, [], `temp dirs left in ${childTmp}`);
+    // A body that the engine saw end cleanly could still become an image after mkbase exits: give the
+    // engine time to finish whatever it got before looking.
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    assert.deepEqual([...(await engine.imageIds())], []);
+  });
+
+  for (const [via, phase] of [
+    ["load", /loading into the Docker Engine/],
+    ["import", /importing into the Docker Engine/],
+  ] as const) {
+    test(`the daemon killed in the middle of ${via === "load" ? "a load" : "an import"}`, async () => {
+      const child = spawnMkbase(["dir", rootfs, "--via", via, "-t", uniqueTag(`fault-kill-${via}`)], {
+        env: engine.env,
+        timeoutMs: hangLimitMs,
+      });
+      await waitForStderr(child, phase);
+      // Let the body flow for a moment, so the engine dies with part of the image received.
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      await engine.kill();
+      const result = await waitForExit(child);
+      assert.equal(result.code, 5, describeResult(result));
+      assert.match(result.stderr, /^mkbase: error: .*Docker Engine/m);
+      assert.ok(
+        result.stderr.includes(engine.host),
+        `the message must name ${engine.host}:\n${result.stderr}`,
+      );
+      assert.equal(result.stdout, "");
+
+      await engine.start();
+      assert.deepEqual([...(await engine.imageIds())], [], `after restart:\n${engine.logTail()}`);
+    });
+  }
+});

@@ -1,0 +1,207 @@
+/**
+ * `mkbase tar` into the real Docker Engine: a GNU tar of the every-kind tree, plain and in every
+ * compression, from a file, from stdin and from a local HTTP server, must give an image that holds
+ * exactly what the tree holds.
+ */
+import assert from "node:assert/strict";
+import { createHash, randomBytes } from "node:crypto";
+import { createReadStream } from "node:fs";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { describeResult, runChecked, runMkbase, type RunOptions, type RunResult } from "./support/cli.js";
+import { imageIds, imageInspect, removeImages, uniqueTag } from "./support/docker.js";
+import { makeEveryKindTree, type FixtureTree } from "./support/fixture-tree.js";
+import { containerRuntimePaths, diffListings, inspectHostTree, inspectImage } from "./support/inspect.js";
+
+const epoch = "1700000000";
+const imageIdPattern = /^sha256:[0-9a-f]{64}$/;
+
+/** Tags and IDs this file made; all removed at the end. */
+const made = new Set<string>();
+
+let tree: FixtureTree;
+let work: string;
+/** The host tree's listing without the socket, which no tar carries. */
+let expected: string[];
+/** The GNU tar of the tree, uncompressed. */
+let plainTar: string;
+/** The image ID of the plain tar: the same entries and flags must give it whatever the compression. */
+let plainId: string;
+
+/** `mkbase tar INPUT -t TAG --source-date-epoch … ARGS…`, which must succeed. */
+async function mkbaseTar(
+  input: string,
+  tag: string,
+  args: readonly string[] = [],
+  options: RunOptions = {},
+): Promise<{ id: string; result: RunResult }> {
+  made.add(tag);
+  const result = await runMkbase(["tar", input, "-t", tag, "--source-date-epoch", epoch, ...args], options);
+  assert.equal(result.code, 0, describeResult(result));
+  const id = result.stdout.replace(/\n$/, "");
+  assert.match(id, imageIdPattern, `stdout is not an image ID:\n${describeResult(result)}`);
+  made.add(id);
+  return { id, result };
+}
+
+async function assertImageHoldsTree(tag: string): Promise<void> {
+  const actual = await inspectImage(tag);
+  assert.equal(diffListings(expected, actual), "", "the image differs from the tree");
+  assert.deepEqual(actual, expected);
+}
+
+function sha256Of(bytes: Buffer): string {
+  return createHash("sha256").update(bytes).digest("hex");
+}
+
+/**
+ * A label for a build that must fail, so that an image it left behind is recognised even while other
+ * builds add images to the shared engine.
+ */
+function failureLabel(): { flag: string; key: string; value: string } {
+  const value = randomBytes(8).toString("hex");
+  return { flag: `mkbase.test.failure=${value}`, key: "mkbase.test.failure", value };
+}
+
+/** Images the engine gained since `before` that carry `label` or `tag`: what a failed build left. */
+async function leftBehind(
+  before: ReadonlySet<string>,
+  label: { key: string; value: string },
+  tag: string,
+): Promise<string[]> {
+  const found: string[] = [];
+  for (const id of await imageIds()) {
+    if (before.has(id)) continue;
+    const inspected = await imageInspect(id);
+    if (inspected === undefined) continue;
+    if (inspected.Config?.Labels?.[label.key] === label.value || (inspected.RepoTags ?? []).includes(tag))
+      found.push(id);
+  }
+  return found;
+}
+
+before(async () => {
+  tree = await makeEveryKindTree();
+  work = await mkdtemp(join(tmpdir(), "mkbase-e2e-tar-"));
+  expected = await inspectHostTree(tree.root, [...containerRuntimePaths, "/special/socket"]);
+  plainTar = join(work, "rootfs.tar");
+  // GNU tar skips the socket with a warning and exits 0.
+  await runChecked("tar", ["--xattrs", "--numeric-owner", "-C", tree.root, "-cf", plainTar, "."]);
+  plainId = (await mkbaseTar(plainTar, uniqueTag("tar-plain"))).id;
+});
+
+after(async () => {
+  await removeImages(made);
+  await tree.cleanup();
+  await rm(work, { recursive: true, force: true });
+});
+
+test("a plain GNU tar with xattrs gives the tree's entries", async () => {
+  const tag = uniqueTag("tar-plain-check");
+  const { id } = await mkbaseTar(plainTar, tag);
+  assert.equal(id, plainId);
+  assert.equal((await imageInspect(tag))?.Id, id);
+  await assertImageHoldsTree(tag);
+});
+
+for (const [name, compressor] of [
+  ["gzip", ["gzip", "-n", "-c"]],
+  ["bzip2", ["bzip2", "-c"]],
+  ["xz", ["xz", "-c"]],
+  ["zstd", ["zstd", "-q", "-c"]],
+] as const) {
+  test(`${name}: detected from its magic bytes, same image as the plain tar`, async () => {
+    const compressed = join(work, `rootfs.tar.${name}`);
+    // Through a shell for the redirections; the paths are positional parameters, never interpolated.
+    await runChecked("sh", ["-c", `${compressor.join(" ")} < "$1" > "$2"`, "sh", plainTar, compressed]);
+    const tag = uniqueTag(`tar-${name}`);
+    const { id } = await mkbaseTar(compressed, tag);
+    assert.equal(id, plainId);
+    await assertImageHoldsTree(tag);
+  });
+}
+
+test("stdin (-)", async () => {
+  const tag = uniqueTag("tar-stdin");
+  const { id } = await mkbaseTar("-", tag, [], { input: createReadStream(plainTar) });
+  assert.equal(id, plainId);
+  await assertImageHoldsTree(tag);
+});
+
+describe("a URL", () => {
+  let server: Server;
+  let url: string;
+  let gzipBytes: Buffer;
+  let requests = 0;
+
+  before(async () => {
+    const gzipPath = join(work, "served.tar.gz");
+    await runChecked("sh", ["-c", 'gzip -n -c < "$1" > "$2"', "sh", plainTar, gzipPath]);
+    gzipBytes = await readFile(gzipPath);
+    server = createServer((request, response) => {
+      requests += 1;
+      if (request.url !== "/rootfs.tar.gz") {
+        response.writeHead(404).end();
+        return;
+      }
+      response.writeHead(200, { "Content-Type": "application/gzip", "Content-Length": gzipBytes.length });
+      response.end(gzipBytes);
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/rootfs.tar.gz`;
+  });
+  after(async () => {
+    await new Promise((resolve) => server.close(resolve));
+  });
+
+  test("with the right --sha256 gives the tree's entries", async () => {
+    const tag = uniqueTag("tar-url");
+    const before = requests;
+    const { id } = await mkbaseTar(url, tag, ["--sha256", sha256Of(gzipBytes)]);
+    assert.equal(requests - before, 1);
+    assert.equal(id, plainId);
+    await assertImageHoldsTree(tag);
+  });
+
+  test("with a wrong --sha256 fails and leaves no image", async () => {
+    const tag = uniqueTag("tar-url-wrong-sha");
+    made.add(tag);
+    const label = failureLabel();
+    const imagesBefore = await imageIds();
+    // A real digest of other bytes: the plain tar's.
+    const wrong = sha256Of(await readFile(plainTar));
+    const result = await runMkbase([
+      "tar",
+      url,
+      "--sha256",
+      wrong,
+      "-t",
+      tag,
+      "--label",
+      label.flag,
+      "--source-date-epoch",
+      epoch,
+    ]);
+    assert.equal(result.code, 3, describeResult(result));
+    assert.match(result.stderr, /sha256/);
+    assert.ok(result.stderr.includes(wrong), `stderr must show the expected digest:\n${result.stderr}`);
+    assert.equal(result.stdout, "");
+    assert.deepEqual(await leftBehind(imagesBefore, label, tag), []);
+    assert.equal(await imageInspect(tag), undefined);
+  });
+
+  test("without --sha256 fails with exit 2 before downloading", async () => {
+    const tag = uniqueTag("tar-url-no-sha");
+    made.add(tag);
+    const before = requests;
+    const result = await runMkbase(["tar", url, "-t", tag]);
+    assert.equal(result.code, 2, describeResult(result));
+    assert.match(result.stderr, /--sha256/);
+    assert.equal(requests - before, 0, "nothing may be downloaded");
+    assert.equal(await imageInspect(tag), undefined);
+  });
+});
