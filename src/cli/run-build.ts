@@ -34,6 +34,11 @@ export function prepareImageFlags(flags: ImageFlags, env: CommandContext["env"])
   const config = configFromFlags(flags);
   const platform = platformFromFlags(flags);
   const epoch = parseEpoch(flags, env);
+  if (flags.via === "build" && flags.message !== undefined) {
+    throw new UsageError("-m/--message cannot be recorded through the engine's build endpoint", {
+      hint: "Use the default --via load (or --via import), or drop -m.",
+    });
+  }
   if (flags.via === "import" && config.StopSignal !== undefined) {
     throw new UsageError("--stop-signal cannot be set through the engine's import endpoint", {
       hint: "Use the default --via load, or --via build.",

@@ -4,7 +4,6 @@
  * would hurt the shared engine (killing the daemon mid-transfer) run against a private one.
  */
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
 import { chmod, mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -23,7 +22,14 @@ import {
   type RunResult,
 } from "./support/cli.js";
 import { debianRootfs } from "./support/debian-rootfs.js";
-import { imageIds, imageInspect, removeImages, uniqueTag } from "./support/docker.js";
+import {
+  failureLabel,
+  imageIds,
+  imageInspect,
+  leftBehind,
+  removeImages,
+  uniqueTag,
+} from "./support/docker.js";
 import { makeMinimalTree, type FixtureTree } from "./support/fixture-tree.js";
 import { startPrivateEngine, type PrivateEngine } from "./support/private-engine.js";
 
@@ -44,27 +50,6 @@ after(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
-/**
- * Images the shared engine gained since `before` that carry `label` or `tag`, i.e. what the failed run
- * left. Other builds may add images to the shared engine meanwhile; the label tells ours apart, and
- * every image mkbase makes carries the config it was given.
- */
-async function leftBehind(
-  before: ReadonlySet<string>,
-  label: { key: string; value: string },
-  tag: string,
-): Promise<string[]> {
-  const found: string[] = [];
-  for (const id of await imageIds()) {
-    if (before.has(id)) continue;
-    const inspected = await imageInspect(id);
-    if (inspected === undefined) continue;
-    if (inspected.Config?.Labels?.[label.key] === label.value || (inspected.RepoTags ?? []).includes(tag))
-      found.push(id);
-  }
-  return found;
-}
-
 interface ExpectedFailure {
   /** The documented exit code. */
   code: number;
@@ -84,9 +69,9 @@ interface ExpectedFailure {
 async function expectFailure(command: readonly string[], expected: ExpectedFailure): Promise<RunResult> {
   const tag = expected.tag ?? uniqueTag(`fault-${command[0] ?? "run"}`);
   requested.add(tag);
-  const label = { key: "mkbase.test.failure", value: randomBytes(8).toString("hex") };
+  const label = failureLabel();
   const imagesBefore = await imageIds();
-  const args = [...command, "-t", tag, "--label", `${label.key}=${label.value}`];
+  const args = [...command, "-t", tag, "--label", label.flag];
   const result =
     expected.wrapper === undefined
       ? await runMkbase(args, expected.options)

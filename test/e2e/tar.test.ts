@@ -4,7 +4,7 @@
  * exactly what the tree holds.
  */
 import assert from "node:assert/strict";
-import { createHash, randomBytes } from "node:crypto";
+import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { createServer, type Server } from "node:http";
@@ -13,7 +13,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { describeResult, runChecked, runMkbase, type RunOptions, type RunResult } from "./support/cli.js";
-import { imageIds, imageInspect, removeImages, uniqueTag } from "./support/docker.js";
+import {
+  failureLabel,
+  imageIds,
+  imageInspect,
+  leftBehind,
+  removeImages,
+  uniqueTag,
+} from "./support/docker.js";
 import { makeEveryKindTree, type FixtureTree } from "./support/fixture-tree.js";
 import { containerRuntimePaths, diffListings, inspectHostTree, inspectImage } from "./support/inspect.js";
 
@@ -56,32 +63,6 @@ async function assertImageHoldsTree(tag: string): Promise<void> {
 
 function sha256Of(bytes: Buffer): string {
   return createHash("sha256").update(bytes).digest("hex");
-}
-
-/**
- * A label for a build that must fail, so that an image it left behind is recognised even while other
- * builds add images to the shared engine.
- */
-function failureLabel(): { flag: string; key: string; value: string } {
-  const value = randomBytes(8).toString("hex");
-  return { flag: `mkbase.test.failure=${value}`, key: "mkbase.test.failure", value };
-}
-
-/** Images the engine gained since `before` that carry `label` or `tag`: what a failed build left. */
-async function leftBehind(
-  before: ReadonlySet<string>,
-  label: { key: string; value: string },
-  tag: string,
-): Promise<string[]> {
-  const found: string[] = [];
-  for (const id of await imageIds()) {
-    if (before.has(id)) continue;
-    const inspected = await imageInspect(id);
-    if (inspected === undefined) continue;
-    if (inspected.Config?.Labels?.[label.key] === label.value || (inspected.RepoTags ?? []).includes(tag))
-      found.push(id);
-  }
-  return found;
 }
 
 before(async () => {

@@ -119,3 +119,34 @@ export function uniqueTag(prefix: string): string {
       .replace(/^-+|-+$/g, "") || "image";
   return `mkbase-test/${name}:${randomBytes(6).toString("hex")}`;
 }
+
+/**
+ * A label for a build that must fail, so that an image it left behind is recognised even while other
+ * builds add images to the shared engine.
+ */
+export function failureLabel(): { flag: string; key: string; value: string } {
+  const value = randomBytes(8).toString("hex");
+  return { flag: `mkbase.test.failure=${value}`, key: "mkbase.test.failure", value };
+}
+
+/**
+ * Images the engine gained since `before` that carry `label` or `tag`: what a failed build left. Other
+ * builds may add images meanwhile; the label tells ours apart, since mkbase gives every image the config
+ * it was asked for.
+ */
+export async function leftBehind(
+  before: ReadonlySet<string>,
+  label: { key: string; value: string },
+  tag: string,
+): Promise<string[]> {
+  const found: string[] = [];
+  for (const id of await imageIds()) {
+    if (before.has(id)) continue;
+    const inspected = await imageInspect(id);
+    if (inspected === undefined) continue;
+    if (inspected.Config?.Labels?.[label.key] === label.value || (inspected.RepoTags ?? []).includes(tag)) {
+      found.push(id);
+    }
+  }
+  return found;
+}
