@@ -3,11 +3,7 @@
  * codes. Commands load their heavy modules lazily so `mkbase --version` stays fast.
  */
 import { readFileSync } from "node:fs";
-import { Command, CommanderError } from "commander";
-import { ExitCode, InterruptedError, MkbaseError } from "../errors.js";
-import { registerDirCommand } from "./dir.js";
-import { registerScratchCommand } from "./scratch.js";
-import { registerTarCommand } from "./tar.js";
+import { ExitCode, InterruptedError, MkbaseError, errnoCode } from "../errors.js";
 import type { CommandContext } from "./run-build.js";
 
 function packageVersion(): string {
@@ -55,6 +51,20 @@ async function reportError(error: unknown): Promise<number> {
 
 /** Runs the CLI with `argv` (without node and script) and resolves with the exit code. */
 export async function main(argv: readonly string[]): Promise<number> {
+  // `mkbase --version` is what scripts call to probe for the tool: answer before loading the parser.
+  if (argv.length === 1 && (argv[0] === "--version" || argv[0] === "-V")) {
+    process.stdout.write(`${packageVersion()}\n`);
+    return ExitCode.ok;
+  }
+  // `mkbase --help | head` closes the pipe early; that is not an error worth a stack trace.
+  process.stdout.on("error", (error) => {
+    if (errnoCode(error) === "EPIPE") process.exit(ExitCode.ok);
+    throw error;
+  });
+  const { Command, CommanderError } = await import("commander");
+  const { registerDirCommand } = await import("./dir.js");
+  const { registerTarCommand } = await import("./tar.js");
+  const { registerScratchCommand } = await import("./scratch.js");
   const controller = new AbortController();
   let interrupts = 0;
   const onSignal = (signal: NodeJS.Signals): void => {
@@ -77,7 +87,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   };
   const program = new Command("mkbase")
     .description(
-      "Build container base images without a Dockerfile: from a root filesystem directory, a tarball,\na bootstrapper run or a static binary, straight into the Docker Engine.",
+      "Build container base images without a Dockerfile, from a root filesystem directory, a rootfs tarball or a single static binary, straight into the Docker Engine.",
     )
     .version(packageVersion())
     .showHelpAfterError("(run with --help for usage)")
