@@ -13,8 +13,8 @@ import { displayPath, type TarEntry } from "./entry.js";
 import { END_OF_ARCHIVE, encodeHeader, paddingFor } from "./header.js";
 import { unreadablePathError } from "./walk.js";
 
-/** 4 MiB: large enough that per-chunk costs vanish, small enough to keep memory flat. */
-const CHUNK_SIZE = 4 * 1024 * 1024;
+/** 1 MiB: large enough that per-chunk costs vanish (the design measured 1 MiB+ reads as fast), small enough to keep memory flat. */
+const CHUNK_SIZE = 1024 * 1024;
 const PROGRESS_EVERY_ENTRIES = 500;
 
 export interface PackOptions {
