@@ -156,9 +156,13 @@ printf 'runs:    %s round(s), order rotated each round, %s s idle + sync before 
 echo
 bench_table tar "${keys[@]}"
 echo
-echo "client s: user+system CPU of the command (median); engine s: dockerd and its children (median);"
-echo "RSS: highest peak RSS over the runs (for tar | docker import: its largest process); ratio: median /"
-echo "median of tar | docker import; pair: median of the per-round ratios."
+cat <<'EOF'
+client s: user+system CPU of the command (median); engine s: dockerd and its children (median);
+other s: the most CPU the rest of the machine used during one run (kernel writeback included; seconds
+  of it mean other work competed for the cores);
+RSS: highest peak RSS over the runs (for the docker CLI rows: their largest process);
+ratio: median / median of tar | docker import; pair: median of the per-round ratios.
+EOF
 echo
 
 single_rss=$(bench_rss_max load)

@@ -19,7 +19,7 @@ BENCH_IDLE=${BENCH_IDLE:-35}
 # The stdout of the last measured command (read by the scripts that source this file).
 # shellcheck disable=SC2034
 BENCH_LAST_STDOUT=""
-declare -gA BENCH_WALL=() BENCH_RSS=() BENCH_CPU=() BENCH_ENGINE_CPU=() BENCH_LABEL=()
+declare -gA BENCH_WALL=() BENCH_RSS=() BENCH_CPU=() BENCH_ENGINE_CPU=() BENCH_OTHER_CPU=() BENCH_LABEL=()
 declare -ga BENCH_IMAGES=() BENCH_CLEANUP=()
 BENCH_SCRATCH=""
 
@@ -105,28 +105,41 @@ bench_engine_cpu() {
   awk -v t="$ticks" '{ printf "%.2f\n", ($12 + $13 + $14 + $15) / t }' <<<"${stat##*) }"
 }
 
+# CPU seconds the whole machine has been busy (all cores, everything but idle and iowait).
+bench_machine_cpu() {
+  awk -v t="$(getconf CLK_TCK)" '$1 == "cpu" { printf "%.2f\n", ($2 + $3 + $4 + $7 + $8 + $9) / t; exit }' /proc/stat
+}
+
 # bench_measure KEY CMD...: runs CMD once and appends one sample to KEY's lists. CMD's stdout is kept in
 # BENCH_LAST_STDOUT; if CMD fails, its stderr is shown and the benchmark stops.
 bench_measure() {
-  local key=$1 wall rss user sys engine_before engine_after
+  local key=$1 wall rss user sys engine_before engine_after machine_before machine_after engine client
   shift
   local timing="$BENCH_SCRATCH/time" out="$BENCH_SCRATCH/stdout" err="$BENCH_SCRATCH/stderr"
   engine_before=$(bench_engine_cpu)
+  machine_before=$(bench_machine_cpu)
   if ! /usr/bin/time -o "$timing" -f '%e %M %U %S' "$@" >"$out" 2>"$err"; then
     printf 'error: the measured command failed: %s\n' "$*" >&2
     tail -n 30 "$err" >&2
     exit 2
   fi
+  machine_after=$(bench_machine_cpu)
   engine_after=$(bench_engine_cpu)
   read -r wall rss user sys <"$timing"
   # shellcheck disable=SC2034
   BENCH_LAST_STDOUT=$(cat "$out")
   BENCH_WALL[$key]+="$wall "
   BENCH_RSS[$key]+="$rss "
-  BENCH_CPU[$key]+="$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }') "
+  client=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
+  BENCH_CPU[$key]+="$client "
+  engine=0
   if [ -n "$engine_before" ] && [ -n "$engine_after" ]; then
-    BENCH_ENGINE_CPU[$key]+="$(awk -v a="$engine_before" -v b="$engine_after" 'BEGIN { printf "%.2f", b - a }') "
+    engine=$(awk -v a="$engine_before" -v b="$engine_after" 'BEGIN { printf "%.2f", b - a }')
+    BENCH_ENGINE_CPU[$key]+="$engine "
   fi
+  # What the rest of the machine did meanwhile: a large value means the run was disturbed.
+  BENCH_OTHER_CPU[$key]+="$(awk -v a="$machine_before" -v b="$machine_after" -v c="$client" -v e="$engine" \
+    'BEGIN { o = b - a - c - e; printf "%.2f", o < 0 ? 0 : o }') "
   bench_log "$(printf '%-34s %6.2f s  %7.1f MiB' "${BENCH_LABEL[$key]:-$key}" "$wall" "$(bench_mib "$rss")")"
 }
 
@@ -190,24 +203,27 @@ bench_rss_max() { bench_max ${BENCH_RSS[$1]:-}; }
 bench_cpu_median() { bench_median ${BENCH_CPU[$1]:-}; }
 # shellcheck disable=SC2086
 bench_engine_cpu_median() { bench_median ${BENCH_ENGINE_CPU[$1]:-}; }
+# shellcheck disable=SC2086
+bench_other_cpu_max() { bench_max ${BENCH_OTHER_CPU[$1]:-}; }
 
 # --- reporting -----------------------------------------------------------------------------------------
 
 # bench_table BASE KEY...: one row per key; ratios are to BASE (the baseline command, usually GNU tar).
-# "ratio" is median / median of BASE; "pair" is the median of the per-round ratios.
+# "ratio" is median / median of BASE; "pair" is the median of the per-round ratios; "other s" is the most
+# CPU time the rest of the machine used during one run.
 bench_table() {
   local base=$1 key base_median n
   local -a samples
   shift
   base_median=$(bench_wall_median "$base")
-  printf '%-34s %4s %8s %8s %8s %9s %9s %9s %6s %6s\n' \
-    command runs "median s" "min s" "max s" "client s" "engine s" "RSS MiB" ratio pair
+  printf '%-34s %4s %8s %8s %8s %9s %9s %8s %8s %6s %6s\n' \
+    command runs "median s" "min s" "max s" "client s" "engine s" "other s" "RSS MiB" ratio pair
   for key in "$@"; do
     read -r -a samples <<<"${BENCH_WALL[$key]:-}"
     n=${#samples[@]}
-    printf '%-34s %4s %8s %8s %8s %9s %9s %9s %6s %6s\n' "${BENCH_LABEL[$key]:-$key}" "$n" \
+    printf '%-34s %4s %8s %8s %8s %9s %9s %8s %8s %6s %6s\n' "${BENCH_LABEL[$key]:-$key}" "$n" \
       "$(bench_wall_median "$key")" "$(bench_wall_min "$key")" "$(bench_wall_max "$key")" \
-      "$(bench_cpu_median "$key")" "$(bench_engine_cpu_median "$key")" \
+      "$(bench_cpu_median "$key")" "$(bench_engine_cpu_median "$key")" "$(bench_other_cpu_max "$key")" \
       "$(bench_mib "$(bench_rss_max "$key")")" \
       "$(bench_ratio "$(bench_wall_median "$key")" "$base_median")" \
       "$(if [ "$key" = "$base" ]; then echo 1.00; else bench_pair_ratio "$key" "$base"; fi)"
