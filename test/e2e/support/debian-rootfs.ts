@@ -88,7 +88,8 @@ async function removeBuildDir(dir: string): Promise<void> {
   await rm(dir, { recursive: true, force: true });
 }
 
-async function mountPointsUnder(dir: string): Promise<string[]> {
+/** Mount points at or below `dir`, from `/proc/self/mountinfo`. */
+export async function mountPointsUnder(dir: string): Promise<string[]> {
   const mountinfo = await readFile("/proc/self/mountinfo", "utf8");
   const points: string[] = [];
   for (const line of mountinfo.split("\n")) {

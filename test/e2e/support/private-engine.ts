@@ -6,6 +6,7 @@
  * it with a parent-death signal).
  */
 import { spawn, type ChildProcess } from "node:child_process";
+import { mountPointsUnder } from "./debian-rootfs.js";
 import { openSync, closeSync, readFileSync } from "node:fs";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { request } from "node:http";
@@ -243,20 +244,4 @@ function isRunning(pid: number): boolean {
   }
   // The state follows the command name, which is in parentheses and may itself hold spaces.
   return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
-}
-
-/** Mount points at or below `dir`, from `/proc/self/mountinfo`. */
-async function mountPointsUnder(dir: string): Promise<string[]> {
-  const mountinfo = await readFile("/proc/self/mountinfo", "utf8");
-  const points: string[] = [];
-  for (const line of mountinfo.split("\n")) {
-    // Field 5 is the mount point, with space, tab, newline and backslash written as octal escapes.
-    const field = line.split(" ")[4];
-    if (field === undefined) continue;
-    const mountPoint = field.replace(/\\([0-7]{3})/g, (_, octal: string) =>
-      String.fromCharCode(parseInt(octal, 8)),
-    );
-    if (mountPoint === dir || mountPoint.startsWith(`${dir}/`)) points.push(mountPoint);
-  }
-  return points;
 }
