@@ -163,6 +163,11 @@ other s: the most CPU the rest of the machine used during one run (kernel writeb
 RSS: highest peak RSS over the runs (for the docker CLI rows: their largest process);
 ratio: median / median of tar | docker import; pair: median of the per-round ratios.
 EOF
+read -r disturbed total < <(bench_disturbed_runs)
+if [ "$disturbed" -gt 0 ]; then
+  echo "warning: in $disturbed of $total runs other work used more than half a core; the numbers are suspect,"
+  echo "  run again on a quiet machine"
+fi
 echo
 
 single_rss=$(bench_rss_max load)

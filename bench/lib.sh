@@ -206,6 +206,24 @@ bench_engine_cpu_median() { bench_median ${BENCH_ENGINE_CPU[$1]:-}; }
 # shellcheck disable=SC2086
 bench_other_cpu_max() { bench_max ${BENCH_OTHER_CPU[$1]:-}; }
 
+# Prints how many runs (over all keys) had the rest of the machine busy for more than half a core on
+# average ("other" CPU > wall / 2), then the number of runs, e.g. "3 15".
+bench_disturbed_runs() {
+  local key i disturbed=0 total=0
+  local -a walls others
+  for key in "${!BENCH_WALL[@]}"; do
+    read -r -a walls <<<"${BENCH_WALL[$key]}"
+    read -r -a others <<<"${BENCH_OTHER_CPU[$key]:-}"
+    for ((i = 0; i < ${#walls[@]} && i < ${#others[@]}; i++)); do
+      total=$((total + 1))
+      if awk -v o="${others[i]}" -v w="${walls[i]}" 'BEGIN { exit o > w / 2 ? 0 : 1 }'; then
+        disturbed=$((disturbed + 1))
+      fi
+    done
+  done
+  echo "$disturbed $total"
+}
+
 # --- reporting -----------------------------------------------------------------------------------------
 
 # bench_table BASE KEY...: one row per key; ratios are to BASE (the baseline command, usually GNU tar).
