@@ -1,0 +1,509 @@
+/**
+ * The OCI distribution protocol, the part a push needs: blob existence (`HEAD`), blob upload (one
+ * `PUT` after the `POST`, or `PATCH` chunks with `Content-Range` for large blobs), cross-repository
+ * mount, and manifest `PUT`. One client talks to one registry host for one push.
+ *
+ * Transport rules: HTTPS, except plain HTTP for the loopback names (`localhost`, `127.0.0.1`, `[::1]`)
+ * or when the user allows an insecure registry. Credentials are only ever sent to the registry's own
+ * origin and to its token realm, never to a host an upload `Location` points at.
+ *
+ * Failures: connection resets and refusals, timeouts, 429 and 5xx are transient; each operation is
+ * retried as a whole (a blob upload starts over with a fresh open of the blob) with exponential
+ * backoff, a bounded number of times. Every other 4xx is final and becomes a
+ * {@link RegistryResponseError} carrying the registry's own `errors[]`.
+ */
+import * as http from "node:http";
+import * as https from "node:https";
+import { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { setTimeout as sleep } from "node:timers/promises";
+import { InterruptedError, MkbaseError, SinkError, errnoCode, throwIfAborted } from "../errors.js";
+import type { Blob, Descriptor } from "../image/manifest.js";
+import type { ProgressListener } from "../progress.js";
+import { RegistryAuthenticator, repositoryScope, type RegistryCredentials } from "./auth.js";
+
+/** A blob to push: its descriptor, and a way to read its bytes (again, for each try). */
+export interface PushBlob {
+  readonly descriptor: Descriptor;
+  open(): AsyncIterable<Buffer>;
+}
+
+/** One HTTP request to a registry or its token server. */
+export interface RegistryRequest {
+  readonly method: "GET" | "HEAD" | "POST" | "PUT" | "PATCH";
+  readonly url: URL;
+  readonly headers?: Readonly<Record<string, string>>;
+  /**
+   * Bytes, or an opener of a stream of exactly `size` bytes (sent with that `Content-Length`), opened
+   * again when the request is repeated after an auth challenge.
+   */
+  readonly body?: Buffer | { readonly size: number; open(): AsyncIterable<Buffer> };
+}
+
+export interface RegistryResponse {
+  readonly status: number;
+  readonly headers: http.IncomingHttpHeaders;
+  readonly body: Buffer;
+}
+
+/** An error entry of the distribution error body, `{"errors":[{"code","message","detail"}]}`. */
+export interface RegistryErrorEntry {
+  readonly code: string;
+  readonly message: string;
+}
+
+/** A registry answered a request with a final (non-retryable) error status. */
+export class RegistryResponseError extends SinkError {
+  constructor(
+    message: string,
+    readonly status: number,
+    readonly errors: readonly RegistryErrorEntry[],
+    hint: string,
+  ) {
+    super(message, { hint });
+  }
+}
+
+/** Connection-level failures worth another try: the registry restarting, a proxy dropping a socket. */
+const TRANSIENT_NETWORK_CODES = new Set([
+  "ECONNRESET",
+  "ECONNREFUSED",
+  "ECONNABORTED",
+  "EPIPE",
+  "ETIMEDOUT",
+  "EAI_AGAIN",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+]);
+
+/** An attempt failed in a way that another attempt may not. */
+class TransientFailure extends Error {
+  constructor(
+    message: string,
+    readonly retryAfterMs: number | undefined,
+    cause?: unknown,
+  ) {
+    super(message, cause === undefined ? undefined : { cause });
+  }
+}
+
+const DEFAULT_CHUNK_SIZE = 16 * 1024 * 1024;
+/** Tries per operation, the first included. */
+const MAX_TRIES = 4;
+const FIRST_BACKOFF_MS = 500;
+const MAX_BACKOFF_MS = 8_000;
+/** A socket silent this long is given up (and the operation retried). */
+const IDLE_TIMEOUT_MS = 60_000;
+/** Registry answers we read are JSON documents and error bodies: far below this. */
+const MAX_RESPONSE_BYTES = 4 * 1024 * 1024;
+
+const LOOPBACK_HOSTNAMES = new Set(["localhost", "127.0.0.1", "[::1]"]);
+
+/** Whether `hostname` (as `URL.hostname` spells it) is one of the loopback names HTTP is allowed for. */
+export function isLoopbackHost(hostname: string): boolean {
+  return LOOPBACK_HOSTNAMES.has(hostname.toLowerCase());
+}
+
+export interface RegistryClientOptions {
+  readonly signal: AbortSignal;
+  readonly onProgress: ProgressListener;
+  /** Allow plain HTTP to hosts other than the loopback names. */
+  readonly insecure: boolean;
+  /** Loads the credentials for the host, when the registry first asks for them. */
+  readonly credentials: () => Promise<RegistryCredentials | undefined>;
+  /** Blobs larger than this are sent in `PATCH` chunks of this size; smaller ones in one `PUT`. */
+  readonly chunkSize?: number;
+}
+
+function registryErrors(body: Buffer): RegistryErrorEntry[] {
+  try {
+    const parsed = JSON.parse(body.toString("utf8")) as { errors?: unknown };
+    if (!Array.isArray(parsed.errors)) return [];
+    return parsed.errors.flatMap((entry: unknown) => {
+      if (entry === null || typeof entry !== "object") return [];
+      const { code, message } = entry as { code?: unknown; message?: unknown };
+      return [
+        {
+          code: typeof code === "string" ? code : "UNKNOWN",
+          message: typeof message === "string" ? message : "",
+        },
+      ];
+    });
+  } catch {
+    return [];
+  }
+}
+
+function describeErrors(status: number, errors: readonly RegistryErrorEntry[], body: Buffer): string {
+  if (errors.length > 0)
+    return errors.map((e) => (e.message === "" ? e.code : `${e.code}: ${e.message}`)).join("; ");
+  const text = body.toString("utf8").trim().slice(0, 200);
+  return text === "" ? `HTTP ${status}` : `HTTP ${status}: ${text}`;
+}
+
+function retryAfterMs(headers: http.IncomingHttpHeaders): number | undefined {
+  const value = headers["retry-after"];
+  if (value === undefined || !/^\d+$/.test(value)) return undefined;
+  return Number(value) * 1000;
+}
+
+function shortDigest(digest: string): string {
+  return digest.slice(0, "sha256:".length + 12);
+}
+
+/** Re-cuts a byte stream into chunks of exactly `size` bytes (the last one shorter). */
+async function* fixedChunks(source: AsyncIterable<Buffer>, size: number): AsyncGenerator<Buffer> {
+  let pending: Buffer[] = [];
+  let pendingLength = 0;
+  for await (const piece of source) {
+    let rest = piece;
+    while (pendingLength + rest.length >= size) {
+      const take = size - pendingLength;
+      pending.push(rest.subarray(0, take));
+      yield Buffer.concat(pending, size);
+      rest = rest.subarray(take);
+      pending = [];
+      pendingLength = 0;
+    }
+    if (rest.length > 0) {
+      pending.push(rest);
+      pendingLength += rest.length;
+    }
+  }
+  if (pendingLength > 0) yield Buffer.concat(pending, pendingLength);
+}
+
+/** Passes `source` through, failing if it does not hold exactly `size` bytes. */
+async function* exactly(source: AsyncIterable<Buffer>, size: number, what: string): AsyncGenerator<Buffer> {
+  let seen = 0;
+  for await (const chunk of source) {
+    seen += chunk.length;
+    if (seen > size) break;
+    yield chunk;
+  }
+  if (seen !== size) {
+    throw new SinkError(`${what} has ${seen > size ? "more" : "fewer"} bytes than its descriptor's ${size}`, {
+      hint: "The blob changed after it was described; build the image again.",
+    });
+  }
+}
+
+/** One HTTP exchange; rejects with the socket's error (and its errno `code`) when there is no answer. */
+function exchangeOnce(
+  request: RegistryRequest,
+  agent: http.Agent | undefined,
+  signal: AbortSignal,
+): Promise<RegistryResponse> {
+  return new Promise((resolve, reject) => {
+    const transport = request.url.protocol === "https:" ? https : http;
+    const headers: Record<string, string> = { "user-agent": "mkbase", ...request.headers };
+    const body = request.body;
+    if (body !== undefined)
+      headers["content-length"] = String(Buffer.isBuffer(body) ? body.length : body.size);
+    const outgoing = transport.request(request.url, { method: request.method, headers, agent, signal });
+    outgoing.setTimeout(IDLE_TIMEOUT_MS, () => {
+      outgoing.destroy(
+        Object.assign(new Error(`no answer for ${IDLE_TIMEOUT_MS / 1000} s`), { code: "ETIMEDOUT" }),
+      );
+    });
+    let bodySent = body === undefined || Buffer.isBuffer(body);
+    outgoing.once("error", reject);
+    outgoing.once("response", (incoming) => {
+      const chunks: Buffer[] = [];
+      let length = 0;
+      incoming.on("data", (chunk: Buffer) => {
+        length += chunk.length;
+        if (length <= MAX_RESPONSE_BYTES) chunks.push(chunk);
+      });
+      incoming.once("error", reject);
+      incoming.once("end", () => {
+        // The registry answered before taking the whole body (an early 4xx): stop sending it.
+        if (!bodySent) outgoing.destroy();
+        resolve({ status: incoming.statusCode ?? 0, headers: incoming.headers, body: Buffer.concat(chunks) });
+      });
+    });
+    if (body === undefined) outgoing.end();
+    else if (Buffer.isBuffer(body)) outgoing.end(body);
+    else {
+      pipeline(Readable.from(body.open(), { objectMode: false }), outgoing).then(
+        () => {
+          bodySent = true;
+        },
+        // The request carries the error to `reject` (a short blob, a reset socket, an abort).
+        (error: unknown) => outgoing.destroy(error instanceof Error ? error : new Error(String(error))),
+      );
+    }
+  });
+}
+
+/** A client for one registry host, for the duration of one push. Call {@link close} when done. */
+export class RegistryClient {
+  /** `https://host[:port]` or `http://…`. */
+  readonly origin: string;
+  private readonly auth: RegistryAuthenticator;
+  private readonly agent: http.Agent;
+  private readonly chunkSize: number;
+
+  constructor(
+    /** `host[:port]` as in the image reference. */
+    readonly host: string,
+    private readonly options: RegistryClientOptions,
+  ) {
+    const hostname = new URL(`http://${host}`).hostname;
+    const plain = isLoopbackHost(hostname) || options.insecure;
+    this.origin = `${plain ? "http" : "https"}://${host}`;
+    this.agent = plain ? new http.Agent({ keepAlive: true }) : new https.Agent({ keepAlive: true });
+    this.chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
+    this.auth = new RegistryAuthenticator({
+      host,
+      send: (request) => this.exchange(request),
+      checkUrl: (url) => this.checkTransport(url),
+      credentials: options.credentials,
+    });
+  }
+
+  /** Frees the kept-alive connections. */
+  close(): void {
+    this.agent.destroy();
+  }
+
+  private url(path: string): URL {
+    return new URL(path, this.origin);
+  }
+
+  /** Refuses plain HTTP to a host that is neither loopback nor allowed as insecure. */
+  private checkTransport(url: URL): void {
+    if (url.protocol === "https:") return;
+    if (url.protocol === "http:" && (isLoopbackHost(url.hostname) || this.options.insecure)) return;
+    throw new SinkError(`the registry ${this.host} sent mkbase to ${url.origin}, which is not HTTPS`, {
+      hint: `Only HTTPS is used for hosts other than localhost; pass --insecure-registry if ${url.host} is trusted.`,
+    });
+  }
+
+  /** One exchange, with failures sorted into transient (retry) and final. */
+  private async exchange(request: RegistryRequest): Promise<RegistryResponse> {
+    throwIfAborted(this.options.signal);
+    this.checkTransport(request.url);
+    // Each agent speaks one protocol; a token realm on the other one goes through node's global agent.
+    const agent = request.url.protocol === new URL(this.origin).protocol ? this.agent : undefined;
+    let response: RegistryResponse;
+    try {
+      response = await exchangeOnce(request, agent, this.options.signal);
+    } catch (error) {
+      if (this.options.signal.aborted)
+        throw new InterruptedError("interrupted", { cause: this.options.signal.reason });
+      if (error instanceof MkbaseError) throw error;
+      const code = errnoCode(error);
+      // EPROTO carries OpenSSL's internals as its message; what it means here is a failed handshake.
+      const text =
+        code === "EPROTO"
+          ? "the TLS handshake failed (EPROTO)"
+          : error instanceof Error
+            ? error.message
+            : String(error);
+      if (code !== undefined && TRANSIENT_NETWORK_CODES.has(code)) {
+        throw new TransientFailure(`${request.method} ${request.url.host}: ${text}`, undefined, error);
+      }
+      throw new SinkError(`cannot talk to the registry at ${request.url.origin}: ${text}`, {
+        cause: error,
+        hint:
+          request.url.protocol === "https:"
+            ? `Check that ${request.url.host} serves HTTPS with a trusted certificate; for a plain-HTTP registry pass --insecure-registry.`
+            : `Check that a registry listens at ${request.url.host}.`,
+      });
+    }
+    if (response.status >= 500 || response.status === 429) {
+      const errors = registryErrors(response.body);
+      throw new TransientFailure(
+        `${request.method} ${request.url.pathname} answered ${describeErrors(response.status, errors, response.body)}`,
+        retryAfterMs(response.headers),
+      );
+    }
+    return response;
+  }
+
+  /** An exchange with the registry itself: auth header added, one retry after a 401 challenge. */
+  private async call(request: RegistryRequest, scopes: readonly string[]): Promise<RegistryResponse> {
+    // Never hand credentials to another origin (blob storage a Location may point at).
+    if (request.url.origin !== this.origin) return this.exchange(request);
+    const sent = await this.auth.authorization(scopes);
+    const first = await this.exchange(withAuthorization(request, sent));
+    if (first.status !== 401) return first;
+    const retry = await this.auth.answer(first.headers["www-authenticate"], scopes, sent);
+    const second = await this.exchange(withAuthorization(request, retry));
+    if (second.status === 401) throw await this.auth.refusal("refused the credentials");
+    return second;
+  }
+
+  /** Runs `attempt` until it succeeds, fails finally, or {@link MAX_TRIES} transient failures. */
+  private async retrying<T>(what: string, attempt: () => Promise<T>): Promise<T> {
+    const { signal, onProgress } = this.options;
+    for (let tryNumber = 1; ; tryNumber++) {
+      try {
+        return await attempt();
+      } catch (error) {
+        if (signal.aborted) throw new InterruptedError("interrupted", { cause: signal.reason });
+        if (!(error instanceof TransientFailure)) throw error;
+        if (tryNumber >= MAX_TRIES) {
+          throw new SinkError(`${what} failed after ${MAX_TRIES} tries: ${error.message}`, {
+            cause: error,
+            hint: `Check that the registry at ${this.origin} is up and reachable, then push again (blobs already pushed are not sent twice).`,
+          });
+        }
+        const backoff = Math.min(FIRST_BACKOFF_MS * 2 ** (tryNumber - 1), MAX_BACKOFF_MS);
+        const delay = Math.min(Math.max(backoff, error.retryAfterMs ?? 0), MAX_BACKOFF_MS);
+        onProgress({
+          kind: "log",
+          source: "registry",
+          line: `${what}: ${error.message}; try ${tryNumber + 1} of ${MAX_TRIES} in ${(delay / 1000).toFixed(1)} s`,
+        });
+        try {
+          await sleep(delay, undefined, { signal });
+        } catch (abort) {
+          throw new InterruptedError("interrupted", { cause: abort });
+        }
+      }
+    }
+  }
+
+  /** Fails with the registry's own error unless `response.status` is one of `expected`. */
+  private expect(
+    response: RegistryResponse,
+    expected: readonly number[],
+    what: string,
+    repository: string,
+  ): void {
+    if (expected.includes(response.status)) return;
+    const errors = registryErrors(response.body);
+    const hint =
+      response.status === 403
+        ? `The credentials for ${this.host} lack push rights on ${repository}; check them or log in as another user.`
+        : response.status === 404
+          ? `Check the repository name ${repository} and that the registry at ${this.origin} serves the distribution API.`
+          : `The registry refused the request; its answer is above.`;
+    throw new RegistryResponseError(
+      `${what} at ${this.host}/${repository} failed: ${describeErrors(response.status, errors, response.body)}`,
+      response.status,
+      errors,
+      hint,
+    );
+  }
+
+  private location(response: RegistryResponse, base: URL, what: string): URL {
+    const value = response.headers.location;
+    if (value === undefined || value === "") {
+      throw new SinkError(`the registry ${this.host} answered ${what} without a Location header`, {
+        hint: "The registry does not follow the distribution protocol; push with another tool to compare.",
+      });
+    }
+    const url = new URL(value, base);
+    this.checkTransport(url);
+    return url;
+  }
+
+  /** Whether `repository` already holds blob `digest`. */
+  blobExists(repository: string, digest: string): Promise<boolean> {
+    const url = this.url(`/v2/${repository}/blobs/${digest}`);
+    return this.retrying(`checking blob ${shortDigest(digest)}`, async () => {
+      const response = await this.call({ method: "HEAD", url }, [repositoryScope(repository, "pull,push")]);
+      if (response.status === 404) return false;
+      this.expect(response, [200], `checking blob ${shortDigest(digest)}`, repository);
+      return true;
+    });
+  }
+
+  /**
+   * Asks the registry to mount blob `digest` from repository `from` into `repository`. Returns true
+   * when mounted; false when the registry could not (it then opened an upload, which is left to expire).
+   */
+  mountBlob(repository: string, digest: string, from: string): Promise<boolean> {
+    const url = this.url(`/v2/${repository}/blobs/uploads/`);
+    url.searchParams.set("mount", digest);
+    url.searchParams.set("from", from);
+    const scopes = [repositoryScope(repository, "pull,push"), repositoryScope(from, "pull")];
+    return this.retrying(`mounting blob ${shortDigest(digest)}`, async () => {
+      const response = await this.call({ method: "POST", url }, scopes);
+      this.expect(response, [201, 202], `mounting blob ${shortDigest(digest)} from ${from}`, repository);
+      return response.status === 201;
+    });
+  }
+
+  /** Uploads `blob` into `repository`: one `PUT` when small, `PATCH` chunks then a `PUT` when large. */
+  uploadBlob(repository: string, blob: PushBlob): Promise<void> {
+    const { digest, size } = blob.descriptor;
+    const what = `uploading blob ${shortDigest(digest)}`;
+    const scopes = [repositoryScope(repository, "pull,push")];
+    return this.retrying(what, async () => {
+      const start = this.url(`/v2/${repository}/blobs/uploads/`);
+      const started = await this.call({ method: "POST", url: start }, scopes);
+      this.expect(started, [202], what, repository);
+      let location = this.location(started, start, "an upload start");
+      const open = (): AsyncIterable<Buffer> => exactly(blob.open(), size, `blob ${digest}`);
+      let body: RegistryRequest["body"];
+      if (size <= this.chunkSize) {
+        body = { size, open };
+      } else {
+        let offset = 0;
+        for await (const chunk of fixedChunks(open(), this.chunkSize)) {
+          const response = await this.call(
+            {
+              method: "PATCH",
+              url: location,
+              headers: {
+                "content-type": "application/octet-stream",
+                // Inclusive byte range, without a unit: the distribution spec's form.
+                "content-range": `${offset}-${offset + chunk.length - 1}`,
+              },
+              body: chunk,
+            },
+            scopes,
+          );
+          this.expect(response, [202], `${what} (bytes ${offset}–${offset + chunk.length - 1})`, repository);
+          location = this.location(response, location, "a chunk");
+          offset += chunk.length;
+        }
+      }
+      const finish = new URL(location);
+      finish.searchParams.set("digest", digest);
+      const headers = { "content-type": "application/octet-stream" };
+      const done = await this.call(
+        { method: "PUT", url: finish, headers, body: body ?? Buffer.alloc(0) },
+        scopes,
+      );
+      this.expect(done, [201], what, repository);
+    });
+  }
+
+  /** Puts a manifest or index under `reference` (a digest or a tag); returns the digest the registry reports. */
+  putManifest(repository: string, reference: string, manifest: Blob): Promise<string> {
+    const url = this.url(`/v2/${repository}/manifests/${reference}`);
+    const what = `putting manifest ${shortDigest(manifest.descriptor.digest)} as ${reference.includes(":") ? shortDigest(reference) : reference}`;
+    return this.retrying(what, async () => {
+      const response = await this.call(
+        {
+          method: "PUT",
+          url,
+          headers: { "content-type": manifest.descriptor.mediaType },
+          body: manifest.data,
+        },
+        [repositoryScope(repository, "pull,push")],
+      );
+      this.expect(response, [201], what, repository);
+      const reported = response.headers["docker-content-digest"];
+      if (typeof reported === "string" && reported !== "" && reported !== manifest.descriptor.digest) {
+        throw new SinkError(
+          `the registry ${this.host} stored the manifest as ${reported}, expected ${manifest.descriptor.digest}`,
+          {
+            hint: "The registry rewrote the manifest; it cannot be addressed by the digest mkbase computed.",
+          },
+        );
+      }
+      return manifest.descriptor.digest;
+    });
+  }
+}
+
+function withAuthorization(request: RegistryRequest, authorization: string | undefined): RegistryRequest {
+  if (authorization === undefined) return request;
+  return { ...request, headers: { ...request.headers, authorization } };
+}
