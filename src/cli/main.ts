@@ -65,6 +65,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   const { registerDirCommand } = await import("./dir.js");
   const { registerTarCommand } = await import("./tar.js");
   const { registerScratchCommand } = await import("./scratch.js");
+  const { registerBootstrapCommands } = await import("./bootstrap.js");
   const controller = new AbortController();
   let interrupts = 0;
   const onSignal = (signal: NodeJS.Signals): void => {
@@ -96,6 +97,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   registerDirCommand(program, context, done);
   registerScratchCommand(program, context, done);
   registerTarCommand(program, context, done);
+  registerBootstrapCommands(program, context, done);
 
   try {
     await program.parseAsync([...argv], { from: "user" });

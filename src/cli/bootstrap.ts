@@ -1,0 +1,333 @@
+/**
+ * `mkbase debootstrap SUITE`, `mkbase pacstrap`, `mkbase alpine BRANCH`: a distribution bootstrapped into
+ * a private temp dir, cleaned, and packed into an image. Everything that can be checked without the
+ * network (suite, architecture, keyring, tool, root) is checked before the bootstrapper starts.
+ */
+import type { Command } from "commander";
+import { UsageError } from "../errors.js";
+import type { EpochChoice } from "../build.js";
+import { formatPlatform, parsePlatform, platformsMatch, type Platform } from "../image/platform.js";
+import type { ProgressListener } from "../progress.js";
+import type { Distribution } from "../sources/bootstrap/cleanup.js";
+import { addImageOptions, configFromFlags, parseEpoch, type ImageFlags } from "./image-options.js";
+import type { CommandContext } from "./run-build.js";
+
+/** Flags all three commands share. */
+interface BootstrapFlags extends ImageFlags {
+  readonly mirror?: string;
+  readonly insecure?: boolean;
+  readonly slim?: boolean;
+  readonly clean: boolean;
+  readonly cacheDir?: string;
+  readonly keepRootfs?: string;
+  readonly packageList?: string;
+  readonly dryRun?: boolean;
+  readonly verbose?: boolean;
+}
+
+interface DebootstrapFlags extends BootstrapFlags {
+  readonly backend?: "mmdebstrap" | "debootstrap";
+  readonly variant: string;
+  readonly arch?: string;
+  readonly include: string[];
+  readonly excludePackages: string[];
+  readonly components?: string;
+  readonly keyring?: string;
+}
+
+export interface PacstrapFlags extends BootstrapFlags {
+  readonly packages: string;
+  readonly ignore: string[];
+  readonly repositories: string;
+  readonly pacmanConf?: string;
+  readonly keyring?: string;
+}
+
+export interface AlpineFlags extends BootstrapFlags {
+  readonly packages: string;
+  readonly repository: string[];
+  readonly arch?: string;
+  readonly keysDir?: string;
+  readonly apkStaticSha256?: string;
+}
+
+const collect = (value: string, previous: string[]): string[] => [...previous, value];
+
+/** `a,b c` and repeated flags → `[a, b, c]`. */
+function splitList(values: readonly string[] | string | undefined): string[] {
+  const all = typeof values === "string" ? [values] : (values ?? []);
+  return all.flatMap((v) => v.split(/[\s,]+/)).filter((v) => v !== "");
+}
+
+function addBootstrapOptions(command: Command): Command {
+  return command
+    .option("--mirror <url>", "archive or mirror URL (http, https or file)")
+    .option("--insecure", "do not check package signatures (a warning is printed and a label records it)")
+    .option("--slim", "also drop man pages, docs and translations, and add the usual container settings")
+    .option("--no-clean", "keep the tree as the bootstrapper left it (no cleanup profile)")
+    .option("--cache-dir <dir>", "keep downloaded packages here between runs")
+    .option(
+      "--keep-rootfs <dir>",
+      "move the finished root filesystem to DIR (must not exist) instead of deleting it",
+    )
+    .option("--package-list <file>", "write the installed packages (name, version, architecture) to FILE")
+    .option("--dry-run", "print the plan (tool, mirror, keyring, packages, output) and build nothing")
+    .option("--verbose", "show all of the bootstrapper's output");
+}
+
+/** A plan as `key: value` lines for `--dry-run`. */
+export function formatPlan(rows: readonly (readonly [string, string])[]): string {
+  const width = Math.max(...rows.map(([key]) => key.length)) + 1;
+  return rows.map(([key, value]) => `${`${key}:`.padEnd(width)} ${value}\n`).join("");
+}
+
+function outputRows(flags: BootstrapFlags): [string, string][] {
+  const tags = flags.tag.length === 0 ? "untagged" : `tags ${flags.tag.join(", ")}`;
+  const rows: [string, string][] = [["output", `Docker Engine (--via ${flags.via}), ${tags}`]];
+  if (flags.keepRootfs !== undefined) rows.push(["keep rootfs", flags.keepRootfs]);
+  if (flags.packageList !== undefined) rows.push(["package list", flags.packageList]);
+  rows.push(["cleanup", !flags.clean ? "none (--no-clean)" : flags.slim ? "profile + slim" : "profile"]);
+  return rows;
+}
+
+/** The image platform is the bootstrapped architecture's; a contradicting --platform is an error. */
+function platformFor(architecturePlatform: Platform, flags: ImageFlags): Platform {
+  if (flags.platform !== undefined && !platformsMatch(parsePlatform(flags.platform), architecturePlatform)) {
+    throw new UsageError(
+      `--platform ${flags.platform} contradicts the architecture being bootstrapped (${formatPlatform(architecturePlatform)})`,
+      { hint: "Choose the architecture with --arch; the platform follows from it." },
+    );
+  }
+  return architecturePlatform;
+}
+
+interface BootstrapJob {
+  readonly distribution: Distribution;
+  readonly createdBy: string;
+  readonly platform: Platform;
+  readonly insecure: boolean;
+  readonly devNodes?: boolean;
+  /** Runs the bootstrapper into `rootfs`; returns the distribution's own date when it knows one. */
+  readonly run: (
+    workspace: import("../sources/bootstrap/workspace.js").BootstrapWorkspace,
+    onProgress: ProgressListener,
+    sourceDateEpoch: number | undefined,
+  ) => Promise<number | undefined>;
+}
+
+/** The part every bootstrap command shares once its plan is made: workspace, build, cleanup. */
+async function runBootstrapBuild(
+  context: CommandContext,
+  flags: BootstrapFlags,
+  job: BootstrapJob,
+): Promise<number> {
+  const { runBuild } = await import("./run-build.js");
+  const { BootstrapWorkspace, checkKeepRootfsTarget } = await import("../sources/bootstrap/workspace.js");
+  const { finishRootfs } = await import("../sources/bootstrap/finish.js");
+  const { readInstalledPackages, newestBuildTime } =
+    await import("../sources/bootstrap/installed-packages.js");
+  const { loadPathFilter } = await import("../tar/exclude.js");
+  const keepRootfs =
+    flags.keepRootfs === undefined ? undefined : await checkKeepRootfsTarget(flags.keepRootfs);
+  const filter = await loadPathFilter(flags.exclude, flags.excludeFrom);
+  const userEpoch: EpochChoice = parseEpoch(flags, context.env);
+  const workspace = await BootstrapWorkspace.create();
+  let bootstrapped = false;
+  try {
+    let labels: Readonly<Record<string, string>> = {};
+    let distributionDate: number | undefined;
+    const code = await runBuild(
+      context,
+      flags,
+      async (onProgress) => {
+        distributionDate = await job.run(
+          workspace,
+          onProgress,
+          userEpoch.kind === "fixed" ? userEpoch.seconds : undefined,
+        );
+        bootstrapped = true;
+        if (distributionDate === undefined && job.distribution !== "debian") {
+          distributionDate = newestBuildTime(await readInstalledPackages(workspace.rootfs, job.distribution));
+        }
+        const finished = await finishRootfs(workspace.rootfs, {
+          distribution: job.distribution,
+          clean: flags.clean,
+          slim: flags.slim === true,
+          insecure: job.insecure,
+          packageListFile: flags.packageList,
+          devNodes: job.devNodes,
+          filter,
+          onProgress,
+        });
+        labels = finished.labels;
+        return finished.source;
+      },
+      job.createdBy,
+      () => {
+        const config = configFromFlags(flags);
+        const epoch: EpochChoice =
+          userEpoch.kind === "newest-input" && distributionDate !== undefined
+            ? { kind: "fixed", seconds: distributionDate }
+            : userEpoch;
+        return {
+          platform: job.platform,
+          epoch,
+          config: { ...config, Labels: { ...labels, ...config.Labels } },
+        };
+      },
+    );
+    if (keepRootfs !== undefined) await workspace.keepRootfs(keepRootfs);
+    return code;
+  } catch (error) {
+    // For debugging a failed build, the tree is kept where asked, as far as the bootstrapper got.
+    if (keepRootfs !== undefined && bootstrapped && !context.signal.aborted) {
+      await workspace.keepRootfs(keepRootfs).catch(() => undefined);
+    }
+    throw error;
+  } finally {
+    await workspace.dispose();
+  }
+}
+
+const BOOTSTRAP_HELP = `
+Signatures are always checked: a missing keyring or an unsigned repository stops the build unless
+--insecure is given (then a warning is printed and the label mkbase.insecure=true is set). The tree is
+built in a private temp dir; before it is removed, anything the bootstrapper left mounted inside it is
+unmounted, and nothing is deleted while a mount remains. Ctrl-C stops the bootstrapper's whole process
+group and cleans up the same way. The image carries the label mkbase.packages (name=version,...).
+The build epoch is --source-date-epoch / SOURCE_DATE_EPOCH, else the distribution's own date.`;
+
+function registerDebootstrap(
+  program: Command,
+  context: () => CommandContext,
+  done: (code: number) => void,
+): void {
+  const command = program
+    .command("debootstrap")
+    .argument("<suite>", "Debian or Ubuntu codename or alias (bookworm, trixie, stable, noble…)")
+    .summary("build a Debian or Ubuntu image with mmdebstrap or debootstrap")
+    .description(
+      "Build a Debian or Ubuntu image. mmdebstrap runs when installed (faster), else debootstrap; --backend\n" +
+        "chooses. Debian uses the machine's apt sources or the tool's default mirror; Ubuntu needs --mirror\n" +
+        "(or an Ubuntu entry in the machine's apt sources). Foreign architectures run through qemu-user-static.",
+    )
+    .option("--backend <tool>", "mmdebstrap or debootstrap (default: mmdebstrap when installed)")
+    .option(
+      "--variant <name>",
+      "package set: minbase, buildd, important (mmdebstrap also: essential, apt, required, standard)",
+      "minbase",
+    )
+    .option("--arch <arch>", "dpkg architecture to bootstrap (default: this machine's)")
+    .option("--include <packages>", "more packages, comma separated; repeatable", collect, [])
+    .option(
+      "--exclude-packages <packages>",
+      "packages to leave out (debootstrap only), comma separated; repeatable",
+      collect,
+      [],
+    )
+    .option("--components <list>", "archive components, comma separated (default: main)")
+    .option(
+      "--keyring <file>",
+      "keyring that signs the archive (default: the distribution's archive keyring)",
+    );
+  addBootstrapOptions(addImageOptions(command))
+    .addHelpText(
+      "after",
+      `${BOOTSTRAP_HELP}
+
+Examples:
+  sudo mkbase debootstrap bookworm -t debian:12 --include ca-certificates,curl --slim
+  sudo mkbase debootstrap noble -t noble --mirror http://MIRROR/ubuntu
+  sudo mkbase debootstrap trixie --arch arm64 -t debian:13-arm64
+  mkbase debootstrap bookworm --dry-run`,
+    )
+    .action(async (suite: string, flags: DebootstrapFlags) => {
+      if (flags.backend !== undefined && flags.backend !== "mmdebstrap" && flags.backend !== "debootstrap") {
+        throw new UsageError(`--backend ${flags.backend}: expected mmdebstrap or debootstrap`);
+      }
+      const ctx = context();
+      const debian = await import("../sources/bootstrap/debian.js");
+      const { platformOfArchitecture } = await import("../sources/bootstrap/host.js");
+      const { requireRoot } = await import("../sources/bootstrap/run-tool.js");
+      const { FAMILY_DEFAULTS } = await import("../sources/bootstrap/suites.js");
+      const plan = await debian.planDebianBootstrap({
+        suite,
+        backend: flags.backend,
+        variant: flags.variant,
+        architecture: flags.arch,
+        components: flags.components === undefined ? undefined : splitList(flags.components),
+        include: splitList(flags.include),
+        exclude: splitList(flags.excludePackages),
+        mirror: flags.mirror,
+        keyring: flags.keyring,
+        insecure: flags.insecure === true,
+        cacheDir: flags.cacheDir,
+        env: ctx.env,
+      });
+      const platform = platformFor(platformOfArchitecture(plan.architecture), flags);
+      if (flags.dryRun) {
+        const family = FAMILY_DEFAULTS[plan.suite.family].displayName;
+        ctx.stdout.write(
+          formatPlan([
+            ["tool", `${plan.backend} (${plan.toolPath})`],
+            [
+              "distribution",
+              `${family}${plan.suite.version === undefined ? "" : ` ${plan.suite.version}`} (${plan.suite.suite})`,
+            ],
+            [
+              "architecture",
+              `${plan.architecture} (${formatPlatform(platform)}${plan.foreign ? ", through qemu-user" : ""})`,
+            ],
+            [
+              "mirror",
+              plan.mirror === undefined ? "the tool's default" : `${plan.mirror} (from ${plan.mirrorOrigin})`,
+            ],
+            ["keyring", plan.keyring ?? "none"],
+            ["signatures", plan.insecure ? "NOT checked (--insecure)" : "checked"],
+            ["variant", plan.variant],
+            ["components", plan.components.join(",")],
+            [
+              "packages",
+              `${plan.variant} set${plan.include.length > 0 ? ` + ${plan.include.join(",")}` : ""}${plan.exclude.length > 0 ? ` - ${plan.exclude.join(",")}` : ""}`,
+            ],
+            ["cache", plan.cacheDir ?? "none"],
+            ...outputRows(flags),
+            ["command", `${plan.backend} ${debian.debianCommandLine(plan, "TEMPDIR/rootfs").join(" ")}`],
+          ]),
+        );
+        done(0);
+        return;
+      }
+      requireRoot(
+        plan.backend,
+        "build a tarball without root (mmdebstrap --mode=unshare SUITE out.tar) and use `mkbase tar`",
+      );
+      done(
+        await runBootstrapBuild(ctx, flags, {
+          distribution: "debian",
+          createdBy: `mkbase debootstrap ${suite}`,
+          platform,
+          insecure: plan.insecure,
+          run: async (workspace, onProgress, sourceDateEpoch) => {
+            const outcome = await debian.runDebianBootstrap(plan, workspace.rootfs, {
+              signal: ctx.signal,
+              onProgress,
+              verbose: flags.verbose === true,
+              env: ctx.env,
+              sourceDateEpoch,
+            });
+            return outcome.releaseDate;
+          },
+        }),
+      );
+    });
+}
+
+/** Registers `mkbase debootstrap`, `mkbase pacstrap` and `mkbase alpine`. */
+export function registerBootstrapCommands(
+  program: Command,
+  context: () => CommandContext,
+  done: (code: number) => void,
+): void {
+  registerDebootstrap(program, context, done);
+}

@@ -1,0 +1,333 @@
+/**
+ * Debian and Ubuntu root filesystems with mmdebstrap (preferred: faster, reproducible with
+ * SOURCE_DATE_EPOCH) or debootstrap. Planning checks everything that can be checked without the network
+ * (suite, architecture, variant, keyring, tool, emulation), so bad input fails before any download.
+ */
+import { constants } from "node:fs";
+import { copyFile, mkdir, readFile, readdir, rm, stat } from "node:fs/promises";
+import { join, resolve } from "node:path";
+import { ToolError, UsageError, errnoCode } from "../../errors.js";
+import type { ProgressListener } from "../../progress.js";
+import { hostDpkgArchitecture, requireEmulation, runsNatively } from "./host.js";
+import { findOnPath, forwardLines, requireTool, runTool, type ToolEnvironment } from "./run-tool.js";
+import {
+  FAMILY_DEFAULTS,
+  checkArchitecture,
+  lookupSuite,
+  mirrorFromSources,
+  readAptSources,
+  releaseDate,
+  type AptSource,
+  type SuiteInfo,
+} from "./suites.js";
+
+export type DebianBackend = "mmdebstrap" | "debootstrap";
+
+export interface DebianRequest {
+  readonly suite: string;
+  /** Which tool; mmdebstrap when installed, else debootstrap, when absent. */
+  readonly backend?: DebianBackend;
+  readonly variant: string;
+  /** dpkg architecture; this machine's when absent. */
+  readonly architecture?: string;
+  readonly components?: readonly string[];
+  readonly include: readonly string[];
+  readonly exclude: readonly string[];
+  readonly mirror?: string;
+  readonly keyring?: string;
+  readonly insecure: boolean;
+  readonly cacheDir?: string;
+  readonly env: ToolEnvironment;
+  /** The machine's apt sources (read from /etc/apt when absent); injectable for tests. */
+  readonly aptSources?: readonly AptSource[];
+}
+
+/** Everything decided before the tool runs; printed by `--dry-run`. */
+export interface DebianPlan {
+  readonly backend: DebianBackend;
+  readonly toolPath: string;
+  readonly suite: SuiteInfo;
+  readonly variant: string;
+  readonly architecture: string;
+  /** Not runnable natively: through qemu-user (debootstrap: `--foreign` and a second stage). */
+  readonly foreign: boolean;
+  readonly components: readonly string[];
+  readonly include: readonly string[];
+  readonly exclude: readonly string[];
+  /** Undefined: the tool's own default mirror. */
+  readonly mirror: string | undefined;
+  readonly mirrorOrigin: "--mirror" | "the machine's apt sources" | "the tool's default";
+  /** Undefined only with `insecure`. */
+  readonly keyring: string | undefined;
+  readonly insecure: boolean;
+  readonly cacheDir: string | undefined;
+}
+
+const VARIANTS: Readonly<Record<DebianBackend, readonly string[]>> = {
+  debootstrap: ["minbase", "buildd", "important"],
+  mmdebstrap: ["minbase", "buildd", "important", "essential", "apt", "required", "standard"],
+};
+
+const DEBIAN_PACKAGE_OF_TOOL: Readonly<Record<DebianBackend, string>> = {
+  mmdebstrap: "mmdebstrap",
+  debootstrap: "debootstrap",
+};
+
+async function isFile(path: string): Promise<boolean> {
+  return stat(path).then(
+    (info) => info.isFile(),
+    () => false,
+  );
+}
+
+async function chooseKeyring(request: DebianRequest, suite: SuiteInfo): Promise<string | undefined> {
+  if (request.keyring !== undefined) {
+    const path = resolve(request.keyring);
+    if (!(await isFile(path))) {
+      throw new UsageError(`--keyring ${request.keyring} does not exist or is not a file`, {
+        hint: "Give the path of an OpenPGP keyring file (.gpg or .pgp) that signs the archive's Release file.",
+      });
+    }
+    return path;
+  }
+  if (request.insecure) return undefined;
+  const defaults = FAMILY_DEFAULTS[suite.family];
+  for (const candidate of defaults.keyrings) if (await isFile(candidate)) return candidate;
+  throw new ToolError(
+    `the ${defaults.displayName} archive keyring is not installed (looked for ${defaults.keyrings.join(", ")})`,
+    {
+      hint: `Install the Debian package ${defaults.keyringPackage} (apt-get install ${defaults.keyringPackage}), or pass --keyring FILE; --insecure skips signature checks.`,
+    },
+  );
+}
+
+async function chooseBackend(request: DebianRequest): Promise<{ backend: DebianBackend; toolPath: string }> {
+  if (request.backend !== undefined) {
+    const backend = request.backend;
+    return { backend, toolPath: await requireTool(backend, DEBIAN_PACKAGE_OF_TOOL[backend], request.env) };
+  }
+  const mmdebstrap = await findOnPath("mmdebstrap", request.env);
+  if (mmdebstrap !== undefined) return { backend: "mmdebstrap", toolPath: mmdebstrap };
+  const debootstrap = await findOnPath("debootstrap", request.env);
+  if (debootstrap !== undefined) return { backend: "debootstrap", toolPath: debootstrap };
+  throw new ToolError("neither mmdebstrap nor debootstrap is installed (not found on PATH)", {
+    hint: "Install the Debian package mmdebstrap (apt-get install mmdebstrap), or debootstrap.",
+  });
+}
+
+/** Checks the request and decides every detail of the run; no network access. */
+export async function planDebianBootstrap(request: DebianRequest): Promise<DebianPlan> {
+  const suite = lookupSuite(request.suite);
+  const architecture = request.architecture ?? hostDpkgArchitecture();
+  checkArchitecture(architecture, suite.family);
+  const { backend, toolPath } = await chooseBackend(request);
+  if (!VARIANTS[backend].includes(request.variant)) {
+    throw new UsageError(`--variant ${request.variant} is not a ${backend} variant`, {
+      hint: `Use one of ${VARIANTS[backend].join(", ")}.`,
+    });
+  }
+  if (backend === "mmdebstrap" && request.exclude.length > 0) {
+    throw new UsageError("--exclude needs the debootstrap backend (mmdebstrap installs no more than asked)", {
+      hint: "Use --backend debootstrap, or a smaller --variant with --include.",
+    });
+  }
+  const keyring = await chooseKeyring(request, suite);
+  let mirror = request.mirror;
+  let mirrorOrigin: DebianPlan["mirrorOrigin"] = "--mirror";
+  if (mirror === undefined) {
+    mirror = mirrorFromSources(request.aptSources ?? (await readAptSources()), suite.family);
+    mirrorOrigin = mirror === undefined ? "the tool's default" : "the machine's apt sources";
+  }
+  if (mirror === undefined && suite.family === "ubuntu") {
+    throw new UsageError(`${suite.suite} is an Ubuntu suite, and no Ubuntu mirror is known`, {
+      hint: "Pass --mirror URL (an Ubuntu archive or mirror; the ports archive for arm64 and others), or build on a machine whose apt sources list one.",
+    });
+  }
+  if (mirror !== undefined && !/^(https?|file):\/\//.test(mirror)) {
+    throw new UsageError(`--mirror ${mirror}: expected an http://, https:// or file:// URL`);
+  }
+  await requireEmulation(architecture);
+  // debootstrap needs a script per suite; an old debootstrap does not know new codenames.
+  if (backend === "debootstrap" && !(await isFile(`/usr/share/debootstrap/scripts/${suite.suite}`))) {
+    throw new ToolError(`this debootstrap does not know the suite ${suite.suite}`, {
+      hint: "Install a newer debootstrap, or use --backend mmdebstrap.",
+    });
+  }
+  return {
+    backend,
+    toolPath,
+    suite,
+    variant: request.variant,
+    architecture,
+    foreign: !runsNatively(architecture),
+    components: request.components ?? FAMILY_DEFAULTS[suite.family].components,
+    include: request.include,
+    exclude: request.exclude,
+    mirror,
+    mirrorOrigin,
+    keyring,
+    insecure: request.insecure,
+    cacheDir: request.cacheDir === undefined ? undefined : resolve(request.cacheDir),
+  };
+}
+
+/** Where the cache keeps package files and (for mmdebstrap) the index files. */
+function cachePaths(cacheDir: string) {
+  return { archives: join(cacheDir, "archives"), lists: join(cacheDir, "lists") };
+}
+
+/**
+ * The tool's command line for `target`. Pure: the plan decides everything. `MKBASE_CACHE_DIR` in the
+ * environment carries the cache path into mmdebstrap's hooks, so no path is ever quoted into a shell line.
+ */
+export function debianCommandLine(plan: DebianPlan, target: string): string[] {
+  const args: string[] = [];
+  const list = (items: readonly string[]): string => items.join(",");
+  if (plan.backend === "debootstrap") {
+    if (plan.variant !== "important") args.push(`--variant=${plan.variant}`);
+    args.push(`--arch=${plan.architecture}`, `--components=${list(plan.components)}`);
+    if (plan.include.length > 0) args.push(`--include=${list(plan.include)}`);
+    if (plan.exclude.length > 0) args.push(`--exclude=${list(plan.exclude)}`);
+    if (plan.keyring !== undefined) args.push(`--keyring=${plan.keyring}`);
+    if (plan.insecure && plan.keyring === undefined) args.push("--no-check-gpg");
+    if (plan.cacheDir !== undefined) args.push(`--cache-dir=${cachePaths(plan.cacheDir).archives}`);
+    if (plan.foreign) args.push("--foreign");
+    args.push(plan.suite.suite, target);
+    if (plan.mirror !== undefined) args.push(plan.mirror);
+    return args;
+  }
+  args.push(
+    "--mode=root",
+    "--format=directory",
+    `--variant=${plan.variant}`,
+    `--architectures=${plan.architecture}`,
+    `--components=${list(plan.components)}`,
+  );
+  if (plan.include.length > 0) args.push(`--include=${list(plan.include)}`);
+  if (plan.keyring !== undefined) args.push(`--keyring=${plan.keyring}`);
+  if (plan.insecure) {
+    args.push(
+      '--aptopt=Acquire::AllowInsecureRepositories "true"',
+      '--aptopt=APT::Get::AllowUnauthenticated "true"',
+    );
+  }
+  // The temp dir is private (0700), so apt's unprivileged download user could not write into it anyway.
+  args.push('--aptopt=APT::Sandbox::User "root"');
+  // The index files stay for mkbase to read the Release date (and to cache); its cleanup removes them.
+  args.push("--skip=cleanup/apt");
+  if (plan.cacheDir !== undefined) {
+    // Package files of the essential set are unlinked after install unless told otherwise.
+    args.push(
+      "--skip=essential/unlink",
+      '--setup-hook=mkdir -p "$1/var/cache/apt/archives" "$1/var/lib/apt/lists" && cp -a "$MKBASE_CACHE_DIR/archives/." "$1/var/cache/apt/archives/" && cp -a "$MKBASE_CACHE_DIR/lists/." "$1/var/lib/apt/lists/"',
+    );
+  }
+  args.push(plan.suite.suite, target);
+  if (plan.mirror !== undefined) args.push(plan.mirror);
+  return args;
+}
+
+/** Step lines of debootstrap and mmdebstrap: `I:`, `W:`, `E:` prefixes. */
+function isStepLine(line: string): boolean {
+  return /^[IWE]: /.test(line);
+}
+
+export interface DebianOutcome {
+  /** The newest `Date:` of the Release files the tool fetched, if any. */
+  readonly releaseDate: number | undefined;
+}
+
+export interface RunOptions {
+  readonly signal: AbortSignal;
+  readonly onProgress: ProgressListener;
+  readonly verbose: boolean;
+  readonly env: ToolEnvironment;
+  /** Passed to mmdebstrap (which makes its output reproducible with it). */
+  readonly sourceDateEpoch?: number;
+}
+
+/** Runs the planned bootstrap into `target` (an empty directory). */
+export async function runDebianBootstrap(
+  plan: DebianPlan,
+  target: string,
+  options: RunOptions,
+): Promise<DebianOutcome> {
+  const env: Record<string, string | undefined> = { ...options.env };
+  delete env.SOURCE_DATE_EPOCH;
+  if (options.sourceDateEpoch !== undefined) env.SOURCE_DATE_EPOCH = String(options.sourceDateEpoch);
+  if (plan.cacheDir !== undefined) {
+    const paths = cachePaths(plan.cacheDir);
+    await mkdir(paths.archives, { recursive: true });
+    await mkdir(paths.lists, { recursive: true });
+    env.MKBASE_CACHE_DIR = plan.cacheDir;
+  }
+  options.onProgress({
+    kind: "phase",
+    message: `bootstrapping ${FAMILY_DEFAULTS[plan.suite.family].displayName} ${plan.suite.suite} (${plan.architecture}) with ${plan.backend}`,
+  });
+  const onLine = forwardLines(plan.backend, options.onProgress, options.verbose, isStepLine);
+  const failureHint = `Read ${plan.backend}'s output (run with --verbose to see all of it); check the mirror, the suite and network access.`;
+  await runTool({
+    name: plan.backend,
+    command: plan.toolPath,
+    args: debianCommandLine(plan, target),
+    env,
+    signal: options.signal,
+    onLine,
+    failureHint,
+  });
+  if (plan.backend === "debootstrap" && plan.foreign) {
+    options.onProgress({ kind: "phase", message: "running debootstrap's second stage through qemu-user" });
+    await runTool({
+      name: "debootstrap --second-stage",
+      command: "chroot",
+      args: [target, "/debootstrap/debootstrap", "--second-stage"],
+      env,
+      signal: options.signal,
+      onLine,
+      failureHint,
+    });
+  }
+  const outcome = { releaseDate: await readReleaseDate(target) };
+  if (plan.cacheDir !== undefined) await saveToCache(target, plan, options.signal);
+  return outcome;
+}
+
+/** The newest Release date among the index files in the tree (read before cleanup removes them). */
+async function readReleaseDate(root: string): Promise<number | undefined> {
+  const lists = join(root, "var/lib/apt/lists");
+  const names = await readdir(lists).catch(() => [] as string[]);
+  let newest: number | undefined;
+  for (const name of names.filter((n) => /_(In)?Release$/.test(n))) {
+    const date = releaseDate(await readFile(join(lists, name), "latin1"));
+    if (date !== undefined && (newest === undefined || date > newest)) newest = date;
+  }
+  return newest;
+}
+
+/**
+ * Keeps what mmdebstrap downloaded for the next run: new package files, and the index files (so the next
+ * update only asks whether they changed). debootstrap fills its `--cache-dir` itself.
+ */
+async function saveToCache(root: string, plan: DebianPlan, signal: AbortSignal): Promise<void> {
+  if (plan.backend !== "mmdebstrap" || plan.cacheDir === undefined) return;
+  const paths = cachePaths(plan.cacheDir);
+  const archives = join(root, "var/cache/apt/archives");
+  for (const name of await readdir(archives).catch(() => [] as string[])) {
+    if (signal.aborted) return;
+    if (!name.endsWith(".deb")) continue;
+    try {
+      await copyFile(join(archives, name), join(paths.archives, name), constants.COPYFILE_EXCL);
+    } catch (error) {
+      if (errnoCode(error) !== "EEXIST") throw error;
+    }
+  }
+  const lists = join(root, "var/lib/apt/lists");
+  const names = (await readdir(lists).catch(() => [] as string[])).filter(
+    (n) => n !== "lock" && n !== "partial",
+  );
+  if (names.length === 0) return;
+  await rm(paths.lists, { recursive: true, force: true });
+  await mkdir(paths.lists, { recursive: true });
+  for (const name of names) await copyFile(join(lists, name), join(paths.lists, name));
+}

@@ -1,0 +1,309 @@
+/**
+ * The pure parts of the bootstrappers: suite tables, apt sources, Release dates, package databases, the
+ * cleanup profile (which must never reach outside the tree), the rebuilt /dev, and the command lines.
+ */
+import assert from "node:assert/strict";
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { UsageError } from "../../src/errors.js";
+import type { EntrySource, TarEntry } from "../../src/tar/entry.js";
+import { cleanRootfs } from "../../src/sources/bootstrap/cleanup.js";
+import { debianCommandLine, type DebianPlan } from "../../src/sources/bootstrap/debian.js";
+import { DEV_NODES, DevNodesSource } from "../../src/sources/bootstrap/dev-nodes.js";
+import {
+  formatPackageList,
+  newestBuildTime,
+  packageListLabel,
+  parseApkInstalled,
+  parseDpkgStatus,
+  parsePacmanDesc,
+} from "../../src/sources/bootstrap/installed-packages.js";
+import {
+  checkArchitecture,
+  lookupSuite,
+  mirrorFromSources,
+  parseDeb822Sources,
+  parseOneLineSources,
+  releaseDate,
+} from "../../src/sources/bootstrap/suites.js";
+
+let scratch: string;
+before(() => {
+  scratch = mkdtempSync(join(tmpdir(), "mkbase-unit-profile-"));
+});
+after(() => {
+  rmSync(scratch, { recursive: true, force: true });
+});
+
+describe("suites", () => {
+  it("maps codenames and aliases to their distribution", () => {
+    assert.deepEqual(lookupSuite("bookworm"), { family: "debian", suite: "bookworm", version: "12" });
+    assert.deepEqual(lookupSuite("stable"), { family: "debian", suite: "stable" });
+    assert.deepEqual(lookupSuite("noble"), { family: "ubuntu", suite: "noble", version: "24.04" });
+    assert.throws(() => lookupSuite("bookwork"), UsageError);
+  });
+
+  it("knows each distribution's architectures", () => {
+    checkArchitecture("arm64", "debian");
+    assert.throws(() => checkArchitecture("mips64el", "ubuntu"), UsageError);
+    assert.throws(() => checkArchitecture("x86_64", "debian"), UsageError);
+  });
+
+  it("finds a mirror in one-line and deb822 apt sources, by suite", () => {
+    const sources = [
+      ...parseOneLineSources("# deb http://old/ bookworm main\ndeb [arch=amd64] http://ppa/ nodistro main\n"),
+      ...parseDeb822Sources(
+        "Types: deb\nURIs: http://security/\nSuites: bookworm-security\n\nTypes: deb deb-src\nURIs: http://mirror/debian\nSuites: bookworm bookworm-updates\nComponents: main\n",
+      ),
+      ...parseOneLineSources("deb http://ubuntu-mirror/ubuntu noble main universe\n"),
+    ];
+    assert.equal(mirrorFromSources(sources, "debian"), "http://mirror/debian");
+    assert.equal(mirrorFromSources(sources, "ubuntu"), "http://ubuntu-mirror/ubuntu");
+    assert.equal(mirrorFromSources(sources.slice(0, 2), "ubuntu"), undefined);
+  });
+
+  it("reads the Release file's Date as the epoch", () => {
+    assert.equal(
+      releaseDate("Origin: Debian\nDate: Sat, 10 May 2025 09:12:34 UTC\nSuite: stable\n"),
+      1746868354,
+    );
+    assert.equal(releaseDate("Origin: Debian\n"), undefined);
+  });
+});
+
+describe("installed packages", () => {
+  it("reads dpkg status, skipping removed packages", () => {
+    const status =
+      "Package: zlib1g\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1:1.2.13\n\n" +
+      "Package: gone\nStatus: deinstall ok config-files\nVersion: 1\n\n" +
+      "Package: adduser\nStatus: install ok installed\nArchitecture: all\nVersion: 3.134\n";
+    const packages = parseDpkgStatus(status);
+    assert.equal(formatPackageList(packages), "adduser\t3.134\tall\nzlib1g\t1:1.2.13\tamd64\n");
+    assert.equal(packageListLabel(packages), "adduser=3.134,zlib1g=1:1.2.13");
+  });
+
+  it("reads pacman desc files and apk's installed db with build times", () => {
+    const desc = parsePacmanDesc(
+      "%NAME%\nbusybox\n\n%VERSION%\n1.36-1\n\n%ARCH%\nx86_64\n\n%BUILDDATE%\n1700000000\n",
+    );
+    assert.deepEqual(desc, {
+      name: "busybox",
+      version: "1.36-1",
+      architecture: "x86_64",
+      buildTime: 1700000000,
+    });
+    const apk = parseApkInstalled(
+      "C:Q1abc\nP:musl\nV:1.2.5-r0\nA:x86_64\nt:1710000000\n\nP:busybox\nV:1.36\nA:x86_64\nt:1720000000\n",
+    );
+    assert.deepEqual(
+      apk.map((p) => p.name),
+      ["busybox", "musl"],
+    );
+    assert.equal(newestBuildTime(apk), 1720000000);
+  });
+});
+
+function makeTree(root: string, files: Record<string, string>): void {
+  for (const [path, content] of Object.entries(files)) {
+    mkdirSync(join(root, path, ".."), { recursive: true });
+    writeFileSync(join(root, path), content);
+  }
+}
+
+describe("cleanup profile", () => {
+  it("removes runtime state, caches, indexes and logs, and neutralises host files", async () => {
+    const root = join(scratch, "debian");
+    makeTree(root, {
+      "proc/1/status": "x",
+      "dev/null-copy": "x",
+      "run/lock/x": "x",
+      "tmp/junk": "x",
+      "var/lib/apt/lists/host_dists_bookworm_InRelease": "x",
+      "var/cache/apt/pkgcache.bin": "x",
+      "var/cache/apt/archives/libc6.deb": "x",
+      "var/log/apt/history.log": "x",
+      "var/log/dpkg.log": "x",
+      "var/lib/dpkg/status": "Package: x\n",
+      "var/lib/dpkg/status-old": "x",
+      "etc/machine-id": "0123456789abcdef\n",
+      "etc/resolv.conf": "nameserver 10.1.2.3\n",
+      "etc/hostname": "build-host\n",
+      "etc/apt/apt.conf.d/99mmdebstrap": 'Acquire::http::Proxy "http://proxy:3128";\n',
+      "usr/share/doc/libc6/copyright": "x",
+      "usr/share/doc/libc6/changelog.gz": "x",
+    });
+    await cleanRootfs(root, { distribution: "debian", slim: false });
+    for (const dir of ["proc", "dev", "run", "tmp", "var/lib/apt/lists"]) {
+      assert.deepEqual(readdirSync(join(root, dir)), [], dir);
+    }
+    assert.deepEqual(readdirSync(join(root, "var/cache/apt")), ["archives"]);
+    assert.deepEqual(readdirSync(join(root, "var/log")), ["apt"]);
+    assert.deepEqual(readdirSync(join(root, "var/log/apt")), []);
+    assert.equal(existsSync(join(root, "var/lib/dpkg/status")), true);
+    assert.equal(existsSync(join(root, "var/lib/dpkg/status-old")), false);
+    assert.equal(readFileSync(join(root, "etc/machine-id"), "utf8"), "");
+    assert.equal(readFileSync(join(root, "etc/resolv.conf"), "utf8"), "");
+    assert.equal(readFileSync(join(root, "etc/hostname"), "utf8"), "localhost\n");
+    assert.equal(existsSync(join(root, "etc/apt/apt.conf.d/99mmdebstrap")), false);
+    // Without --slim, documentation stays.
+    assert.equal(existsSync(join(root, "usr/share/doc/libc6/changelog.gz")), true);
+  });
+
+  it("with --slim drops docs but keeps copyright files, and writes the container settings", async () => {
+    const root = join(scratch, "slim");
+    makeTree(root, {
+      "usr/share/doc/libc6/copyright": "x",
+      "usr/share/doc/libc6/changelog.gz": "x",
+      "usr/share/man/man1/ls.1.gz": "x",
+      "usr/share/locale/de/LC_MESSAGES/x.mo": "x",
+      "usr/share/locale/locale.alias": "x",
+      "etc/apt/apt.conf.d/70debconf": "x",
+      "etc/dpkg/dpkg.cfg.d/.keep": "",
+    });
+    await cleanRootfs(root, { distribution: "debian", slim: true });
+    assert.deepEqual(readdirSync(join(root, "usr/share/doc/libc6")), ["copyright"]);
+    assert.deepEqual(readdirSync(join(root, "usr/share/man")), []);
+    assert.deepEqual(readdirSync(join(root, "usr/share/locale")), ["locale.alias"]);
+    assert.match(
+      readFileSync(join(root, "etc/apt/apt.conf.d/docker-no-recommends"), "utf8"),
+      /Install-Recommends "false"/,
+    );
+    assert.match(
+      readFileSync(join(root, "etc/dpkg/dpkg.cfg.d/docker-excludes"), "utf8"),
+      /path-exclude \/usr\/share\/doc/,
+    );
+  });
+
+  it("never follows a symlink out of the tree", async () => {
+    const outside = join(scratch, "outside");
+    makeTree(outside, { "lists/precious": "x", "log/precious.log": "x" });
+    const root = join(scratch, "escape");
+    mkdirSync(join(root, "var/lib/apt"), { recursive: true });
+    symlinkSync(join(outside, "lists"), join(root, "var/lib/apt/lists"));
+    symlinkSync(join(outside, "log"), join(root, "var/log"));
+    mkdirSync(join(root, "etc"), { recursive: true });
+    symlinkSync("../run/systemd/resolve/stub-resolv.conf", join(root, "etc/resolv.conf"));
+    await cleanRootfs(root, { distribution: "debian", slim: true });
+    assert.equal(existsSync(join(outside, "lists/precious")), true);
+    assert.equal(existsSync(join(outside, "log/precious.log")), true);
+    assert.ok(lstatSync(join(root, "etc/resolv.conf")).isSymbolicLink());
+  });
+
+  it("removes the pacman keyring's secrets and sockets but keeps its public keys", async () => {
+    const root = join(scratch, "arch");
+    makeTree(root, {
+      "etc/pacman.d/gnupg/pubring.gpg": "public",
+      "etc/pacman.d/gnupg/trustdb.gpg": "trust",
+      "etc/pacman.d/gnupg/private-keys-v1.d/ABC.key": "secret",
+      "etc/pacman.d/gnupg/secring.gpg": "secret",
+      "etc/pacman.d/gnupg/S.gpg-agent": "",
+      "var/cache/pacman/pkg/busybox.pkg.tar.zst": "x",
+      "var/lib/pacman/sync/core.db": "x",
+      "var/lib/pacman/local/busybox-1/desc": "x",
+    });
+    await cleanRootfs(root, { distribution: "arch", slim: false });
+    assert.deepEqual(readdirSync(join(root, "etc/pacman.d/gnupg")).sort(), ["pubring.gpg", "trustdb.gpg"]);
+    assert.deepEqual(readdirSync(join(root, "var/cache/pacman/pkg")), []);
+    assert.deepEqual(readdirSync(join(root, "var/lib/pacman/sync")), []);
+    assert.equal(existsSync(join(root, "var/lib/pacman/local/busybox-1/desc")), true);
+  });
+});
+
+describe("rebuilt /dev", () => {
+  it("adds the node set right after dev, in sorted order", async () => {
+    const dir = (path: string): TarEntry => ({
+      path: Buffer.from(path),
+      type: "directory",
+      mode: 0o755,
+      uid: 0,
+      gid: 0,
+      mtime: 5,
+      size: 0,
+    });
+    const inner: EntrySource = { description: "t", entries: () => [dir("bin"), dir("dev"), dir("etc")] };
+    const entries = [
+      ...(new DevNodesSource(inner).entries(new AbortController().signal) as Iterable<TarEntry>),
+    ];
+    const paths = entries.map((e) => e.path.toString());
+    assert.deepEqual(paths, ["bin", "dev", ...DEV_NODES.map((n) => `dev/${n.name}`), "etc"]);
+    assert.deepEqual([...paths].sort(), paths);
+    const nul = entries.find((e) => e.path.toString() === "dev/null");
+    assert.deepEqual([nul?.type, nul?.devmajor, nul?.devminor, nul?.mode], ["char", 1, 3, 0o666]);
+  });
+});
+
+describe("Debian command lines", () => {
+  const plan: DebianPlan = {
+    backend: "debootstrap",
+    toolPath: "/usr/sbin/debootstrap",
+    suite: { family: "debian", suite: "bookworm", version: "12" },
+    variant: "minbase",
+    architecture: "arm64",
+    foreign: true,
+    components: ["main", "contrib"],
+    include: ["ca-certificates", "curl"],
+    exclude: ["e2fsprogs"],
+    mirror: "http://mirror/debian",
+    mirrorOrigin: "--mirror",
+    keyring: "/keys/debian.gpg",
+    insecure: false,
+    cacheDir: "/srv/pkg-cache",
+  };
+
+  it("passes debootstrap the keyring, the cache and --foreign for a foreign architecture", () => {
+    assert.deepEqual(debianCommandLine(plan, "/t/rootfs"), [
+      "--variant=minbase",
+      "--arch=arm64",
+      "--components=main,contrib",
+      "--include=ca-certificates,curl",
+      "--exclude=e2fsprogs",
+      "--keyring=/keys/debian.gpg",
+      "--cache-dir=/srv/pkg-cache/archives",
+      "--foreign",
+      "bookworm",
+      "/t/rootfs",
+      "http://mirror/debian",
+    ]);
+  });
+
+  it("checks no signature only when insecure, and says so to each tool", () => {
+    const insecure = { ...plan, keyring: undefined, insecure: true, cacheDir: undefined };
+    assert.ok(debianCommandLine(insecure, "/t").includes("--no-check-gpg"));
+    assert.ok(!debianCommandLine(plan, "/t").includes("--no-check-gpg"));
+    const mm = debianCommandLine({ ...insecure, backend: "mmdebstrap", exclude: [] }, "/t");
+    assert.ok(mm.some((arg) => arg.includes("AllowUnauthenticated")));
+    assert.ok(
+      !debianCommandLine({ ...plan, backend: "mmdebstrap", exclude: [] }, "/t").some((a) =>
+        a.includes("AllowUnauthenticated"),
+      ),
+    );
+  });
+
+  it("gives mmdebstrap the cache through hooks that read the path from the environment", () => {
+    const args = debianCommandLine(
+      { ...plan, backend: "mmdebstrap", exclude: [], foreign: false },
+      "/t/rootfs",
+    );
+    assert.ok(args.includes("--mode=root"));
+    assert.ok(args.includes("--skip=essential/unlink"));
+    const hook = args.find((a) => a.startsWith("--setup-hook="));
+    assert.match(hook ?? "", /\$MKBASE_CACHE_DIR\/archives/);
+    assert.ok(
+      !(hook ?? "").includes("/srv/pkg-cache"),
+      "the cache path must not be quoted into a shell line",
+    );
+    assert.deepEqual(args.slice(-3), ["bookworm", "/t/rootfs", "http://mirror/debian"]);
+  });
+});

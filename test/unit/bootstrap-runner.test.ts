@@ -1,0 +1,198 @@
+/**
+ * The bootstrap runner and its workspace: tools found on PATH or reported with their package, output
+ * streamed line by line, the whole process group stopped on cancellation, and the temp dir removed only
+ * when nothing is mounted below it.
+ */
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { InterruptedError, ToolError } from "../../src/errors.js";
+import type { ProgressEvent } from "../../src/progress.js";
+import { findOnPath, forwardLines, requireTool, runTool } from "../../src/sources/bootstrap/run-tool.js";
+import {
+  BootstrapWorkspace,
+  mountPointsUnder,
+  parseMountPoints,
+  removeSafely,
+} from "../../src/sources/bootstrap/workspace.js";
+
+let scratch: string;
+before(() => {
+  scratch = mkdtempSync(join(tmpdir(), "mkbase-unit-runner-"));
+});
+after(() => {
+  rmSync(scratch, { recursive: true, force: true });
+});
+
+const env = { PATH: process.env.PATH };
+
+/** Whether `pid` exists and is not a zombie waiting for its (new) parent to reap it. */
+function isRunning(pid: number): boolean {
+  try {
+    const stat = execFileSync("cat", [`/proc/${pid}/stat`], {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "ignore"],
+    });
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
+  } catch {
+    return false;
+  }
+}
+
+describe("finding tools", () => {
+  it("finds an executable on PATH and nothing on an empty PATH", async () => {
+    assert.match((await findOnPath("sh", env)) ?? "", /\/sh$/);
+    assert.equal(await findOnPath("sh", { PATH: scratch }), undefined);
+  });
+
+  it("names the Debian package of a missing tool", async () => {
+    await assert.rejects(requireTool("mmdebstrap", "mmdebstrap", { PATH: scratch }), (error: unknown) => {
+      assert.ok(error instanceof ToolError);
+      assert.match(error.hint ?? "", /apt-get install mmdebstrap/);
+      return true;
+    });
+  });
+});
+
+describe("running a tool", () => {
+  const signal = new AbortController().signal;
+
+  it("streams stdout and stderr as lines", async () => {
+    const lines: string[] = [];
+    await runTool({
+      name: "sh",
+      command: "/bin/sh",
+      args: ["-c", "echo one; echo two >&2; printf three"],
+      env,
+      signal,
+      onLine: (line) => lines.push(line),
+    });
+    assert.deepEqual([...lines].sort(), ["one", "three", "two"]);
+  });
+
+  it("reports a failure with the tool's last error line", async () => {
+    await assert.rejects(
+      runTool({
+        name: "fake-bootstrap",
+        command: "/bin/sh",
+        args: ["-c", "echo 'I: working'; echo 'E: Release signed by unknown key' >&2; exit 1"],
+        env,
+        signal,
+        onLine: () => undefined,
+      }),
+      (error: unknown) => {
+        assert.ok(error instanceof ToolError);
+        assert.match(
+          error.message,
+          /fake-bootstrap failed \(exit status 1\): E: Release signed by unknown key/,
+        );
+        return true;
+      },
+    );
+  });
+
+  it("stops the whole process group when cancelled", async () => {
+    const pidFile = join(scratch, "grandchild.pid");
+    const controller = new AbortController();
+    const started = Date.now();
+    const run = runTool({
+      name: "sh",
+      command: "/bin/sh",
+      // The grandchild ignores nothing special; it must die with the group even though sh waits on it.
+      args: ["-c", `sleep 60 & echo $! > ${pidFile}; echo started; wait`],
+      env,
+      signal: controller.signal,
+      onLine: (line) => {
+        if (line === "started") controller.abort();
+      },
+    });
+    await assert.rejects(run, InterruptedError);
+    assert.ok(Date.now() - started < 5000, "cancellation took too long");
+    const grandchild = Number(execFileSync("cat", [pidFile], { encoding: "utf8" }).trim());
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.equal(isRunning(grandchild), false, `the grandchild ${grandchild} is still running`);
+  });
+
+  it("forwards only step lines unless verbose", () => {
+    const events: ProgressEvent[] = [];
+    const isStep = (line: string): boolean => line.startsWith("I: ");
+    const quiet = forwardLines("tool", (e) => events.push(e), false, isStep);
+    quiet("I: step");
+    quiet("Unpacking libc6");
+    const verbose = forwardLines("tool", (e) => events.push(e), true, isStep);
+    verbose("Unpacking libc6");
+    assert.deepEqual(events, [
+      { kind: "log", source: "tool", line: "I: step" },
+      { kind: "log", source: "tool", line: "Unpacking libc6" },
+    ]);
+  });
+});
+
+describe("mount table", () => {
+  const mountinfo = [
+    "22 1 8:1 / / rw - ext4 /dev/sda1 rw",
+    "30 22 0:5 / /tmp/work/rootfs/proc rw - proc proc rw",
+    "31 22 0:6 / /tmp/work/rootfs/dev rw - devtmpfs udev rw",
+    "32 31 0:7 / /tmp/work/rootfs/dev/pts rw - devpts devpts rw",
+    "33 22 0:8 / /tmp/work-other rw - tmpfs tmpfs rw",
+    "34 22 0:9 / /tmp/work/with\\040space rw - tmpfs tmpfs rw",
+  ].join("\n");
+
+  it("decodes octal escapes in mount points", () => {
+    assert.ok(parseMountPoints(mountinfo).includes("/tmp/work/with space"));
+  });
+
+  it("lists the mounts below a dir deepest first, and not a sibling with the same prefix", () => {
+    const under = mountPointsUnder("/tmp/work", mountinfo);
+    assert.equal(under[0], "/tmp/work/rootfs/dev/pts");
+    assert.deepEqual([...under].sort(), [
+      "/tmp/work/rootfs/dev",
+      "/tmp/work/rootfs/dev/pts",
+      "/tmp/work/rootfs/proc",
+      "/tmp/work/with space",
+    ]);
+  });
+});
+
+describe("workspace", () => {
+  it("is private and removed completely", async () => {
+    const workspace = await BootstrapWorkspace.create();
+    assert.equal(statSync(workspace.dir).mode & 0o777, 0o700);
+    assert.equal(statSync(workspace.rootfs).mode & 0o777, 0o755);
+    writeFileSync(join(workspace.rootfs, "file"), "x");
+    await workspace.dispose();
+    assert.equal(existsSync(workspace.dir), false);
+  });
+
+  it(
+    "unmounts a bind of a host directory before deleting, leaving the host's files alone",
+    { skip: process.geteuid?.() !== 0 },
+    async () => {
+      const host = join(scratch, "host-dev");
+      mkdirSync(host);
+      writeFileSync(join(host, "precious"), "keep me");
+      const workspace = await BootstrapWorkspace.create();
+      const target = join(workspace.rootfs, "dev");
+      mkdirSync(target);
+      execFileSync("mount", ["--bind", host, target]);
+      execFileSync("mount", ["-t", "tmpfs", "tmpfs", join(target)]);
+      await removeSafely(workspace.dir);
+      assert.equal(existsSync(workspace.dir), false);
+      assert.equal(existsSync(join(host, "precious")), true);
+    },
+  );
+
+  it("moves the rootfs to --keep-rootfs", async () => {
+    const workspace = await BootstrapWorkspace.create();
+    writeFileSync(join(workspace.rootfs, "file"), "x");
+    chmodSync(workspace.rootfs, 0o755);
+    const dest = join(scratch, "kept");
+    await workspace.keepRootfs(dest);
+    await workspace.dispose();
+    assert.equal(existsSync(join(dest, "file")), true);
+    assert.equal(existsSync(workspace.dir), false);
+  });
+});
