@@ -147,7 +147,8 @@ function retryAfterMs(headers: http.IncomingHttpHeaders): number | undefined {
   return Number(value) * 1000;
 }
 
-function shortDigest(digest: string): string {
+/** `sha256:` and the first 12 hex digits, enough to tell blobs apart in messages. */
+export function shortDigest(digest: string): string {
   return digest.slice(0, "sha256:".length + 12);
 }
 
@@ -207,7 +208,8 @@ function exchangeOnce(
       );
     });
     let bodySent = body === undefined || Buffer.isBuffer(body);
-    outgoing.once("error", reject);
+    // `on`, not `once`: a late second error (a destroyed body after the answer) must not go unhandled.
+    outgoing.on("error", reject);
     outgoing.once("response", (incoming) => {
       const chunks: Buffer[] = [];
       let length = 0;
@@ -215,7 +217,7 @@ function exchangeOnce(
         length += chunk.length;
         if (length <= MAX_RESPONSE_BYTES) chunks.push(chunk);
       });
-      incoming.once("error", reject);
+      incoming.on("error", reject);
       incoming.once("end", () => {
         // The registry answered before taking the whole body (an early 4xx): stop sending it.
         if (!bodySent) outgoing.destroy();
@@ -407,7 +409,8 @@ export class RegistryClient {
     return this.retrying(`checking blob ${shortDigest(digest)}`, async () => {
       const response = await this.call({ method: "HEAD", url }, [repositoryScope(repository, "pull,push")]);
       if (response.status === 404) return false;
-      this.expect(response, [200], `checking blob ${shortDigest(digest)}`, repository);
+      // Registries backed by object storage answer with a redirect to the blob's storage URL.
+      this.expect(response, [200, 302, 303, 307, 308], `checking blob ${shortDigest(digest)}`, repository);
       return true;
     });
   }

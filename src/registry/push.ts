@@ -12,7 +12,7 @@ import type { Blob } from "../image/manifest.js";
 import { formatReference, repositoryOf, type Reference } from "../image/reference.js";
 import type { ProgressListener } from "../progress.js";
 import { findCredentials } from "./auth.js";
-import { RegistryClient, type PushBlob } from "./client.js";
+import { RegistryClient, shortDigest, type PushBlob } from "./client.js";
 
 export type { PushBlob } from "./client.js";
 export { RegistryResponseError, type RegistryErrorEntry } from "./client.js";
@@ -58,8 +58,8 @@ function formatSize(bytes: number): string {
   return `${(bytes / 1024 / 1024 / 1024).toFixed(2)} GiB`;
 }
 
-function shortDigest(digest: string): string {
-  return `${digest.slice(0, "sha256:".length + 12)}…`;
+function digestLabel(digest: string): string {
+  return `${shortDigest(digest)}…`;
 }
 
 /**
@@ -107,21 +107,21 @@ async function pushBlob(session: PushSession, blob: PushBlob, kind: string): Pro
   const { client, repository, onProgress } = session;
   const { digest, size } = blob.descriptor;
   const log = (line: string): void => onProgress({ kind: "log", source: "registry", line });
-  onProgress({ kind: "phase", message: `pushing ${kind} ${shortDigest(digest)} (${formatSize(size)})` });
+  onProgress({ kind: "phase", message: `pushing ${kind} ${digestLabel(digest)} (${formatSize(size)})` });
   let known = knownBlobs.get(client.host);
   if (known === undefined) {
     known = new Map();
     knownBlobs.set(client.host, known);
   }
   if (await client.blobExists(repository, digest)) {
-    log(`${shortDigest(digest)} exists`);
+    log(`${digestLabel(digest)} exists`);
   } else {
     const from = known.get(digest);
     if (from !== undefined && from !== repository && (await client.mountBlob(repository, digest, from))) {
-      log(`${shortDigest(digest)} mounted from ${from}`);
+      log(`${digestLabel(digest)} mounted from ${from}`);
     } else {
       await client.uploadBlob(repository, blob);
-      log(`${shortDigest(digest)} pushed`);
+      log(`${digestLabel(digest)} pushed`);
     }
   }
   known.set(digest, repository);
@@ -132,7 +132,7 @@ async function pushImageContent(session: PushSession, image: PushableImage): Pro
   for (const layer of image.layers) await pushBlob(session, layer, "layer");
   await pushBlob(session, image.config, "config");
   const { digest } = image.manifest.descriptor;
-  session.onProgress({ kind: "phase", message: `pushing manifest ${shortDigest(digest)}` });
+  session.onProgress({ kind: "phase", message: `pushing manifest ${digestLabel(digest)}` });
   await session.client.putManifest(session.repository, digest, image.manifest);
 }
 
@@ -175,7 +175,7 @@ export function pushIndex(
 ): Promise<PushedManifest> {
   return withSession(target, options, async (session) => {
     for (const image of images) await pushImageContent(session, image);
-    session.onProgress({ kind: "phase", message: `pushing index ${shortDigest(index.descriptor.digest)}` });
+    session.onProgress({ kind: "phase", message: `pushing index ${digestLabel(index.descriptor.digest)}` });
     await session.client.putManifest(session.repository, index.descriptor.digest, index);
     return putTag(session, target, index);
   });

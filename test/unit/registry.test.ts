@@ -39,6 +39,8 @@ interface FakeRegistryOptions {
   readonly auth?: "basic" | "bearer";
   readonly user?: string;
   readonly password?: string;
+  /** An OAuth2 refresh token the token endpoint accepts (a stored `identitytoken`). */
+  readonly refreshToken?: string;
   readonly host?: string;
 }
 
@@ -121,8 +123,23 @@ class FakeRegistry {
     return true;
   }
 
-  private issueToken(seen: SeenRequest, response: ServerResponse): void {
+  private issueToken(seen: SeenRequest, body: Buffer, response: ServerResponse): void {
     this.tokenRequests.push(seen);
+    if (seen.method === "POST") {
+      // OAuth2 refresh-token grant: scopes come space-separated in the form.
+      const form = new URLSearchParams(body.toString("utf8"));
+      if (
+        form.get("grant_type") !== "refresh_token" ||
+        form.get("refresh_token") !== this.options.refreshToken
+      ) {
+        this.reply(response, 401, {}, { details: "invalid refresh token" });
+        return;
+      }
+      const token = `token-${this.nextId++}`;
+      this.tokens.set(token, new Set((form.get("scope") ?? "").split(" ")));
+      this.reply(response, 200, {}, { access_token: token, expires_in: 300 });
+      return;
+    }
     const expected = Buffer.from(`${this.options.user}:${this.options.password}`).toString("base64");
     if (seen.headers.authorization !== `Basic ${expected}`) {
       this.reply(response, 401, {}, { details: "incorrect username or password" });
@@ -142,7 +159,7 @@ class FakeRegistry {
       headers: request.headers,
     };
     if (url.pathname === "/token") {
-      this.issueToken(seen, response);
+      this.issueToken(seen, body, response);
       return;
     }
     this.requests.push(seen);
@@ -534,6 +551,25 @@ describe("registry auth", () => {
         0,
         "a blob was uploaded instead of mounted",
       );
+    } finally {
+      await registry.close();
+    }
+  });
+
+  it("trades a stored identity token for an access token with the refresh-token grant", async () => {
+    const registry = await FakeRegistry.start({ auth: "bearer", refreshToken: "refresh-me" });
+    try {
+      const dir = await dockerConfig("identity", {
+        auths: { [registry.host]: { identitytoken: "refresh-me" } },
+      });
+      await pushImage(
+        parseTagReference(`${registry.host}/oauth:1`),
+        testImage("r"),
+        options({ env: { DOCKER_CONFIG: dir } }),
+      );
+      assert.ok(registry.manifests.has("oauth@1"));
+      assert.equal(registry.tokenRequests[0]?.method, "POST");
+      assert.equal(registry.tokenRequests[0]?.headers.authorization, undefined);
     } finally {
       await registry.close();
     }
