@@ -61,7 +61,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     if (errnoCode(error) === "EPIPE") process.exit(ExitCode.ok);
     throw error;
   });
-  const { Command, CommanderError } = await import("commander");
+  const { Command, CommanderError, Help } = await import("commander");
   const { registerDirCommand } = await import("./dir.js");
   const { registerTarCommand } = await import("./tar.js");
   const { registerScratchCommand } = await import("./scratch.js");
@@ -93,6 +93,10 @@ export async function main(argv: readonly string[]): Promise<number> {
     .version(packageVersion())
     .showHelpAfterError("(run with --help for usage)")
     .exitOverride()
+    // Repeatable flags start from an empty list; "(default: [])" in the help says nothing useful.
+    .configureHelp({
+      optionDescription: (option) => new Help().optionDescription(option).replace(" (default: [])", ""),
+    })
     .addHelpText("after", EXIT_CODES_HELP);
   registerDirCommand(program, context, done);
   registerScratchCommand(program, context, done);
