@@ -16,3 +16,11 @@ export type ProgressListener = (event: ProgressEvent) => void;
 
 /** A listener that drops everything, for library callers that do not care. */
 export const ignoreProgress: ProgressListener = () => {};
+
+/** A byte count for progress messages, in binary units (`12.3 MiB`). */
+export function formatBytes(bytes: number): string {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
+  if (bytes < 1024 * 1024 * 1024) return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+  return `${(bytes / 1024 / 1024 / 1024).toFixed(2)} GiB`;
+}

@@ -3,7 +3,7 @@
  * (CI logs), colour only when stderr is a terminal and `NO_COLOR` is unset. Stdout is never touched here.
  */
 import type { Ora } from "ora";
-import type { ProgressEvent } from "../progress.js";
+import { formatBytes, type ProgressEvent } from "../progress.js";
 
 /** Plain mode prints a packing line at most this often. */
 const PLAIN_PACK_INTERVAL_MS = 2000;
@@ -34,12 +34,6 @@ export async function makePainter(env: NodeJS.ProcessEnv, stream: NodeJS.WriteSt
   const { Chalk } = await import("chalk");
   const chalk = new Chalk({ level: 1 });
   return { red: (t) => chalk.red(t), yellow: (t) => chalk.yellow(t), dim: (t) => chalk.dim(t) };
-}
-
-function formatBytes(bytes: number): string {
-  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(0)} KiB`;
-  if (bytes < 1024 * 1024 * 1024) return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
-  return `${(bytes / 1024 / 1024 / 1024).toFixed(2)} GiB`;
 }
 
 function packLine(entries: number, bytes: number, startedAt: number): string {

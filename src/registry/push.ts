@@ -10,7 +10,7 @@
 import { UsageError } from "../errors.js";
 import type { Blob } from "../image/manifest.js";
 import { formatReference, repositoryOf, type Reference } from "../image/reference.js";
-import type { ProgressListener } from "../progress.js";
+import { formatBytes, type ProgressListener } from "../progress.js";
 import { findCredentials } from "./auth.js";
 import { RegistryClient, shortDigest, type PushBlob } from "./client.js";
 
@@ -50,13 +50,6 @@ export interface PushableImage {
  * one repository can then be mounted into another of the same registry instead of uploaded again.
  */
 const knownBlobs = new Map<string, Map<string, string>>();
-
-function formatSize(bytes: number): string {
-  if (bytes < 1024) return `${bytes} B`;
-  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
-  if (bytes < 1024 * 1024 * 1024) return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
-  return `${(bytes / 1024 / 1024 / 1024).toFixed(2)} GiB`;
-}
 
 function digestLabel(digest: string): string {
   return `${shortDigest(digest)}…`;
@@ -107,7 +100,7 @@ async function pushBlob(session: PushSession, blob: PushBlob, kind: string): Pro
   const { client, repository, onProgress } = session;
   const { digest, size } = blob.descriptor;
   const log = (line: string): void => onProgress({ kind: "log", source: "registry", line });
-  onProgress({ kind: "phase", message: `pushing ${kind} ${digestLabel(digest)} (${formatSize(size)})` });
+  onProgress({ kind: "phase", message: `pushing ${kind} ${digestLabel(digest)} (${formatBytes(size)})` });
   let known = knownBlobs.get(client.host);
   if (known === undefined) {
     known = new Map();
