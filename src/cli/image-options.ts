@@ -40,6 +40,17 @@ export interface ImageFlags {
   readonly iidfile?: string;
   readonly exclude: string[];
   readonly excludeFrom: string[];
+  /** `-o/--output`, parsed by outputs.ts. */
+  readonly output: string[];
+  readonly push?: boolean;
+  readonly annotation: string[];
+  readonly metadataFile?: string;
+  readonly imageSource?: string;
+  readonly imageRevision?: string;
+  readonly imageVersion?: string;
+  readonly imageBaseName?: string;
+  readonly insecureRegistry?: boolean;
+  readonly registryAuthFile?: string;
 }
 
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
@@ -92,7 +103,30 @@ export function addImageOptions(command: Command): Command {
     )
     .option("-q, --quiet", "no progress output; print only the image ID")
     .option("--json", "print the result as one JSON object on stdout")
-    .option("--iidfile <file>", "write the image ID to a file");
+    .option("--iidfile <file>", "write the image ID to a file")
+    .option(
+      "-o, --output <type=…,dest=…>",
+      "where the image goes (repeatable, one walk feeds all): type=docker[,dest=FILE] (engine, or a docker-archive file), type=oci,dest=FILE[,tar=false] (OCI archive or layout directory), type=tar,dest=FILE (the rootfs only), type=context,dest=DIR, type=registry; compression=gzip|zstd|none, compression-level=N (default: the Docker Engine)",
+      collect,
+      [],
+    )
+    .option("--push", "push to the registry named by -t (same as -o type=registry)")
+    .option(
+      "--annotation <[type:]key=value>",
+      "OCI annotation; type is manifest (default), index, manifest-descriptor or index-descriptor, optionally with [os/arch]; repeatable",
+      collect,
+      [],
+    )
+    .option("--metadata-file <file>", "write the build result (digests, image names, outputs) as JSON")
+    .option(
+      "--image-source <url>",
+      "annotation org.opencontainers.image.source: where the image's sources are",
+    )
+    .option("--image-revision <rev>", "annotation org.opencontainers.image.revision: the source revision")
+    .option("--image-version <version>", "annotation org.opencontainers.image.version")
+    .option("--image-base-name <ref>", "annotation org.opencontainers.image.base.name")
+    .option("--insecure-registry", "allow plain HTTP to registries other than localhost")
+    .option("--registry-auth-file <file>", "docker config.json to read registry credentials from");
 }
 
 /** Largest epoch accepted: the end of year 9999, the limit of RFC 3339 timestamps. */

@@ -11,7 +11,7 @@ import { configToInstructions } from "../image/config.js";
 import { formatPlatform, hostPlatform } from "../image/platform.js";
 import type { ProgressListener } from "../progress.js";
 import { DockerBuildSink, DockerImportSink, DockerLoadSink } from "../sinks/docker-engine.js";
-import type { Sink } from "../sinks/sink.js";
+import type { Sink, SinkResult } from "../sinks/sink.js";
 import type { EntrySource } from "../tar/entry.js";
 import {
   configFromFlags,
@@ -20,6 +20,8 @@ import {
   tagsFromFlags,
   type ImageFlags,
 } from "./image-options.js";
+import { annotationsFor } from "../image/annotations.js";
+import { openOutputs, resultLines, type OutputSet } from "./outputs.js";
 import { makeRenderer } from "./render.js";
 
 export interface CommandContext {
@@ -54,25 +56,30 @@ async function writeFileAtomic(path: string, text: string): Promise<void> {
   await rename(temp, path);
 }
 
-function printResult(result: BuildResult, flags: ImageFlags, stdout: NodeJS.WritableStream): void {
-  const final = result.results[0];
+function printResult(
+  result: BuildResult,
+  flags: ImageFlags,
+  stdout: NodeJS.WritableStream,
+  results: readonly SinkResult[] = result.results,
+): void {
+  const final = results[0];
   const id = final?.id ?? result.imageId;
   if (flags.json) {
     stdout.write(
       `${JSON.stringify({
         id,
-        tags: result.results.flatMap((r) => r.tags),
+        tags: results.flatMap((r) => r.tags),
         diffId: result.diffId,
         size: result.size,
         entries: result.entries,
         epoch: result.epoch,
         platform: formatPlatform(result.image.platform),
-        destinations: result.results.map((r) => r.destination),
+        destinations: results.map((r) => r.destination),
         warnings: result.warnings,
       })}\n`,
     );
   } else {
-    stdout.write(`${id}\n`);
+    for (const line of results.length > 0 ? resultLines(results) : [id]) stdout.write(`${line}\n`);
   }
 }
 
@@ -94,31 +101,42 @@ export async function runBuild(
   openSource: (onProgress: ProgressListener) => Promise<EntrySource>,
   createdBy: string,
   overrides: ImageOverrides | (() => ImageOverrides) = {},
+  /** The outputs, when the caller builds several images into them (one per platform) and completes them. */
+  outputs?: OutputSet,
 ): Promise<number> {
   let prepared = {
     ...prepareImageFlags(flags, context.env),
     ...(typeof overrides === "function" ? {} : overrides),
   };
+  const outputSet =
+    outputs ?? (await openOutputs(flags, { tags: prepared.tags, env: context.env, images: 1 }));
   const renderer = await makeRenderer({ quiet: flags.quiet === true });
   let ok = false;
   try {
     const source = await openSource(renderer.onProgress);
     if (typeof overrides === "function") prepared = { ...prepared, ...overrides() };
-    const engine = await connectEngine(context.signal);
+    const engine = outputSet.wantsEngine ? await connectEngine(context.signal) : undefined;
     const common = { engine, tags: prepared.tags, onProgress: renderer.onProgress, message: flags.message };
     const platform = formatPlatform(prepared.platform);
-    if (flags.via === "import" && platform !== formatPlatform(hostPlatform())) {
+    if (engine !== undefined && flags.via === "import" && platform !== formatPlatform(hostPlatform())) {
       renderer.onProgress({
         kind: "warning",
         message: `--via import: engines before API 1.32 ignore the platform and record the host's; use --via load to be sure ${platform} is recorded`,
       });
     }
-    const sink: Sink =
-      flags.via === "import"
-        ? new DockerImportSink({ ...common, changes: configToInstructions(prepared.config), platform })
-        : flags.via === "build"
-          ? new DockerBuildSink({ ...common, platform })
-          : new DockerLoadSink(common);
+    const sink: Sink | undefined =
+      engine === undefined
+        ? undefined
+        : flags.via === "import"
+          ? new DockerImportSink({
+              ...common,
+              engine,
+              changes: configToInstructions(prepared.config),
+              platform,
+            })
+          : flags.via === "build"
+            ? new DockerBuildSink({ ...common, engine, platform })
+            : new DockerLoadSink({ ...common, engine });
     const result = await build({
       source,
       epoch: prepared.epoch,
@@ -126,17 +144,22 @@ export async function runBuild(
       config: prepared.config,
       createdBy,
       comment: flags.message,
-      sinks: [sink],
+      annotations: annotationsFor(outputSet.annotations, "manifest", prepared.platform),
+      sinks: outputSet.sinksForBuild(sink, renderer.onProgress),
       signal: context.signal,
       onProgress: renderer.onProgress,
     });
+    outputSet.recordBuild(result);
+    const results =
+      outputs === undefined ? await outputSet.complete(context.signal, renderer.onProgress) : result.results;
     ok = true;
     renderer.stop(true);
-    const id = result.results[0]?.id ?? result.imageId;
+    const id = results[0]?.id ?? result.imageId;
     if (flags.iidfile !== undefined) await writeFileAtomic(flags.iidfile, id);
-    printResult(result, flags, context.stdout);
+    printResult(result, flags, context.stdout, results);
     return 0;
   } finally {
     if (!ok) renderer.stop(false);
+    if (outputs === undefined) await outputSet.close();
   }
 }

@@ -27,8 +27,16 @@ export interface Sink {
   readonly destination: string;
   /** True when `write` must read the layer again after it was packed (so the build keeps a copy). */
   readonly needsLayerFile: boolean;
-  /** Present on sinks that take the layer as it is packed; called before packing starts. */
-  streamLayer?(signal: AbortSignal): LayerConsumer;
+  /**
+   * Present on sinks that take the layer as it is packed; called before packing starts. Undefined when
+   * another sink already takes the stream on this one's behalf (outputs sharing a compressed spool).
+   */
+  streamLayer?(signal: AbortSignal): LayerConsumer | undefined;
   /** Delivers the finished image. For streaming sinks this waits for the destination to confirm. */
   write(image: Image, signal: AbortSignal): Promise<SinkResult>;
+  /**
+   * Present on sinks that can hold several images (one per platform): called once after the last
+   * `write`, it writes what covers them all (an OCI index, an archive) and returns the final result.
+   */
+  finish?(signal: AbortSignal): Promise<SinkResult>;
 }

@@ -1,0 +1,486 @@
+/**
+ * `-o/--output type=…[,key=value…]` (buildx's names: docker, oci, tar, context, registry), `--push`,
+ * and the set of sinks they make for a command. Every output of a command is fed from one walk: the file
+ * and registry outputs are made once and take each build's image (one per platform), then `complete`
+ * writes what covers them all (OCI index, archive, push) and the `--metadata-file`.
+ */
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { BuildResult } from "../build.js";
+import {
+  makeCompression,
+  parseCompressionAlgorithm,
+  type Compression,
+  type CompressionAlgorithm,
+} from "../compress/compression.js";
+import { UsageError } from "../errors.js";
+import { OCI_ANNOTATION_KEYS, parseAnnotation, type Annotation } from "../image/annotations.js";
+import { uncompressedManifest } from "../image/manifest.js";
+import { formatReference, type Reference } from "../image/reference.js";
+import type { ProgressEvent, ProgressListener } from "../progress.js";
+import type { CompressedLayerSpool } from "../sinks/compressed-layer-spool.js";
+import type { Sink, SinkResult } from "../sinks/sink.js";
+import type { ImageFlags } from "./image-options.js";
+import { writeFileAtomically } from "../sinks/atomic-file.js";
+
+export type OutputSpec =
+  /** The Docker Engine (no dest) or a docker-archive file. */
+  | { readonly type: "docker"; readonly dest?: string }
+  /** An OCI layout: a tar (oci-archive) unless `tar=false`. */
+  | { readonly type: "oci"; readonly dest: string; readonly tar: boolean; readonly compression: Compression }
+  /** The normalised rootfs only. */
+  | { readonly type: "tar"; readonly dest: string; readonly compression: Compression }
+  /** A FROM scratch build context directory. */
+  | { readonly type: "context"; readonly dest: string }
+  | { readonly type: "registry"; readonly compression: Compression; readonly insecure: boolean };
+
+/** Splits `a=1,"b=x,y",c=2` at commas outside double quotes, as buildx's CSV reader does. */
+function splitFields(text: string): string[] {
+  const fields: string[] = [];
+  let current = "";
+  let quoted = false;
+  for (const c of text) {
+    if (c === '"') quoted = !quoted;
+    else if (c === "," && !quoted) {
+      fields.push(current);
+      current = "";
+    } else current += c;
+  }
+  if (quoted) throw new UsageError(`--output ${text}: unterminated quote`);
+  fields.push(current);
+  return fields;
+}
+
+const KEYS: Readonly<Record<OutputSpec["type"], readonly string[]>> = {
+  docker: ["dest"],
+  oci: ["dest", "tar", "compression", "compression-level", "force-compression", "oci-mediatypes"],
+  tar: ["dest", "compression", "compression-level"],
+  context: ["dest"],
+  registry: [
+    "compression",
+    "compression-level",
+    "force-compression",
+    "oci-mediatypes",
+    "registry.insecure",
+    "push",
+  ],
+};
+
+function parseBool(value: string, key: string, origin: string): boolean {
+  if (value === "true" || value === "1") return true;
+  if (value === "false" || value === "0") return false;
+  throw new UsageError(`${origin}: ${key}=${value} must be true or false`);
+}
+
+/** The compression a rootfs tar gets from its file name when `compression=` is not given. */
+export function compressionForName(dest: string): CompressionAlgorithm {
+  if (/\.(tar\.gz|tgz|gz)$/i.test(dest)) return "gzip";
+  if (/\.(tar\.zst|tzst|zst)$/i.test(dest)) return "zstd";
+  return "none";
+}
+
+/**
+ * Parses one `-o` value.
+ *
+ * @throws UsageError for an unknown type or key, a missing dest, or a bad compression setting
+ */
+export function parseOutput(text: string): OutputSpec {
+  const origin = `--output ${text}`;
+  const values = new Map<string, string>();
+  for (const field of splitFields(text)) {
+    const eq = field.indexOf("=");
+    if (eq <= 0) {
+      throw new UsageError(`${origin}: "${field}" is not key=value`, {
+        hint: "Write -o type=oci,dest=image.tar (buildx's syntax); a bare path is not an output here.",
+      });
+    }
+    const key = field.slice(0, eq).trim().toLowerCase();
+    if (values.has(key)) throw new UsageError(`${origin}: ${key} is given twice`);
+    values.set(key, field.slice(eq + 1));
+  }
+  const type = values.get("type");
+  if (type === undefined) {
+    throw new UsageError(`${origin}: no type`, {
+      hint: "Start with type=docker, type=oci, type=tar, type=context or type=registry.",
+    });
+  }
+  if (!(type in KEYS)) {
+    const hint =
+      type === "local"
+        ? "mkbase writes no unpacked tree: use type=tar for the rootfs, or type=context for a build context."
+        : type === "image"
+          ? "Use type=registry (or --push) to push, type=docker to load into the engine."
+          : "Use type=docker, type=oci, type=tar, type=context or type=registry.";
+    throw new UsageError(`${origin}: unknown output type "${type}"`, { hint });
+  }
+  const spec = type as OutputSpec["type"];
+  for (const key of values.keys()) {
+    if (key !== "type" && !KEYS[spec].includes(key)) {
+      throw new UsageError(`${origin}: type=${spec} has no key "${key}"`, {
+        hint:
+          key === "name"
+            ? "Name images with -t."
+            : `Keys of type=${spec}: ${KEYS[spec].join(", ") || "none"}.`,
+      });
+    }
+  }
+  const dest = values.get("dest");
+  if (dest === "") throw new UsageError(`${origin}: dest is empty`);
+  if (dest === "-") {
+    throw new UsageError(`${origin}: dest=- (stdout) is not supported; stdout carries the result`, {
+      hint: "Give a file name.",
+    });
+  }
+  const requireDest = (): string => {
+    if (dest === undefined) {
+      throw new UsageError(`${origin}: type=${spec} needs dest=PATH`, {
+        hint: `For example -o type=${spec},dest=${spec === "context" ? "./context" : spec === "tar" ? "rootfs.tar.gz" : "image.tar"}.`,
+      });
+    }
+    return dest;
+  };
+  const compression = (fallback: CompressionAlgorithm): Compression => {
+    const name = values.get("compression");
+    const algorithm = name === undefined ? fallback : parseCompressionAlgorithm(name, origin);
+    return makeCompression(algorithm, values.get("compression-level"), origin);
+  };
+  const mediaTypes = values.get("oci-mediatypes");
+  if (mediaTypes !== undefined && !parseBool(mediaTypes, "oci-mediatypes", origin)) {
+    throw new UsageError(`${origin}: mkbase writes OCI media types only`, {
+      hint: "Drop oci-mediatypes=false.",
+    });
+  }
+  switch (spec) {
+    case "docker":
+      return dest === undefined ? { type: spec } : { type: spec, dest };
+    case "oci": {
+      const tar = values.get("tar");
+      return {
+        type: spec,
+        dest: requireDest(),
+        tar: tar === undefined ? true : parseBool(tar, "tar", origin),
+        compression: compression("gzip"),
+      };
+    }
+    case "tar": {
+      const path = requireDest();
+      return { type: spec, dest: path, compression: compression(compressionForName(path)) };
+    }
+    case "context":
+      return { type: spec, dest: requireDest() };
+    default: {
+      const push = values.get("push");
+      if (push !== undefined && !parseBool(push, "push", origin)) {
+        throw new UsageError(`${origin}: type=registry always pushes`, { hint: "Drop push=false." });
+      }
+      const insecure = values.get("registry.insecure");
+      return {
+        type: spec,
+        compression: compression("gzip"),
+        insecure: insecure === undefined ? false : parseBool(insecure, "registry.insecure", origin),
+      };
+    }
+  }
+}
+
+/**
+ * The outputs of a command: every `-o`, plus `--push` as `type=registry`; the Docker Engine when there
+ * is none. Two outputs to the same place are refused.
+ */
+export function parseOutputs(outputs: readonly string[], push: boolean | undefined): OutputSpec[] {
+  const specs = outputs.map(parseOutput);
+  if (push === true && !specs.some((spec) => spec.type === "registry")) {
+    specs.push({
+      type: "registry",
+      compression: makeCompression("gzip", undefined, "--push"),
+      insecure: false,
+    });
+  }
+  if (specs.length === 0) specs.push({ type: "docker" });
+  const places = new Set<string>();
+  for (const spec of specs) {
+    const place = "dest" in spec && spec.dest !== undefined ? `file ${spec.dest}` : spec.type;
+    if (places.has(place)) {
+      throw new UsageError(
+        `two outputs go to the same ${place.startsWith("file") ? "dest" : "place"} (${place})`,
+        {
+          hint: "Give each -o its own dest, and --push or type=registry only once.",
+        },
+      );
+    }
+    places.add(place);
+  }
+  return specs;
+}
+
+/** Whether `specs` include the Docker Engine (a `docker` output without dest). */
+export function wantsEngine(specs: readonly OutputSpec[]): boolean {
+  return specs.some((spec) => spec.type === "docker" && spec.dest === undefined);
+}
+
+export interface OutputSetOptions {
+  readonly tags: readonly (Reference & { readonly tag: string })[];
+  readonly annotations: readonly Annotation[];
+  readonly env: Readonly<Record<string, string | undefined>>;
+  /** How many images the command builds (one per platform). */
+  readonly images: number;
+  readonly insecureRegistry?: boolean;
+  readonly registryAuthFile?: string;
+  readonly metadataFile?: string;
+}
+
+function compressionKey(compression: Compression): string {
+  return `${compression.algorithm}-${compression.level}`;
+}
+
+/**
+ * The sinks of a command's outputs. File and registry sinks are made once and see every build; the
+ * engine sink is made per build by the caller (its tags differ per platform).
+ */
+export class OutputSet {
+  private readonly builds: BuildResult[] = [];
+  private readonly sinks: (Sink | "engine")[];
+  private lastSinks: Sink[] = [];
+
+  private constructor(
+    readonly specs: readonly OutputSpec[],
+    private readonly options: OutputSetOptions,
+    private readonly relay: { listener: ProgressListener },
+    private readonly spoolDir: string | undefined,
+    private readonly spools: CompressedLayerSpool[],
+    sinks: (Sink | "engine")[],
+  ) {
+    this.sinks = sinks;
+  }
+
+  /** Makes the sinks of `specs`; nothing is written until a build runs. */
+  static async open(specs: readonly OutputSpec[], options: OutputSetOptions): Promise<OutputSet> {
+    if (options.images > 1) {
+      const single = specs.find(
+        (spec) =>
+          spec.type === "tar" ||
+          spec.type === "context" ||
+          (spec.type === "docker" && spec.dest !== undefined),
+      );
+      if (single !== undefined) {
+        throw new UsageError(
+          `-o type=${single.type},dest=… holds one image, and this command builds ${options.images}`,
+          {
+            hint: "Use -o type=oci (an image index for all platforms) or --push, or build one platform at a time.",
+          },
+        );
+      }
+    }
+    const needsSpool = specs.some((spec) => spec.type === "oci" || spec.type === "registry");
+    // Private (0700): the spooled layers hold every file of the tree.
+    const spoolDir = needsSpool ? await mkdtemp(join(tmpdir(), "mkbase-out-")) : undefined;
+    const spools = new Map<string, CompressedLayerSpool>();
+    const sinks: (Sink | "engine")[] = [];
+    // The sinks outlive one build's progress display: they report through this relay.
+    const relay: { listener: ProgressListener } = { listener: () => undefined };
+    const onProgress: ProgressListener = (event: ProgressEvent) => relay.listener(event);
+    try {
+      const { CompressedLayerSpool } = await import("../sinks/compressed-layer-spool.js");
+      const spoolFor = (compression: Compression): CompressedLayerSpool => {
+        const key = compressionKey(compression);
+        let spool = spools.get(key);
+        if (spool === undefined) {
+          spool = new CompressedLayerSpool(compression, spoolDir as string);
+          spools.set(key, spool);
+        }
+        return spool;
+      };
+      const { tags, annotations } = options;
+      for (const spec of specs) {
+        switch (spec.type) {
+          case "docker":
+            if (spec.dest === undefined) {
+              sinks.push("engine");
+            } else {
+              const { DockerArchiveFileSink } = await import("../sinks/docker-archive-file.js");
+              sinks.push(new DockerArchiveFileSink({ dest: spec.dest, tags, onProgress }));
+            }
+            break;
+          case "oci": {
+            const common = {
+              dest: spec.dest,
+              spool: spoolFor(spec.compression),
+              tags,
+              annotations,
+              onProgress,
+            };
+            if (spec.tar) {
+              const { OciArchiveSink } = await import("../sinks/oci-archive.js");
+              sinks.push(new OciArchiveSink(common));
+            } else {
+              const { OciLayoutSink } = await import("../sinks/oci-layout.js");
+              sinks.push(new OciLayoutSink(common));
+            }
+            break;
+          }
+          case "tar": {
+            const { RootfsTarSink } = await import("../sinks/rootfs-tar.js");
+            sinks.push(new RootfsTarSink({ dest: spec.dest, compression: spec.compression, onProgress }));
+            break;
+          }
+          case "context": {
+            const { BuildContextSink } = await import("../sinks/build-context.js");
+            sinks.push(new BuildContextSink({ dest: spec.dest, onProgress }));
+            break;
+          }
+          default: {
+            const { RegistrySink } = await import("../sinks/registry.js");
+            sinks.push(
+              new RegistrySink({
+                spool: spoolFor(spec.compression),
+                tags,
+                annotations,
+                onProgress,
+                env: options.env,
+                insecureRegistry: spec.insecure || options.insecureRegistry === true,
+                authFile: options.registryAuthFile,
+              }),
+            );
+          }
+        }
+      }
+    } catch (error) {
+      if (spoolDir !== undefined) await rm(spoolDir, { recursive: true, force: true });
+      throw error;
+    }
+    return new OutputSet(specs, options, relay, spoolDir, [...spools.values()], sinks);
+  }
+
+  /** Every annotation of the command; the engine paths and the OCI outputs pick theirs. */
+  get annotations(): readonly Annotation[] {
+    return this.options.annotations;
+  }
+
+  /** Whether one of the outputs is the Docker Engine (the caller then connects to it). */
+  get wantsEngine(): boolean {
+    return this.sinks.includes("engine");
+  }
+
+  /** The sinks for one build, in the order of the `-o` flags; `engine` stands in for the Docker Engine. */
+  sinksForBuild(engine: Sink | undefined, onProgress: ProgressListener): Sink[] {
+    this.relay.listener = onProgress;
+    this.lastSinks = this.sinks.flatMap((sink) =>
+      sink === "engine" ? (engine === undefined ? [] : [engine]) : [sink],
+    );
+    return this.lastSinks;
+  }
+
+  /** Records a finished build, for the metadata file and the final results. */
+  recordBuild(result: BuildResult): void {
+    this.builds.push(result);
+  }
+
+  /**
+   * Writes what covers every build (archives, OCI index, registry push), then the metadata file.
+   * Returns the final result of each output, in `-o` order.
+   */
+  async complete(signal: AbortSignal, onProgress: ProgressListener): Promise<SinkResult[]> {
+    this.relay.listener = onProgress;
+    const last = this.builds[this.builds.length - 1];
+    const results: SinkResult[] = [];
+    for (const sink of this.sinks) {
+      if (sink !== "engine" && sink.finish !== undefined) {
+        results.push(await sink.finish(signal));
+        continue;
+      }
+      // The engine and the single-image outputs were done with the build: build() returns their
+      // results in the order of the sinks it was given.
+      const index = this.lastSinks.findIndex((used) =>
+        sink === "engine" ? !this.sinks.includes(used) : used === sink,
+      );
+      const result = index < 0 ? undefined : last?.results[index];
+      if (result !== undefined) results.push(result);
+    }
+    if (this.options.metadataFile !== undefined) {
+      await writeFileAtomically(this.options.metadataFile, `the metadata file ${this.options.metadataFile}`, [
+        Buffer.from(`${JSON.stringify(buildMetadata(this.builds, results, this.options.tags), null, 2)}\n`),
+      ]);
+    }
+    return results;
+  }
+
+  /** Removes the spooled layers. */
+  async close(): Promise<void> {
+    for (const spool of this.spools) await spool.discard();
+    if (this.spoolDir !== undefined) await rm(this.spoolDir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * The `--metadata-file` document, with buildx's keys: `containerimage.digest` (the manifest, or the
+ * index of a multi-platform build, that the first OCI or registry output holds; for the engine and
+ * docker archives the manifest of the uncompressed layers), `containerimage.config.digest` (the image
+ * ID, single-platform builds only), `image.name` (the tags, comma-separated), and `mkbase.outputs` with
+ * one entry per output.
+ */
+export function buildMetadata(
+  builds: readonly BuildResult[],
+  results: readonly SinkResult[],
+  tags: readonly Reference[],
+): Record<string, unknown> {
+  const [only] = builds;
+  const indexed = results.find((r) => r.destination === "registry" || r.destination.startsWith("oci "));
+  const digest =
+    indexed?.id ??
+    (only === undefined ? undefined : uncompressedManifest(only.image).manifest.descriptor.digest);
+  return {
+    "containerimage.digest": digest,
+    "containerimage.config.digest": builds.length === 1 ? only?.imageId : undefined,
+    "image.name": tags.length > 0 ? tags.map(formatReference).join(",") : undefined,
+    "mkbase.outputs": results.map((r) => ({ destination: r.destination, id: r.id, tags: r.tags })),
+  };
+}
+
+/**
+ * What stdout shows for a finished command: the pushed references (`repository@digest`) when the first
+ * output is a registry, else the first output's ID or digest.
+ */
+export function resultLines(results: readonly SinkResult[]): string[] {
+  const [first] = results;
+  if (first === undefined) return [];
+  if (first.destination === "registry") return [...new Set(first.tags)];
+  return [first.id];
+}
+
+/**
+ * The annotations from the flags: the standard `org.opencontainers.image.*` ones first (on the manifest
+ * and, for multi-platform builds, the index), then every `--annotation`, which may override them.
+ */
+export function annotationsFromFlags(flags: ImageFlags): Annotation[] {
+  const standard: [string, string | undefined][] = [
+    [OCI_ANNOTATION_KEYS.source, flags.imageSource],
+    [OCI_ANNOTATION_KEYS.revision, flags.imageRevision],
+    [OCI_ANNOTATION_KEYS.version, flags.imageVersion],
+    [OCI_ANNOTATION_KEYS.baseName, flags.imageBaseName],
+  ];
+  return [
+    ...standard.flatMap(([key, value]): Annotation[] =>
+      value === undefined ? [] : [{ targets: ["manifest", "index"], key, value }],
+    ),
+    ...(flags.annotation ?? []).map(parseAnnotation),
+  ];
+}
+
+/** The outputs of a command from its flags; `images` is how many images it builds (one per platform). */
+export function openOutputs(
+  flags: ImageFlags,
+  options: {
+    readonly tags: readonly (Reference & { readonly tag: string })[];
+    readonly env: Readonly<Record<string, string | undefined>>;
+    readonly images: number;
+  },
+): Promise<OutputSet> {
+  return OutputSet.open(parseOutputs(flags.output ?? [], flags.push), {
+    ...options,
+    annotations: annotationsFromFlags(flags),
+    insecureRegistry: flags.insecureRegistry,
+    registryAuthFile: flags.registryAuthFile,
+    metadataFile: flags.metadataFile,
+  });
+}

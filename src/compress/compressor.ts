@@ -1,0 +1,283 @@
+/**
+ * Streaming compressors for layers. Each takes uncompressed chunks with backpressure and hands the
+ * compressed bytes, in order, to an output callback (a file writer that also hashes them).
+ *
+ * - gzip: the input is cut into members of a fixed size, compressed in worker threads and concatenated.
+ *   A gzip file may hold several members (RFC 1952 §2.2) and every reader decompresses them as one
+ *   stream. Member boundaries depend only on the input offset, so the output is the same for the same
+ *   input and level whatever the number of cores or the chunking of the input. Node's zlib runs in one
+ *   thread; independent members are what lets the compression use both cores of these machines.
+ * - zstd: Debian's `zstd` CLI with `-T0` (Node 20's zlib has no zstd). Its multi-threaded output does
+ *   not depend on the number of threads.
+ * - none: the bytes as they are.
+ */
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { availableParallelism } from "node:os";
+import { Worker } from "node:worker_threads";
+import { InterruptedError, SinkError, ToolError, errnoCode } from "../errors.js";
+import type { Compression } from "./compression.js";
+import { gzipMember, type MemberRequest, type MemberResult } from "./gzip-member.js";
+
+/** Takes uncompressed bytes and produces compressed ones through the output callback. */
+export interface Compressor {
+  /** Takes one chunk (the compressor may keep it); resolves when the next one may be written. */
+  write(chunk: Buffer): Promise<void>;
+  /** No more input: resolves when every compressed byte was handed to the output callback. */
+  end(): Promise<void>;
+  /** Stops at once and releases threads and processes (after a failure elsewhere). */
+  destroy(): void;
+}
+
+/** Receives compressed bytes in order; the compressor waits for it before handing on more. */
+export type CompressedOutput = (chunk: Buffer) => Promise<void>;
+
+export interface CompressorOptions {
+  readonly signal: AbortSignal;
+  /** gzip only: uncompressed bytes per member (default {@link GZIP_MEMBER_SIZE}). */
+  readonly memberSize?: number;
+  /** gzip only: worker threads (default: the number of cores). */
+  readonly threads?: number;
+}
+
+/**
+ * 1 MiB members: large enough that the ratio is within a fraction of a percent of one deflate stream
+ * (deflate's window is 32 KiB), small enough that two workers start early and stay busy.
+ */
+export const GZIP_MEMBER_SIZE = 1024 * 1024;
+
+/** Creates a compressor for `compression` that writes to `output`. */
+export function createCompressor(
+  compression: Compression,
+  output: CompressedOutput,
+  options: CompressorOptions,
+): Compressor {
+  switch (compression.algorithm) {
+    case "gzip":
+      return new ParallelGzipCompressor(compression.level, output, options);
+    case "zstd":
+      return new ZstdCompressor(compression.level, output, options.signal);
+    default:
+      return {
+        write: (chunk) => output(chunk),
+        end: () => Promise.resolve(),
+        destroy: () => undefined,
+      };
+  }
+}
+
+interface Job {
+  readonly resolve: (output: Buffer) => void;
+  readonly reject: (error: unknown) => void;
+}
+
+/** A few worker threads that each compress one gzip member at a time. */
+class GzipWorkerPool {
+  private readonly idle: Worker[] = [];
+  private readonly workers: Worker[] = [];
+  private readonly queue: MemberRequest[] = [];
+  private readonly jobs = new Map<number, Job>();
+  private readonly busy = new Map<Worker, number>();
+  private failure: unknown;
+
+  constructor(private readonly size: number) {}
+
+  compress(request: MemberRequest): Promise<Buffer> {
+    if (this.failure !== undefined) return Promise.reject(this.failure);
+    const result = new Promise<Buffer>((resolve, reject) => this.jobs.set(request.id, { resolve, reject }));
+    this.queue.push(request);
+    this.schedule();
+    return result;
+  }
+
+  private schedule(): void {
+    while (this.queue.length > 0) {
+      let worker = this.idle.pop();
+      if (worker === undefined && this.workers.length < this.size) worker = this.startWorker();
+      if (worker === undefined) return;
+      const request = this.queue.shift() as MemberRequest;
+      this.busy.set(worker, request.id);
+      worker.postMessage(request, [request.input]);
+    }
+  }
+
+  private startWorker(): Worker {
+    const worker = new Worker(new URL("./gzip-worker.js", import.meta.url));
+    this.workers.push(worker);
+    worker.on("message", (result: MemberResult) => {
+      this.busy.delete(worker);
+      const job = this.jobs.get(result.id);
+      this.jobs.delete(result.id);
+      job?.resolve(Buffer.from(result.output));
+      this.idle.push(worker);
+      this.schedule();
+    });
+    worker.on("error", (error) => this.fail(error));
+    worker.on("exit", (code) => {
+      if (this.busy.has(worker)) this.fail(new Error(`a gzip worker thread exited with code ${code}`));
+    });
+    return worker;
+  }
+
+  private fail(error: unknown): void {
+    this.failure ??= error;
+    for (const job of this.jobs.values()) job.reject(error);
+    this.jobs.clear();
+    this.queue.length = 0;
+  }
+
+  close(): void {
+    this.busy.clear();
+    for (const worker of this.workers) void worker.terminate();
+    this.workers.length = 0;
+    this.idle.length = 0;
+  }
+}
+
+class ParallelGzipCompressor implements Compressor {
+  private readonly memberSize: number;
+  private readonly threads: number;
+  private pool: GzipWorkerPool | undefined;
+  private member: Buffer;
+  private used = 0;
+  private members = 0;
+  /** Resolves when the latest member was handed to the output; each one waits for the one before. */
+  private delivered: Promise<void> = Promise.resolve();
+  private readonly inFlight: Promise<void>[] = [];
+
+  constructor(
+    private readonly level: number,
+    private readonly output: CompressedOutput,
+    private readonly options: CompressorOptions,
+  ) {
+    this.memberSize = options.memberSize ?? GZIP_MEMBER_SIZE;
+    this.threads = Math.max(1, options.threads ?? availableParallelism());
+    this.member = Buffer.allocUnsafeSlow(this.memberSize);
+  }
+
+  async write(chunk: Buffer): Promise<void> {
+    let offset = 0;
+    while (offset < chunk.length) {
+      const n = Math.min(chunk.length - offset, this.memberSize - this.used);
+      chunk.copy(this.member, this.used, offset, offset + n);
+      this.used += n;
+      offset += n;
+      if (this.used === this.memberSize) {
+        this.dispatch(this.member, this.used);
+        this.member = Buffer.allocUnsafeSlow(this.memberSize);
+        this.used = 0;
+        // Two members per thread in flight keep every worker busy while memory stays bounded.
+        while (this.inFlight.length >= 2 * this.threads) await this.inFlight.shift();
+      }
+    }
+  }
+
+  private dispatch(buffer: Buffer, length: number): void {
+    const id = this.members++;
+    let compressed: Promise<Buffer>;
+    if (this.threads === 1 || (id === 0 && length < this.memberSize)) {
+      // One member in all (a small layer), or one core: starting a thread would only cost time.
+      compressed = Promise.resolve().then(() => gzipMember(buffer.subarray(0, length), this.level));
+    } else {
+      this.pool ??= new GzipWorkerPool(this.threads);
+      // allocUnsafeSlow buffers own their ArrayBuffer, so it can be transferred without a copy.
+      const whole = buffer.buffer as ArrayBuffer;
+      const input = length === buffer.length ? whole : whole.slice(0, length);
+      compressed = this.pool.compress({ id, input, level: this.level });
+    }
+    compressed.catch(() => undefined);
+    const previous = this.delivered;
+    this.delivered = (async () => {
+      await previous;
+      this.options.signal.throwIfAborted();
+      await this.output(await compressed);
+    })();
+    this.delivered.catch(() => undefined);
+    this.inFlight.push(this.delivered);
+  }
+
+  async end(): Promise<void> {
+    try {
+      // An empty input still makes one (empty) member: a valid gzip file.
+      if (this.used > 0 || this.members === 0) this.dispatch(this.member, this.used);
+      await this.delivered;
+    } finally {
+      this.pool?.close();
+    }
+  }
+
+  destroy(): void {
+    this.pool?.close();
+  }
+}
+
+class ZstdCompressor implements Compressor {
+  private readonly child;
+  private readonly finished: Promise<void>;
+  private stderr = "";
+
+  constructor(level: number, output: CompressedOutput, signal: AbortSignal) {
+    const child = spawn("zstd", [`-${level}`, "-T0", "-q", "-c", "--no-progress"], {
+      stdio: ["pipe", "pipe", "pipe"],
+      signal,
+    });
+    this.child = child;
+    const spawned = new Promise<void>((resolve, reject) => {
+      child.once("spawn", resolve);
+      child.once("error", (error) => reject(this.spawnError(error, signal)));
+    });
+    child.stderr.on("data", (chunk: Buffer) => (this.stderr += chunk.toString("utf8")));
+    child.stdin.on("error", () => undefined);
+    const exited = (async () => {
+      await spawned;
+      const [code] = (await once(child, "close")) as [number | null];
+      if (signal.aborted) throw new InterruptedError("interrupted", { cause: signal.reason });
+      if (code !== 0) {
+        throw new ToolError(
+          `zstd exited with ${String(code)} while compressing the layer: ${this.stderr.trim()}`,
+          {
+            hint: "Check that Debian's zstd package works (`zstd --version`).",
+          },
+        );
+      }
+    })();
+    exited.catch(() => undefined);
+    this.finished = (async () => {
+      for await (const chunk of child.stdout) await output(chunk as Buffer);
+      await exited;
+    })();
+    this.finished.catch(() => undefined);
+  }
+
+  private spawnError(error: unknown, signal: AbortSignal): Error {
+    if (signal.aborted) return new InterruptedError("interrupted", { cause: signal.reason });
+    if (errnoCode(error) === "ENOENT") {
+      return new ToolError("zstd is not installed: compression=zstd runs Debian's zstd command", {
+        cause: error,
+        hint: "Install it with `apt-get install zstd`, or use compression=gzip.",
+      });
+    }
+    return new ToolError(`cannot start zstd: ${(error as Error).message}`, { cause: error });
+  }
+
+  async write(chunk: Buffer): Promise<void> {
+    if (this.child.stdin.write(chunk)) return;
+    // zstd stopped reading: either drain, or its exit (or the output failing) explains why.
+    await Promise.race([once(this.child.stdin, "drain"), this.finished.then(() => this.stoppedEarly())]);
+  }
+
+  private stoppedEarly(): never {
+    throw new SinkError("zstd stopped reading the layer before it was complete", {
+      hint: "Run again; if it repeats, check `zstd --version`.",
+    });
+  }
+
+  async end(): Promise<void> {
+    this.child.stdin.end();
+    await this.finished;
+  }
+
+  destroy(): void {
+    this.child.kill("SIGKILL");
+  }
+}

@@ -1,0 +1,54 @@
+/**
+ * A `FROM scratch` build context on disk (`-o type=context,dest=DIR`): the `Dockerfile` (ADD of the
+ * rootfs plus the config as instructions) and `rootfs.tar`, the same context the engine's build path
+ * posts, for people who keep a context under version control or build it elsewhere.
+ */
+import { mkdir } from "node:fs/promises";
+import { join } from "node:path";
+import { throwIfAborted } from "../errors.js";
+import { imageId, type Image } from "../image/image.js";
+import type { ProgressListener } from "../progress.js";
+import { fileWriteError, writeFileAtomically } from "./atomic-file.js";
+import { buildContextEntries } from "./docker-engine.js";
+import type { Sink, SinkResult } from "./sink.js";
+
+export interface BuildContextSinkOptions {
+  readonly dest: string;
+  readonly onProgress: ProgressListener;
+}
+
+export class BuildContextSink implements Sink {
+  readonly destination: string;
+  readonly needsLayerFile = true;
+
+  constructor(private readonly options: BuildContextSinkOptions) {
+    this.destination = `build context ${options.dest}`;
+  }
+
+  async write(image: Image, signal: AbortSignal): Promise<SinkResult> {
+    const { dest, onProgress } = this.options;
+    onProgress({ kind: "phase", message: `writing the build context ${dest}` });
+    try {
+      await mkdir(dest, { recursive: true });
+    } catch (error) {
+      throw fileWriteError(`the build context ${dest}`, error);
+    }
+    // rootfs.tar before the Dockerfile: a Dockerfile is never left next to a missing tar.
+    const entries = buildContextEntries(image).sort((a, b) => b.path.compare(a.path));
+    for (const entry of entries) {
+      throwIfAborted(signal);
+      const content = entry.content;
+      const chunks: AsyncIterable<Buffer> | Iterable<Buffer> =
+        content === undefined
+          ? []
+          : content.kind === "bytes"
+            ? [content.data]
+            : content.kind === "stream"
+              ? content.chunks
+              : [];
+      const path = join(dest, entry.path.toString());
+      await writeFileAtomically(path, path, chunks);
+    }
+    return { destination: this.destination, id: imageId(image), tags: [] };
+  }
+}

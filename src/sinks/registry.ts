@@ -1,0 +1,87 @@
+/**
+ * A registry as a destination (`--push`, `-o type=registry`): the images of the command, with the
+ * compressed layers spooled during the walk, handed to the registry client. One image is pushed as a
+ * manifest, several (one per platform) as an image index; every tag is put only after its content.
+ */
+import { UsageError } from "../errors.js";
+import type { Annotation } from "../image/annotations.js";
+import { annotationsFor } from "../image/annotations.js";
+import { imageIndex, type ImageBlobs } from "../image/image-blobs.js";
+import type { Image } from "../image/image.js";
+import { formatReference, repositoryOf, type Reference } from "../image/reference.js";
+import type { ProgressListener } from "../progress.js";
+import { pushImage, pushIndex, type PushableImage } from "../registry/push.js";
+import type { CompressedLayerSpool } from "./compressed-layer-spool.js";
+import { CollectedImages, contentOf } from "./oci-layout.js";
+import type { LayerConsumer, Sink, SinkResult } from "./sink.js";
+
+export interface RegistrySinkOptions {
+  readonly spool: CompressedLayerSpool;
+  readonly tags: readonly (Reference & { readonly tag: string })[];
+  readonly annotations: readonly Annotation[];
+  readonly onProgress: ProgressListener;
+  readonly env: Readonly<Record<string, string | undefined>>;
+  /** Plain HTTP for hosts other than localhost (`--insecure-registry`, `registry.insecure=true`). */
+  readonly insecureRegistry?: boolean;
+  /** `--registry-auth-file`: a docker config.json to take credentials from. */
+  readonly authFile?: string;
+}
+
+function pushable(image: ImageBlobs): PushableImage {
+  return { config: contentOf(image.config), layers: image.layers, manifest: image.manifest };
+}
+
+export class RegistrySink implements Sink {
+  readonly destination = "registry";
+  readonly needsLayerFile = false;
+  private readonly collected: CollectedImages;
+
+  constructor(private readonly options: RegistrySinkOptions) {
+    if (options.tags.length === 0) {
+      throw new UsageError("pushing needs a name: give -t registry[:port]/name:tag", {
+        hint: "For example -t localhost:5000/base:1 --push.",
+      });
+    }
+    this.collected = new CollectedImages(options.spool);
+  }
+
+  streamLayer(signal: AbortSignal): LayerConsumer | undefined {
+    return this.collected.streamLayer(signal);
+  }
+
+  async write(image: Image): Promise<SinkResult> {
+    const blobs = await this.collected.add(image);
+    return { destination: this.destination, id: blobs.manifest.descriptor.digest, tags: [] };
+  }
+
+  /** Pushes to every tag; the result names each pushed reference as `repository@digest`. */
+  async finish(signal: AbortSignal): Promise<SinkResult> {
+    const { tags, annotations, onProgress, env, insecureRegistry, authFile } = this.options;
+    const images = this.collected.images;
+    const options = { signal, onProgress, env, insecureRegistry, authFile };
+    let digest = "";
+    const pushed: string[] = [];
+    for (const tag of tags) {
+      onProgress({ kind: "phase", message: `pushing ${formatReference(tag)}` });
+      const [only] = images;
+      const result =
+        images.length === 1 && only !== undefined
+          ? await pushImage(tag, pushable(only), options)
+          : await pushIndex(
+              tag,
+              images.map(pushable),
+              imageIndex(
+                images.map((image) => ({
+                  image,
+                  annotations: annotationsFor(annotations, "manifest-descriptor", image.platform),
+                })),
+                annotationsFor(annotations, "index"),
+              ),
+              options,
+            );
+      digest = result.digest;
+      pushed.push(`${repositoryOf(tag)}@${result.digest}`);
+    }
+    return { destination: this.destination, id: digest, tags: pushed };
+  }
+}

@@ -1,0 +1,82 @@
+/**
+ * The normalised root filesystem as a tar file (`-o type=tar,dest=rootfs.tar[.gz|.zst]`), compressed
+ * while it is packed and renamed into place once complete. The same bytes as the image's layer (before
+ * compression), so `sha256sum` of the uncompressed file is the layer's DiffID.
+ */
+import { dirname } from "node:path";
+import { createCompressor, type Compressor } from "../compress/compressor.js";
+import { describeCompression, type Compression } from "../compress/compression.js";
+import { SinkError } from "../errors.js";
+import type { Image } from "../image/image.js";
+import type { ProgressListener } from "../progress.js";
+import { AtomicFile } from "./atomic-file.js";
+import type { LayerConsumer, Sink, SinkResult } from "./sink.js";
+
+export interface RootfsTarSinkOptions {
+  readonly dest: string;
+  readonly compression: Compression;
+  readonly onProgress: ProgressListener;
+}
+
+export class RootfsTarSink implements Sink {
+  readonly destination: string;
+  readonly needsLayerFile = false;
+  private written: Promise<AtomicFile> | undefined;
+
+  constructor(private readonly options: RootfsTarSinkOptions) {
+    this.destination = `rootfs tar ${options.dest}`;
+  }
+
+  streamLayer(signal: AbortSignal): LayerConsumer {
+    if (this.written !== undefined) throw new Error("a rootfs tar output holds one layer");
+    const { dest, compression, onProgress } = this.options;
+    onProgress({
+      kind: "phase",
+      message: `writing the rootfs to ${dest} (${describeCompression(compression)})`,
+    });
+    const opened = AtomicFile.create(dirname(dest), `the rootfs tar ${dest}`);
+    opened.catch(() => undefined);
+    let compressor: Compressor | undefined;
+    const ready = opened.then((file) => {
+      compressor = createCompressor(compression, (chunk) => file.write(chunk), { signal });
+      return compressor;
+    });
+    ready.catch(() => undefined);
+    let ended: (() => void) | undefined;
+    let failed: ((error: unknown) => void) | undefined;
+    const end = new Promise<void>((resolve, reject) => {
+      ended = resolve;
+      failed = reject;
+    });
+    end.catch(() => undefined);
+    this.written = (async () => {
+      const file = await opened;
+      try {
+        const active = await ready;
+        await end;
+        await active.end();
+        await file.finish();
+        return file;
+      } catch (error) {
+        await file.discard();
+        throw error;
+      }
+    })();
+    this.written.catch(() => undefined);
+    return {
+      write: async (chunk) => (await ready).write(chunk),
+      end: () => ended?.(),
+      abort: (error) => {
+        compressor?.destroy();
+        failed?.(error);
+      },
+    };
+  }
+
+  async write(image: Image): Promise<SinkResult> {
+    if (this.written === undefined) throw new SinkError("the rootfs tar output was not streamed");
+    const file = await this.written;
+    await file.commit(this.options.dest);
+    return { destination: this.destination, id: image.layers[0]?.diffId ?? "", tags: [] };
+  }
+}
