@@ -484,3 +484,32 @@ export function openOutputs(
     metadataFile: flags.metadataFile,
   });
 }
+
+/**
+ * Completes outputs that several builds went into (`mkbase scratch` with one program per platform):
+ * writes the index, archives and pushes with a progress display of its own, and prints what the
+ * non-engine outputs hold now (the engine's images were printed per build).
+ */
+export async function completeOutputs(
+  outputs: OutputSet,
+  context: { readonly signal: AbortSignal; readonly stdout: NodeJS.WritableStream },
+  flags: ImageFlags,
+): Promise<void> {
+  const { makeRenderer } = await import("./render.js");
+  const renderer = await makeRenderer({ quiet: flags.quiet === true });
+  let results: SinkResult[];
+  try {
+    results = await outputs.complete(context.signal, renderer.onProgress);
+  } catch (error) {
+    renderer.stop(false);
+    throw error;
+  }
+  renderer.stop(true);
+  const shown = results.filter((result) => !result.destination.startsWith("docker ("));
+  if (flags.json) {
+    for (const r of shown)
+      context.stdout.write(`${JSON.stringify({ id: r.id, tags: r.tags, destination: r.destination })}\n`);
+  } else {
+    for (const line of resultLines(shown)) context.stdout.write(`${line}\n`);
+  }
+}

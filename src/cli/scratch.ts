@@ -307,33 +307,45 @@ async function runScratch(
       `warning: no program for this machine's platform (${formatPlatform(host)}): ${tags.length === 1 ? "the plain tag is" : "the plain tags are"} not set\n`,
     );
   }
-  for (const { source, config } of images) {
-    const imageTags: (Reference & { readonly tag: string })[] = multi
-      ? [
-          ...tags.map((tag) => ({ ...tag, tag: `${tag.tag}-${platformTagSuffix(source.platform)}` })),
-          ...(source === hostImage?.source ? tags : []),
-        ]
-      : tags;
-    const code = await runBuild(
-      context,
-      sharedFlags,
-      () => Promise.resolve(source),
-      `mkbase scratch ${source.binaryImagePath}`,
-      {
-        // Without --source-date-epoch or SOURCE_DATE_EPOCH the program's mtime is the build time.
-        epoch: epoch.kind === "newest-input" ? { kind: "fixed", seconds: source.binaryMtime } : epoch,
-        platform: source.platform,
-        config,
-        tags: imageTags,
-      },
-    );
-    if (code !== 0) return code;
-    if (multi && imageTags.length > 0 && flags.quiet !== true) {
-      const note = source === hostImage?.source ? " (this machine's platform)" : "";
-      process.stderr.write(
-        `${formatPlatform(source.platform)}: ${imageTags.map(formatReference).join(", ")}${note}\n`,
+  // Several platforms into OCI or registry outputs make one index: the outputs take every build, then
+  // complete once.
+  const { openOutputs, completeOutputs } = await import("./outputs.js");
+  const outputs = multi
+    ? await openOutputs(sharedFlags, { tags, env: context.env, images: images.length })
+    : undefined;
+  try {
+    for (const { source, config } of images) {
+      const imageTags: (Reference & { readonly tag: string })[] = multi
+        ? [
+            ...tags.map((tag) => ({ ...tag, tag: `${tag.tag}-${platformTagSuffix(source.platform)}` })),
+            ...(source === hostImage?.source ? tags : []),
+          ]
+        : tags;
+      const code = await runBuild(
+        context,
+        sharedFlags,
+        () => Promise.resolve(source),
+        `mkbase scratch ${source.binaryImagePath}`,
+        {
+          // Without --source-date-epoch or SOURCE_DATE_EPOCH the program's mtime is the build time.
+          epoch: epoch.kind === "newest-input" ? { kind: "fixed", seconds: source.binaryMtime } : epoch,
+          platform: source.platform,
+          config,
+          tags: imageTags,
+        },
+        outputs,
       );
+      if (code !== 0) return code;
+      if (multi && imageTags.length > 0 && flags.quiet !== true) {
+        const note = source === hostImage?.source ? " (this machine's platform)" : "";
+        process.stderr.write(
+          `${formatPlatform(source.platform)}: ${imageTags.map(formatReference).join(", ")}${note}\n`,
+        );
+      }
     }
+    if (outputs !== undefined) await completeOutputs(outputs, context, sharedFlags);
+  } finally {
+    await outputs?.close();
   }
   return 0;
 }
