@@ -72,7 +72,14 @@ async function packLayer(
   try {
     request.onProgress({ kind: "phase", message: `packing ${request.source.description}` });
     const entries = normalizer.apply(request.source.entries(request.signal));
-    for await (const chunk of packTar(entries, { signal: request.signal, onProgress: request.onProgress })) {
+    // The hash and the awaited spool write are done with a chunk before the next one is asked for; a
+    // streaming consumer (an HTTP body) may still hold it, so buffers are reused only without those.
+    const reuseBuffers = consumers.length === 0;
+    for await (const chunk of packTar(entries, {
+      signal: request.signal,
+      onProgress: request.onProgress,
+      reuseBuffers,
+    })) {
       hash.update(chunk);
       size += chunk.length;
       try {

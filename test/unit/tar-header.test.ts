@@ -120,6 +120,40 @@ describe("tar header encoding", () => {
     assert.deepEqual(await packToBuffer(entries), await packToBuffer(entries));
   });
 
+  it("writes the same bytes when it reuses its buffers", async () => {
+    const onDisk = join(work, "big.bin");
+    writeFileSync(onDisk, Buffer.alloc(3_500_000, 7));
+    const entries: TarEntry[] = [
+      {
+        ...base,
+        path: Buffer.from("disk"),
+        type: "file",
+        size: 3_500_000,
+        content: { kind: "path", path: Buffer.from(onDisk) },
+      },
+      ...Array.from({ length: 3000 }, (_, i): TarEntry => {
+        const data = Buffer.from(`entry ${i} `.repeat(i % 50));
+        return {
+          ...base,
+          path: Buffer.from(`f${i}`),
+          type: "file",
+          size: data.length,
+          content: { kind: "bytes", data },
+        };
+      }),
+    ];
+    const copied: Buffer[] = [];
+    // A consumer that is done with each chunk before asking for the next, as the option requires.
+    for await (const chunk of packTar(entries, {
+      signal: new AbortController().signal,
+      reuseBuffers: true,
+    })) {
+      copied.push(Buffer.from(chunk));
+    }
+    assert.ok(copied.length > 3, "the archive spans several chunks");
+    assert.deepEqual(Buffer.concat(copied), await packToBuffer(entries));
+  });
+
   it("is read back by GNU tar with the same names", async () => {
     const file = join(work, "gnu.tar");
     const entries: TarEntry[] = [
