@@ -79,11 +79,13 @@ class GzipWorkerPool {
   private readonly jobs = new Map<number, Job>();
   private readonly busy = new Map<Worker, number>();
   private failure: unknown;
+  private closed = false;
 
   constructor(private readonly size: number) {}
 
   compress(request: MemberRequest): Promise<Buffer> {
     if (this.failure !== undefined) return Promise.reject(this.failure);
+    if (this.closed) return Promise.reject(new Error("the gzip worker pool is closed"));
     const result = new Promise<Buffer>((resolve, reject) => this.jobs.set(request.id, { resolve, reject }));
     this.queue.push(request);
     this.schedule();
@@ -127,6 +129,11 @@ class GzipWorkerPool {
   }
 
   close(): void {
+    this.closed = true;
+    // Members still queued or in a thread will never finish: settle their promises so no one waits.
+    for (const job of this.jobs.values()) job.reject(new Error("the gzip worker pool was closed"));
+    this.jobs.clear();
+    this.queue.length = 0;
     this.busy.clear();
     for (const worker of this.workers) void worker.terminate();
     this.workers.length = 0;
@@ -192,7 +199,8 @@ class ParallelGzipCompressor implements Compressor {
       this.options.signal.throwIfAborted();
       await this.output(await compressed);
     })();
-    this.delivered.catch(() => undefined);
+    // A failed member fails the whole stream: stop the threads at once rather than when destroyed.
+    this.delivered.catch(() => this.pool?.close());
     this.inFlight.push(this.delivered);
   }
 

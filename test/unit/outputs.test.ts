@@ -1,0 +1,276 @@
+/**
+ * `-o` parsing, `--annotation` parsing, the OCI layout's index, and a golden test: a fixed image written
+ * as an OCI layout must keep its manifest digest (a change means every user's image digest changes).
+ */
+import assert from "node:assert/strict";
+import { mkdtemp, readFile, readdir, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { build } from "../../src/build.js";
+import {
+  annotationsFromFlags,
+  compressionForName,
+  OutputSet,
+  parseOutput,
+  parseOutputs,
+  resultLines,
+} from "../../src/cli/outputs.js";
+import type { ImageFlags } from "../../src/cli/image-options.js";
+import { UsageError } from "../../src/errors.js";
+import { annotationsFor, parseAnnotation } from "../../src/image/annotations.js";
+import { parsePlatform } from "../../src/image/platform.js";
+import { parseTagReference } from "../../src/image/reference.js";
+import { indexJson, type LayoutFiles } from "../../src/sinks/oci-layout.js";
+import { bytesEntry, directoryEntry, type EntrySource } from "../../src/tar/entry.js";
+
+describe("parseOutput", () => {
+  it("reads every type with buildx's defaults", () => {
+    assert.deepEqual(parseOutput("type=docker"), { type: "docker" });
+    assert.deepEqual(parseOutput("type=docker,dest=a.tar"), { type: "docker", dest: "a.tar" });
+    assert.deepEqual(parseOutput("type=oci,dest=a.tar"), {
+      type: "oci",
+      dest: "a.tar",
+      tar: true,
+      compression: { algorithm: "gzip", level: 6 },
+    });
+    assert.deepEqual(parseOutput("type=oci,dest=dir,tar=false,compression=zstd,compression-level=9"), {
+      type: "oci",
+      dest: "dir",
+      tar: false,
+      compression: { algorithm: "zstd", level: 9 },
+    });
+    assert.deepEqual(parseOutput("type=context,dest=ctx"), { type: "context", dest: "ctx" });
+    assert.deepEqual(parseOutput("type=registry,registry.insecure=true"), {
+      type: "registry",
+      compression: { algorithm: "gzip", level: 6 },
+      insecure: true,
+    });
+  });
+
+  it("picks the rootfs tar compression from the name unless compression= is given", () => {
+    assert.deepEqual(
+      parseOutput("type=tar,dest=r.tar.zst").type === "tar" && parseOutput("type=tar,dest=r.tar.zst"),
+      {
+        type: "tar",
+        dest: "r.tar.zst",
+        compression: { algorithm: "zstd", level: 3 },
+      },
+    );
+    assert.equal(compressionForName("rootfs.tgz"), "gzip");
+    assert.equal(compressionForName("rootfs.tar"), "none");
+    const forced = parseOutput("type=tar,dest=r.tar.gz,compression=none");
+    assert.equal(forced.type === "tar" ? forced.compression.algorithm : undefined, "none");
+  });
+
+  it("honours double quotes around values holding commas", () => {
+    assert.deepEqual(parseOutput('type=docker,"dest=a,b.tar"'), { type: "docker", dest: "a,b.tar" });
+  });
+
+  it("refuses what it cannot do, saying what to write instead", () => {
+    for (const bad of [
+      "./out",
+      "dest=a.tar",
+      "type=local,dest=x",
+      "type=oci",
+      "type=oci,dest=a,tar=maybe",
+      "type=oci,dest=a,compression=xz",
+      "type=oci,dest=a,compression-level=12",
+      "type=docker,dest=a,compression=gzip",
+      "type=registry,name=x/y",
+      "type=tar,dest=-",
+      "type=oci,dest=a,dest=b",
+      "type=oci,dest=a,oci-mediatypes=false",
+    ]) {
+      assert.throws(() => parseOutput(bad), UsageError, bad);
+    }
+    assert.throws(
+      () => parseOutput("type=local,dest=x"),
+      (error: UsageError) => /type=tar/.test(error.hint ?? ""),
+    );
+  });
+});
+
+describe("parseOutputs", () => {
+  it("means the Docker Engine without -o, adds a registry for --push, refuses two outputs to one place", () => {
+    assert.deepEqual(parseOutputs([], undefined), [{ type: "docker" }]);
+    const pushed = parseOutputs(["type=oci,dest=a.tar"], true);
+    assert.deepEqual(
+      pushed.map((spec) => spec.type),
+      ["oci", "registry"],
+    );
+    assert.equal(parseOutputs(["type=registry"], true).length, 1);
+    assert.throws(() => parseOutputs(["type=oci,dest=a", "type=docker,dest=a"], false), UsageError);
+    assert.throws(() => parseOutputs(["type=docker", "type=docker"], false), UsageError);
+  });
+
+  it("refuses single-image outputs when several platforms are built", async () => {
+    const options = { tags: [], annotations: [], env: {}, images: 2 };
+    await assert.rejects(OutputSet.open(parseOutputs(["type=tar,dest=r.tar"], false), options), UsageError);
+    await assert.rejects(
+      OutputSet.open(parseOutputs(["type=docker,dest=d.tar"], false), options),
+      UsageError,
+    );
+  });
+});
+
+describe("annotations", () => {
+  it("parses buildx's prefixes, platforms and keys with colons", () => {
+    assert.deepEqual(parseAnnotation("a=b"), {
+      targets: ["manifest"],
+      platform: undefined,
+      key: "a",
+      value: "b",
+    });
+    assert.deepEqual(parseAnnotation("index,manifest:k=v=w"), {
+      targets: ["index", "manifest"],
+      platform: undefined,
+      key: "k",
+      value: "v=w",
+    });
+    assert.deepEqual(parseAnnotation("manifest[linux/arm64]:k=v").platform, parsePlatform("linux/arm64"));
+    assert.deepEqual(parseAnnotation("com.example:x=1").key, "com.example:x");
+    assert.throws(() => parseAnnotation("index[linux/arm64]:k=v"), UsageError);
+    assert.throws(() => parseAnnotation("bogus[linux/arm64]:k=v"), UsageError);
+    assert.throws(() => parseAnnotation("manifest:novalue"), UsageError);
+  });
+
+  it("selects per document and platform, later values winning", () => {
+    const all = ["k=1", "manifest[linux/arm64]:k=2", "index:i=3", "manifest-descriptor:d=4"].map(
+      parseAnnotation,
+    );
+    assert.deepEqual(annotationsFor(all, "manifest", parsePlatform("linux/amd64")), { k: "1" });
+    assert.deepEqual(annotationsFor(all, "manifest", parsePlatform("linux/arm64")), { k: "2" });
+    assert.deepEqual(annotationsFor(all, "index"), { i: "3" });
+    assert.deepEqual(annotationsFor(all, "manifest-descriptor"), { d: "4" });
+  });
+
+  it("turns the standard flags into org.opencontainers.image.* annotations that --annotation overrides", () => {
+    const flags = {
+      imageSource: "https://example.org/src",
+      imageVersion: "1.0",
+      annotation: ["org.opencontainers.image.version=2.0"],
+    } as unknown as ImageFlags;
+    const annotations = annotationsFromFlags(flags);
+    assert.deepEqual(annotationsFor(annotations, "manifest"), {
+      "org.opencontainers.image.source": "https://example.org/src",
+      "org.opencontainers.image.version": "2.0",
+    });
+    assert.deepEqual(annotationsFor(annotations, "index"), {
+      "org.opencontainers.image.source": "https://example.org/src",
+      "org.opencontainers.image.version": "1.0",
+    });
+  });
+});
+
+describe("index.json", () => {
+  const top = {
+    mediaType: "application/vnd.oci.image.manifest.v1+json",
+    digest: "sha256:" + "a".repeat(64),
+    size: 1,
+  };
+  const files: LayoutFiles = {
+    top,
+    blobs: [],
+    manifests: [{ ...top, annotations: { "org.opencontainers.image.ref.name": "1" } }],
+    indexAnnotations: {},
+  };
+
+  it("keeps earlier entries of an existing layout unless the new image takes their tag", () => {
+    const previous = [
+      {
+        ...top,
+        digest: "sha256:" + "b".repeat(64),
+        annotations: { "org.opencontainers.image.ref.name": "1" },
+      },
+      {
+        ...top,
+        digest: "sha256:" + "c".repeat(64),
+        annotations: { "org.opencontainers.image.ref.name": "2" },
+      },
+    ];
+    const index = JSON.parse(indexJson(files, previous).toString()) as { manifests: { digest: string }[] };
+    assert.deepEqual(
+      index.manifests.map((m) => m.digest[7]),
+      ["c", "a"],
+    );
+  });
+});
+
+describe("results", () => {
+  it("prints pushed references for a registry and the ID otherwise", () => {
+    assert.deepEqual(
+      resultLines([{ destination: "registry", id: "sha256:x", tags: ["r/x@sha256:x", "r/x@sha256:x"] }]),
+      ["r/x@sha256:x"],
+    );
+    assert.deepEqual(resultLines([{ destination: "oci archive a", id: "sha256:y", tags: ["r/x:1"] }]), [
+      "sha256:y",
+    ]);
+  });
+});
+
+describe("golden OCI layout", () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "mkbase-unit-oci-"));
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  const source: EntrySource = {
+    description: "golden fixture",
+    entries: () => [
+      directoryEntry("etc", 0o755, 1_600_000_000),
+      bytesEntry("etc/os-release", Buffer.from("ID=golden\n"), 0o644, 1_600_000_000),
+      bytesEntry("hello.txt", Buffer.from("hello from mkbase\n".repeat(1000)), 0o644, 1_600_000_000),
+    ],
+  };
+
+  async function writeLayout(name: string, output: string): Promise<{ digest: string; files: string[] }> {
+    const dest = join(dir, name);
+    const tags = [parseTagReference("golden/base:1")];
+    const outputs = await OutputSet.open(parseOutputs([`type=oci,dest=${dest},tar=false,${output}`], false), {
+      tags,
+      annotations: [parseAnnotation("org.opencontainers.image.title=golden")],
+      env: {},
+      images: 1,
+    });
+    try {
+      const signal = new AbortController().signal;
+      const result = await build({
+        source,
+        epoch: { kind: "fixed", seconds: 1_700_000_000 },
+        platform: parsePlatform("linux/amd64"),
+        config: { Cmd: ["/bin/sh"], Env: ["PATH=/usr/bin:/bin"] },
+        createdBy: "mkbase dir",
+        annotations: annotationsFor(outputs.annotations, "manifest"),
+        sinks: outputs.sinksForBuild(undefined, () => undefined),
+        signal,
+        onProgress: () => undefined,
+      });
+      outputs.recordBuild(result);
+      const [final] = await outputs.complete(signal, () => undefined);
+      assert.ok(final !== undefined);
+      return { digest: final.id, files: (await readdir(join(dest, "blobs", "sha256"))).sort() };
+    } finally {
+      await outputs.close();
+    }
+  }
+
+  it("pins the manifest digest of an uncompressed layout", async () => {
+    const { digest, files } = await writeLayout("none", "compression=none");
+    assert.equal(digest, "sha256:20fd514421b05aefe945651a2a0947ed8113edb0ad28dee4ba23b6b921d87618");
+    assert.equal(files.length, 3);
+    const index = JSON.parse(await readFile(join(dir, "none", "index.json"), "utf8")) as {
+      manifests: { digest: string; annotations: Record<string, string> }[];
+    };
+    assert.equal(index.manifests[0]?.digest, digest);
+    assert.equal(index.manifests[0]?.annotations["org.opencontainers.image.ref.name"], "1");
+  });
+
+  it("pins the manifest digest of a gzip layout (node's zlib at level 6)", async () => {
+    const { digest } = await writeLayout("gzip", "compression=gzip");
+    assert.equal(digest, "sha256:660608942969f797cb73ac47cc3ca258d528250152952eb27f674f40ab7b6039");
+  });
+});
