@@ -35,7 +35,7 @@ interface DebootstrapFlags extends BootstrapFlags {
   readonly keyring?: string;
 }
 
-export interface PacstrapFlags extends BootstrapFlags {
+interface PacstrapFlags extends BootstrapFlags {
   readonly packages: string;
   readonly ignore: string[];
   readonly repositories: string;
@@ -43,7 +43,7 @@ export interface PacstrapFlags extends BootstrapFlags {
   readonly keyring?: string;
 }
 
-export interface AlpineFlags extends BootstrapFlags {
+interface AlpineFlags extends BootstrapFlags {
   readonly packages: string;
   readonly repository: string[];
   readonly arch?: string;
@@ -323,6 +323,211 @@ Examples:
     });
 }
 
+function registerPacstrap(
+  program: Command,
+  context: () => CommandContext,
+  done: (code: number) => void,
+): void {
+  const command = program
+    .command("pacstrap")
+    .summary("build an Arch Linux image with pacstrap")
+    .description(
+      "Build an Arch Linux image with pacstrap. pacman.conf is generated (or --pacman-conf FILE); neither the\n" +
+        "host's keyring nor its mirrorlist is copied; the pacman keyring is initialised inside the tree and its\n" +
+        "private key removed; locale C.UTF-8, timezone UTC, /dev rebuilt with the minimal node set.",
+    )
+    .option("--packages <list>", "packages to install, space or comma separated", "base")
+    .option(
+      "--ignore <packages>",
+      "more packages to leave out (added to the default list); repeatable",
+      collect,
+      [],
+    )
+    .option("--repositories <list>", "repository sections of the generated pacman.conf", "core,extra")
+    .option("--pacman-conf <file>", "use this pacman.conf instead of a generated one")
+    .option("--keyring <file>", "OpenPGP keyring with the package signing keys (default: the Arch keyring)");
+  addBootstrapOptions(addImageOptions(command))
+    .addHelpText(
+      "after",
+      `${BOOTSTRAP_HELP}
+
+Examples:
+  sudo mkbase pacstrap -t arch --mirror 'https://MIRROR/$repo/os/$arch' --packages "base haveged" --ignore linux,man-db
+  sudo mkbase pacstrap -t test --mirror 'file:///srv/repo/$repo' --repositories local --packages busybox --insecure`,
+    )
+    .action(async (flags: PacstrapFlags) => {
+      const ctx = context();
+      const pacstrap = await import("../sources/bootstrap/pacstrap.js");
+      const { requireRoot } = await import("../sources/bootstrap/run-tool.js");
+      const { hostPlatform } = await import("../image/platform.js");
+      const plan = await pacstrap.planPacstrap({
+        packages: splitList(flags.packages),
+        ignore: splitList(flags.ignore),
+        mirror: flags.mirror,
+        repositories: splitList(flags.repositories),
+        pacmanConf: flags.pacmanConf,
+        keyring: flags.keyring,
+        insecure: flags.insecure === true,
+        cacheDir: flags.cacheDir,
+        env: ctx.env,
+      });
+      const platform = platformFor(hostPlatform(), flags);
+      if (flags.dryRun) {
+        ctx.stdout.write(
+          formatPlan([
+            ["tool", `pacstrap (${plan.toolPath})`],
+            ["distribution", "Arch Linux"],
+            ["architecture", formatPlatform(platform)],
+            [
+              "mirror",
+              plan.mirror === undefined
+                ? `from ${plan.mirrorOrigin}`
+                : `${plan.mirror} (from ${plan.mirrorOrigin})`,
+            ],
+            [
+              "repositories",
+              plan.pacmanConf === undefined ? plan.repositories.join(",") : `from ${plan.pacmanConf}`,
+            ],
+            [
+              "keyring",
+              plan.keyring ?? (plan.pacmanConf === undefined ? "none" : `as ${plan.pacmanConf} says`),
+            ],
+            ["signatures", plan.insecure ? "NOT checked (--insecure)" : "checked"],
+            ["packages", plan.packages.join(" ")],
+            ["ignored", plan.ignore.join(",")],
+            ["cache", plan.cacheDir ?? "none"],
+            ...outputRows(flags),
+            [
+              "command",
+              `pacstrap ${pacstrap.pacstrapCommandLine(plan, plan.pacmanConf ?? "TEMPDIR/pacman.conf", "TEMPDIR/rootfs", plan.cacheDir ?? "TEMPDIR/pkg-cache").join(" ")}`,
+            ],
+          ]),
+        );
+        done(0);
+        return;
+      }
+      requireRoot("pacstrap");
+      done(
+        await runBootstrapBuild(ctx, flags, {
+          distribution: "arch",
+          createdBy: `mkbase pacstrap ${plan.packages.join(" ")}`,
+          platform,
+          insecure: plan.insecure,
+          devNodes: true,
+          run: async (workspace, onProgress) => {
+            await pacstrap.runPacstrap(plan, workspace.dir, workspace.rootfs, {
+              signal: ctx.signal,
+              onProgress,
+              verbose: flags.verbose === true,
+              env: ctx.env,
+            });
+            return undefined;
+          },
+        }),
+      );
+    });
+}
+
+function registerAlpine(program: Command, context: () => CommandContext, done: (code: number) => void): void {
+  const command = program
+    .command("alpine")
+    .argument("<branch>", "Alpine branch: v3.20, edge, latest-stable…")
+    .summary("build an Alpine image with apk.static")
+    .description(
+      "Build an Alpine image with apk.static (--initdb add PACKAGES). apk.static is taken from PATH, or\n" +
+        "downloaded from the first repository's apk-tools-static package and verified before it runs: its\n" +
+        "signature against --keys-dir, or a pinned --apk-static-sha256. /etc/apk/repositories is written.",
+    )
+    .option("--packages <list>", "packages to install, space or comma separated", "alpine-base")
+    .option(
+      "--repository <url>",
+      "repository URL (default: MIRROR/BRANCH/main and community); repeatable",
+      collect,
+      [],
+    )
+    .option("--arch <arch>", "apk architecture (x86_64, aarch64, armv7…; default: this machine's)")
+    .option(
+      "--keys-dir <dir>",
+      "directory of the trusted signing keys (*.rsa.pub; default: /etc/apk/keys when present)",
+    )
+    .option("--apk-static-sha256 <hex>", "pin the downloaded apk-tools-static package to this sha256");
+  addBootstrapOptions(addImageOptions(command))
+    .addHelpText(
+      "after",
+      `${BOOTSTRAP_HELP}
+
+Examples:
+  sudo mkbase alpine v3.20 -t alpine:3.20 --mirror https://MIRROR/alpine --keys-dir ./alpine-keys
+  sudo mkbase alpine edge -t alpine:edge --packages "alpine-base curl" --mirror https://MIRROR/alpine --keys-dir /etc/apk/keys`,
+    )
+    .action(async (branch: string, flags: AlpineFlags) => {
+      const ctx = context();
+      const apk = await import("../sources/bootstrap/apk.js");
+      const { platformOfArchitecture } = await import("../sources/bootstrap/host.js");
+      const { requireRoot } = await import("../sources/bootstrap/run-tool.js");
+      const plan = await apk.planAlpine({
+        branch,
+        packages: splitList(flags.packages),
+        mirror: flags.mirror,
+        repositories: flags.repository,
+        architecture: flags.arch,
+        keysDir: flags.keysDir,
+        apkStaticSha256: flags.apkStaticSha256,
+        insecure: flags.insecure === true,
+        cacheDir: flags.cacheDir,
+        env: ctx.env,
+      });
+      // Alpine's armhf is ARMv6 (Debian's is ARMv7).
+      const platform = platformFor(
+        plan.architecture === "armhf"
+          ? parsePlatform("linux/arm/v6")
+          : platformOfArchitecture(plan.architecture),
+        flags,
+      );
+      if (flags.dryRun) {
+        ctx.stdout.write(
+          formatPlan([
+            [
+              "tool",
+              plan.apkStatic.kind === "path"
+                ? `apk.static (${plan.apkStatic.path})`
+                : `apk.static from ${plan.apkStatic.repository}'s apk-tools-static, verified by ${plan.apkStatic.sha256 === undefined ? "signature" : "pinned sha256"}`,
+            ],
+            ["distribution", `Alpine ${plan.branch}`],
+            ["architecture", `${plan.architecture} (${formatPlatform(platform)})`],
+            ["repositories", plan.repositories.join(" ")],
+            ["keys", plan.keysDir ?? "none"],
+            ["signatures", plan.insecure ? "NOT checked (--insecure)" : "checked"],
+            ["packages", plan.packages.join(" ")],
+            ["cache", plan.cacheDir ?? "none"],
+            ...outputRows(flags),
+            ["command", `apk.static ${apk.apkCommandLine(plan, "TEMPDIR/rootfs").join(" ")}`],
+          ]),
+        );
+        done(0);
+        return;
+      }
+      requireRoot("apk.static");
+      done(
+        await runBootstrapBuild(ctx, flags, {
+          distribution: "alpine",
+          createdBy: `mkbase alpine ${branch}`,
+          platform,
+          insecure: plan.insecure,
+          run: async (workspace, onProgress) => {
+            await apk.runAlpine(plan, workspace.dir, workspace.rootfs, {
+              signal: ctx.signal,
+              onProgress,
+              verbose: flags.verbose === true,
+              env: ctx.env,
+            });
+            return undefined;
+          },
+        }),
+      );
+    });
+}
+
 /** Registers `mkbase debootstrap`, `mkbase pacstrap` and `mkbase alpine`. */
 export function registerBootstrapCommands(
   program: Command,
@@ -330,4 +535,6 @@ export function registerBootstrapCommands(
   done: (code: number) => void,
 ): void {
   registerDebootstrap(program, context, done);
+  registerPacstrap(program, context, done);
+  registerAlpine(program, context, done);
 }

@@ -149,7 +149,11 @@ export async function runTool(run: ToolRun): Promise<void> {
     }
     if (run.signal.aborted) throw new InterruptedError("interrupted", { cause: run.signal.reason });
     if (code !== 0) {
-      const last = [...tail].reverse().find((line) => /^(E|F):|error/i.test(line)) ?? tail.at(-1);
+      // The first line a tool marks as an error usually says why; later ones say that it gave up.
+      const last =
+        tail.find((line) => /^(E: |F: |error: |ERROR: )/.test(line.trim())) ??
+        [...tail].reverse().find((line) => /error/i.test(line)) ??
+        tail.at(-1);
       const status = signal === null ? `exit status ${String(code)}` : `signal ${signal}`;
       throw new ToolError(`${run.name} failed (${status})${last === undefined ? "" : `: ${last.trim()}`}`, {
         hint: run.failureHint ?? `Read ${run.name}'s output above (run with --verbose to see all of it).`,
