@@ -1,0 +1,319 @@
+/**
+ * Outputs without a daemon, checked with tools nobody here wrote: OCI archives and layouts read by skopeo
+ * and umoci and run after `skopeo copy` into the engine, docker-archive files loaded with `docker load`,
+ * byte-identical archives from two runs (gzip and zstd), a disk that fills up while a layout is written,
+ * a multi-platform index, and a push to a real registry.
+ */
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { gunzipSync } from "node:zlib";
+import { TEMP_PREFIX } from "../../src/sinks/atomic-file.js";
+import {
+  describeResult,
+  repositoryRoot,
+  runChecked,
+  runCommand,
+  runMkbase,
+  type RunResult,
+} from "./support/cli.js";
+import { dockerRun, removeImages, uniqueTag } from "./support/docker.js";
+import { makeEveryKindTree, makeMinimalTree, type FixtureTree } from "./support/fixture-tree.js";
+import { startRegistry, type RegistryServer } from "./support/registry-server.js";
+
+const epochArgs = ["--source-date-epoch", "1700000000"];
+const digestPattern = /^sha256:[0-9a-f]{64}$/;
+
+let scratch: string;
+let minimal: FixtureTree;
+const images = new Set<string>();
+
+before(async () => {
+  scratch = await mkdtemp(join(tmpdir(), "mkbase-e2e-out-"));
+  minimal = await makeMinimalTree();
+});
+after(async () => {
+  await removeImages(images);
+  await minimal?.cleanup();
+  await rm(scratch, { recursive: true, force: true });
+});
+
+async function mkbaseOk(args: readonly string[]): Promise<RunResult> {
+  const result = await runMkbase(args, { env: { ...process.env, HOME: join(scratch, "no-home") } });
+  assert.equal(result.code, 0, describeResult(result));
+  return result;
+}
+
+async function sha256File(path: string): Promise<string> {
+  return `sha256:${createHash("sha256")
+    .update(await readFile(path))
+    .digest("hex")}`;
+}
+
+/** Every file below `dir`, relative paths. */
+async function filesUnder(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { recursive: true, withFileTypes: true });
+  return entries.filter((e) => e.isFile()).map((e) => join(e.parentPath, e.name).slice(dir.length + 1));
+}
+
+describe("OCI and docker archives from one walk", () => {
+  let tag: string;
+  let digest: string;
+  let out: string;
+
+  before(async () => {
+    out = join(scratch, "one-walk");
+    await mkdir(out);
+    tag = uniqueTag("oci-out");
+    const result = await mkbaseOk([
+      "dir",
+      minimal.root,
+      "-t",
+      tag,
+      ...epochArgs,
+      "--cmd",
+      '["/bin/busybox","cat","/hello.txt"]',
+      "-o",
+      `type=oci,dest=${join(out, "image.oci.tar")}`,
+      "-o",
+      `type=oci,dest=${join(out, "layout")},tar=false`,
+      "-o",
+      `type=docker,dest=${join(out, "image.docker.tar")}`,
+      "--metadata-file",
+      join(out, "metadata.json"),
+      "--image-version",
+      "1.2.3",
+    ]);
+    digest = result.stdout.trim();
+    assert.match(digest, digestPattern, describeResult(result));
+  });
+
+  test("skopeo reads the archive and the layout, and both hold the printed manifest", async () => {
+    const archive = JSON.parse(
+      await runChecked("skopeo", ["inspect", `oci-archive:${join(out, "image.oci.tar")}`]),
+    );
+    const layout = JSON.parse(
+      await runChecked("skopeo", ["inspect", `oci:${join(out, "layout")}:${tag.split(":")[1]}`]),
+    );
+    assert.equal(archive.Digest, digest);
+    assert.equal(layout.Digest, digest);
+    const raw = JSON.parse(await runChecked("skopeo", ["inspect", "--raw", `oci:${join(out, "layout")}`]));
+    assert.equal(raw.annotations["org.opencontainers.image.version"], "1.2.3");
+    assert.equal(raw.annotations["org.opencontainers.image.created"], "2023-11-14T22:13:20Z");
+    assert.equal(raw.layers[0].mediaType, "application/vnd.oci.image.layer.v1.tar+gzip");
+    const metadata = JSON.parse(await readFile(join(out, "metadata.json"), "utf8"));
+    assert.equal(metadata["containerimage.digest"], digest);
+    assert.equal(metadata["image.name"], tag);
+    assert.equal(metadata["mkbase.outputs"].length, 3);
+  });
+
+  test("umoci lists the tag and unpacks the rootfs", async () => {
+    const refName = tag.split(":")[1] as string;
+    const listed = await runChecked("umoci", ["ls", "--layout", join(out, "layout")]);
+    assert.deepEqual(listed.trim().split("\n"), [refName]);
+    const bundle = join(out, "bundle");
+    await runChecked("umoci", [
+      "unpack",
+      "--rootless",
+      "--image",
+      `${join(out, "layout")}:${refName}`,
+      bundle,
+    ]);
+    assert.equal(await readFile(join(bundle, "rootfs", "hello.txt"), "utf8"), "hello from mkbase\n");
+  });
+
+  test("skopeo copy into the engine gives an image that runs", async () => {
+    const copied = uniqueTag("oci-copied");
+    images.add(copied);
+    await runChecked("skopeo", [
+      "copy",
+      `oci-archive:${join(out, "image.oci.tar")}`,
+      `docker-daemon:${copied}`,
+    ]);
+    const run = await dockerRun(copied, []);
+    assert.equal(run.code, 0, describeResult(run));
+    assert.equal(run.stdout, "hello from mkbase\n");
+  });
+
+  test("docker load -i reads the docker archive, under the tag, and it runs", async () => {
+    images.add(tag);
+    const loaded = await runChecked("docker", ["load", "-i", join(out, "image.docker.tar")]);
+    assert.match(loaded, new RegExp(`Loaded image: ${tag.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}`));
+    const run = await dockerRun(tag, []);
+    assert.equal(run.stdout, "hello from mkbase\n", describeResult(run));
+  });
+});
+
+describe("reproducible archives", () => {
+  let tree: FixtureTree;
+  before(async () => {
+    tree = await makeEveryKindTree();
+  });
+  after(async () => {
+    await tree?.cleanup();
+  });
+
+  for (const compression of ["gzip", "zstd"]) {
+    test(`two builds give byte-identical OCI archives (${compression})`, async () => {
+      const paths = [1, 2].map((n) => join(scratch, `repro-${compression}-${n}.tar`));
+      const digests: string[] = [];
+      for (const path of paths) {
+        const result = await mkbaseOk([
+          "dir",
+          tree.root,
+          "-t",
+          "repro/base:1",
+          ...epochArgs,
+          "-o",
+          `type=oci,dest=${path},compression=${compression}`,
+        ]);
+        digests.push(result.stdout.trim());
+      }
+      assert.equal(digests[0], digests[1]);
+      assert.equal(await sha256File(paths[0] as string), await sha256File(paths[1] as string));
+      const raw = JSON.parse(await runChecked("skopeo", ["inspect", "--raw", `oci-archive:${paths[0]}`]));
+      assert.equal(raw.layers[0].mediaType, `application/vnd.oci.image.layer.v1.tar+${compression}`);
+    });
+  }
+});
+
+describe("rootfs tar and build context", () => {
+  test("the rootfs tar and the context's rootfs.tar are the layer whose DiffID the build reports", async () => {
+    const rootfs = join(scratch, "rootfs.tar.gz");
+    const context = join(scratch, "context");
+    const result = await mkbaseOk([
+      "dir",
+      minimal.root,
+      ...epochArgs,
+      "--json",
+      "--cmd",
+      "/bin/sh",
+      "-o",
+      `type=tar,dest=${rootfs}`,
+      "-o",
+      `type=context,dest=${context}`,
+    ]);
+    const { diffId } = JSON.parse(result.stdout) as { diffId: string };
+    const tar = gunzipSync(await readFile(rootfs));
+    assert.equal(`sha256:${createHash("sha256").update(tar).digest("hex")}`, diffId);
+    assert.equal(await sha256File(join(context, "rootfs.tar")), diffId);
+    const dockerfile = await readFile(join(context, "Dockerfile"), "utf8");
+    assert.match(dockerfile, /^FROM scratch\nADD rootfs.tar \/\n/);
+    assert.match(dockerfile, /CMD \["\/bin\/sh","-c","\/bin\/sh"\]/);
+  });
+});
+
+describe("disk full while writing an OCI layout", () => {
+  const mount = join(tmpdir(), `mkbase-e2e-full-${process.pid}`);
+  let tree: FixtureTree;
+  let mounted = false;
+
+  before(async () => {
+    tree = await makeMinimalTree();
+    // 8 MiB that no compressor can shrink: more than the 4 MiB filesystem holds.
+    const noise = createHash("sha256");
+    const chunks: Buffer[] = [];
+    for (let i = 0; i < 8 * 1024 * 32; i++) chunks.push(noise.update(String(i)).copy().digest());
+    await writeFile(join(tree.root, "noise.bin"), Buffer.concat(chunks));
+    await mkdir(mount, { recursive: true });
+    await runChecked("mount", ["-t", "tmpfs", "-o", "size=4m", "tmpfs", mount]);
+    mounted = true;
+  });
+  after(async () => {
+    if (mounted) await runChecked("umount", [mount]);
+    await rm(mount, { recursive: true, force: true });
+    await tree?.cleanup();
+  });
+
+  for (const tar of [false, true]) {
+    test(`fails clearly and leaves no partial blob or temp file (${tar ? "archive" : "directory"})`, async () => {
+      const dest = join(mount, tar ? "image.tar" : "layout");
+      const result = await runMkbase([
+        "dir",
+        tree.root,
+        ...epochArgs,
+        "-o",
+        `type=oci,dest=${dest},tar=${String(tar)},compression=none`,
+      ]);
+      assert.equal(result.code, 5, describeResult(result));
+      assert.match(result.stderr, /disk is full/i);
+      const left = await filesUnder(mount);
+      assert.deepEqual(
+        left.filter((path) => path.includes(TEMP_PREFIX)),
+        [],
+        "temporary files were left",
+      );
+      if (tar) {
+        assert.deepEqual(left, [], "a partial archive was left");
+      } else {
+        for (const path of left.filter((p) => p.includes("blobs/sha256/"))) {
+          assert.equal(
+            await sha256File(join(mount, path)),
+            `sha256:${path.split("/").pop()}`,
+            `${path} is partial`,
+          );
+        }
+      }
+    });
+  }
+});
+
+describe("multi-platform scratch into an OCI archive", () => {
+  test("writes one index with both platforms", async () => {
+    const programs = join(scratch, "programs");
+    await mkdir(programs, { recursive: true });
+    const hello = join(repositoryRoot, "fixtures", "c", "hello.c");
+    await runChecked("gcc", ["-O2", "-static", "-o", join(programs, "hello-amd64"), hello]);
+    await runChecked("aarch64-linux-gnu-gcc", ["-O2", "-static", "-o", join(programs, "hello-arm64"), hello]);
+    const archive = join(scratch, "multi.oci.tar");
+    const result = await mkbaseOk([
+      "scratch",
+      "--platform",
+      `linux/amd64=${join(programs, "hello-amd64")}`,
+      "--platform",
+      `linux/arm64=${join(programs, "hello-arm64")}`,
+      "-t",
+      "multi/hello:1",
+      ...epochArgs,
+      "-o",
+      `type=oci,dest=${archive}`,
+    ]);
+    const index = JSON.parse(await runChecked("skopeo", ["inspect", "--raw", `oci-archive:${archive}`]));
+    assert.equal(index.mediaType, "application/vnd.oci.image.index.v1+json");
+    assert.deepEqual(
+      index.manifests.map((m: { platform: { architecture: string } }) => m.platform.architecture),
+      ["amd64", "arm64"],
+    );
+    const lines = result.stdout.trim().split("\n");
+    const indexDigest = `sha256:${createHash("sha256")
+      .update(await runChecked("skopeo", ["inspect", "--raw", `oci-archive:${archive}`]))
+      .digest("hex")}`;
+    assert.equal(lines[lines.length - 1], indexDigest);
+  });
+});
+
+describe("--push", () => {
+  let registry: RegistryServer;
+  before(async () => {
+    registry = await startRegistry();
+  });
+  after(async () => {
+    await registry?.dispose();
+  });
+
+  test("pushes to the registry and prints the reference with the digest skopeo sees", async () => {
+    const target = `${registry.host}/e2e/outputs:1`;
+    const result = await mkbaseOk(["dir", minimal.root, "-t", target, ...epochArgs, "--push"]);
+    const printed = result.stdout.trim();
+    assert.match(
+      printed,
+      new RegExp(`^${registry.host.replace(/\./g, "\\.")}/e2e/outputs@sha256:[0-9a-f]{64}$`),
+    );
+    const inspected = await runCommand("skopeo", ["inspect", "--tls-verify=false", `docker://${target}`]);
+    assert.equal(inspected.code, 0, describeResult(inspected));
+    assert.equal(JSON.parse(inspected.stdout).Digest, printed.split("@")[1]);
+  });
+});
