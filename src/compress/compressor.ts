@@ -219,6 +219,9 @@ class ParallelGzipCompressor implements Compressor {
   }
 }
 
+/** Bytes queued for zstd's stdin before a write waits for it to drain. */
+const ZSTD_QUEUE_BYTES = 8 * 1024 * 1024;
+
 class ZstdCompressor implements Compressor {
   private readonly child;
   private readonly finished: Promise<void>;
@@ -269,7 +272,10 @@ class ZstdCompressor implements Compressor {
   }
 
   async write(chunk: Buffer): Promise<void> {
-    if (this.child.stdin.write(chunk)) return;
+    // A pipe's stream says "full" at 16 KiB; waiting then would make packing and compressing take turns
+    // (the packer yields 1 MiB chunks). Keep up to 8 MiB queued so that both cores stay busy.
+    this.child.stdin.write(chunk);
+    if (this.child.stdin.writableLength < ZSTD_QUEUE_BYTES) return;
     // zstd stopped reading: either drain, or its exit (or the output failing) explains why.
     await Promise.race([once(this.child.stdin, "drain"), this.finished.then(() => this.stoppedEarly())]);
   }
