@@ -5,6 +5,7 @@
  * (binary `security.capability` bytes get corrupted), clamps uid/gid, and defaults a missing mtime to
  * the current time. Every field is written explicitly here.
  */
+import { isUtf8 } from "node:buffer";
 import type { TarEntry } from "./entry.js";
 
 export const BLOCK = 512;
@@ -22,6 +23,7 @@ const TYPE_FLAGS: Record<TarEntry["type"], number> = {
 const PAX_TYPE = 0x78; // 'x'
 /** Name of the PAX pseudo-entry; constant so archives are reproducible. */
 const PAX_NAME = Buffer.from("@PaxHeader");
+const EMPTY = Buffer.alloc(0);
 
 /** Largest values the ustar octal fields can hold (digits = field width - 1). */
 const MAX_OCTAL_7 = 0o7777777;
@@ -42,7 +44,7 @@ function writeOctal(block: Buffer, offset: number, width: number, value: number)
 
 /** Splits a path into ustar `prefix` and `name` at a `/`, or returns undefined when it cannot fit. */
 function splitUstarPath(path: Buffer): { prefix: Buffer; name: Buffer } | undefined {
-  if (path.length <= 100) return { prefix: Buffer.alloc(0), name: path };
+  if (path.length <= 100) return { prefix: EMPTY, name: path };
   if (path.length > 256) return undefined;
   // The name part must be ≤ 100 bytes and the prefix ≤ 155: pick the first slash that satisfies both.
   for (let i = Math.max(0, path.length - 101); i < path.length && i <= 155; i++) {
@@ -59,10 +61,6 @@ function paxRecord(key: string, value: Buffer): Buffer {
   let length = body.length + 1;
   while (String(length).length + body.length !== length) length = String(length).length + body.length;
   return Buffer.concat([Buffer.from(String(length), "latin1"), body]);
-}
-
-function isUtf8(bytes: Buffer): boolean {
-  return Buffer.from(bytes.toString("utf8"), "utf8").equals(bytes);
 }
 
 /** The tar path of an entry: directories end in `/`, as GNU tar and the engine write them. */
@@ -84,19 +82,20 @@ function ustarBlock(fields: {
   devminor: number;
 }): Buffer {
   const block = Buffer.alloc(BLOCK);
-  fields.name.copy(block, 0);
+  // Copies bounded by the field widths; longer values travel in the PAX header instead.
+  fields.name.copy(block, 0, 0, Math.min(fields.name.length, 100));
   writeOctal(block, 100, 8, fields.mode);
   writeOctal(block, 108, 8, fields.uid);
   writeOctal(block, 116, 8, fields.gid);
   writeOctal(block, 124, 12, fields.size);
   writeOctal(block, 136, 12, fields.mtime);
   block[156] = fields.typeflag;
-  fields.linkname.copy(block, 157);
+  fields.linkname.copy(block, 157, 0, Math.min(fields.linkname.length, 100));
   block.write("ustar\u000000", 257, 8, "latin1");
   // uname/gname stay empty: owners are numeric only, so no host user database leaks into the image.
   writeOctal(block, 329, 8, fields.devmajor);
   writeOctal(block, 337, 8, fields.devminor);
-  fields.prefix.copy(block, 345);
+  fields.prefix.copy(block, 345, 0, Math.min(fields.prefix.length, 155));
   // The checksum is computed with its own field read as eight spaces.
   block.fill(0x20, 148, 156);
   let sum = 0;
@@ -113,7 +112,7 @@ function ustarBlock(fields: {
  */
 export function encodeHeader(entry: TarEntry): Buffer {
   const path = tarPath(entry);
-  const linkname = entry.linkname ?? Buffer.alloc(0);
+  const linkname = entry.linkname ?? EMPTY;
   const size = entry.type === "file" ? entry.size : 0;
   const pax = new Map<string, Buffer>();
 
@@ -131,9 +130,9 @@ export function encodeHeader(entry: TarEntry): Buffer {
   }
 
   const header = ustarBlock({
-    name: split?.name ?? path.subarray(0, 100),
-    prefix: split?.prefix ?? Buffer.alloc(0),
-    linkname: linkname.subarray(0, 100),
+    name: split?.name ?? path,
+    prefix: split?.prefix ?? EMPTY,
+    linkname,
     mode: entry.mode & 0o7777,
     uid: entry.uid >= 0 && entry.uid <= MAX_OCTAL_7 ? entry.uid : 0,
     gid: entry.gid >= 0 && entry.gid <= MAX_OCTAL_7 ? entry.gid : 0,
@@ -149,8 +148,8 @@ export function encodeHeader(entry: TarEntry): Buffer {
   const records = Buffer.concat([...pax.keys()].sort().map((key) => paxRecord(key, pax.get(key) as Buffer)));
   const paxHeader = ustarBlock({
     name: PAX_NAME,
-    prefix: Buffer.alloc(0),
-    linkname: Buffer.alloc(0),
+    prefix: EMPTY,
+    linkname: EMPTY,
     mode: 0o644,
     uid: 0,
     gid: 0,

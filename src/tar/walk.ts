@@ -6,6 +6,7 @@
  * per entry costs more than the work itself. Only the ancestors' name lists are held, so memory stays
  * flat however large the tree.
  */
+import { isUtf8 } from "node:buffer";
 import { constants, closeSync, lstatSync, openSync, readdirSync, readlinkSync, type Stats } from "node:fs";
 import { getAttributeSync, listAttributesSync } from "@napi-rs/xattr";
 import { SourceError, errnoCode, throwIfAborted } from "../errors.js";
@@ -45,10 +46,11 @@ function deviceNumbers(rdev: number): { devmajor: number; devminor: number } {
 
 /** Reads the xattrs of `path` (not following symlinks). */
 function readXattrs(path: Buffer, isRegularFile: boolean): ReadonlyMap<string, Buffer> | undefined {
-  const text = path.toString("utf8");
-  let target = text;
+  let target: string;
   let fd: number | undefined;
-  if (!Buffer.from(text, "utf8").equals(path)) {
+  if (isUtf8(path)) {
+    target = path.toString("utf8");
+  } else {
     // The xattr binding takes string paths, which cannot name a file whose name is not UTF-8. For regular
     // files, go through the open descriptor's /proc link instead; other kinds with such names keep none.
     if (!isRegularFile) return undefined;
@@ -158,7 +160,8 @@ export function* walkTree(root: string, options: WalkOptions): Generator<TarEntr
     const rel = frame.rel.length === 0 ? name : Buffer.concat([frame.rel, SLASH, name]);
     const st = lstatOrFail(full);
     const isDir = st.isDirectory();
-    const relText = rel.toString("utf8");
+    // Decoding the path costs more than the rest of an entry; only matching needs it.
+    const relText = filter !== undefined || frame.rel.length === 0 ? rel.toString("utf8") : "";
     if (filter?.excludes(relText)) {
       // An exception pattern (`!keep`) may re-include something below: descend without emitting the dir.
       if (isDir && filter.mayIncludeUnder(relText)) {
