@@ -323,9 +323,9 @@ async function saveToCache(root: string, plan: DebianPlan, signal: AbortSignal):
     }
   }
   const lists = join(root, "var/lib/apt/lists");
-  const names = (await readdir(lists).catch(() => [] as string[])).filter(
-    (n) => n !== "lock" && n !== "partial",
-  );
+  // Only the index files themselves: not the lock, nor the partial/ and auxfiles/ directories.
+  const entries = await readdir(lists, { withFileTypes: true }).catch(() => []);
+  const names = entries.filter((e) => e.isFile() && e.name !== "lock").map((e) => e.name);
   if (names.length === 0) return;
   await rm(paths.lists, { recursive: true, force: true });
   await mkdir(paths.lists, { recursive: true });

@@ -1,0 +1,254 @@
+/**
+ * `mkbase debootstrap` against Debian's archive with both backends, into the real engine: the image runs,
+ * carries nothing of the host, is reproducible, and a Ctrl-C in the middle leaves nothing behind — not
+ * a mount, not a temp dir, not an image, and certainly not a damaged host /dev. Bad input fails before
+ * any download. Full bootstrap runs are expensive: three in this file, sharing one package cache.
+ */
+import assert from "node:assert/strict";
+import { mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import {
+  describeResult,
+  mkbaseLauncher,
+  runChecked,
+  runCommand,
+  runMkbase,
+  spawnMkbase,
+  waitForExit,
+  waitForStderr,
+  type RunResult,
+} from "./support/cli.js";
+import {
+  dockerRun,
+  failureLabel,
+  imageIds,
+  imageInspect,
+  leftBehind,
+  removeImages,
+  uniqueTag,
+} from "./support/docker.js";
+
+const made = new Set<string>();
+let scratch: string;
+let cacheDir: string;
+before(async () => {
+  scratch = await mkdtemp(join(tmpdir(), "mkbase-e2e-debootstrap-"));
+  cacheDir = join(scratch, "cache");
+});
+after(async () => {
+  await removeImages(made);
+  await rm(scratch, { recursive: true, force: true });
+});
+
+/** The environment without SOURCE_DATE_EPOCH, so the epoch is the Release file's date. */
+function testEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  const env = { ...process.env, ...extra };
+  delete env.SOURCE_DATE_EPOCH;
+  return env;
+}
+
+async function bootstrap(args: readonly string[]): Promise<{ tag: string; result: RunResult }> {
+  const tag = uniqueTag("debootstrap");
+  made.add(tag);
+  const result = await runMkbase(["debootstrap", "bookworm", "-t", tag, "--cache-dir", cacheDir, ...args], {
+    env: testEnv(),
+    timeoutMs: 5 * 60_000,
+  });
+  assert.equal(result.code, 0, describeResult(result));
+  return { tag, result };
+}
+
+/** The contents of `path` in the image's (only) layer, read from `docker save`, not from a container. */
+async function fileInImage(ref: string, path: string): Promise<string> {
+  const dir = await mkdtemp(join(scratch, "save-"));
+  try {
+    const archive = join(dir, "image.tar");
+    await runChecked("docker", ["save", "-o", archive, ref]);
+    const manifest = JSON.parse(await runChecked("tar", ["-xOf", archive, "manifest.json"])) as {
+      Layers: string[];
+    }[];
+    const layer = manifest[0]?.Layers[0];
+    assert.ok(layer !== undefined, "the saved image has no layer");
+    await runChecked("tar", ["-xf", archive, "-C", dir, layer]);
+    return await runChecked("tar", ["-xOf", join(dir, layer), path]);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** The checks of acceptance 1: Debian 12 that runs apt, with nothing of the build host. */
+async function checkDebianImage(tag: string): Promise<void> {
+  const osRelease = await dockerRun(tag, ["cat", "/etc/os-release"]);
+  assert.equal(osRelease.code, 0, describeResult(osRelease));
+  assert.match(osRelease.stdout, /^VERSION_ID="12"$/m);
+  assert.match(osRelease.stdout, /^ID=debian$/m);
+  const apt = await dockerRun(tag, ["apt-get", "--version"]);
+  assert.equal(apt.code, 0, describeResult(apt));
+  assert.match(apt.stdout, /^apt \d/);
+  const state = await dockerRun(tag, [
+    "sh",
+    "-c",
+    "ls -A /var/lib/apt/lists | wc -l; wc -c < /etc/machine-id; ls /var/cache/apt/archives/*.deb 2>/dev/null | wc -l",
+  ]);
+  assert.equal(state.code, 0, describeResult(state));
+  assert.deepEqual(state.stdout.trim().split(/\s+/), ["0", "0", "0"], "lists, machine-id, cached packages");
+  const hostResolv = await readFile("/etc/resolv.conf", "utf8").catch(() => "");
+  const imageResolv = await fileInImage(tag, "etc/resolv.conf");
+  assert.equal(imageResolv, "", "the image's resolv.conf is empty");
+  if (hostResolv.trim() !== "") assert.ok(!imageResolv.includes(hostResolv.trim()));
+  assert.equal(await fileInImage(tag, "etc/hostname"), "localhost\n");
+  const inspected = await imageInspect(tag);
+  assert.match(inspected?.Config?.Labels?.["mkbase.packages"] ?? "", /(^|,)apt=\d/);
+  assert.equal(inspected?.Config?.Labels?.["mkbase.insecure"], undefined);
+}
+
+const diffIds: string[] = [];
+
+describe("mkbase debootstrap bookworm", () => {
+  test("with mmdebstrap: a Debian 12 image that runs apt and holds nothing of the host", async () => {
+    const packageList = join(scratch, "packages.txt");
+    const { tag } = await bootstrap(["--backend", "mmdebstrap", "--package-list", packageList]);
+    await checkDebianImage(tag);
+    assert.match(await readFile(packageList, "utf8"), /^apt\t\S+\tamd64$/m);
+    const inspected = await imageInspect(tag);
+    diffIds.push(inspected?.RootFS.Layers?.[0] ?? "");
+    // The epoch is the Release file's date: before now, and the image's created time.
+    const created = Date.parse(inspected?.Created ?? "");
+    assert.ok(created < Date.now() && created > Date.parse("2023-06-01"), inspected?.Created);
+    assert.ok(
+      (await readdir(join(cacheDir, "archives"))).some((n) => n.endsWith(".deb")),
+      "the cache kept packages",
+    );
+  });
+
+  test("two mmdebstrap runs against the same archive state give the same layer", async () => {
+    const { tag } = await bootstrap(["--backend", "mmdebstrap"]);
+    const inspected = await imageInspect(tag);
+    diffIds.push(inspected?.RootFS.Layers?.[0] ?? "");
+    assert.equal(diffIds.length, 2);
+    assert.equal(diffIds[0], diffIds[1]);
+  });
+
+  test("with debootstrap: the same checks", async () => {
+    const { tag } = await bootstrap(["--backend", "debootstrap"]);
+    await checkDebianImage(tag);
+  });
+
+  test("Ctrl-C while debootstrap runs: exit within 10 s, no mount, no temp dir, no image, host /dev intact", async () => {
+    const before = await imageIds();
+    const label = failureLabel();
+    const tag = uniqueTag("debootstrap-interrupted");
+    const tempBefore = new Set(await readdir(tmpdir()));
+    const child = spawnMkbase(
+      [
+        "debootstrap",
+        "bookworm",
+        "--backend",
+        "debootstrap",
+        "--cache-dir",
+        cacheDir,
+        "-t",
+        tag,
+        "--label",
+        label.flag,
+      ],
+      { env: testEnv() },
+    );
+    await waitForStderr(
+      child,
+      /I: (Installing core packages|Unpacking required packages|Configuring required packages)/,
+      180_000,
+    );
+    const workspaces = (await readdir(tmpdir())).filter(
+      (n) => n.startsWith("mkbase-bootstrap-") && !tempBefore.has(n),
+    );
+    assert.equal(workspaces.length, 1, `expected one new workspace, saw ${workspaces.join(", ")}`);
+    const workspace = join(tmpdir(), workspaces[0] as string);
+    const interruptedAt = Date.now();
+    child.kill("SIGINT");
+    const result = await waitForExit(child);
+    assert.ok(Date.now() - interruptedAt < 10_000, `took ${Date.now() - interruptedAt} ms`);
+    assert.equal(result.code, 130, describeResult(result));
+    const mountinfo = await readFile("/proc/self/mountinfo", "utf8");
+    assert.ok(!mountinfo.includes(workspace), `still mounted under ${workspace}`);
+    await assert.rejects(stat(workspace), { code: "ENOENT" });
+    assert.ok((await stat("/dev/null")).isCharacterDevice(), "the host's /dev/null is no longer a device");
+    assert.equal(await imageInspect(tag), undefined);
+    assert.deepEqual(await leftBehind(before, label, tag), []);
+  });
+});
+
+describe("mkbase debootstrap refuses bad input before any download", () => {
+  /**
+   * Runs `mkbase debootstrap ARGS` (as nobody with `asNobody`), which must end within seconds and leave
+   * no workspace behind.
+   */
+  async function refused(
+    args: readonly string[],
+    options: { env?: NodeJS.ProcessEnv; asNobody?: boolean } = {},
+  ): Promise<RunResult> {
+    const tempBefore = new Set(await readdir(tmpdir()));
+    const started = Date.now();
+    const mkbase = [process.execPath, mkbaseLauncher, "debootstrap", ...args];
+    const [command, ...rest] = options.asNobody
+      ? ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", ...mkbase]
+      : mkbase;
+    const result = await runCommand(command as string, rest, {
+      env: options.env ?? testEnv(),
+      timeoutMs: 30_000,
+    });
+    assert.ok(Date.now() - started < 15_000, "a refusal must not wait for the network");
+    const created = (await readdir(tmpdir())).filter(
+      (n) => n.startsWith("mkbase-bootstrap-") && !tempBefore.has(n),
+    );
+    assert.deepEqual(created, [], "no workspace was made");
+    return result;
+  }
+
+  test("an unknown suite", async () => {
+    const result = await refused(["bookwork"]);
+    assert.equal(result.code, 2, describeResult(result));
+    assert.match(result.stderr, /Unknown suite "bookwork".*bookworm/s);
+  });
+
+  test("an unknown architecture", async () => {
+    const result = await refused(["bookworm", "--arch", "amd46"]);
+    assert.equal(result.code, 2, describeResult(result));
+    assert.match(result.stderr, /Unknown architecture "amd46" for Debian/);
+  });
+
+  test("a missing tool, named with its package", async () => {
+    const emptyPath = await mkdtemp(join(scratch, "empty-path-"));
+    const result = await refused(["bookworm", "--backend", "debootstrap"], {
+      env: testEnv({ PATH: emptyPath }),
+    });
+    assert.equal(result.code, 6, describeResult(result));
+    assert.match(result.stderr, /Debootstrap is not installed.*apt-get install debootstrap/s);
+    const neither = await refused(["bookworm"], { env: testEnv({ PATH: emptyPath }) });
+    assert.equal(neither.code, 6, describeResult(neither));
+    assert.match(neither.stderr, /Neither mmdebstrap nor debootstrap/);
+  });
+
+  test("a --keyring that does not exist", async () => {
+    const result = await refused(["bookworm", "--keyring", join(scratch, "missing.gpg")]);
+    assert.equal(result.code, 2, describeResult(result));
+    assert.match(result.stderr, /--keyring .*missing\.gpg does not exist/);
+  });
+
+  test("not root", async () => {
+    const result = await refused(["bookworm", "-t", uniqueTag("not-root")], { asNobody: true });
+    assert.equal(result.code, 6, describeResult(result));
+    assert.match(result.stderr, /must run as root.*sudo/s);
+  });
+
+  test("--dry-run prints the plan and builds nothing", async () => {
+    const result = await refused(["bookworm", "--dry-run", "--include", "curl"]);
+    assert.equal(result.code, 0, describeResult(result));
+    assert.match(result.stdout, /^tool: +(mmdebstrap|debootstrap) /m);
+    assert.match(result.stdout, /^keyring: +\/\S+archive-keyring\.(gpg|pgp)$/m);
+    assert.match(result.stdout, /^packages: +minbase set \+ curl$/m);
+    assert.match(result.stdout, /^mirror: /m);
+  });
+});

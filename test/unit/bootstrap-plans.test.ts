@@ -1,0 +1,133 @@
+/**
+ * Plans and command lines of pacstrap and apk.static, and the Alpine package reader: signatures stay on
+ * unless `--insecure`, and a package split into its gzip members is read back exactly.
+ */
+import assert from "node:assert/strict";
+import { generateKeyPairSync, sign } from "node:crypto";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { gzipSync } from "node:zlib";
+import { ToolError, UsageError } from "../../src/errors.js";
+import { apkCommandLine, planAlpine, type AlpinePlan } from "../../src/sources/bootstrap/apk.js";
+import {
+  readSmallTar,
+  splitGzipMembers,
+  verifySignedMember,
+} from "../../src/sources/bootstrap/apk-package.js";
+import {
+  pacmanConfText,
+  pacstrapCommandLine,
+  type PacstrapPlan,
+} from "../../src/sources/bootstrap/pacstrap.js";
+
+let scratch: string;
+before(() => {
+  scratch = mkdtempSync(join(tmpdir(), "mkbase-unit-plans-"));
+});
+after(() => {
+  rmSync(scratch, { recursive: true, force: true });
+});
+
+/** One ustar entry without the end-of-archive blocks, as abuild writes signature tars. */
+function ustarEntry(name: string, body: Buffer): Buffer {
+  const header = Buffer.alloc(512);
+  header.write(name, 0, "latin1");
+  header.write("0000644\0", 100, "latin1");
+  header.write(`${body.length.toString(8).padStart(11, "0")}\0`, 124, "latin1");
+  header.write("0", 156, "latin1");
+  header.write("ustar\u000000", 257, "latin1");
+  const padded = Buffer.alloc(Math.ceil(body.length / 512) * 512);
+  body.copy(padded);
+  return Buffer.concat([header, padded]);
+}
+
+describe("Alpine packages", () => {
+  const { publicKey, privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
+  const signed = gzipSync(ustarEntry(".PKGINFO", Buffer.from("pkgname = x\n")));
+  const signature = gzipSync(ustarEntry(".SIGN.RSA.test.rsa.pub", sign("sha1", signed, privateKey)));
+  const keys = new Map([["test.rsa.pub", publicKey]]);
+
+  it("splits concatenated gzip members exactly", () => {
+    const members = splitGzipMembers(Buffer.concat([signature, signed]));
+    assert.equal(members.length, 2);
+    assert.ok(members[0]?.equals(signature));
+    assert.ok(members[1]?.equals(signed));
+  });
+
+  it("reads a tar without its end blocks", () => {
+    const files = readSmallTar(ustarEntry("a/b.txt", Buffer.from("hello")));
+    assert.equal(files.get("a/b.txt")?.toString(), "hello");
+  });
+
+  it("accepts a good signature and refuses an altered member or an unknown key", () => {
+    assert.deepEqual(verifySignedMember([signature, signed], keys, "test"), { keyName: "test.rsa.pub" });
+    const altered = gzipSync(ustarEntry(".PKGINFO", Buffer.from("pkgname = y\n")));
+    assert.throws(() => verifySignedMember([signature, altered], keys, "test"), /altered/);
+    assert.throws(() => verifySignedMember([signature, signed], new Map(), "test"), ToolError);
+  });
+});
+
+describe("apk.static plans", () => {
+  const base = {
+    branch: "v3.20",
+    packages: ["alpine-base"],
+    repositories: [],
+    insecure: false,
+    env: { PATH: "/nonexistent" },
+  };
+
+  it("refuses an unknown branch and a missing mirror", async () => {
+    await assert.rejects(planAlpine({ ...base, branch: "3.20", mirror: "http://m/alpine" }), UsageError);
+    await assert.rejects(planAlpine({ ...base, keysDir: scratch }), /no Alpine mirror/);
+  });
+
+  it("refuses to download apk.static it could not verify", async () => {
+    await assert.rejects(planAlpine({ ...base, mirror: "http://m/alpine", insecure: true }), ToolError);
+  });
+
+  it("derives the repositories and passes --allow-untrusted only when insecure", async () => {
+    mkdirSync(join(scratch, "keys"), { recursive: true });
+    const plan = await planAlpine({ ...base, mirror: "http://m/alpine/", keysDir: join(scratch, "keys") });
+    assert.deepEqual(plan.repositories, ["http://m/alpine/v3.20/main", "http://m/alpine/v3.20/community"]);
+    assert.equal(plan.apkStatic.kind, "download");
+    const args = apkCommandLine(plan, "/r");
+    assert.deepEqual(args.slice(0, 3), ["--root", "/r", "--initdb"]);
+    assert.ok(!args.includes("--allow-untrusted"));
+    const insecure: AlpinePlan = { ...plan, insecure: true, keysDir: undefined };
+    assert.ok(apkCommandLine(insecure, "/r").includes("--allow-untrusted"));
+  });
+});
+
+describe("pacstrap plans", () => {
+  const plan: PacstrapPlan = {
+    toolPath: "/usr/bin/pacstrap",
+    packages: ["base"],
+    ignore: ["linux", "man-db"],
+    mirror: "https://mirror/$repo/os/$arch",
+    mirrorOrigin: "--mirror",
+    repositories: ["core", "extra"],
+    pacmanConf: undefined,
+    keyring: "/k/archlinux.gpg",
+    insecure: false,
+    cacheDir: undefined,
+  };
+
+  it("requires signatures unless insecure, with the workspace's keyring and cache", () => {
+    const text = pacmanConfText(plan, { cacheDir: "/w/cache", gpgDir: "/w/gnupg" });
+    assert.match(text, /^SigLevel = Required DatabaseOptional$/m);
+    assert.match(text, /^GPGDir = \/w\/gnupg\/$/m);
+    assert.match(text, /^\[extra\]\nServer = https:\/\/mirror\/\$repo\/os\/\$arch$/m);
+    assert.match(
+      pacmanConfText({ ...plan, insecure: true }, { cacheDir: "/c", gpgDir: "/g" }),
+      /^SigLevel = Never$/m,
+    );
+  });
+
+  it("never copies the host keyring or mirrorlist", () => {
+    const args = pacstrapCommandLine(plan, "/w/pacman.conf", "/w/rootfs", "/w/cache");
+    assert.deepEqual(args.slice(0, 6), ["-C", "/w/pacman.conf", "-c", "-G", "-M", "/w/rootfs"]);
+    assert.deepEqual(args.slice(6), ["base", "--ignore", "linux,man-db", "--cachedir", "/w/cache"]);
+  });
+});
