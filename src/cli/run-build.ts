@@ -5,12 +5,11 @@
 import { rename, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { build, type BuildResult } from "../build.js";
-import { connectEngine } from "../docker/engine.js";
 import { UsageError } from "../errors.js";
 import { configToInstructions } from "../image/config.js";
+import { DockerBuildSink, DockerImportSink, DockerLoadSink } from "../sinks/docker-engine.js";
 import { formatPlatform, hostPlatform } from "../image/platform.js";
 import type { ProgressListener } from "../progress.js";
-import { DockerBuildSink, DockerImportSink, DockerLoadSink } from "../sinks/docker-engine.js";
 import type { Sink, SinkResult } from "../sinks/sink.js";
 import type { EntrySource } from "../tar/entry.js";
 import {
@@ -115,7 +114,10 @@ export async function runBuild(
   try {
     const source = await openSource(renderer.onProgress);
     if (typeof overrides === "function") prepared = { ...prepared, ...overrides() };
-    const engine = outputSet.wantsEngine ? await connectEngine(context.signal) : undefined;
+    // The engine client (docker-modem, ssh2) costs ~60 ms to load: only outputs that need it pay for it.
+    const engine = outputSet.wantsEngine
+      ? await (await import("../docker/engine.js")).connectEngine(context.signal)
+      : undefined;
     const common = { engine, tags: prepared.tags, onProgress: renderer.onProgress, message: flags.message };
     const platform = formatPlatform(prepared.platform);
     if (engine !== undefined && flags.via === "import" && platform !== formatPlatform(hostPlatform())) {
