@@ -153,6 +153,12 @@ async function runBootstrapBuild(
           distribution: job.distribution,
           clean: flags.clean,
           slim: flags.slim === true,
+          epoch:
+            userEpoch.kind === "fixed"
+              ? userEpoch.seconds
+              : userEpoch.kind === "newest-input"
+                ? distributionDate
+                : undefined,
           insecure: job.insecure,
           packageListFile: flags.packageList,
           devNodes: job.devNodes,

@@ -136,7 +136,7 @@ describe("mkbase debootstrap bookworm", () => {
     await checkDebianImage(tag);
   });
 
-  test("Ctrl-C while debootstrap runs: exit within 10 s, no mount, no temp dir, no image, host /dev intact", async () => {
+  test("Ctrl-C while debootstrap runs: exit within 10 s, no mount, no temp dir, no image, host /dev intact", async (t) => {
     const before = await imageIds();
     const label = failureLabel();
     const tag = uniqueTag("debootstrap-interrupted");
@@ -166,6 +166,10 @@ describe("mkbase debootstrap bookworm", () => {
     );
     assert.equal(workspaces.length, 1, `expected one new workspace, saw ${workspaces.join(", ")}`);
     const workspace = join(tmpdir(), workspaces[0] as string);
+    const mountedAtInterrupt = (await readFile("/proc/self/mountinfo", "utf8"))
+      .split("\n")
+      .filter((line) => line.includes(`${workspace}/`)).length;
+    t.diagnostic(`${mountedAtInterrupt} mount(s) below the workspace when SIGINT was sent`);
     const interruptedAt = Date.now();
     child.kill("SIGINT");
     const result = await waitForExit(child);

@@ -4,6 +4,7 @@
  */
 import assert from "node:assert/strict";
 import {
+  chmodSync,
   existsSync,
   lstatSync,
   mkdirSync,
@@ -11,6 +12,7 @@ import {
   readFileSync,
   readdirSync,
   rmSync,
+  statSync,
   symlinkSync,
   writeFileSync,
 } from "node:fs";
@@ -199,6 +201,21 @@ describe("cleanup profile", () => {
     assert.equal(existsSync(join(outside, "lists/precious")), true);
     assert.equal(existsSync(join(outside, "log/precious.log")), true);
     assert.ok(lstatSync(join(root, "etc/resolv.conf")).isSymbolicLink());
+  });
+
+  it("brings /etc/shadow's last-change days after the epoch back to the epoch's day", async () => {
+    const root = join(scratch, "shadow");
+    makeTree(root, {
+      "etc/shadow": "root:*:20779:0:99999:7:::\nold:*:19000:0:99999:7:::\nnologin:!::0:99999:7:::\n",
+    });
+    chmodSync(join(root, "etc/shadow"), 0o640);
+    // 2025-05-10: day 20218.
+    await cleanRootfs(root, { distribution: "debian", slim: false, epoch: 1746868354 });
+    assert.equal(
+      readFileSync(join(root, "etc/shadow"), "utf8"),
+      "root:*:20218:0:99999:7:::\nold:*:19000:0:99999:7:::\nnologin:!::0:99999:7:::\n",
+    );
+    assert.equal(statSync(join(root, "etc/shadow")).mode & 0o777, 0o640);
   });
 
   it("removes the pacman keyring's secrets and sockets but keeps its public keys", async () => {

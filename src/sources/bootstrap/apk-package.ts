@@ -83,7 +83,7 @@ export function readSmallTar(data: Buffer): Map<string, Buffer> {
 }
 
 export interface SignatureCheck {
-  /** The key file name the signature names, e.g. `alpine-devel@lists.alpinelinux.org-6165ee59.rsa.pub`. */
+  /** The key file name the signature names, e.g. `KEYNAME-6165ee59.rsa.pub`. */
   readonly keyName: string;
 }
 

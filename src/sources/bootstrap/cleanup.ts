@@ -6,7 +6,7 @@
  * Every path is resolved inside the root without following symlinks: a rootfs may hold `var/run -> /run`,
  * and following it would delete the host's files.
  */
-import { lstat, readdir, rm, writeFile } from "node:fs/promises";
+import { lstat, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { errnoCode } from "../../errors.js";
 
@@ -16,6 +16,8 @@ export interface CleanupOptions {
   readonly distribution: Distribution;
   /** Also drop man pages, docs and non-C translations, and write the container settings. */
   readonly slim: boolean;
+  /** The build epoch (seconds): dates inside files that are later than it are brought back to it. */
+  readonly epoch?: number;
 }
 
 /**
@@ -189,6 +191,8 @@ export async function cleanRootfs(root: string, options: CleanupOptions): Promis
   await replaceFile(root, "etc/resolv.conf", "", true);
   await replaceFile(root, "etc/hostname", "localhost\n", true);
 
+  if (options.epoch !== undefined) await clampShadowDates(root, options.epoch);
+
   if (!options.slim) return;
   await removeChildren(root, "usr/share/man");
   await removeChildren(root, "usr/share/info");
@@ -197,6 +201,32 @@ export async function cleanRootfs(root: string, options: CleanupOptions): Promis
   if (options.distribution === "debian") {
     for (const [path, content] of DEBIAN_SLIM_CONFIG) await addConfig(root, path, content);
   }
+}
+
+/**
+ * `/etc/shadow` records the day each password last changed; the tools that create accounts write the
+ * day of the build unless SOURCE_DATE_EPOCH is set, which a bootstrapper cannot know before it has
+ * fetched the Release file. So a day after the epoch's day is set to the epoch's day, as
+ * SOURCE_DATE_EPOCH would have made it: two builds from the same archive state on different days then
+ * give the same file.
+ */
+async function clampShadowDates(root: string, epoch: number): Promise<void> {
+  const path = await insideRoot(root, "etc/shadow");
+  if (path === undefined || (await lstatOrUndefined(path))?.isFile() !== true) return;
+  const epochDay = Math.floor(epoch / 86400);
+  const text = await readFile(path, "utf8");
+  const clamped = text
+    .split("\n")
+    .map((line) => {
+      const fields = line.split(":");
+      const day = fields[2];
+      if (day === undefined || !/^\d+$/.test(day) || Number(day) <= epochDay) return line;
+      fields[2] = String(epochDay);
+      return fields.join(":");
+    })
+    .join("\n");
+  // Rewritten in place, so the file keeps its owner and its restrictive mode.
+  if (clamped !== text) await writeFile(path, clamped);
 }
 
 /** `usr/share/doc/*` goes, except the copyright files the licences require to ship with the binaries. */

@@ -29,6 +29,8 @@ export interface FinishOptions {
   /** Apply the cleanup profile (`--no-clean` turns it off). */
   readonly clean: boolean;
   readonly slim: boolean;
+  /** The build epoch, when known: dates inside files are clamped to it. */
+  readonly epoch?: number;
   readonly insecure: boolean;
   /** `--package-list FILE`. */
   readonly packageListFile?: string;
@@ -62,7 +64,7 @@ export async function finishRootfs(root: string, options: FinishOptions): Promis
       kind: "phase",
       message: options.slim ? "cleaning the root filesystem (slim)" : "cleaning the root filesystem",
     });
-    await cleanRootfs(root, { distribution: options.distribution, slim: options.slim });
+    await cleanRootfs(root, { distribution: options.distribution, slim: options.slim, epoch: options.epoch });
   }
   if (options.packageListFile !== undefined)
     await writeAtomically(options.packageListFile, formatPackageList(packages));
