@@ -219,7 +219,9 @@ export function debianCommandLine(plan: DebianPlan, target: string): string[] {
     // Package files of the essential set are unlinked after install unless told otherwise.
     args.push(
       "--skip=essential/unlink",
-      '--setup-hook=mkdir -p "$1/var/cache/apt/archives" "$1/var/lib/apt/lists" && cp -a "$MKBASE_CACHE_DIR/archives/." "$1/var/cache/apt/archives/" && cp -a "$MKBASE_CACHE_DIR/lists/." "$1/var/lib/apt/lists/"',
+      // Hardlinks where the cache shares the temp dir's filesystem (apt never writes into a .deb; the
+      // cleanup only unlinks), a copy otherwise.
+      '--setup-hook=mkdir -p "$1/var/cache/apt/archives" "$1/var/lib/apt/lists" && { cp -al "$MKBASE_CACHE_DIR/archives/." "$1/var/cache/apt/archives/" 2>/dev/null || cp -a "$MKBASE_CACHE_DIR/archives/." "$1/var/cache/apt/archives/"; } && cp -a "$MKBASE_CACHE_DIR/lists/." "$1/var/lib/apt/lists/"',
     );
   }
   args.push(plan.suite.suite, target);
