@@ -112,12 +112,13 @@ export async function runBuild(
   const renderer = await makeRenderer({ quiet: flags.quiet === true });
   let ok = false;
   try {
-    const source = await openSource(renderer.onProgress);
-    if (typeof overrides === "function") prepared = { ...prepared, ...overrides() };
     // The engine client (docker-modem, ssh2) costs ~60 ms to load: only outputs that need it pay for it.
+    // It connects before the source opens, so a stopped daemon fails at once, not after a bootstrap.
     const engine = outputSet.wantsEngine
       ? await (await import("../docker/engine.js")).connectEngine(context.signal)
       : undefined;
+    const source = await openSource(renderer.onProgress);
+    if (typeof overrides === "function") prepared = { ...prepared, ...overrides() };
     const common = { engine, tags: prepared.tags, onProgress: renderer.onProgress, message: flags.message };
     const platform = formatPlatform(prepared.platform);
     if (engine !== undefined && flags.via === "import" && platform !== formatPlatform(hostPlatform())) {
