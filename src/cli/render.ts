@@ -45,6 +45,7 @@ function packLine(entries: number, bytes: number, startedAt: number): string {
 /** A renderer for stderr; `quiet` drops progress but keeps warnings. */
 export async function makeRenderer(options: {
   quiet: boolean;
+  /** On a terminal, print every log line instead of showing the latest in the spinner. */
   verbose?: boolean;
   stream?: NodeJS.WriteStream;
 }): Promise<Renderer> {
@@ -86,11 +87,20 @@ export async function makeRenderer(options: {
         }
         return;
       }
-      case "log":
-        if (spinner !== undefined) spinner.text = `${phase}: ${event.line}`;
-        else if (!options.quiet && options.verbose !== false)
-          stream.write(`  ${chalk.dim(`${event.source}:`)} ${event.line}\n`);
+      case "log": {
+        const line = `  ${chalk.dim(`${event.source}:`)} ${event.line}\n`;
+        if (spinner === undefined) {
+          if (!options.quiet) stream.write(line);
+        } else if (options.verbose === true) {
+          // Every line stays on screen, above the spinner.
+          spinner.clear();
+          stream.write(line);
+          spinner.render();
+        } else {
+          spinner.text = `${phase}: ${event.line}`;
+        }
         return;
+      }
     }
   };
   return {

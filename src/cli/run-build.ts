@@ -109,7 +109,9 @@ export async function runBuild(
   };
   const outputSet =
     outputs ?? (await openOutputs(flags, { tags: prepared.tags, env: context.env, images: 1 }));
-  const renderer = await makeRenderer({ quiet: flags.quiet === true });
+  // Only some commands (the bootstrappers) have --verbose.
+  const verbose = (flags as ImageFlags & { readonly verbose?: boolean }).verbose === true;
+  const renderer = await makeRenderer({ quiet: flags.quiet === true, verbose });
   let ok = false;
   try {
     // The engine client (docker-modem, ssh2) costs ~60 ms to load: only outputs that need it pay for it.
