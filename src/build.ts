@@ -6,18 +6,16 @@ import { createHash } from "node:crypto";
 import { mkdtemp, open, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { SinkError, SourceError, errnoCode, throwIfAborted } from "./errors.js";
+import { SinkError, errnoCode, throwIfAborted } from "./errors.js";
 import type { ContainerConfig } from "./image/config.js";
 import { formatCreated, imageId, type Image } from "./image/image.js";
 import { fileLayer, type Layer } from "./image/layer.js";
 import type { Platform } from "./image/platform.js";
 import type { ProgressEvent, ProgressListener } from "./progress.js";
-import { canStreamPresized, type LayerPreview, type PresizedStreamSink } from "./sinks/presized-stream.js";
 import type { LayerConsumer, Sink, SinkResult } from "./sinks/sink.js";
-import { RootfsDirSource } from "./sources/rootfs-dir.js";
 import type { EntrySource } from "./tar/entry.js";
 import { EntryNormalizer } from "./tar/normalize.js";
-import { packTar, packedTarSize } from "./tar/pack.js";
+import { packTar } from "./tar/pack.js";
 
 /** How the image's `created` time (and the mtime clamp) is chosen. */
 export type EpochChoice =
@@ -111,44 +109,6 @@ async function packLayer(
   };
 }
 
-/**
- * Sources that can be read twice and yield the same entries, with content on disk or in memory: a
- * metadata-only pass over them tells the layer's exact length before it is packed.
- */
-function isRepeatable(source: EntrySource): boolean {
-  return source instanceof RootfsDirSource;
-}
-
-/** The layer's length and the archive member's time, from a pass over the source's metadata. */
-async function previewLayer(request: BuildRequest): Promise<LayerPreview> {
-  const clamp = request.epoch.kind === "fixed" ? request.epoch.seconds : undefined;
-  const normalizer = new EntryNormalizer(clamp);
-  request.onProgress({ kind: "phase", message: `measuring ${request.source.description}` });
-  const size = await packedTarSize(normalizer.apply(request.source.entries(request.signal)), request.signal);
-  return { size, mtime: chooseEpoch(request.epoch, normalizer.newestMtime) };
-}
-
-function treeChanged(measured: number, packed: number): SourceError {
-  return new SourceError(
-    `the tree changed while it was being packed: its layer measured ${measured} bytes before packing but came out ${packed > measured ? "longer" : `at ${packed} bytes`}`,
-    { hint: "Stop whatever is writing to the tree (or leave the path out with --exclude) and run again." },
-  );
-}
-
-/** Refuses to pass on more than `size` bytes: an archive member cannot outgrow its header. */
-function limitedTo(size: number, consumer: LayerConsumer): LayerConsumer {
-  let written = 0;
-  return {
-    write: async (chunk) => {
-      written += chunk.length;
-      if (written > size) throw treeChanged(size, written);
-      await consumer.write(chunk);
-    },
-    end: () => consumer.end(),
-    abort: (error) => consumer.abort(error),
-  };
-}
-
 function chooseEpoch(choice: EpochChoice, newestMtime: number | undefined): number {
   if (choice.kind === "fixed") return choice.seconds;
   if (choice.kind === "now") return Math.floor(Date.now() / 1000);
@@ -163,44 +123,25 @@ export async function build(request: BuildRequest): Promise<BuildResult> {
     request.onProgress(event);
   };
   const tracked: BuildRequest = { ...request, onProgress };
-  // When every sink that would read a spooled layer can take it streamed instead (given its size
-  // first), and the source can be read twice, measure the layer and stream it: no spool, and the engine
-  // works while the layer is packed.
-  const presized: PresizedStreamSink[] = isRepeatable(request.source)
-    ? request.sinks.filter(canStreamPresized)
-    : [];
-  const streamsPresized =
-    presized.length > 0 &&
-    request.sinks.every((sink) => !sink.needsLayerFile || presized.some((p) => p === sink));
-  const needsFile = !streamsPresized && request.sinks.some((sink) => sink.needsLayerFile);
+  const needsFile = request.sinks.some((sink) => sink.needsLayerFile);
   // Private (0700) directory: the spooled layer holds every file of the tree, secrets included.
   const tempDir = needsFile ? await mkdtemp(join(tmpdir(), "mkbase-")) : undefined;
-  // Each streaming sink's consumer, dropped again once the sink has written: whatever fails before a
-  // sink wrote must destroy its request, never leave it open or end it.
-  const pending = new Map<Sink, LayerConsumer>();
-  const abortPending = (error: unknown): void => {
-    for (const consumer of pending.values()) consumer.abort(error);
-  };
+  const consumers: LayerConsumer[] = [];
   try {
-    let packed: PackedLayer;
+    for (const sink of request.sinks) {
+      const consumer = sink.streamLayer?.(request.signal);
+      if (consumer !== undefined) consumers.push(consumer);
+    }
     const spoolPath = tempDir === undefined ? undefined : join(tempDir, "layer.tar");
+    let packed: PackedLayer;
     try {
-      const preview = streamsPresized ? await previewLayer(tracked) : undefined;
-      for (const sink of request.sinks) {
-        const consumer =
-          preview !== undefined && canStreamPresized(sink)
-            ? limitedTo(preview.size, sink.streamPresizedLayer(preview, request.signal))
-            : sink.streamLayer?.(request.signal);
-        if (consumer !== undefined) pending.set(sink, consumer);
-      }
-      packed = await packLayer(tracked, [...pending.values()], spoolPath);
+      packed = await packLayer(tracked, consumers, spoolPath);
       throwIfAborted(request.signal);
-      if (preview !== undefined && packed.size !== preview.size) throw treeChanged(preview.size, packed.size);
     } catch (error) {
-      abortPending(error);
+      for (const consumer of consumers) consumer.abort(error);
       throw error;
     }
-    for (const consumer of pending.values()) consumer.end();
+    for (const consumer of consumers) consumer.end();
 
     const epoch = chooseEpoch(request.epoch, packed.newestMtime);
     const layer: Layer =
@@ -216,15 +157,9 @@ export async function build(request: BuildRequest): Promise<BuildResult> {
       annotations: request.annotations ?? {},
     };
     const results: SinkResult[] = [];
-    try {
-      for (const sink of request.sinks) {
-        throwIfAborted(request.signal);
-        results.push(await sink.write(image, request.signal));
-        pending.delete(sink);
-      }
-    } catch (error) {
-      abortPending(error);
-      throw error;
+    for (const sink of request.sinks) {
+      throwIfAborted(request.signal);
+      results.push(await sink.write(image, request.signal));
     }
     return {
       image,

@@ -20,9 +20,7 @@ import { formatReference, repositoryOf, type Reference } from "../image/referenc
 import type { ProgressListener } from "../progress.js";
 import type { TarEntry } from "../tar/entry.js";
 import { packTar } from "../tar/pack.js";
-import { paddingFor } from "../tar/header.js";
-import { dockerArchiveEntries, streamedArchiveLayerHeader, streamedArchiveTail } from "./docker-archive.js";
-import type { LayerPreview, PresizedStreamSink } from "./presized-stream.js";
+import { dockerArchiveEntries } from "./docker-archive.js";
 import type { LayerConsumer, Sink, SinkResult } from "./sink.js";
 
 export type EngineVia = "load" | "import" | "build";
@@ -61,111 +59,31 @@ function logMessage(onProgress: ProgressListener): (message: EngineMessage) => v
   };
 }
 
-/** How much of a streamed body may be queued before a write waits for the engine to read. */
-const BODY_HIGH_WATER_MARK = 8 * 1024 * 1024;
-
-/**
- * A request body that is written while the layer is packed: `write` resolves when more may be written,
- * and rejects when the engine stopped reading (with the engine's own words when it gave any).
- */
-function streamedBody(
-  body: PassThrough,
-  response: Promise<Readable>,
-  what: string,
-): (chunk: Buffer) => Promise<void> {
-  // A refusal (bad request, engine gone) must also stop the writer waiting for 'drain'.
-  const failed = response.then(
-    () => new Promise<never>(() => {}),
-    (error: unknown) => Promise.reject(error),
-  );
-  failed.catch(() => undefined);
-  const closed = once(body, "close").then(() => "closed" as const);
-  closed.catch(() => undefined);
-  return async (chunk) => {
-    if (body.write(chunk)) return;
-    if ((await Promise.race([once(body, "drain"), closed, failed])) !== "closed") return;
-    // The engine stopped reading: its reply says why (it throws with the engine's own words).
-    await readEngineMessages(await response, what);
-    throw new SinkError(`the Docker Engine stopped reading while ${what}, before the upload was complete`, {
-      hint: "Check that the engine is still running (`docker version`) and run again.",
-    });
-  };
-}
-
 /** Streams the tar of `entries` as a request body; the request is destroyed if packing fails. */
 function tarBody(entries: readonly TarEntry[], signal: AbortSignal): Readable {
   return Readable.from(packTar(entries, { signal }), { objectMode: false });
 }
 
-/**
- * `docker load` of a docker-archive we write ourselves. When the build can tell the layer's size before
- * packing it, the archive is streamed while the layer is packed (layer first, config and manifest after);
- * otherwise the layer is spooled and the archive is written from the spool.
- */
-export class DockerLoadSink implements PresizedStreamSink {
+/** `docker load` of a docker-archive we write ourselves. */
+export class DockerLoadSink implements Sink {
   readonly destination = "docker (load)";
   readonly needsLayerFile = true;
-  private readonly controller = new AbortController();
-  private streamed:
-    | {
-        readonly body: PassThrough;
-        readonly write: (chunk: Buffer) => Promise<void>;
-        readonly response: Promise<Readable>;
-      }
-    | undefined;
 
   constructor(private readonly options: DockerEngineSinkOptions) {}
-
-  streamPresizedLayer(preview: LayerPreview, signal: AbortSignal): LayerConsumer {
-    const { engine, onProgress } = this.options;
-    onProgress({ kind: "phase", message: `loading into the Docker Engine at ${engine.endpoint}` });
-    const body = new PassThrough({ highWaterMark: BODY_HIGH_WATER_MARK });
-    const linked = AbortSignal.any([signal, this.controller.signal]);
-    const response = engine.postTar("/images/load", { quiet: true }, body, linked);
-    const write = streamedBody(body, response, "loading the image");
-    this.streamed = { body, write, response };
-    body.write(streamedArchiveLayerHeader(preview.size, preview.mtime));
-    // The layer is a tar, a whole number of blocks, but the member must end on a block either way.
-    const padding = Buffer.alloc(paddingFor(preview.size));
-    return {
-      write,
-      // The archive is finished by `write(image)`: the config that follows the layer names its DiffID.
-      end: () => {
-        if (padding.length > 0) body.write(padding);
-      },
-      abort: (error) => {
-        this.controller.abort(error);
-        body.destroy();
-      },
-    };
-  }
 
   async write(image: Image, signal: AbortSignal): Promise<SinkResult> {
     const { engine, onProgress } = this.options;
     const expected = imageId(image);
-    let response: Readable;
-    if (this.streamed === undefined) {
-      onProgress({ kind: "phase", message: `loading into the Docker Engine at ${engine.endpoint}` });
-      const linked = AbortSignal.any([signal, this.controller.signal]);
-      const body = tarBody(dockerArchiveEntries(image, []), linked);
-      response = await engine.postTar("/images/load", { quiet: true }, body, linked);
-    } else {
-      const { body, write } = this.streamed;
-      try {
-        for await (const chunk of packTar(streamedArchiveTail(image), { signal })) await write(chunk);
-        body.end();
-        response = await this.streamed.response;
-      } catch (error) {
-        this.controller.abort(error);
-        body.destroy();
-        throw error;
-      }
-    }
+    onProgress({ kind: "phase", message: `loading into the Docker Engine at ${engine.endpoint}` });
+    const controller = new AbortController();
+    const linked = AbortSignal.any([signal, controller.signal]);
+    const body = tarBody(dockerArchiveEntries(image, []), linked);
+    const response = await engine.postTar("/images/load", { quiet: true }, body, linked);
     let messages: EngineMessage[];
     try {
       messages = await readEngineMessages(response, "loading the image", logMessage(onProgress));
     } catch (error) {
-      this.controller.abort(error);
+      controller.abort(error);
       throw error;
     }
     const loaded = messages
@@ -200,7 +118,7 @@ export class DockerImportSink implements Sink {
 
   streamLayer(signal: AbortSignal): LayerConsumer {
     const { engine } = this.options;
-    const body = new PassThrough({ highWaterMark: BODY_HIGH_WATER_MARK });
+    const body = new PassThrough({ highWaterMark: 8 * 1024 * 1024 });
     const linked = AbortSignal.any([signal, this.controller.signal]);
     const query: Record<string, unknown> = {
       fromSrc: "-",
@@ -213,9 +131,25 @@ export class DockerImportSink implements Sink {
       message: `importing into the Docker Engine at ${engine.endpoint}`,
     });
     const response = engine.postTar("/images/create", query, body, linked);
+    // A refusal (bad request, engine gone) must also stop the writer waiting for 'drain'.
+    const failed = response.then(
+      () => new Promise<never>(() => {}),
+      (error: unknown) => Promise.reject(error),
+    );
+    failed.catch(() => undefined);
     this.response = response;
+    const closed = once(body, "close").then(() => "closed" as const);
+    closed.catch(() => undefined);
     return {
-      write: streamedBody(body, response, "importing the image"),
+      write: async (chunk) => {
+        if (body.write(chunk)) return;
+        if ((await Promise.race([once(body, "drain"), closed, failed])) !== "closed") return;
+        // The engine stopped reading: its reply says why (it throws with the engine's own words).
+        await readEngineMessages(await response, "importing the image");
+        throw new SinkError("the Docker Engine stopped reading the import before the layer was complete", {
+          hint: "Check that the engine is still running (`docker version`) and run again.",
+        });
+      },
       end: () => body.end(),
       abort: (error) => {
         this.controller.abort(error);

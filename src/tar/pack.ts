@@ -187,25 +187,3 @@ export async function* packTar(
   options.onProgress?.({ kind: "pack", entries: count, bytes });
   yield* writer.drain();
 }
-
-/** Bytes `entry` takes in the archive {@link packTar} writes: header block(s) with any PAX header, content, padding. */
-export function packedEntrySize(entry: TarEntry): number {
-  const header = encodeHeader(entry).length;
-  return entry.type === "file" ? header + entry.size + paddingFor(entry.size) : header;
-}
-
-/**
- * The length of the archive {@link packTar} would write for `entries`, from their metadata alone (no
- * content is read). An archive that holds the layer as a member needs this before the first byte.
- */
-export async function packedTarSize(
-  entries: Iterable<TarEntry> | AsyncIterable<TarEntry>,
-  signal: AbortSignal,
-): Promise<number> {
-  let size = END_OF_ARCHIVE.length;
-  for await (const entry of entries) {
-    throwIfAborted(signal);
-    size += packedEntrySize(entry);
-  }
-  return size;
-}
