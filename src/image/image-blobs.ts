@@ -6,7 +6,7 @@
 import { formatCreated, type Image } from "./image.js";
 import {
   INDEX_MEDIA_TYPE,
-  MANIFEST_MEDIA_TYPE,
+  manifestBlob,
   configBlob,
   jsonBlob,
   type Blob,
@@ -62,15 +62,10 @@ export function imageBlobs(image: Image, layers: readonly CompressedLayer[]): Im
   }
   const config = configBlob(image);
   const annotations = { [CREATED_ANNOTATION]: formatCreated(image.created), ...image.annotations };
-  const manifest = jsonBlob(
-    MANIFEST_MEDIA_TYPE,
-    canonicalJson({
-      schemaVersion: 2,
-      mediaType: MANIFEST_MEDIA_TYPE,
-      config: config.descriptor,
-      layers: layers.map((layer) => layer.descriptor),
-      annotations,
-    }),
+  const manifest = manifestBlob(
+    config.descriptor,
+    layers.map((layer) => layer.descriptor),
+    annotations,
   );
   return { platform: image.platform, config, layers, manifest };
 }

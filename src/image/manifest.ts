@@ -30,22 +30,29 @@ export function configBlob(image: Image): Blob {
   return jsonBlob(CONFIG_MEDIA_TYPE, configJson(image));
 }
 
+/** An OCI image manifest over a config and layers, as canonical JSON. */
+export function manifestBlob(
+  config: Descriptor,
+  layers: readonly Descriptor[],
+  annotations?: Readonly<Record<string, string>>,
+): Blob {
+  return jsonBlob(
+    MANIFEST_MEDIA_TYPE,
+    canonicalJson({ schemaVersion: 2, mediaType: MANIFEST_MEDIA_TYPE, config, layers, annotations }),
+  );
+}
+
 /**
  * The manifest of `image` with uncompressed layers (what a docker-archive or an engine load carries;
  * compressed variants are made by the sinks that compress).
  */
 export function uncompressedManifest(image: Image): { manifest: Blob; config: Blob } {
   const config = configBlob(image);
-  const manifest = canonicalJson({
-    schemaVersion: 2,
-    mediaType: MANIFEST_MEDIA_TYPE,
-    config: config.descriptor,
-    layers: image.layers.map((layer) => ({
-      mediaType: LAYER_MEDIA_TYPE,
-      digest: layer.diffId,
-      size: layer.size,
-    })),
-    annotations: Object.keys(image.annotations).length > 0 ? image.annotations : undefined,
-  });
-  return { manifest: jsonBlob(MANIFEST_MEDIA_TYPE, manifest), config };
+  const layers = image.layers.map((layer) => ({
+    mediaType: LAYER_MEDIA_TYPE,
+    digest: layer.diffId,
+    size: layer.size,
+  }));
+  const annotations = Object.keys(image.annotations).length > 0 ? image.annotations : undefined;
+  return { manifest: manifestBlob(config.descriptor, layers, annotations), config };
 }

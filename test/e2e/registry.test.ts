@@ -17,13 +17,7 @@ import { ExitCode, SinkError } from "../../src/errors.js";
 import { canonicalJson, sha256Digest } from "../../src/image/digest.js";
 import type { Image } from "../../src/image/image.js";
 import { LAYER_MEDIA_TYPE } from "../../src/image/layer.js";
-import {
-  configBlob,
-  INDEX_MEDIA_TYPE,
-  jsonBlob,
-  MANIFEST_MEDIA_TYPE,
-  type Blob,
-} from "../../src/image/manifest.js";
+import { configBlob, INDEX_MEDIA_TYPE, jsonBlob, manifestBlob, type Blob } from "../../src/image/manifest.js";
 import { parseTagReference } from "../../src/image/reference.js";
 import type { ProgressEvent } from "../../src/progress.js";
 import {
@@ -74,15 +68,7 @@ async function buildImage(architecture: string, content: Buffer): Promise<TestIm
   };
   const config = configBlob(image);
   const layer = bufferBlob(layerBytes, `${LAYER_MEDIA_TYPE}+gzip`);
-  const manifest = jsonBlob(
-    MANIFEST_MEDIA_TYPE,
-    canonicalJson({
-      schemaVersion: 2,
-      mediaType: MANIFEST_MEDIA_TYPE,
-      config: config.descriptor,
-      layers: [layer.descriptor],
-    }),
-  );
+  const manifest = manifestBlob(config.descriptor, [layer.descriptor]);
   return {
     config: bufferBlob(config.data, config.descriptor.mediaType),
     layers: [layer],

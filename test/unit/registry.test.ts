@@ -11,6 +11,7 @@ import {
   CONFIG_MEDIA_TYPE,
   INDEX_MEDIA_TYPE,
   MANIFEST_MEDIA_TYPE,
+  manifestBlob,
   jsonBlob,
 } from "../../src/image/manifest.js";
 import { parseTagReference } from "../../src/image/reference.js";
@@ -279,15 +280,7 @@ function testImage(seed: string, layerSize = 3000): PushableImage & { layer: Ret
   const layerData = Buffer.alloc(layerSize, seed);
   const layer = memoryBlob(layerData);
   const config = jsonBlob(CONFIG_MEDIA_TYPE, canonicalJson({ architecture: "amd64", os: "linux", seed }));
-  const manifest = jsonBlob(
-    MANIFEST_MEDIA_TYPE,
-    canonicalJson({
-      schemaVersion: 2,
-      mediaType: MANIFEST_MEDIA_TYPE,
-      config: config.descriptor,
-      layers: [layer.descriptor],
-    }),
-  );
+  const manifest = manifestBlob(config.descriptor, [layer.descriptor]);
   return { config: memoryBlob(config.data, CONFIG_MEDIA_TYPE), layers: [layer], manifest, layer };
 }
 
