@@ -27,9 +27,17 @@ export interface ImageSummary {
   readonly repoTags: readonly string[];
 }
 
+/**
+ * Where the engine keeps images. The classic store (graph drivers such as overlay2) keeps layers by
+ * DiffID, so an archive may leave out a layer the engine already holds; the containerd store keeps
+ * content blobs and needs every blob in the archive it loads.
+ */
+export type ImageStore = "classic" | "containerd";
+
 export interface EngineClient {
   readonly endpoint: string;
   readonly apiVersion: string;
+  readonly imageStore: ImageStore;
   /**
    * POSTs `body` (a tar) to `path` and resolves with the streamed response once the headers say 2xx.
    * The request is destroyed, never ended, when `signal` aborts or `body` errors.
@@ -111,11 +119,23 @@ interface InspectResponse {
   readonly RootFS?: { readonly Layers?: string[] };
 }
 
+interface InfoResponse {
+  /** `[["driver-type", "io.containerd.snapshotter.v1"], …]` on the containerd image store. */
+  readonly DriverStatus?: [string, string][] | null;
+}
+
+/** The image store an engine's `/info` reports. */
+export function imageStoreOf(info: InfoResponse): ImageStore {
+  const driverType = info.DriverStatus?.find(([key]) => key === "driver-type")?.[1] ?? "";
+  return driverType.startsWith("io.containerd.snapshotter") ? "containerd" : "classic";
+}
+
 class ModemEngine implements EngineClient {
   constructor(
     private readonly modem: Modem,
     readonly endpoint: string,
     readonly apiVersion: string,
+    readonly imageStore: ImageStore,
   ) {}
 
   postTar(
@@ -221,21 +241,30 @@ class ModemEngine implements EngineClient {
 
 /**
  * Connects to the engine and negotiates the API version (the lower of the engine's and mkbase's), so
- * engines from API 1.41 (Docker 20.10) to current ones, which refuse old versions, both work.
+ * engines from API 1.41 (Docker 20.10) to current ones, which refuse old versions, both work. Also learns
+ * which image store the engine uses, which decides how an image is loaded.
  */
 export async function connectEngine(
   signal: AbortSignal,
   discovery: DiscoveryEnvironment = systemDiscovery,
 ): Promise<EngineClient> {
   const endpoint = resolveEndpoint(discovery);
-  let version: { ApiVersion: string };
-  try {
-    version = await request<{ ApiVersion: string }>(new Modem(endpoint.options), {
-      path: "/version",
+  const modem = new Modem(endpoint.options);
+  const get = <T>(path: string): Promise<T> =>
+    request<T>(modem, {
+      path,
       method: "GET",
       statusCodes: { 200: true, 500: "server error" },
       signal: AbortSignal.any([signal, AbortSignal.timeout(PING_TIMEOUT_MS)]),
     });
+  let version: { ApiVersion: string };
+  let info: InfoResponse;
+  try {
+    // Unversioned paths are answered in the engine's own API version; both requests go out at once.
+    [version, info] = await Promise.all([
+      get<{ ApiVersion: string }>("/version"),
+      get<InfoResponse>("/info"),
+    ]);
   } catch (error) {
     if (signal.aborted) throw new InterruptedError("interrupted", { cause: error });
     throw unreachable(endpoint, error);
@@ -246,5 +275,6 @@ export async function connectEngine(
     new Modem({ ...endpoint.options, version: `v${apiVersion}` }),
     endpoint.description,
     apiVersion,
+    imageStoreOf(info),
   );
 }

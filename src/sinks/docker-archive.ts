@@ -19,10 +19,15 @@ function dirEntry(path: string, mtime: number): TarEntry {
 
 /**
  * The entries of a docker-archive holding `image`, tagged with `tags` (none: the engine loads it
- * untagged). The layer must be re-openable. Entry order and times are fixed, so the archive is
- * reproducible.
+ * untagged). The layers must be re-openable, unless `withLayers` is false: then the archive names them
+ * in `manifest.json` but does not hold them, which an engine with the classic image store loads when it
+ * already has every layer. Entry order and times are fixed, so the archive is reproducible.
  */
-export function dockerArchiveEntries(image: Image, tags: readonly Reference[]): TarEntry[] {
+export function dockerArchiveEntries(
+  image: Image,
+  tags: readonly Reference[],
+  { withLayers = true }: { readonly withLayers?: boolean } = {},
+): TarEntry[] {
   const { manifest, config } = uncompressedManifest(image);
   const mtime = image.created;
   const blobPath = (digest: string): string => `blobs/sha256/${digestHex(digest)}`;
@@ -30,7 +35,7 @@ export function dockerArchiveEntries(image: Image, tags: readonly Reference[]): 
     fileEntry(blobPath(config.descriptor.digest), config.data, mtime),
     fileEntry(blobPath(manifest.descriptor.digest), manifest.data, mtime),
   ];
-  for (const layer of image.layers) {
+  for (const layer of withLayers ? image.layers : []) {
     const open = layer.open;
     if (open === undefined) throw new Error("a docker-archive needs a re-openable layer");
     blobs.push({

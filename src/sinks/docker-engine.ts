@@ -1,7 +1,7 @@
 /**
  * The Docker Engine as a destination, by three paths:
- * - load (default): our own config and a docker-archive streamed into `POST /images/load`; exact
- *   `created`, platform and a reproducible image ID;
+ * - load (default): our own config in a docker-archive loaded by `POST /images/load`; exact `created`,
+ *   platform and a reproducible image ID (on the classic store, the layer goes ahead by import);
  * - import: the layer streamed into `POST /images/create?fromSrc=-` while it is packed; the engine stamps
  *   `created` itself and older engines ignore the platform;
  * - build: a `FROM scratch` context posted to `POST /build`.
@@ -59,78 +59,49 @@ function logMessage(onProgress: ProgressListener): (message: EngineMessage) => v
   };
 }
 
-/** Streams the tar of `entries` as a request body; the request is destroyed if packing fails. */
-function tarBody(entries: readonly TarEntry[], signal: AbortSignal): Readable {
-  return Readable.from(packTar(entries, { signal }), { objectMode: false });
-}
-
-/** `docker load` of a docker-archive we write ourselves. */
-export class DockerLoadSink implements Sink {
-  readonly destination = "docker (load)";
-  readonly needsLayerFile = true;
-
-  constructor(private readonly options: DockerEngineSinkOptions) {}
-
-  async write(image: Image, signal: AbortSignal): Promise<SinkResult> {
-    const { engine, onProgress } = this.options;
-    const expected = imageId(image);
-    onProgress({ kind: "phase", message: `loading into the Docker Engine at ${engine.endpoint}` });
-    const controller = new AbortController();
-    const linked = AbortSignal.any([signal, controller.signal]);
-    const body = tarBody(dockerArchiveEntries(image, []), linked);
-    const response = await engine.postTar("/images/load", { quiet: true }, body, linked);
-    let messages: EngineMessage[];
-    try {
-      messages = await readEngineMessages(response, "loading the image", logMessage(onProgress));
-    } catch (error) {
-      controller.abort(error);
-      throw error;
-    }
-    const loaded = messages
-      .map((m) => /Loaded image ID: (sha256:[0-9a-f]{64})/.exec(m.stream ?? "")?.[1])
-      .find((id) => id !== undefined);
-    if (loaded !== expected) {
-      throw new SinkError(`the Docker Engine loaded ${loaded ?? "no image"} but mkbase built ${expected}`, {
-        hint: "The engine rewrote the image; report this with `docker version` output.",
-      });
-    }
-    return {
-      destination: this.destination,
-      id: expected,
-      tags: await tagAll(engine, expected, this.options.tags),
-    };
+/**
+ * POSTs the tar of `entries` to `path` and reads the engine's whole reply. The request is destroyed if
+ * packing fails or the reply reports an error.
+ */
+async function postEntries(
+  engine: EngineClient,
+  path: string,
+  query: Record<string, unknown>,
+  entries: readonly TarEntry[],
+  what: string,
+  signal: AbortSignal,
+  onProgress: ProgressListener,
+): Promise<EngineMessage[]> {
+  const controller = new AbortController();
+  const linked = AbortSignal.any([signal, controller.signal]);
+  const body = Readable.from(packTar(entries, { signal: linked }), { objectMode: false });
+  const response = await engine.postTar(path, query, body, linked);
+  try {
+    return await readEngineMessages(response, what, logMessage(onProgress));
+  } catch (error) {
+    controller.abort(error);
+    throw error;
   }
 }
 
-/** `docker import`: the layer goes to the engine while it is packed. */
-export class DockerImportSink implements Sink {
-  readonly destination = "docker (import)";
-  readonly needsLayerFile = false;
-  private response: Promise<Readable> | undefined;
+/**
+ * One upload of a layer to `POST /images/create?fromSrc=-`, streamed while the layer is packed. The engine
+ * makes an image of it, stamped with its own `created`.
+ */
+class LayerImport {
   private readonly controller = new AbortController();
+  private readonly response: Promise<Readable>;
+  readonly consumer: LayerConsumer;
 
   constructor(
-    private readonly options: DockerEngineSinkOptions & {
-      readonly changes: readonly string[];
-      readonly platform: string;
-    },
-  ) {}
-
-  streamLayer(signal: AbortSignal): LayerConsumer {
-    const { engine } = this.options;
+    private readonly engine: EngineClient,
+    query: Record<string, unknown>,
+    signal: AbortSignal,
+    private readonly onProgress: ProgressListener,
+  ) {
     const body = new PassThrough({ highWaterMark: 8 * 1024 * 1024 });
     const linked = AbortSignal.any([signal, this.controller.signal]);
-    const query: Record<string, unknown> = {
-      fromSrc: "-",
-      changes: this.options.changes,
-      message: this.options.message,
-      platform: this.options.platform,
-    };
-    this.options.onProgress({
-      kind: "phase",
-      message: `importing into the Docker Engine at ${engine.endpoint}`,
-    });
-    const response = engine.postTar("/images/create", query, body, linked);
+    const response = engine.postTar("/images/create", { ...query, fromSrc: "-" }, body, linked);
     // A refusal (bad request, engine gone) must also stop the writer waiting for 'drain'.
     const failed = response.then(
       () => new Promise<never>(() => {}),
@@ -140,7 +111,7 @@ export class DockerImportSink implements Sink {
     this.response = response;
     const closed = once(body, "close").then(() => "closed" as const);
     closed.catch(() => undefined);
-    return {
+    this.consumer = {
       write: async (chunk) => {
         if (body.write(chunk)) return;
         if ((await Promise.race([once(body, "drain"), closed, failed])) !== "closed") return;
@@ -158,13 +129,18 @@ export class DockerImportSink implements Sink {
     };
   }
 
-  async write(image: Image, signal: AbortSignal): Promise<SinkResult> {
-    const { engine, onProgress } = this.options;
-    if (this.response === undefined) throw new Error("import sink written before its layer was streamed");
-    const layer = image.layers[0];
+  /**
+   * Waits for the engine to finish and returns the ID of the image it made, once its only layer is
+   * known to be `diffId`; otherwise the image is removed again.
+   */
+  async finish(diffId: string | undefined): Promise<string> {
     let messages: EngineMessage[];
     try {
-      messages = await readEngineMessages(await this.response, "importing the image", logMessage(onProgress));
+      messages = await readEngineMessages(
+        await this.response,
+        "importing the image",
+        logMessage(this.onProgress),
+      );
     } catch (error) {
       this.controller.abort(error);
       throw error;
@@ -175,18 +151,123 @@ export class DockerImportSink implements Sink {
       .find((found) => found !== undefined);
     if (id === undefined)
       throw new SinkError("the Docker Engine finished the import without naming an image");
-    signal.throwIfAborted();
     // The engine's tar reader accepts a body that stops at any block boundary, so a short upload could
-    // still become an image: compare the layer it made with the one we packed before tagging.
-    const made = await engine.inspectImage(id);
-    if (made === undefined || made.diffIds.length !== 1 || made.diffIds[0] !== layer?.diffId) {
-      await engine.removeImage(id).catch(() => undefined);
+    // still become an image: compare the layer it made with the one we packed before using it.
+    const made = await this.engine.inspectImage(id);
+    if (made === undefined || made.diffIds.length !== 1 || made.diffIds[0] !== diffId) {
+      await this.engine.removeImage(id).catch(() => undefined);
       throw new SinkError(
-        `the Docker Engine imported a layer ${made?.diffIds.join(",") ?? "(none)"} that differs from the one mkbase packed (${layer?.diffId}); the image was removed`,
+        `the Docker Engine imported a layer ${made?.diffIds.join(",") ?? "(none)"} that differs from the one mkbase packed (${diffId}); the image was removed`,
         { hint: "Run again; if it repeats, the engine or a proxy in between altered the upload." },
       );
     }
-    return { destination: this.destination, id, tags: await tagAll(engine, id, this.options.tags) };
+    return id;
+  }
+}
+
+/**
+ * `docker load` of a docker-archive we write ourselves: our config, so exact `created`, platform and a
+ * reproducible image ID.
+ *
+ * On the classic image store the layer takes the import path while it is packed, and the archive then
+ * holds only the config: the engine finds the layer by its DiffID and does not unpack anything again.
+ * This saves the spooled copy of the layer and the engine's own copy of the whole archive, which it
+ * writes to disk before it reads any of it. The imported image only carries the layer until the loaded
+ * one holds it, and is removed. The containerd store needs every blob in the archive, so there the layer
+ * is spooled and sent with it.
+ */
+export class DockerLoadSink implements Sink {
+  readonly destination = "docker (load)";
+  readonly needsLayerFile: boolean;
+  private upload: LayerImport | undefined;
+
+  constructor(private readonly options: DockerEngineSinkOptions) {
+    this.needsLayerFile = options.engine.imageStore === "containerd";
+  }
+
+  streamLayer(signal: AbortSignal): LayerConsumer | undefined {
+    if (this.needsLayerFile) return undefined;
+    const { engine, onProgress } = this.options;
+    onProgress({ kind: "phase", message: `loading into the Docker Engine at ${engine.endpoint}` });
+    // The engine's lines about the imported image would name an ID the user never gets: not shown.
+    this.upload = new LayerImport(engine, {}, signal, () => undefined);
+    return this.upload.consumer;
+  }
+
+  async write(image: Image, signal: AbortSignal): Promise<SinkResult> {
+    const { engine } = this.options;
+    const expected = imageId(image);
+    if (this.upload === undefined) {
+      await this.load(image, true, signal);
+    } else {
+      const carrier = await this.upload.finish(image.layers[0]?.diffId);
+      try {
+        await this.load(image, false, signal);
+      } finally {
+        await engine.removeImage(carrier).catch(() => undefined);
+      }
+    }
+    return {
+      destination: this.destination,
+      id: expected,
+      tags: await tagAll(engine, expected, this.options.tags),
+    };
+  }
+
+  private async load(image: Image, withLayers: boolean, signal: AbortSignal): Promise<void> {
+    const { engine, onProgress } = this.options;
+    if (withLayers)
+      onProgress({ kind: "phase", message: `loading into the Docker Engine at ${engine.endpoint}` });
+    const expected = imageId(image);
+    const messages = await postEntries(
+      engine,
+      "/images/load",
+      { quiet: true },
+      dockerArchiveEntries(image, [], { withLayers }),
+      "loading the image",
+      signal,
+      onProgress,
+    );
+    const loaded = messages
+      .map((m) => /Loaded image ID: (sha256:[0-9a-f]{64})/.exec(m.stream ?? "")?.[1])
+      .find((id) => id !== undefined);
+    if (loaded !== expected) {
+      throw new SinkError(`the Docker Engine loaded ${loaded ?? "no image"} but mkbase built ${expected}`, {
+        hint: "The engine rewrote the image; report this with `docker version` output.",
+      });
+    }
+  }
+}
+
+/** `docker import`: the layer goes to the engine while it is packed. */
+export class DockerImportSink implements Sink {
+  readonly destination = "docker (import)";
+  readonly needsLayerFile = false;
+  private upload: LayerImport | undefined;
+
+  constructor(
+    private readonly options: DockerEngineSinkOptions & {
+      readonly changes: readonly string[];
+      readonly platform: string;
+    },
+  ) {}
+
+  streamLayer(signal: AbortSignal): LayerConsumer {
+    const { engine, onProgress, changes, message, platform } = this.options;
+    onProgress({ kind: "phase", message: `importing into the Docker Engine at ${engine.endpoint}` });
+    this.upload = new LayerImport(engine, { changes, message, platform }, signal, onProgress);
+    return this.upload.consumer;
+  }
+
+  async write(image: Image, signal: AbortSignal): Promise<SinkResult> {
+    if (this.upload === undefined) throw new Error("import sink written before its layer was streamed");
+    const id = await this.upload.finish(image.layers[0]?.diffId);
+    signal.throwIfAborted();
+    return {
+      destination: this.destination,
+      id,
+      tags: await tagAll(this.options.engine, id, this.options.tags),
+    };
   }
 }
 
@@ -225,18 +306,16 @@ export class DockerBuildSink implements Sink {
   async write(image: Image, signal: AbortSignal): Promise<SinkResult> {
     const { engine, onProgress } = this.options;
     onProgress({ kind: "phase", message: `building in the Docker Engine at ${engine.endpoint}` });
-    const controller = new AbortController();
-    const linked = AbortSignal.any([signal, controller.signal]);
-    const body = tarBody(buildContextEntries(image), linked);
     const query = { rm: true, forcerm: true, platform: this.options.platform };
-    const response = await engine.postTar("/build", query, body, linked);
-    let messages: EngineMessage[];
-    try {
-      messages = await readEngineMessages(response, "building the image", logMessage(onProgress));
-    } catch (error) {
-      controller.abort(error);
-      throw error;
-    }
+    const messages = await postEntries(
+      engine,
+      "/build",
+      query,
+      buildContextEntries(image),
+      "building the image",
+      signal,
+      onProgress,
+    );
     const id = [...messages].reverse().find((m) => m.aux?.ID !== undefined)?.aux?.ID;
     if (id === undefined) throw new SinkError("the Docker Engine finished the build without naming an image");
     return { destination: this.destination, id, tags: await tagAll(engine, id, this.options.tags) };

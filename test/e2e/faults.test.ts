@@ -261,10 +261,9 @@ describe("the engine dies or the user interrupts, mid-transfer (private engine)"
         timeoutMs: hangLimitMs,
       });
       await waitForStderr(child, phase);
-      // Kill while the body is still flowing. A load sends the spooled layer at page-cache speed, so any
-      // delay lets the engine receive all of it and commit the image before it dies; an import is paced by
-      // the walk, so a short delay still lands mid-transfer.
-      if (via === "import") await new Promise((resolve) => setTimeout(resolve, 300));
+      // Kill while the body is still flowing: the layer is paced by the walk on both paths, so a short
+      // delay still lands mid-transfer.
+      await new Promise((resolve) => setTimeout(resolve, 300));
       await engine.kill();
       const result = await waitForExit(child);
       assert.equal(result.code, 5, describeResult(result));

@@ -3,7 +3,12 @@ import { createHash } from "node:crypto";
 import { Readable } from "node:stream";
 import { describe, it } from "node:test";
 import { build, type BuildRequest } from "../../src/build.js";
-import type { EngineClient, ImageSummary } from "../../src/docker/engine.js";
+import {
+  imageStoreOf,
+  type EngineClient,
+  type ImageStore,
+  type ImageSummary,
+} from "../../src/docker/engine.js";
 import { SinkError } from "../../src/errors.js";
 import { parseTagReference } from "../../src/image/reference.js";
 import { DockerImportSink, DockerLoadSink } from "../../src/sinks/docker-engine.js";
@@ -15,10 +20,13 @@ class FakeEngine implements EngineClient {
   readonly apiVersion = "1.41";
   readonly calls: string[] = [];
   received = Buffer.alloc(0);
+  /** The body of the latest POST to each path. */
+  readonly bodies = new Map<string, Buffer>();
   constructor(
-    private readonly reply: (body: Buffer) => object[],
+    private readonly reply: (body: Buffer, path: string) => object[],
     private readonly inspected: (id: string) => ImageSummary | undefined = () => undefined,
     private readonly failTagAt = -1,
+    readonly imageStore: ImageStore = "containerd",
   ) {}
 
   async postTar(path: string, _query: Record<string, unknown>, body: Readable): Promise<Readable> {
@@ -26,7 +34,8 @@ class FakeEngine implements EngineClient {
     const chunks: Buffer[] = [];
     for await (const chunk of body) chunks.push(chunk as Buffer);
     this.received = Buffer.concat(chunks);
-    return Readable.from(this.reply(this.received).map((line) => `${JSON.stringify(line)}\n`));
+    this.bodies.set(path, this.received);
+    return Readable.from(this.reply(this.received, path).map((line) => `${JSON.stringify(line)}\n`));
   }
   async inspectImage(id: string) {
     this.calls.push(`inspect ${id}`);
@@ -80,7 +89,7 @@ const probeSink = {
 const tags = [parseTagReference("corp/x:1"), parseTagReference("corp/x:2")];
 const sha = (data: Buffer): string => `sha256:${createHash("sha256").update(data).digest("hex")}`;
 
-describe("DockerLoadSink", () => {
+describe("DockerLoadSink on the containerd image store", () => {
   it("refuses to tag when the engine loaded a different image ID", async () => {
     const engine = new FakeEngine(() => [{ stream: `Loaded image ID: sha256:${"0".repeat(64)}\n` }]);
     await assert.rejects(
@@ -125,6 +134,70 @@ describe("DockerLoadSink", () => {
       /tag refused/,
     );
     assert.ok(engine.calls.includes("remove corp/x:1"));
+  });
+});
+
+describe("DockerLoadSink on the classic image store", () => {
+  const carrier = `sha256:${"d".repeat(64)}`;
+  /** An engine that imports any layer as `carrier` and loads whatever image ID `loaded()` says. */
+  function classicEngine(loaded: () => string, loadError?: string): FakeEngine {
+    let diffId = "";
+    return new FakeEngine(
+      (body, path) => {
+        if (path === "/images/create") {
+          diffId = sha(body);
+          return [{ status: carrier }];
+        }
+        if (loadError !== undefined) return [{ errorDetail: { message: loadError } }];
+        return [{ stream: `Loaded image ID: ${loaded()}\n` }];
+      },
+      (asked) => ({ id: asked, diffIds: [diffId], architecture: "amd64", repoTags: [] }),
+      -1,
+      "classic",
+    );
+  }
+
+  it("sends the layer by import, loads an archive without it, then removes the imported image", async () => {
+    const probe = await build(request(probeSink));
+    const engine = classicEngine(() => probe.imageId);
+    const sink = new DockerLoadSink({ engine, tags, onProgress: () => {} });
+    assert.equal(sink.needsLayerFile, false, "no spooled copy of the layer");
+    const result = await build(request(sink));
+    assert.equal(result.results[0]?.id, probe.imageId);
+    assert.deepEqual(engine.calls, [
+      "post /images/create",
+      `inspect ${carrier}`,
+      "post /images/load",
+      `remove ${carrier}`,
+      `tag ${probe.imageId} corp/x:1`,
+      `tag ${probe.imageId} corp/x:2`,
+    ]);
+    const layer = engine.bodies.get("/images/create") as Buffer;
+    assert.equal(sha(layer), result.diffId, "the import body is the layer");
+    const archive = engine.bodies.get("/images/load") as Buffer;
+    assert.ok(archive.includes(Buffer.from("manifest.json")), "a docker-archive was loaded");
+    assert.ok(!archive.includes(layer.subarray(0, 1024)), "the archive does not carry the layer again");
+  });
+
+  it("removes the imported image and tags nothing when the load fails", async () => {
+    const engine = classicEngine(() => "", "no space left on device");
+    await assert.rejects(
+      build(request(new DockerLoadSink({ engine, tags, onProgress: () => {} }))),
+      /no space left on device/,
+    );
+    assert.ok(engine.calls.includes(`remove ${carrier}`));
+    assert.ok(!engine.calls.some((c) => c.startsWith("tag")));
+  });
+});
+
+describe("imageStoreOf", () => {
+  it("tells the containerd image store from the classic one by the driver type", () => {
+    assert.equal(
+      imageStoreOf({ DriverStatus: [["driver-type", "io.containerd.snapshotter.v1"]] }),
+      "containerd",
+    );
+    assert.equal(imageStoreOf({ DriverStatus: [["Backing Filesystem", "extfs"]] }), "classic");
+    assert.equal(imageStoreOf({ DriverStatus: null }), "classic");
   });
 });
 
