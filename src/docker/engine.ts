@@ -124,10 +124,13 @@ interface InfoResponse {
   readonly DriverStatus?: [string, string][] | null;
 }
 
-/** The image store an engine's `/info` reports. */
+/**
+ * The image store an engine's `/info` reports. Graph drivers report no driver type; any driver type
+ * counts as the containerd store, whose load path (every blob in the archive) works on either store.
+ */
 export function imageStoreOf(info: InfoResponse): ImageStore {
-  const driverType = info.DriverStatus?.find(([key]) => key === "driver-type")?.[1] ?? "";
-  return driverType.startsWith("io.containerd.snapshotter") ? "containerd" : "classic";
+  const driverType = info.DriverStatus?.find(([key]) => key === "driver-type")?.[1];
+  return driverType === undefined ? "classic" : "containerd";
 }
 
 class ModemEngine implements EngineClient {
@@ -257,14 +260,14 @@ export async function connectEngine(
       statusCodes: { 200: true, 500: "server error" },
       signal: AbortSignal.any([signal, AbortSignal.timeout(PING_TIMEOUT_MS)]),
     });
+  // Unversioned paths are answered in the engine's own API version; both requests go out at once. An
+  // engine (or an authorization plugin) may refuse /info: the full-archive load then works on any store.
+  const info = get<InfoResponse>("/info").catch((): InfoResponse => ({
+    DriverStatus: [["driver-type", "unknown"]],
+  }));
   let version: { ApiVersion: string };
-  let info: InfoResponse;
   try {
-    // Unversioned paths are answered in the engine's own API version; both requests go out at once.
-    [version, info] = await Promise.all([
-      get<{ ApiVersion: string }>("/version"),
-      get<InfoResponse>("/info"),
-    ]);
+    version = await get<{ ApiVersion: string }>("/version");
   } catch (error) {
     if (signal.aborted) throw new InterruptedError("interrupted", { cause: error });
     throw unreachable(endpoint, error);
@@ -275,6 +278,6 @@ export async function connectEngine(
     new Modem({ ...endpoint.options, version: `v${apiVersion}` }),
     endpoint.description,
     apiVersion,
-    imageStoreOf(info),
+    imageStoreOf(await info),
   );
 }

@@ -1,9 +1,14 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { createServer } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { Readable } from "node:stream";
 import { describe, it } from "node:test";
 import { build, type BuildRequest } from "../../src/build.js";
 import {
+  connectEngine,
   imageStoreOf,
   type EngineClient,
   type ImageStore,
@@ -190,7 +195,7 @@ describe("DockerLoadSink on the classic image store", () => {
   });
 });
 
-describe("imageStoreOf", () => {
+describe("the image store", () => {
   it("tells the containerd image store from the classic one by the driver type", () => {
     assert.equal(
       imageStoreOf({ DriverStatus: [["driver-type", "io.containerd.snapshotter.v1"]] }),
@@ -198,6 +203,47 @@ describe("imageStoreOf", () => {
     );
     assert.equal(imageStoreOf({ DriverStatus: [["Backing Filesystem", "extfs"]] }), "classic");
     assert.equal(imageStoreOf({ DriverStatus: null }), "classic");
+  });
+
+  /** Connects to a fake engine on a unix socket whose /info answers with `infoStatus` and `info`. */
+  async function storeOfFakeEngine(infoStatus: number, info: object): Promise<ImageStore> {
+    const dir = await mkdtemp(join(tmpdir(), "mkbase-unit-"));
+    const socket = join(dir, "engine.sock");
+    const server = createServer((req, res) => {
+      const [status, body] = req.url?.startsWith("/info")
+        ? [infoStatus, info]
+        : [200, { ApiVersion: "1.41", Version: "20.10.24" }];
+      res.writeHead(status, { "Content-Type": "application/json" }).end(JSON.stringify(body));
+    });
+    await new Promise<void>((resolve) => server.listen(socket, resolve));
+    try {
+      const engine = await connectEngine(new AbortController().signal, {
+        env: { DOCKER_HOST: `unix://${socket}` },
+        exists: () => false,
+        readFile: () => Buffer.alloc(0),
+        home: dir,
+      });
+      assert.equal(engine.apiVersion, "1.41");
+      return engine.imageStore;
+    } finally {
+      server.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  it("is read from /info when the engine connects", async () => {
+    assert.equal(
+      await storeOfFakeEngine(200, { DriverStatus: [["Backing Filesystem", "extfs"]] }),
+      "classic",
+    );
+    assert.equal(
+      await storeOfFakeEngine(200, { DriverStatus: [["driver-type", "io.containerd.snapshotter.v1"]] }),
+      "containerd",
+    );
+  });
+
+  it("falls back to the full-archive load when /info is refused", async () => {
+    assert.equal(await storeOfFakeEngine(403, { message: "authorization denied by plugin" }), "containerd");
   });
 });
 
