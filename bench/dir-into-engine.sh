@@ -82,10 +82,7 @@ bench_track_image "$saved_tag"
 docker save -o "$work/saved.tar" "$saved_tag"
 bench_remove_images
 
-# Read the trees once so that every command finds them in the page cache (through a pipe: GNU tar skips
-# reading file contents when it writes to /dev/null).
-tar -C "$work/tree" -c . | cat >/dev/null
-tar -C "$work/doubled" -c . | cat >/dev/null
+bench_warm_page_cache "$work/tree" "$work/doubled"
 
 BENCH_LABEL[tar]="tar | docker import"
 BENCH_LABEL[import]="mkbase dir --via import"

@@ -11,6 +11,7 @@
 #   - bench_target                 one PASS/FAIL line per target; failures counted in BENCH_FAILURES
 #   - bench_track_image / bench_remove_images / bench_on_exit   cleanup of everything a run created
 #   - bench_debian_rootfs          the cached `debootstrap --variant=minbase bookworm` tree
+#   - bench_warm_page_cache        reads trees once so that every timed command finds them cached
 #
 # Units: /usr/bin/time reports peak RSS in KiB; tables print MiB (KiB / 1024).
 
@@ -275,6 +276,13 @@ bench_environment() {
 }
 
 # --- inputs --------------------------------------------------------------------------------------------
+
+# Reads every file below each DIR once, so that no timed command pays for the first read from disk. Through
+# a pipe: GNU tar skips reading file contents when it writes to /dev/null.
+bench_warm_page_cache() {
+  local dir
+  for dir in "$@"; do tar -C "$dir" -c . | cat >/dev/null; done
+}
 
 # Prints the path of a `debootstrap --variant=minbase bookworm` tree: $MKBASE_BENCH_ROOTFS if set, else the
 # end-to-end tests' cache, built there on first use. debootstrap picks its default mirror. The build runs

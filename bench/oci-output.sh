@@ -51,8 +51,7 @@ tree=$rootfs
 [ "$quick" -eq 0 ] || tree="$rootfs/usr/share/doc"
 [ -d "$tree" ] || bench_die "$tree is not a directory"
 
-# Into the page cache (through a pipe: GNU tar skips reading file contents when it writes to /dev/null).
-tar -C "$tree" -c . | cat >/dev/null
+bench_warm_page_cache "$tree"
 
 BENCH_LABEL[pigz]="tar | pigz -6"
 BENCH_LABEL[gzip]="tar | gzip -6"

@@ -7,7 +7,6 @@ import type { Command } from "commander";
 import { UsageError } from "../errors.js";
 import type { EpochChoice } from "../build.js";
 import { formatPlatform, parsePlatform, platformsMatch, type Platform } from "../image/platform.js";
-import type { ProgressListener } from "../progress.js";
 import type { Distribution } from "../sources/bootstrap/cleanup.js";
 import { addImageOptions, configFromFlags, parseEpoch, type ImageFlags } from "./image-options.js";
 import type { CommandContext } from "./run-build.js";
@@ -107,10 +106,13 @@ interface BootstrapJob {
   readonly platform: Platform;
   readonly insecure: boolean;
   readonly devNodes?: boolean;
-  /** Runs the bootstrapper into `rootfs`; returns the distribution's own date when it knows one. */
+  /**
+   * Runs the bootstrapper into the workspace's rootfs; returns the distribution's own date when it knows
+   * one. `sourceDateEpoch` is the user's fixed epoch, if any.
+   */
   readonly run: (
     workspace: import("../sources/bootstrap/workspace.js").BootstrapWorkspace,
-    onProgress: ProgressListener,
+    options: import("../sources/bootstrap/run-tool.js").ToolRunOptions,
     sourceDateEpoch: number | undefined,
   ) => Promise<number | undefined>;
 }
@@ -142,7 +144,7 @@ async function runBootstrapBuild(
       async (onProgress) => {
         distributionDate = await job.run(
           workspace,
-          onProgress,
+          { signal: context.signal, onProgress, verbose: flags.verbose === true, env: context.env },
           userEpoch.kind === "fixed" ? userEpoch.seconds : undefined,
         );
         bootstrapped = true;
@@ -314,12 +316,9 @@ Examples:
           createdBy: `mkbase debootstrap ${suite}`,
           platform,
           insecure: plan.insecure,
-          run: async (workspace, onProgress, sourceDateEpoch) => {
+          run: async (workspace, options, sourceDateEpoch) => {
             const outcome = await debian.runDebianBootstrap(plan, workspace.rootfs, {
-              signal: ctx.signal,
-              onProgress,
-              verbose: flags.verbose === true,
-              env: ctx.env,
+              ...options,
               sourceDateEpoch,
             });
             return outcome.releaseDate;
@@ -420,13 +419,8 @@ Examples:
           platform,
           insecure: plan.insecure,
           devNodes: true,
-          run: async (workspace, onProgress) => {
-            await pacstrap.runPacstrap(plan, workspace.dir, workspace.rootfs, {
-              signal: ctx.signal,
-              onProgress,
-              verbose: flags.verbose === true,
-              env: ctx.env,
-            });
+          run: async (workspace, options) => {
+            await pacstrap.runPacstrap(plan, workspace.dir, workspace.rootfs, options);
             return undefined;
           },
         }),
@@ -520,13 +514,8 @@ Examples:
           createdBy: `mkbase alpine ${branch}`,
           platform,
           insecure: plan.insecure,
-          run: async (workspace, onProgress) => {
-            await apk.runAlpine(plan, workspace.dir, workspace.rootfs, {
-              signal: ctx.signal,
-              onProgress,
-              verbose: flags.verbose === true,
-              env: ctx.env,
-            });
+          run: async (workspace, options) => {
+            await apk.runAlpine(plan, workspace.dir, workspace.rootfs, options);
             return undefined;
           },
         }),

@@ -9,7 +9,7 @@ import { throwIfAborted } from "../errors.js";
 import { imageId, type Image } from "../image/image.js";
 import type { ProgressListener } from "../progress.js";
 import { fileWriteError, writeFileAtomically } from "./atomic-file.js";
-import { buildContextEntries } from "./docker-engine.js";
+import { buildContext } from "./docker-engine.js";
 import type { Sink, SinkResult } from "./sink.js";
 
 export interface BuildContextSinkOptions {
@@ -33,22 +33,14 @@ export class BuildContextSink implements Sink {
     } catch (error) {
       throw fileWriteError(`the build context ${dest}`, error);
     }
+    const { dockerfile, rootfs } = buildContext(image);
     // rootfs.tar before the Dockerfile: a Dockerfile is never left next to a missing tar.
-    const entries = buildContextEntries(image).sort((a, b) => b.path.compare(a.path));
-    for (const entry of entries) {
-      throwIfAborted(signal);
-      const content = entry.content;
-      const chunks: AsyncIterable<Buffer> | Iterable<Buffer> =
-        content === undefined
-          ? []
-          : content.kind === "bytes"
-            ? [content.data]
-            : content.kind === "stream"
-              ? content.chunks
-              : [];
-      const path = join(dest, entry.path.toString());
-      await writeFileAtomically(path, path, chunks);
-    }
+    const rootfsPath = join(dest, "rootfs.tar");
+    throwIfAborted(signal);
+    await writeFileAtomically(rootfsPath, rootfsPath, rootfs.open());
+    throwIfAborted(signal);
+    const dockerfilePath = join(dest, "Dockerfile");
+    await writeFileAtomically(dockerfilePath, dockerfilePath, [dockerfile]);
     return { destination: this.destination, id: imageId(image), tags: [] };
   }
 }

@@ -16,9 +16,10 @@ import type { EngineClient } from "../docker/engine.js";
 import { messageText, readEngineMessages, type EngineMessage } from "../docker/ndjson.js";
 import { configToInstructions } from "../image/config.js";
 import { imageId, type Image } from "../image/image.js";
+import type { Layer } from "../image/layer.js";
 import { formatReference, repositoryOf, type Reference } from "../image/reference.js";
 import type { ProgressListener } from "../progress.js";
-import type { TarEntry } from "../tar/entry.js";
+import { bytesEntry, type TarEntry } from "../tar/entry.js";
 import { packTar } from "../tar/pack.js";
 import { dockerArchiveEntries } from "./docker-archive.js";
 import type { LayerConsumer, Sink, SinkResult } from "./sink.js";
@@ -197,14 +198,15 @@ export class DockerLoadSink implements Sink {
   }
 
   async write(image: Image, signal: AbortSignal): Promise<SinkResult> {
-    const { engine } = this.options;
+    const { engine, onProgress } = this.options;
     const expected = imageId(image);
     if (this.upload === undefined) {
-      await this.load(image, true, signal);
+      onProgress({ kind: "phase", message: `loading into the Docker Engine at ${engine.endpoint}` });
+      await this.load(image, expected, true, signal);
     } else {
       const carrier = await this.upload.finish(image.layers[0]?.diffId);
       try {
-        await this.load(image, false, signal);
+        await this.load(image, expected, false, signal);
       } finally {
         await engine.removeImage(carrier).catch(() => undefined);
       }
@@ -216,11 +218,14 @@ export class DockerLoadSink implements Sink {
     };
   }
 
-  private async load(image: Image, withLayers: boolean, signal: AbortSignal): Promise<void> {
+  /** Loads `image` (whose ID is `expected`), with or without its layers, and checks the ID loaded. */
+  private async load(
+    image: Image,
+    expected: string,
+    withLayers: boolean,
+    signal: AbortSignal,
+  ): Promise<void> {
     const { engine, onProgress } = this.options;
-    if (withLayers)
-      onProgress({ kind: "phase", message: `loading into the Docker Engine at ${engine.endpoint}` });
-    const expected = imageId(image);
     const messages = await postEntries(
       engine,
       "/images/load",
@@ -273,27 +278,37 @@ export class DockerImportSink implements Sink {
   }
 }
 
-/** A `FROM scratch` build context: Dockerfile plus the rootfs tar, which `ADD` unpacks. */
-export function buildContextEntries(image: Image): TarEntry[] {
-  const layer = image.layers[0];
-  if (layer?.open === undefined || image.layers.length !== 1)
+/**
+ * A `FROM scratch` build context: a Dockerfile that `ADD`s `rootfs.tar` (the image's one layer, which
+ * `ADD` unpacks) and gives the config as instructions.
+ */
+export function buildContext(image: Image): {
+  readonly dockerfile: Buffer;
+  readonly rootfs: Layer & { readonly open: () => AsyncIterable<Buffer> };
+} {
+  const rootfs = image.layers[0];
+  if (rootfs?.open === undefined || image.layers.length !== 1)
     throw new Error("a build context needs one re-openable layer");
   const dockerfile = Buffer.from(
     ["FROM scratch", "ADD rootfs.tar /", ...configToInstructions(image.config), ""].join("\n"),
   );
-  const base = { type: "file" as const, mode: 0o644, uid: 0, gid: 0, mtime: image.created };
+  return { dockerfile, rootfs: { ...rootfs, open: rootfs.open } };
+}
+
+/** The build context as tar entries, for the engine's build endpoint. */
+function buildContextEntries(image: Image): TarEntry[] {
+  const { dockerfile, rootfs } = buildContext(image);
   return [
+    bytesEntry("Dockerfile", dockerfile, 0o644, image.created),
     {
-      ...base,
-      path: Buffer.from("Dockerfile"),
-      size: dockerfile.length,
-      content: { kind: "bytes", data: dockerfile },
-    },
-    {
-      ...base,
       path: Buffer.from("rootfs.tar"),
-      size: layer.size,
-      content: { kind: "stream", chunks: layer.open() },
+      type: "file",
+      mode: 0o644,
+      uid: 0,
+      gid: 0,
+      mtime: image.created,
+      size: rootfs.size,
+      content: { kind: "stream", chunks: rootfs.open() },
     },
   ];
 }

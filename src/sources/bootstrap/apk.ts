@@ -9,7 +9,6 @@ import { chmod, mkdir, readFile, readdir, stat, writeFile } from "node:fs/promis
 import { join, resolve } from "node:path";
 import { gunzipSync } from "node:zlib";
 import { ToolError, UsageError, errnoCode } from "../../errors.js";
-import type { ProgressListener } from "../../progress.js";
 import {
   loadKeys,
   parseApkIndex,
@@ -19,7 +18,7 @@ import {
   verifyApkPackage,
   verifySignedMember,
 } from "./apk-package.js";
-import { findOnPath, forwardLines, runTool, type ToolEnvironment } from "./run-tool.js";
+import { findOnPath, forwardLines, runTool, type ToolEnvironment, type ToolRunOptions } from "./run-tool.js";
 
 /** Where an Alpine host keeps the keys its own apk trusts. */
 const HOST_KEYS_DIR = "/etc/apk/keys";
@@ -255,19 +254,12 @@ export async function fetchApkStatic(
   return path;
 }
 
-export interface AlpineRunOptions {
-  readonly signal: AbortSignal;
-  readonly onProgress: ProgressListener;
-  readonly verbose: boolean;
-  readonly env: ToolEnvironment;
-}
-
 /** Runs apk.static into `target` and writes the image's `/etc/apk/repositories`. */
 export async function runAlpine(
   plan: AlpinePlan,
   workspaceDir: string,
   target: string,
-  options: AlpineRunOptions,
+  options: ToolRunOptions,
 ): Promise<void> {
   let apkStatic: string;
   if (plan.apkStatic.kind === "path") apkStatic = plan.apkStatic.path;

@@ -7,9 +7,15 @@ import { constants } from "node:fs";
 import { copyFile, mkdir, readFile, readdir, rm, stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { ToolError, UsageError, errnoCode } from "../../errors.js";
-import type { ProgressListener } from "../../progress.js";
 import { hostDpkgArchitecture, requireEmulation, runsNatively } from "./host.js";
-import { findOnPath, forwardLines, requireTool, runTool, type ToolEnvironment } from "./run-tool.js";
+import {
+  findOnPath,
+  forwardLines,
+  requireTool,
+  runTool,
+  type ToolEnvironment,
+  type ToolRunOptions,
+} from "./run-tool.js";
 import {
   FAMILY_DEFAULTS,
   checkArchitecture,
@@ -239,11 +245,7 @@ export interface DebianOutcome {
   readonly releaseDate: number | undefined;
 }
 
-export interface RunOptions {
-  readonly signal: AbortSignal;
-  readonly onProgress: ProgressListener;
-  readonly verbose: boolean;
-  readonly env: ToolEnvironment;
+export interface RunOptions extends ToolRunOptions {
   /** Passed to mmdebstrap (which makes its output reproducible with it). */
   readonly sourceDateEpoch?: number;
 }

@@ -10,8 +10,7 @@
 import { access, mkdir, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import { ToolError, UsageError } from "../../errors.js";
-import type { ProgressListener } from "../../progress.js";
-import { forwardLines, requireTool, runTool, type ToolEnvironment } from "./run-tool.js";
+import { forwardLines, requireTool, runTool, type ToolEnvironment, type ToolRunOptions } from "./run-tool.js";
 
 /** Packages left out by default, as in the Arch image script: kernels, firmware and interactive tools. */
 export const DEFAULT_PACMAN_IGNORE: readonly string[] = [
@@ -192,13 +191,6 @@ export function pacstrapCommandLine(
   ];
 }
 
-export interface PacstrapRunOptions {
-  readonly signal: AbortSignal;
-  readonly onProgress: ProgressListener;
-  readonly verbose: boolean;
-  readonly env: ToolEnvironment;
-}
-
 /** pacstrap's step lines (`==>`, `::`) and pacman's errors and warnings. */
 function isStepLine(line: string): boolean {
   // arch-chroot warns that the tree is not a mount point; for a chroot into a build dir that is expected.
@@ -209,7 +201,7 @@ function isStepLine(line: string): boolean {
 async function prepareHostKeyring(
   keyring: string,
   gpgDir: string,
-  options: PacstrapRunOptions,
+  options: ToolRunOptions,
   onLine: (line: string) => void,
 ): Promise<void> {
   await mkdir(gpgDir, { recursive: true, mode: 0o700 });
@@ -263,7 +255,7 @@ export async function runPacstrap(
   plan: PacstrapPlan,
   workspaceDir: string,
   target: string,
-  options: PacstrapRunOptions,
+  options: ToolRunOptions,
 ): Promise<void> {
   const onLine = forwardLines("pacstrap", options.onProgress, options.verbose, isStepLine);
   const cacheDir = plan.cacheDir ?? join(workspaceDir, "pkg-cache");
@@ -304,7 +296,7 @@ export async function runPacstrap(
  */
 async function initialiseKeyring(
   target: string,
-  options: PacstrapRunOptions,
+  options: ToolRunOptions,
   onLine: (line: string) => void,
 ): Promise<void> {
   if (!(await exists(join(target, "usr/bin/pacman-key")))) {

@@ -21,6 +21,15 @@ const TAIL_LINES = 30;
 /** The environment a command runs with; only `PATH` is read here. */
 export type ToolEnvironment = Readonly<Record<string, string | undefined>>;
 
+/** How a bootstrapper runs: what stops it, where its lines go, and its environment. */
+export interface ToolRunOptions {
+  readonly signal: AbortSignal;
+  readonly onProgress: ProgressListener;
+  /** Every line of output to the progress display, not only the step lines. */
+  readonly verbose: boolean;
+  readonly env: ToolEnvironment;
+}
+
 /**
  * The absolute path of `name` on `env.PATH`, or undefined. A name that contains a slash is taken as a
  * path and only checked for being executable.
