@@ -1,10 +1,12 @@
 /**
  * Files written by the file outputs: always to a temporary name in the destination's directory first,
  * renamed into place only when complete, so a failure (disk full, Ctrl-C) never leaves a half-written
- * archive or blob under the name a reader trusts. Temporary files are removed on failure.
+ * archive or blob under the name a reader trusts. Temporary files are removed on failure. A destination
+ * that exists and is not a regular file (`/dev/null`, a FIFO, a terminal) is written directly instead:
+ * a rename would replace the device node itself with a file.
  */
 import { createHash, randomBytes, type Hash } from "node:crypto";
-import { open, rename, rm, type FileHandle } from "node:fs/promises";
+import { open, realpath, rename, rm, stat, type FileHandle } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { SinkError, errnoCode } from "../errors.js";
 
@@ -31,17 +33,21 @@ export function fileWriteError(what: string, error: unknown): SinkError {
   return new SinkError(`cannot write ${what}: ${(error as Error).message}`, { cause: error, hint });
 }
 
-/** A file being written under a temporary name; {@link commit} renames it into place. */
+/**
+ * A file being written under a temporary name; {@link commit} renames it into place. One opened with
+ * {@link AtomicFile.direct} writes straight into its destination: nothing to rename, nothing to remove.
+ */
 export class AtomicFile {
   private readonly hash: Hash = createHash("sha256");
   private bytes = 0;
   private done = false;
 
   private constructor(
-    /** The temporary path the bytes go to. */
+    /** The temporary path the bytes go to (for a direct file, the destination). */
     readonly tempPath: string,
     private readonly handle: FileHandle,
     private readonly what: string,
+    private readonly isDirect = false,
   ) {}
 
   /**
@@ -52,6 +58,15 @@ export class AtomicFile {
     const tempPath = tempPathIn(dir, basename(what).replace(/[^\w.-]/g, "_"));
     try {
       return new AtomicFile(tempPath, await open(tempPath, "wx", mode), what);
+    } catch (error) {
+      throw fileWriteError(what, error);
+    }
+  }
+
+  /** Writes straight into `path`, which exists and is not a regular file (a device or a FIFO). */
+  static async direct(path: string, what: string): Promise<AtomicFile> {
+    try {
+      return new AtomicFile(path, await open(path, "w"), what, true);
     } catch (error) {
       throw fileWriteError(what, error);
     }
@@ -85,6 +100,7 @@ export class AtomicFile {
 
   /** Renames the finished file to `path` (in the same directory as the temp file, or on the same filesystem). */
   async commit(path: string): Promise<void> {
+    if (this.isDirect) return;
     try {
       await rename(this.tempPath, path);
     } catch (error) {
@@ -97,8 +113,30 @@ export class AtomicFile {
   async discard(): Promise<void> {
     if (!this.done) await this.handle.close().catch(() => undefined);
     this.done = true;
-    await rm(this.tempPath, { force: true }).catch(() => undefined);
+    if (!this.isDirect) await rm(this.tempPath, { force: true }).catch(() => undefined);
   }
+}
+
+/**
+ * Opens the destination a user named (`dest=`) for writing: a temporary file next to it when it is new
+ * or a regular file (next to the file a symlink points to, so the link stays a link), the destination
+ * itself when it is a device, FIFO or terminal. `path` is what to {@link AtomicFile.commit} to.
+ */
+export async function openDestination(
+  dest: string,
+  what: string,
+  mode = 0o644,
+): Promise<{ file: AtomicFile; path: string }> {
+  const existing = await stat(dest).catch(() => undefined);
+  if (existing === undefined) return { file: await AtomicFile.create(dirname(dest), what, mode), path: dest };
+  if (existing.isDirectory()) {
+    throw new SinkError(`cannot write ${what}: ${dest} is a directory`, {
+      hint: "Name a file there (dest=DIR/NAME), or choose another dest.",
+    });
+  }
+  if (!existing.isFile()) return { file: await AtomicFile.direct(dest, what), path: dest };
+  const path = await realpath(dest);
+  return { file: await AtomicFile.create(dirname(path), what, mode), path };
 }
 
 /**
@@ -111,11 +149,11 @@ export async function writeFileAtomically(
   chunks: AsyncIterable<Buffer> | Iterable<Buffer>,
   mode = 0o644,
 ): Promise<{ digest: string; size: number }> {
-  const file = await AtomicFile.create(dirname(path), what, mode);
+  const { file, path: finalPath } = await openDestination(path, what, mode);
   try {
     for await (const chunk of chunks) await file.write(chunk);
     const written = await file.finish();
-    await file.commit(path);
+    await file.commit(finalPath);
     return written;
   } catch (error) {
     await file.discard();

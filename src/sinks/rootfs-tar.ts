@@ -3,13 +3,12 @@
  * while it is packed and renamed into place once complete. The same bytes as the image's layer (before
  * compression), so `sha256sum` of the uncompressed file is the layer's DiffID.
  */
-import { dirname } from "node:path";
 import { createCompressor, type Compressor } from "../compress/compressor.js";
 import { describeCompression, type Compression } from "../compress/compression.js";
 import { SinkError } from "../errors.js";
 import type { Image } from "../image/image.js";
 import type { ProgressListener } from "../progress.js";
-import { AtomicFile } from "./atomic-file.js";
+import { openDestination, type AtomicFile } from "./atomic-file.js";
 import type { LayerConsumer, Sink, SinkResult } from "./sink.js";
 
 export interface RootfsTarSinkOptions {
@@ -21,7 +20,7 @@ export interface RootfsTarSinkOptions {
 export class RootfsTarSink implements Sink {
   readonly destination: string;
   readonly needsLayerFile = false;
-  private written: Promise<AtomicFile> | undefined;
+  private written: Promise<{ file: AtomicFile; path: string }> | undefined;
 
   constructor(private readonly options: RootfsTarSinkOptions) {
     this.destination = `rootfs tar ${options.dest}`;
@@ -34,10 +33,10 @@ export class RootfsTarSink implements Sink {
       kind: "phase",
       message: `writing the rootfs to ${dest} (${describeCompression(compression)})`,
     });
-    const opened = AtomicFile.create(dirname(dest), `the rootfs tar ${dest}`);
+    const opened = openDestination(dest, `the rootfs tar ${dest}`);
     opened.catch(() => undefined);
     let compressor: Compressor | undefined;
-    const ready = opened.then((file) => {
+    const ready = opened.then(({ file }) => {
       compressor = createCompressor(compression, (chunk) => file.write(chunk), { signal });
       return compressor;
     });
@@ -50,15 +49,15 @@ export class RootfsTarSink implements Sink {
     });
     end.catch(() => undefined);
     this.written = (async () => {
-      const file = await opened;
+      const destination = await opened;
       try {
         const active = await ready;
         await end;
         await active.end();
-        await file.finish();
-        return file;
+        await destination.file.finish();
+        return destination;
       } catch (error) {
-        await file.discard();
+        await destination.file.discard();
         throw error;
       }
     })();
@@ -75,8 +74,8 @@ export class RootfsTarSink implements Sink {
 
   async write(image: Image): Promise<SinkResult> {
     if (this.written === undefined) throw new SinkError("the rootfs tar output was not streamed");
-    const file = await this.written;
-    await file.commit(this.options.dest);
+    const { file, path } = await this.written;
+    await file.commit(path);
     return { destination: this.destination, id: image.layers[0]?.diffId ?? "", tags: [] };
   }
 }

@@ -3,7 +3,8 @@
  * as an OCI layout must keep its manifest digest (a change means every user's image digest changes).
  */
 import assert from "node:assert/strict";
-import { mkdtemp, readFile, readdir, rm } from "node:fs/promises";
+import { execFileSync } from "node:child_process";
+import { lstat, mkdtemp, readFile, readdir, readlink, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -17,10 +18,11 @@ import {
   resultLines,
 } from "../../src/cli/outputs.js";
 import type { ImageFlags } from "../../src/cli/image-options.js";
-import { UsageError } from "../../src/errors.js";
+import { SinkError, UsageError } from "../../src/errors.js";
 import { annotationsFor, parseAnnotation } from "../../src/image/annotations.js";
 import { parsePlatform } from "../../src/image/platform.js";
 import { parseTagReference } from "../../src/image/reference.js";
+import { writeFileAtomically } from "../../src/sinks/atomic-file.js";
 import { indexJson, type LayoutFiles } from "../../src/sinks/oci-layout.js";
 import { bytesEntry, directoryEntry, type EntrySource } from "../../src/tar/entry.js";
 
@@ -111,6 +113,47 @@ describe("parseOutputs", () => {
       OutputSet.open(parseOutputs(["type=docker,dest=d.tar"], false), options),
       UsageError,
     );
+  });
+});
+
+describe("a dest that already exists", () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "mkbase-unit-dest-"));
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("writes into /dev/null and leaves it a device (a rename would replace it with a file)", async () => {
+    const { size } = await writeFileAtomically("/dev/null", "the test archive", [Buffer.from("bytes")]);
+    assert.equal(size, 5);
+    assert.ok((await stat("/dev/null")).isCharacterDevice());
+    assert.deepEqual(
+      (await readdir("/dev")).filter((name) => name.startsWith(".mkbase-tmp-")),
+      [],
+    );
+  });
+
+  it("writes into a FIFO for its reader", async () => {
+    const fifo = join(dir, "fifo");
+    execFileSync("mkfifo", [fifo]);
+    const reader = readFile(fifo, "utf8");
+    await writeFileAtomically(fifo, "the test archive", [Buffer.from("through "), Buffer.from("the pipe")]);
+    assert.equal(await reader, "through the pipe");
+    assert.ok((await lstat(fifo)).isFIFO());
+  });
+
+  it("replaces the file a symlink points to, and the link stays a link", async () => {
+    await writeFile(join(dir, "v1.tar"), "old");
+    await symlink("v1.tar", join(dir, "latest.tar"));
+    await writeFileAtomically(join(dir, "latest.tar"), "the test archive", [Buffer.from("new")]);
+    assert.equal(await readlink(join(dir, "latest.tar")), "v1.tar");
+    assert.equal(await readFile(join(dir, "v1.tar"), "utf8"), "new");
+  });
+
+  it("refuses a directory", async () => {
+    await assert.rejects(writeFileAtomically(dir, "the test archive", [Buffer.from("x")]), SinkError);
   });
 });
 
