@@ -3,11 +3,12 @@
  * a private temp dir, cleaned, and packed into an image. Everything that can be checked without the
  * network (suite, architecture, keyring, tool, root) is checked before the bootstrapper starts.
  */
-import type { Command } from "commander";
-import { UsageError } from "../errors.js";
+import { Option, type Command } from "commander";
+import { ToolError, UsageError } from "../errors.js";
 import type { EpochChoice } from "../build.js";
 import { formatPlatform, parsePlatform, platformsMatch, type Platform } from "../image/platform.js";
 import type { Distribution } from "../sources/bootstrap/cleanup.js";
+import type { TmpfsChoice, WorkspacePlan } from "../sources/bootstrap/workspace.js";
 import { addImageOptions, configFromFlags, parseEpoch, type ImageFlags } from "./image-options.js";
 import type { CommandContext } from "./run-build.js";
 
@@ -19,6 +20,7 @@ interface BootstrapFlags extends ImageFlags {
   readonly clean: boolean;
   readonly cacheDir?: string;
   readonly keepRootfs?: string;
+  readonly tmpfs: TmpfsChoice;
   readonly packageList?: string;
   readonly dryRun?: boolean;
   readonly verbose?: boolean;
@@ -69,6 +71,14 @@ function addBootstrapOptions(command: Command): Command {
       "--keep-rootfs <dir>",
       "move the finished root filesystem to DIR (must not exist) instead of deleting it",
     )
+    .addOption(
+      new Option(
+        "--tmpfs <when>",
+        "build the tree in memory on a private tmpfs (much faster package installs): auto = as root, when at least 4 GiB of memory is free",
+      )
+        .choices(["auto", "always", "never"])
+        .default("auto"),
+    )
     .option("--package-list <file>", "write the installed packages (name, version, architecture) to FILE")
     .option("--dry-run", "print the plan (tool, mirror, keyring, packages, output) and build nothing")
     .option("--verbose", "show all of the bootstrapper's output");
@@ -80,9 +90,18 @@ export function formatPlan(rows: readonly (readonly [string, string])[]): string
   return rows.map(([key, value]) => `${`${key}:`.padEnd(width)} ${value}\n`).join("");
 }
 
-function outputRows(flags: BootstrapFlags): [string, string][] {
+/** Where the tree is built (`--tmpfs`), from this machine's memory and privileges. */
+async function workspacePlanFor(flags: BootstrapFlags): Promise<WorkspacePlan> {
+  const { planWorkspace, workspaceFacts } = await import("../sources/bootstrap/workspace.js");
+  return planWorkspace(flags.tmpfs, await workspaceFacts());
+}
+
+async function outputRows(flags: BootstrapFlags): Promise<[string, string][]> {
   const tags = flags.tag.length === 0 ? "untagged" : `tags ${flags.tag.join(", ")}`;
-  const rows: [string, string][] = [["output", `Docker Engine (--via ${flags.via}), ${tags}`]];
+  const rows: [string, string][] = [
+    ["work dir", (await workspacePlanFor(flags)).description],
+    ["output", `Docker Engine (--via ${flags.via}), ${tags}`],
+  ];
   if (flags.keepRootfs !== undefined) rows.push(["keep rootfs", flags.keepRootfs]);
   if (flags.packageList !== undefined) rows.push(["package list", flags.packageList]);
   rows.push(["cleanup", !flags.clean ? "none (--no-clean)" : flags.slim ? "profile + slim" : "profile"]);
@@ -133,7 +152,7 @@ async function runBootstrapBuild(
     flags.keepRootfs === undefined ? undefined : await checkKeepRootfsTarget(flags.keepRootfs);
   const filter = await loadPathFilter(flags.exclude, flags.excludeFrom);
   const userEpoch: EpochChoice = parseEpoch(flags, context.env);
-  const workspace = await BootstrapWorkspace.create();
+  const workspace = await BootstrapWorkspace.create(await workspacePlanFor(flags));
   let bootstrapped = false;
   try {
     let labels: Readonly<Record<string, string>> = {};
@@ -142,6 +161,7 @@ async function runBootstrapBuild(
       context,
       flags,
       async (onProgress) => {
+        onProgress({ kind: "phase", message: `building the tree ${workspace.plan.description}` });
         distributionDate = await job.run(
           workspace,
           { signal: context.signal, onProgress, verbose: flags.verbose === true, env: context.env },
@@ -191,6 +211,12 @@ async function runBootstrapBuild(
     if (keepRootfs !== undefined && bootstrapped && !context.signal.aborted) {
       await workspace.keepRootfs(keepRootfs).catch(() => undefined);
     }
+    if (!context.signal.aborted && (await workspace.isFullTmpfs())) {
+      throw new ToolError("the tree did not fit in memory: the tmpfs mkbase built it on is full", {
+        cause: error,
+        hint: "Use --tmpfs never to build on disk in TMPDIR (set TMPDIR to a disk with room), or free memory.",
+      });
+    }
     throw error;
   } finally {
     await workspace.dispose();
@@ -200,9 +226,9 @@ async function runBootstrapBuild(
 const BOOTSTRAP_HELP = `
 Signatures are always checked: a missing keyring or an unsigned repository stops the build unless
 --insecure is given (then a warning is printed and the label mkbase.insecure=true is set). The tree is
-built in a private temp dir; before it is removed, anything the bootstrapper left mounted inside it is
-unmounted, and nothing is deleted while a mount remains. Ctrl-C stops the bootstrapper's whole process
-group and cleans up the same way. The image carries the label mkbase.packages (name=version,...).
+built in a private temp dir (in memory, on a private tmpfs, when there is room: see --tmpfs); before it
+is removed, anything the bootstrapper left mounted inside it is unmounted, and nothing is deleted while
+a mount remains. Ctrl-C stops the bootstrapper's whole process group and cleans up the same way. The image carries the label mkbase.packages (name=version,...).
 The build epoch is --source-date-epoch / SOURCE_DATE_EPOCH, else the distribution's own date.`;
 
 function registerDebootstrap(
@@ -299,7 +325,7 @@ Examples:
               `${plan.variant} set${plan.include.length > 0 ? ` + ${plan.include.join(",")}` : ""}${plan.exclude.length > 0 ? ` - ${plan.exclude.join(",")}` : ""}`,
             ],
             ["cache", plan.cacheDir ?? "none"],
-            ...outputRows(flags),
+            ...(await outputRows(flags)),
             ["command", `${plan.backend} ${debian.debianCommandLine(plan, "TEMPDIR/rootfs").join(" ")}`],
           ]),
         );
@@ -401,7 +427,7 @@ Examples:
             ["packages", plan.packages.join(" ")],
             ["ignored", plan.ignore.join(",")],
             ["cache", plan.cacheDir ?? "none"],
-            ...outputRows(flags),
+            ...(await outputRows(flags)),
             [
               "command",
               `pacstrap ${pacstrap.pacstrapCommandLine(plan, plan.pacmanConf ?? "TEMPDIR/pacman.conf", "TEMPDIR/rootfs", plan.cacheDir ?? "TEMPDIR/pkg-cache").join(" ")}`,
@@ -500,7 +526,7 @@ Examples:
             ["signatures", plan.insecure ? "NOT checked (--insecure)" : "checked"],
             ["packages", plan.packages.join(" ")],
             ["cache", plan.cacheDir ?? "none"],
-            ...outputRows(flags),
+            ...(await outputRows(flags)),
             ["command", `apk.static ${apk.apkCommandLine(plan, "TEMPDIR/rootfs").join(" ")}`],
           ]),
         );

@@ -109,7 +109,15 @@ const diffIds: string[] = [];
 describe("mkbase debootstrap bookworm", () => {
   test("with mmdebstrap: a Debian 12 image that runs apt and holds nothing of the host", async () => {
     const packageList = join(scratch, "packages.txt");
-    const { tag } = await bootstrap(["--backend", "mmdebstrap", "--package-list", packageList]);
+    const { tag, result } = await bootstrap([
+      "--backend",
+      "mmdebstrap",
+      "--package-list",
+      packageList,
+      "--tmpfs",
+      "always",
+    ]);
+    assert.match(result.stderr, /building the tree in memory, on a private tmpfs/);
     await checkDebianImage(tag);
     assert.match(await readFile(packageList, "utf8"), /^apt\t\S+\tamd64$/m);
     const inspected = await imageInspect(tag);
@@ -123,8 +131,9 @@ describe("mkbase debootstrap bookworm", () => {
     );
   });
 
-  test("two mmdebstrap runs against the same archive state give the same layer", async () => {
-    const { tag } = await bootstrap(["--backend", "mmdebstrap"]);
+  test("two mmdebstrap runs against the same archive state give the same layer, in memory or on disk", async () => {
+    const { tag, result } = await bootstrap(["--backend", "mmdebstrap", "--tmpfs", "never"]);
+    assert.match(result.stderr, /building the tree on disk/);
     const inspected = await imageInspect(tag);
     diffIds.push(inspected?.RootFS.Layers?.[0] ?? "");
     assert.equal(diffIds.length, 2);

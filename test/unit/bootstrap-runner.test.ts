@@ -5,18 +5,29 @@
  */
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
+import { tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { InterruptedError, ToolError } from "../../src/errors.js";
+import { InterruptedError, ToolError, UsageError } from "../../src/errors.js";
 import type { ProgressEvent } from "../../src/progress.js";
 import { findOnPath, forwardLines, requireTool, runTool } from "../../src/sources/bootstrap/run-tool.js";
 import {
   BootstrapWorkspace,
   mountPointsUnder,
   parseMountPoints,
+  planWorkspace,
   removeSafely,
+  workspaceFacts,
 } from "../../src/sources/bootstrap/workspace.js";
 
 let scratch: string;
@@ -195,4 +206,65 @@ describe("workspace", () => {
     assert.equal(existsSync(join(dest, "file")), true);
     assert.equal(existsSync(workspace.dir), false);
   });
+});
+
+describe("where the workspace lives (--tmpfs)", () => {
+  const GiB = 1024 * 1024 * 1024;
+  const roomy = { root: true, memoryBytes: 16 * GiB, tmpdirInMemory: false };
+
+  it("auto: a tmpfs of half the free memory as root with room, the disk otherwise", () => {
+    const plan = planWorkspace("auto", roomy);
+    assert.equal(plan.tmpfsBytes, 8 * GiB);
+    assert.equal(plan.tmpfsRequired, false);
+    assert.match(plan.description, /tmpfs of up to 8\.00 GiB/);
+    assert.equal(planWorkspace("auto", { ...roomy, root: false }).tmpfsBytes, undefined);
+    assert.equal(planWorkspace("auto", { ...roomy, memoryBytes: 3 * GiB }).tmpfsBytes, undefined);
+    assert.match(planWorkspace("auto", { ...roomy, memoryBytes: 3 * GiB }).description, /on disk/);
+  });
+
+  it("always: a tmpfs whatever the memory, an error without root; never: the disk", () => {
+    const small = planWorkspace("always", { ...roomy, memoryBytes: 1 * GiB + 12345 });
+    assert.equal(small.tmpfsBytes, 512 * 1024 * 1024);
+    assert.equal(small.tmpfsRequired, true);
+    assert.throws(() => planWorkspace("always", { ...roomy, root: false }), UsageError);
+    assert.equal(planWorkspace("never", roomy).tmpfsBytes, undefined);
+  });
+
+  it("mounts nothing when TMPDIR is a tmpfs already", () => {
+    const plan = planWorkspace("always", { ...roomy, tmpdirInMemory: true });
+    assert.equal(plan.tmpfsBytes, undefined);
+    assert.match(plan.description, /is a tmpfs/);
+  });
+
+  it("reads this machine's memory and privileges", async () => {
+    const facts = await workspaceFacts();
+    assert.equal(facts.root, process.geteuid?.() === 0);
+    assert.ok(facts.memoryBytes > 0 && facts.memoryBytes <= totalmem());
+  });
+
+  it(
+    "a tmpfs workspace is private, mounted while in use and gone after dispose",
+    { skip: process.geteuid?.() !== 0 },
+    async () => {
+      const workspace = await BootstrapWorkspace.create(
+        planWorkspace("always", { ...roomy, memoryBytes: 64 * 1024 * 1024 }),
+      );
+      const mounted = () => mountPointsUnder(workspace.dir, readFileSync("/proc/self/mountinfo", "utf8"));
+      try {
+        assert.deepEqual(mounted(), [workspace.dir]);
+        assert.equal(statSync(workspace.dir).mode & 0o777, 0o700);
+        assert.equal(statSync(workspace.rootfs).mode & 0o777, 0o755);
+        assert.equal(await workspace.isFullTmpfs(), false);
+        // 32 MiB tmpfs: filling it leaves less room than a bootstrapper needs.
+        assert.throws(() => writeFileSync(join(workspace.rootfs, "big"), Buffer.alloc(40 * 1024 * 1024)), {
+          code: "ENOSPC",
+        });
+        assert.equal(await workspace.isFullTmpfs(), true);
+      } finally {
+        await workspace.dispose();
+      }
+      assert.deepEqual(mounted(), []);
+      assert.equal(existsSync(workspace.dir), false);
+    },
+  );
 });
