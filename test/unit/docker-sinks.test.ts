@@ -71,9 +71,26 @@ const entries: TarEntry[] = [
 ];
 const source: EntrySource = { description: "test entries", entries: () => entries };
 
-function request(sink: BuildRequest["sinks"][number]): BuildRequest {
+/** A tree whose layer is larger than the load sink holds in memory (16 MiB). */
+const largeSource: EntrySource = {
+  description: "a large file",
+  entries: () => [
+    {
+      path: Buffer.from("large"),
+      type: "file",
+      mode: 0o644,
+      uid: 0,
+      gid: 0,
+      mtime: 300,
+      size: 17 * 1024 * 1024,
+      content: { kind: "bytes", data: Buffer.alloc(17 * 1024 * 1024, "layer") },
+    },
+  ],
+};
+
+function request(sink: BuildRequest["sinks"][number], from: EntrySource = source): BuildRequest {
   return {
-    source,
+    source: from,
     epoch: { kind: "newest-input" },
     platform: { os: "linux", architecture: "amd64" },
     config: {},
@@ -162,12 +179,27 @@ describe("DockerLoadSink on the classic image store", () => {
     );
   }
 
-  it("sends the layer by import, loads an archive without it, then removes the imported image", async () => {
+  it("loads a small layer inside the archive, in one request", async () => {
     const probe = await build(request(probeSink));
+    const engine = classicEngine(() => probe.imageId);
+    const result = await build(request(new DockerLoadSink({ engine, tags, onProgress: () => {} })));
+    assert.equal(result.results[0]?.id, probe.imageId);
+    assert.deepEqual(engine.calls, [
+      "post /images/load",
+      `tag ${probe.imageId} corp/x:1`,
+      `tag ${probe.imageId} corp/x:2`,
+    ]);
+    const archive = engine.bodies.get("/images/load") as Buffer;
+    assert.ok(archive.includes(Buffer.from(`blobs/sha256/${result.diffId.slice(7)}`)), "the layer's blob");
+    assert.ok(archive.includes(Buffer.from("etc/x")), "the layer's entries are in the archive");
+  });
+
+  it("sends a large layer by import, loads an archive without it, then removes the imported image", async () => {
+    const probe = await build(request(probeSink, largeSource));
     const engine = classicEngine(() => probe.imageId);
     const sink = new DockerLoadSink({ engine, tags, onProgress: () => {} });
     assert.equal(sink.needsLayerFile, false, "no spooled copy of the layer");
-    const result = await build(request(sink));
+    const result = await build(request(sink, largeSource));
     assert.equal(result.results[0]?.id, probe.imageId);
     assert.deepEqual(engine.calls, [
       "post /images/create",
@@ -187,7 +219,7 @@ describe("DockerLoadSink on the classic image store", () => {
   it("removes the imported image and tags nothing when the load fails", async () => {
     const engine = classicEngine(() => "", "no space left on device");
     await assert.rejects(
-      build(request(new DockerLoadSink({ engine, tags, onProgress: () => {} }))),
+      build(request(new DockerLoadSink({ engine, tags, onProgress: () => {} }), largeSource)),
       /no space left on device/,
     );
     assert.ok(engine.calls.includes(`remove ${carrier}`));
