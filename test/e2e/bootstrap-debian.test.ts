@@ -119,7 +119,13 @@ describe("mkbase debootstrap bookworm", () => {
     ]);
     assert.match(result.stderr, /building the tree in memory, on a private tmpfs/);
     await checkDebianImage(tag);
-    assert.match(await readFile(packageList, "utf8"), /^apt\t\S+\tamd64$/m);
+    const packages = await readFile(packageList, "utf8");
+    assert.match(packages, /^apt\t\S+\tamd64$/m);
+    // Merged /usr as debootstrap makes it: the marker package, not the converter and its perl.
+    assert.match(packages, /^usr-is-merged\t/m);
+    assert.doesNotMatch(packages, /^(usrmerge|perl)\t/m);
+    const bin = await dockerRun(tag, ["readlink", "/bin"]);
+    assert.equal(bin.stdout.trim(), "usr/bin", describeResult(bin));
     const inspected = await imageInspect(tag);
     diffIds.push(inspected?.RootFS.Layers?.[0] ?? "");
     // The epoch is the Release file's date: before now, and the image's created time.

@@ -277,6 +277,7 @@ describe("Debian command lines", () => {
     keyring: "/keys/debian.gpg",
     insecure: false,
     cacheDir: "/srv/pkg-cache",
+    mergedUsrHooks: undefined,
   };
 
   it("passes debootstrap the keyring, the cache and --foreign for a foreign architecture", () => {
@@ -322,5 +323,20 @@ describe("Debian command lines", () => {
       "the cache path must not be quoted into a shell line",
     );
     assert.deepEqual(args.slice(-3), ["bookworm", "/t/rootfs", "http://mirror/debian"]);
+  });
+
+  it("sets up merged /usr with mmdebstrap's hook when it is installed, after the cache hook", () => {
+    const hooks = "/usr/share/mmdebstrap/hooks/maybe-merged-usr";
+    const args = debianCommandLine(
+      { ...plan, backend: "mmdebstrap", exclude: [], foreign: false, mergedUsrHooks: hooks },
+      "/t/rootfs",
+    );
+    const hookDir = args.indexOf(`--hook-dir=${hooks}`);
+    assert.ok(hookDir > args.findIndex((a) => a.startsWith("--setup-hook=")), args.join(" "));
+    assert.ok(
+      !debianCommandLine({ ...plan, backend: "mmdebstrap", exclude: [] }, "/t").some((a) =>
+        a.startsWith("--hook-dir="),
+      ),
+    );
   });
 });

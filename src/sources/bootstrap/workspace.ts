@@ -119,7 +119,7 @@ const TMPFS_MAGIC = 0x01021994;
 
 /**
  * Where the tree is built. dpkg, pacman and apk write every file with fsync and rename; on a tmpfs a
- * bookworm minbase bootstrap takes 12.6 s instead of 20.5 s on this disk. The tmpfs may fill half of the
+ * bookworm minbase mmdebstrap run takes 9 s instead of 15-18 s on this disk. The tmpfs may fill half of the
  * memory left (it takes only what the tree uses); auto falls back to the disk when that is under 2 GiB
  * or mkbase is not root (mounting needs it).
  */
