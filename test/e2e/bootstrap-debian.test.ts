@@ -5,7 +5,7 @@
  * any download. Full bootstrap runs are expensive: three in this file, sharing one package cache.
  */
 import assert from "node:assert/strict";
-import { mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, stat, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -29,6 +29,7 @@ import {
   removeImages,
   uniqueTag,
 } from "./support/docker.js";
+import { registerArm64Emulation } from "./support/emulation.js";
 
 const made = new Set<string>();
 let scratch: string;
@@ -151,6 +152,18 @@ describe("mkbase debootstrap bookworm", () => {
     await checkDebianImage(tag);
   });
 
+  test("a foreign architecture: arm64 through qemu-user-static", async () => {
+    assert.ok(await registerArm64Emulation(), "qemu-aarch64 could not be registered with binfmt_misc");
+    const { tag } = await bootstrap(["--arch", "arm64"]);
+    const inspected = await imageInspect(tag);
+    assert.equal(inspected?.Architecture, "arm64");
+    const run = await dockerRun(tag, ["dpkg", "--print-architecture"], {
+      dockerArgs: ["--platform", "linux/arm64"],
+    });
+    assert.equal(run.code, 0, describeResult(run));
+    assert.equal(run.stdout.trim(), "arm64");
+  });
+
   test("Ctrl-C while debootstrap runs: exit within 10 s, no mount, no temp dir, no image, host /dev intact", async (t) => {
     const before = await imageIds();
     const label = failureLabel();
@@ -248,6 +261,17 @@ describe("mkbase debootstrap refuses bad input before any download", () => {
     const neither = await refused(["bookworm"], { env: testEnv({ PATH: emptyPath }) });
     assert.equal(neither.code, 6, describeResult(neither));
     assert.match(neither.stderr, /Neither mmdebstrap nor debootstrap/);
+  });
+
+  test("a foreign architecture with mmdebstrap but without arch-test", async () => {
+    assert.ok(await registerArm64Emulation(), "qemu-aarch64 could not be registered with binfmt_misc");
+    const onlyMmdebstrap = await mkdtemp(join(scratch, "mmdebstrap-only-"));
+    await symlink("/usr/bin/mmdebstrap", join(onlyMmdebstrap, "mmdebstrap"));
+    const result = await refused(["bookworm", "--arch", "arm64"], {
+      env: testEnv({ PATH: onlyMmdebstrap }),
+    });
+    assert.equal(result.code, 6, describeResult(result));
+    assert.match(result.stderr, /needs arch-test to bootstrap arm64.*apt-get install arch-test/s);
   });
 
   test("a --keyring that does not exist", async () => {

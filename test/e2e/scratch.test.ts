@@ -4,20 +4,13 @@
  * before any image exists.
  */
 import assert from "node:assert/strict";
-import { existsSync, readFileSync } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import {
-  describeResult,
-  repositoryRoot,
-  runChecked,
-  runCommand,
-  runMkbase,
-  type RunResult,
-} from "./support/cli.js";
+import { describeResult, repositoryRoot, runChecked, runMkbase, type RunResult } from "./support/cli.js";
 import { dockerRun, imageIds, imageInspect, removeImages, uniqueTag } from "./support/docker.js";
+import { registerArm64Emulation } from "./support/emulation.js";
 import { containerRuntimePaths } from "./support/inspect.js";
 
 const imageIdPattern = /^sha256:[0-9a-f]{64}$/;
@@ -43,20 +36,6 @@ async function compile(
   flags: readonly string[],
 ): Promise<void> {
   await runChecked(compiler, ["-O2", ...flags, "-o", output, join(repositoryRoot, "fixtures", "c", name)]);
-}
-
-/** Registers qemu-aarch64 with binfmt_misc when this machine can (root, qemu-user-static installed). */
-async function registerArm64Emulation(): Promise<boolean> {
-  const binfmt = "/proc/sys/fs/binfmt_misc";
-  if (!existsSync(join(binfmt, "register"))) {
-    await runCommand("mount", ["-t", "binfmt_misc", "binfmt_misc", binfmt]);
-  }
-  const config = "/usr/lib/binfmt.d/qemu-aarch64.conf";
-  if (!existsSync(join(binfmt, "qemu-aarch64")) && existsSync(config)) {
-    // An entry registered meanwhile by someone else makes the write fail with EEXIST, which is fine.
-    await writeFile(join(binfmt, "register"), readFileSync(config)).catch(() => undefined);
-  }
-  return existsSync(join(binfmt, "qemu-aarch64"));
 }
 
 before(async () => {

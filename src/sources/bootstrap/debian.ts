@@ -162,6 +162,14 @@ export async function planDebianBootstrap(request: DebianRequest): Promise<Debia
     throw new UsageError(`--mirror ${mirror}: expected an http://, https:// or file:// URL`);
   }
   await requireEmulation(architecture);
+  // mmdebstrap checks the emulation with arch-test, and stops without it once the download is done.
+  if (backend === "mmdebstrap" && !runsNatively(architecture)) {
+    if ((await findOnPath("arch-test", request.env)) === undefined) {
+      throw new ToolError(`mmdebstrap needs arch-test to bootstrap ${architecture} on this machine`, {
+        hint: "Install the Debian package arch-test (apt-get install arch-test), or use --backend debootstrap.",
+      });
+    }
+  }
   // debootstrap needs a script per suite; an old debootstrap does not know new codenames.
   if (backend === "debootstrap" && !(await isFile(`/usr/share/debootstrap/scripts/${suite.suite}`))) {
     throw new ToolError(`this debootstrap does not know the suite ${suite.suite}`, {
