@@ -228,7 +228,8 @@ Signatures are always checked: a missing keyring or an unsigned repository stops
 --insecure is given (then a warning is printed and the label mkbase.insecure=true is set). The tree is
 built in a private temp dir (in memory, on a private tmpfs, when there is room: see --tmpfs); before it
 is removed, anything the bootstrapper left mounted inside it is unmounted, and nothing is deleted while
-a mount remains. Ctrl-C stops the bootstrapper's whole process group and cleans up the same way. The image carries the label mkbase.packages (name=version,...).
+a mount remains. Ctrl-C stops the bootstrapper's whole process group and cleans up the same way. The
+image carries the label mkbase.packages (name=version,...).
 The build epoch is --source-date-epoch / SOURCE_DATE_EPOCH, else the distribution's own date.`;
 
 function registerDebootstrap(

@@ -128,14 +128,15 @@ export async function openDestination(
   mode = 0o644,
 ): Promise<{ file: AtomicFile; path: string }> {
   const existing = await stat(dest).catch(() => undefined);
-  if (existing === undefined) return { file: await AtomicFile.create(dirname(dest), what, mode), path: dest };
-  if (existing.isDirectory()) {
+  if (existing?.isDirectory() === true) {
     throw new SinkError(`cannot write ${what}: ${dest} is a directory`, {
       hint: "Name a file there (dest=DIR/NAME), or choose another dest.",
     });
   }
-  if (!existing.isFile()) return { file: await AtomicFile.direct(dest, what), path: dest };
-  const path = await realpath(dest);
+  if (existing !== undefined && !existing.isFile()) {
+    return { file: await AtomicFile.direct(dest, what), path: dest };
+  }
+  const path = existing === undefined ? dest : await realpath(dest);
   return { file: await AtomicFile.create(dirname(path), what, mode), path };
 }
 

@@ -70,7 +70,7 @@ export interface DebianPlan {
   /**
    * mmdebstrap's own `maybe-merged-usr` hook directory, when installed: merged /usr set up the way
    * debootstrap does it. Without it apt satisfies `usrmerge | usr-is-merged` with usrmerge, which pulls
-   * in perl and converts the tree afterwards (bookworm minbase: 8,718 entries instead of 6,768).
+   * in perl and converts the tree afterwards (bookworm minbase: 8,718 entries instead of 6,648).
    */
   readonly mergedUsrHooks: string | undefined;
 }

@@ -52,10 +52,6 @@ function succeeds(command: string, args: readonly string[]): Promise<boolean> {
   });
 }
 
-function runUmount(args: readonly string[]): Promise<boolean> {
-  return succeeds("umount", args);
-}
-
 /**
  * Unmounts everything mounted at or below `dir`, deepest first. A mount that is busy is detached lazily:
  * once detached it is no longer reachable through `dir`, which is all a later delete needs.
@@ -64,7 +60,7 @@ function runUmount(args: readonly string[]): Promise<boolean> {
  */
 export async function unmountUnder(dir: string): Promise<void> {
   for (const mountPoint of mountPointsUnder(dir, await readMountInfo())) {
-    if (!(await runUmount([mountPoint]))) await runUmount(["--lazy", mountPoint]);
+    if (!(await succeeds("umount", [mountPoint]))) await succeeds("umount", ["--lazy", mountPoint]);
   }
   const remaining = mountPointsUnder(dir, await readMountInfo());
   if (remaining.length > 0) {
@@ -105,7 +101,7 @@ export interface WorkspacePlan {
 }
 
 /** The workspace as a plain directory in TMPDIR. */
-export function diskPlan(note = ""): WorkspacePlan {
+function diskPlan(note = ""): WorkspacePlan {
   return { tmpfsBytes: undefined, tmpfsRequired: false, description: `on disk, in ${tmpdir()}${note}` };
 }
 
