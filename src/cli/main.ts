@@ -1,6 +1,7 @@
 /**
  * The command line: commander wiring, signals, and the one place where errors become messages and exit
- * codes. Commands load their heavy modules lazily so `mkbase --version` stays fast.
+ * codes. Commands load their modules lazily, so a command evaluates only what it uses (bin/mkbase answers
+ * `mkbase --version` before any of this loads).
  */
 import { readFileSync } from "node:fs";
 import { ExitCode, InterruptedError, MkbaseError, errnoCode } from "../errors.js";
@@ -51,11 +52,6 @@ async function reportError(error: unknown): Promise<number> {
 
 /** Runs the CLI with `argv` (without node and script) and resolves with the exit code. */
 export async function main(argv: readonly string[]): Promise<number> {
-  // `mkbase --version` is what scripts call to probe for the tool: answer before loading the parser.
-  if (argv.length === 1 && (argv[0] === "--version" || argv[0] === "-V")) {
-    process.stdout.write(`${packageVersion()}\n`);
-    return ExitCode.ok;
-  }
   // `mkbase --help | head` closes the pipe early; that is not an error worth a stack trace.
   process.stdout.on("error", (error) => {
     if (errnoCode(error) === "EPIPE") process.exit(ExitCode.ok);

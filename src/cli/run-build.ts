@@ -114,7 +114,7 @@ export async function runBuild(
   const renderer = await makeRenderer({ quiet: flags.quiet === true, verbose });
   let ok = false;
   try {
-    // The engine client (docker-modem, ssh2) costs ~60 ms to load: only outputs that need it pay for it.
+    // Only outputs that need the engine pay for loading its client and the round trip to it.
     // It connects before the source opens, so a stopped daemon fails at once, not after a bootstrap.
     const engine = outputSet.wantsEngine
       ? await (await import("../docker/engine.js")).connectEngine(context.signal)

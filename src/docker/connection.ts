@@ -6,13 +6,26 @@
 import { existsSync, readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
-import type Modem from "docker-modem";
 import { DaemonUnavailableError, UsageError } from "../errors.js";
+
+/** The client certificate and the CA that a TLS-protected engine expects (`DOCKER_CERT_PATH`). */
+export interface TlsFiles {
+  readonly ca: Buffer;
+  readonly cert: Buffer;
+  readonly key: Buffer;
+}
+
+/** How to reach the engine's HTTP API. */
+export type EngineAddress =
+  | { readonly kind: "unix"; readonly socketPath: string }
+  | { readonly kind: "tcp"; readonly host: string; readonly port: number; readonly tls?: TlsFiles }
+  /** Through the `ssh` command, which runs `docker system dial-stdio` on `host`. */
+  | { readonly kind: "ssh"; readonly host: string; readonly port?: number; readonly user?: string };
 
 export interface EngineEndpoint {
   /** Where mkbase connects, for messages (`unix:///var/run/docker.sock`, `tcp://host:2376 (TLS)`). */
   readonly description: string;
-  readonly options: Modem.ConstructorOptions;
+  readonly address: EngineAddress;
 }
 
 export interface DiscoveryEnvironment {
@@ -45,11 +58,8 @@ function tcpEndpoint(hostValue: string, discovery: DiscoveryEnvironment): Engine
   const env = discovery.env;
   // As the docker CLI: TLS when DOCKER_TLS_VERIFY is set (to anything non-empty) or on the TLS port.
   const tls = (env.DOCKER_TLS_VERIFY !== undefined && env.DOCKER_TLS_VERIFY !== "") || url.port === "2376";
-  const options: Modem.ConstructorOptions = {
-    protocol: tls ? "https" : "http",
-    host: url.hostname,
-    port: url.port === "" ? (tls ? 2376 : 2375) : Number(url.port),
-  };
+  const host = url.hostname;
+  const port = url.port === "" ? (tls ? 2376 : 2375) : Number(url.port);
   if (tls) {
     const certPath = env.DOCKER_CERT_PATH || join(discovery.home, ".docker");
     const read = (name: string): Buffer => {
@@ -65,10 +75,15 @@ function tcpEndpoint(hostValue: string, discovery: DiscoveryEnvironment): Engine
     };
     return {
       description: `${hostValue} (TLS)`,
-      options: { ...options, ca: read("ca.pem"), cert: read("cert.pem"), key: read("key.pem") },
+      address: {
+        kind: "tcp",
+        host,
+        port,
+        tls: { ca: read("ca.pem"), cert: read("cert.pem"), key: read("key.pem") },
+      },
     };
   }
-  return { description: hostValue, options };
+  return { description: hostValue, address: { kind: "tcp", host, port } };
 }
 
 /**
@@ -79,21 +94,21 @@ export function resolveEndpoint(discovery: DiscoveryEnvironment = systemDiscover
   const host = discovery.env.DOCKER_HOST;
   if (host !== undefined && host !== "") {
     if (host.startsWith("unix://")) {
-      return { description: host, options: { socketPath: host.slice("unix://".length) } };
+      return { description: host, address: { kind: "unix", socketPath: host.slice("unix://".length) } };
     }
     if (host.startsWith("tcp://") || host.startsWith("http://") || host.startsWith("https://")) {
       return tcpEndpoint(host.replace(/^(http|https):/, "tcp:"), discovery);
     }
     if (host.startsWith("ssh://")) {
       const url = new URL(host);
+      // As the docker CLI: the user's own ssh, so ~/.ssh/config, known hosts and agents all apply.
       return {
         description: host,
-        options: {
-          protocol: "ssh",
+        address: {
+          kind: "ssh",
           host: url.hostname,
-          port: url.port === "" ? 22 : Number(url.port),
-          username: decodeURIComponent(url.username) || undefined,
-          sshOptions: { agent: discovery.env.SSH_AUTH_SOCK },
+          port: url.port === "" ? undefined : Number(url.port),
+          user: decodeURIComponent(url.username) || undefined,
         },
       };
     }
@@ -111,5 +126,5 @@ export function resolveEndpoint(discovery: DiscoveryEnvironment = systemDiscover
       },
     );
   }
-  return { description: `unix://${found}`, options: { socketPath: found } };
+  return { description: `unix://${found}`, address: { kind: "unix", socketPath: found } };
 }

@@ -1,12 +1,11 @@
 /**
- * The narrow part of the Docker Engine API that mkbase uses, over docker-modem — dockerode's own
- * transport (unix sockets, TCP with TLS, ssh). dockerode's entry point is not loaded: it pulls in every
- * resource class and the gRPC stack for BuildKit sessions, ~140 ms of start-up for endpoints we never call.
- * Sinks depend on the {@link EngineClient} interface, so unit tests can fake it; end-to-end tests use the
- * real engine.
+ * The narrow part of the Docker Engine API that mkbase uses. dockerode and its transport are not loaded:
+ * the transport requires ssh2 (and its crypto set-up) at start-up even for a local socket, and dockerode
+ * every resource class and the gRPC stack for BuildKit sessions, ~100 ms and ~140 ms before the first
+ * request, for endpoints we never call. Sinks depend on the {@link EngineClient} interface, so unit
+ * tests can fake it; end-to-end tests use the real engine.
  */
 import type { Readable } from "node:stream";
-import Modem from "docker-modem";
 import { DaemonUnavailableError, InterruptedError, SinkError, errnoCode } from "../errors.js";
 import {
   resolveEndpoint,
@@ -14,6 +13,7 @@ import {
   type DiscoveryEnvironment,
   type EngineEndpoint,
 } from "./connection.js";
+import { EngineStatusError, openTransport, readText, type Query, type Transport } from "./transport.js";
 
 /** Highest API version mkbase speaks; the engine's own is used when it is lower. */
 const CLIENT_MAX_API = "1.47";
@@ -42,12 +42,7 @@ export interface EngineClient {
    * POSTs `body` (a tar) to `path` and resolves with the streamed response once the headers say 2xx.
    * The request is destroyed, never ended, when `signal` aborts or `body` errors.
    */
-  postTar(
-    path: string,
-    query: Record<string, unknown>,
-    body: Readable,
-    signal: AbortSignal,
-  ): Promise<Readable>;
+  postTar(path: string, query: Query, body: Readable, signal: AbortSignal): Promise<Readable>;
   inspectImage(id: string): Promise<ImageSummary | undefined>;
   tagImage(id: string, repository: string, tag: string): Promise<void>;
   removeImage(id: string): Promise<void>;
@@ -62,11 +57,15 @@ export function compareApiVersions(a: string, b: string): number {
 
 function unreachable(endpoint: EngineEndpoint, error: unknown): DaemonUnavailableError {
   const code = errnoCode(error);
-  const hint =
-    code === "EACCES"
+  const message = error instanceof Error ? error.message : String(error);
+  const overSsh = endpoint.address.kind === "ssh";
+  const hint = overSsh
+    ? `Check that \`ssh ${endpoint.address.host} docker version\` works without a prompt: ssh installed here, a key or agent that logs in, and docker on the host.`
+    : code === "EACCES"
       ? "Permission denied on the socket: run as root, or add your user to the docker group."
       : "Start the engine (e.g. `sudo systemctl start docker` or `dockerd`), or point DOCKER_HOST at a running one (unix://, tcp:// or ssh://).";
-  const why = code ?? (error instanceof Error ? error.message : String(error));
+  // What ssh printed says more than an errno; a socket's errno says all.
+  const why = overSsh || code === undefined ? message : code;
   return new DaemonUnavailableError(`cannot reach the Docker Engine at ${endpoint.description} (${why})`, {
     cause: error,
     hint,
@@ -74,42 +73,13 @@ function unreachable(endpoint: EngineEndpoint, error: unknown): DaemonUnavailabl
 }
 
 function engineFailure(what: string, error: unknown): SinkError {
-  const status = (error as { statusCode?: number }).statusCode;
-  const json = (error as { json?: { message?: string } }).json;
-  const detail = json?.message ?? (error instanceof Error ? error.message : String(error));
-  return new SinkError(
-    `the Docker Engine failed ${what}${status === undefined ? "" : ` (HTTP ${status})`}: ${detail}`,
-    {
-      cause: error,
-    },
-  );
+  const status = error instanceof EngineStatusError ? ` (HTTP ${error.statusCode})` : "";
+  const detail = error instanceof Error ? error.message : String(error);
+  return new SinkError(`the Docker Engine failed ${what}${status}: ${detail}`, { cause: error });
 }
 
-type Query = Record<string, unknown>;
-
-/** One request over the modem; resolves with the parsed JSON body (or the stream when `isStream`). */
-function request<T>(
-  modem: Modem,
-  options: {
-    path: string;
-    method: string;
-    query?: Query;
-    statusCodes: Record<number, boolean | string>;
-    signal?: AbortSignal;
-  },
-): Promise<T> {
-  return new Promise((resolve, reject) => {
-    modem.dial(
-      {
-        path: `${options.path}?`,
-        method: options.method,
-        options: options.query ?? {},
-        statusCodes: options.statusCodes,
-        abortSignal: options.signal,
-      } as Modem.DialOptions,
-      (error, data) => (error ? reject(error) : resolve(data as T)),
-    );
-  });
+function statusOf(error: unknown): number | undefined {
+  return error instanceof EngineStatusError ? error.statusCode : undefined;
 }
 
 interface InspectResponse {
@@ -133,69 +103,46 @@ export function imageStoreOf(info: InfoResponse): ImageStore {
   return driverType === undefined ? "classic" : "containerd";
 }
 
-class ModemEngine implements EngineClient {
+class HttpEngine implements EngineClient {
   constructor(
-    private readonly modem: Modem,
+    private readonly transport: Transport,
+    /** `/v1.41`: every request but the first two is made in the negotiated API version. */
+    private readonly prefix: string,
     readonly endpoint: string,
     readonly apiVersion: string,
     readonly imageStore: ImageStore,
   ) {}
 
-  postTar(
-    path: string,
-    query: Record<string, unknown>,
-    body: Readable,
-    signal: AbortSignal,
-  ): Promise<Readable> {
-    return new Promise((resolve, reject) => {
-      if (signal.aborted) {
-        body.destroy();
-        reject(new InterruptedError("interrupted"));
-        return;
-      }
-      this.modem.dial(
+  async postTar(path: string, query: Query, body: Readable, signal: AbortSignal): Promise<Readable> {
+    if (signal.aborted) {
+      body.destroy();
+      throw new InterruptedError("interrupted");
+    }
+    try {
+      return await this.transport.send({ method: "POST", path: this.prefix + path, query, body, signal });
+    } catch (error) {
+      if (signal.aborted) throw new InterruptedError("interrupted", { cause: error });
+      if (error instanceof EngineStatusError) throw engineFailure(`POST ${path}`, error);
+      throw new SinkError(
+        `lost the connection to the Docker Engine at ${this.endpoint}: ${(error as Error).message}`,
         {
-          path: `${path}?`,
-          method: "POST",
-          options: query,
-          file: body,
-          isStream: true,
-          abortSignal: signal,
-          headers: { "Content-Type": "application/x-tar" },
-          statusCodes: { 200: true, 201: true, 400: "bad request", 404: "not found", 500: "server error" },
-        } as Modem.DialOptions,
-        (error, response) => {
-          if (!error) {
-            resolve(response as Readable);
-            return;
-          }
-          body.destroy();
-          if (signal.aborted) reject(new InterruptedError("interrupted", { cause: error }));
-          else if ((error as { statusCode?: number }).statusCode !== undefined)
-            reject(engineFailure(`POST ${path}`, error));
-          else {
-            reject(
-              new SinkError(
-                `lost the connection to the Docker Engine at ${this.endpoint}: ${(error as Error).message}`,
-                {
-                  cause: error,
-                  hint: "Check that the engine is still running (`docker version`) and run again.",
-                },
-              ),
-            );
-          }
+          cause: error,
+          hint: "Check that the engine is still running (`docker version`) and run again.",
         },
       );
-    });
+    }
+  }
+
+  /** One request without a body whose reply is read whole (and parsed, when it is JSON). */
+  private async call(method: string, path: string, query?: Query): Promise<string> {
+    return readText(await this.transport.send({ method, path: this.prefix + path, query }));
   }
 
   async inspectImage(id: string): Promise<ImageSummary | undefined> {
     try {
-      const info = await request<InspectResponse>(this.modem, {
-        path: `/images/${encodeURIComponent(id)}/json`,
-        method: "GET",
-        statusCodes: { 200: true, 404: "no such image", 500: "server error" },
-      });
+      const info = JSON.parse(
+        await this.call("GET", `/images/${encodeURIComponent(id)}/json`),
+      ) as InspectResponse;
       return {
         id: info.Id,
         diffIds: info.RootFS?.Layers ?? [],
@@ -203,26 +150,14 @@ class ModemEngine implements EngineClient {
         repoTags: info.RepoTags ?? [],
       };
     } catch (error) {
-      if ((error as { statusCode?: number }).statusCode === 404) return undefined;
+      if (statusOf(error) === 404) return undefined;
       throw engineFailure(`to inspect image ${id}`, error);
     }
   }
 
   async tagImage(id: string, repository: string, tag: string): Promise<void> {
     try {
-      await request(this.modem, {
-        path: `/images/${encodeURIComponent(id)}/tag`,
-        method: "POST",
-        query: { repo: repository, tag },
-        statusCodes: {
-          200: true,
-          201: true,
-          400: "bad parameter",
-          404: "no such image",
-          409: "conflict",
-          500: "server error",
-        },
-      });
+      await this.call("POST", `/images/${encodeURIComponent(id)}/tag`, { repo: repository, tag });
     } catch (error) {
       throw engineFailure(`to tag ${id} as ${repository}:${tag}`, error);
     }
@@ -230,13 +165,9 @@ class ModemEngine implements EngineClient {
 
   async removeImage(id: string): Promise<void> {
     try {
-      await request(this.modem, {
-        path: `/images/${encodeURIComponent(id)}`,
-        method: "DELETE",
-        statusCodes: { 200: true, 404: "no such image", 409: "conflict", 500: "server error" },
-      });
+      await this.call("DELETE", `/images/${encodeURIComponent(id)}`);
     } catch (error) {
-      if ((error as { statusCode?: number }).statusCode === 404) return;
+      if (statusOf(error) === 404) return;
       throw engineFailure(`to remove image ${id}`, error);
     }
   }
@@ -252,30 +183,39 @@ export async function connectEngine(
   discovery: DiscoveryEnvironment = systemDiscovery,
 ): Promise<EngineClient> {
   const endpoint = resolveEndpoint(discovery);
-  const modem = new Modem(endpoint.options);
-  const get = <T>(path: string): Promise<T> =>
-    request<T>(modem, {
-      path,
+  const transport = await openTransport(endpoint.address);
+  const send = (path: string): ReturnType<Transport["send"]> =>
+    transport.send({
       method: "GET",
-      statusCodes: { 200: true, 500: "server error" },
+      path,
       signal: AbortSignal.any([signal, AbortSignal.timeout(PING_TIMEOUT_MS)]),
     });
-  // Unversioned paths are answered in the engine's own API version; both requests go out at once. An
-  // engine (or an authorization plugin) may refuse /info: the full-archive load then works on any store.
-  const info = get<InfoResponse>("/info").catch((): InfoResponse => ({
-    DriverStatus: [["driver-type", "unknown"]],
-  }));
-  let version: { ApiVersion: string };
+  // Both requests go out at once. An engine (or an authorization plugin) may refuse /info: the
+  // full-archive load then works on any store.
+  const info = send("/info")
+    .then(async (response) => JSON.parse(await readText(response)) as InfoResponse)
+    .catch((): InfoResponse => ({ DriverStatus: [["driver-type", "unknown"]] }));
+  let engineApi: string | undefined;
   try {
-    version = await get<{ ApiVersion: string }>("/version");
+    // As the docker CLI negotiates: /_ping costs the engine nothing, unlike /version, and its header
+    // names the engine's API version.
+    const ping = await send("/_ping");
+    ping.resume();
+    engineApi = ping.headers["api-version"]?.toString();
   } catch (error) {
     if (signal.aborted) throw new InterruptedError("interrupted", { cause: error });
     throw unreachable(endpoint, error);
   }
-  const engineApi = version.ApiVersion;
+  if (engineApi === undefined) {
+    throw new DaemonUnavailableError(
+      `${endpoint.description} answered without naming its API version (no API-Version header on /_ping)`,
+      { hint: "Point DOCKER_HOST at a Docker Engine (API 1.41 or later), not a proxy that drops headers." },
+    );
+  }
   const apiVersion = compareApiVersions(engineApi, CLIENT_MAX_API) < 0 ? engineApi : CLIENT_MAX_API;
-  return new ModemEngine(
-    new Modem({ ...endpoint.options, version: `v${apiVersion}` }),
+  return new HttpEngine(
+    transport,
+    `/v${apiVersion}`,
     endpoint.description,
     apiVersion,
     imageStoreOf(await info),

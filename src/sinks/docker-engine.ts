@@ -13,6 +13,7 @@ import { once } from "node:events";
 import { PassThrough, Readable } from "node:stream";
 import { SinkError } from "../errors.js";
 import type { EngineClient } from "../docker/engine.js";
+import type { Query } from "../docker/transport.js";
 import { messageText, readEngineMessages, type EngineMessage } from "../docker/ndjson.js";
 import { configToInstructions } from "../image/config.js";
 import { imageId, type Image } from "../image/image.js";
@@ -67,7 +68,7 @@ function logMessage(onProgress: ProgressListener): (message: EngineMessage) => v
 async function postEntries(
   engine: EngineClient,
   path: string,
-  query: Record<string, unknown>,
+  query: Query,
   entries: readonly TarEntry[],
   what: string,
   signal: AbortSignal,
@@ -96,7 +97,7 @@ class LayerImport {
 
   constructor(
     private readonly engine: EngineClient,
-    query: Record<string, unknown>,
+    query: Query,
     signal: AbortSignal,
     private readonly onProgress: ProgressListener,
   ) {

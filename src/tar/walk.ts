@@ -8,7 +8,7 @@
  */
 import { isUtf8 } from "node:buffer";
 import { constants, closeSync, lstatSync, openSync, readdirSync, readlinkSync, type Stats } from "node:fs";
-import { getAttributeSync, listAttributesSync } from "@napi-rs/xattr";
+import { createRequire } from "node:module";
 import { SourceError, errnoCode, throwIfAborted } from "../errors.js";
 import { displayPath, type TarEntry } from "./entry.js";
 import type { PathFilter } from "./exclude.js";
@@ -44,6 +44,15 @@ function deviceNumbers(rdev: number): { devmajor: number; devminor: number } {
   return { devmajor: major, devminor: minor };
 }
 
+type XattrBinding = typeof import("@napi-rs/xattr");
+let xattrBinding: XattrBinding | undefined;
+
+/** The native binding, loaded on first use: ~10 ms that `mkbase scratch` of a lone program never needs. */
+function xattr(): XattrBinding {
+  xattrBinding ??= createRequire(import.meta.url)("@napi-rs/xattr") as XattrBinding;
+  return xattrBinding;
+}
+
 /** Reads the xattrs of `path` (not following symlinks). */
 function readXattrs(path: Buffer, isRegularFile: boolean): ReadonlyMap<string, Buffer> | undefined {
   let target: string;
@@ -60,7 +69,7 @@ function readXattrs(path: Buffer, isRegularFile: boolean): ReadonlyMap<string, B
   try {
     let names: string[];
     try {
-      names = listAttributesSync(target);
+      names = xattr().listAttributesSync(target);
     } catch (error) {
       // Filesystems without xattr support (some tmpfs, network mounts) have nothing to carry.
       if (errnoCode(error) === "ENOTSUP" || errnoCode(error) === "EOPNOTSUPP") return undefined;
@@ -70,7 +79,7 @@ function readXattrs(path: Buffer, isRegularFile: boolean): ReadonlyMap<string, B
     const result = new Map<string, Buffer>();
     for (const name of names.sort()) {
       if (SKIPPED_XATTRS.has(name)) continue;
-      const value = getAttributeSync(target, name);
+      const value = xattr().getAttributeSync(target, name);
       if (value !== null) result.set(name, Buffer.from(value));
     }
     return result.size > 0 ? result : undefined;

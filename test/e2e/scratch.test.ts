@@ -4,7 +4,8 @@
  * before any image exists.
  */
 import assert from "node:assert/strict";
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -222,6 +223,50 @@ describe("mkbase scratch", () => {
       "1700000000",
     ]);
     assert.equal((await imageInspect(pinned))?.Created, "2023-11-14T22:13:20Z");
+  });
+
+  test("DOCKER_HOST=ssh:// goes through ssh and `docker system dial-stdio`, as the docker CLI does", async () => {
+    // There is no sshd here: a stand-in ssh records its arguments and runs the remote command locally.
+    // The engine and the docker CLI's dial-stdio at the other end are the real ones.
+    const bin = join(work, "ssh-bin");
+    await mkdir(bin);
+    const standIn = [
+      "#!/bin/sh",
+      'echo "$@" >>"$(dirname "$0")/calls"',
+      'while [ "$1" != "--" ]; do shift; done',
+      "shift 2",
+      // The remote side has its own engine: DOCKER_HOST=ssh://… here would make dial-stdio call ssh again.
+      "unset DOCKER_HOST",
+      'exec "$@"',
+    ].join("\n");
+    await writeFile(join(bin, "ssh"), `${standIn}\n`, { mode: 0o755 });
+    const env = {
+      ...process.env,
+      PATH: `${bin}:${process.env.PATH ?? ""}`,
+      DOCKER_HOST: "ssh://builder@engine.example:2200",
+    };
+    // One small image (a single load) and one whose layer passes 16 MiB (import, load, remove).
+    const payload = join(work, "payload.bin");
+    await writeFile(payload, randomBytes(20 * 1024 * 1024));
+    for (const extra of [[], ["--add", `${payload}:/payload.bin`]]) {
+      const tag = uniqueTag("scratch-ssh");
+      made.add(tag);
+      const result = await runMkbase(["scratch", programs.hello, ...extra, "-t", tag, "--quiet"], { env });
+      assert.equal(result.code, 0, describeResult(result));
+      made.add(result.stdout.trim());
+      const run = await dockerRun(tag, []);
+      assert.equal(run.stdout, `${greeting}\n`, describeResult(run));
+      const files = await imageFiles(tag, false);
+      assert.deepEqual(files, extra.length === 0 ? ["/hello"] : ["/hello", "/payload.bin"]);
+    }
+    const calls = (await readFile(join(bin, "calls"), "utf8")).trim().split("\n");
+    assert.ok(calls.length >= 4, calls.join("\n"));
+    for (const call of new Set(calls)) {
+      assert.equal(
+        call,
+        "-o ConnectTimeout=30 -T -l builder -p 2200 -- engine.example docker system dial-stdio",
+      );
+    }
   });
 
   test("one program per --platform: suffixed tags, and the plain tag on this machine's platform", async () => {

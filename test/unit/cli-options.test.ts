@@ -81,24 +81,33 @@ describe("engine discovery", () => {
   });
 
   it("uses DOCKER_HOST as given", () => {
-    assert.deepEqual(resolveEndpoint(discovery({ DOCKER_HOST: "unix:///x.sock" })).options, {
+    assert.deepEqual(resolveEndpoint(discovery({ DOCKER_HOST: "unix:///x.sock" })).address, {
+      kind: "unix",
       socketPath: "/x.sock",
     });
-    assert.deepEqual(resolveEndpoint(discovery({ DOCKER_HOST: "tcp://h:2375" })).options, {
-      protocol: "http",
+    assert.deepEqual(resolveEndpoint(discovery({ DOCKER_HOST: "tcp://h:2375" })).address, {
+      kind: "tcp",
       host: "h",
       port: 2375,
     });
     const tls = resolveEndpoint(
       discovery({ DOCKER_HOST: "tcp://h:1234", DOCKER_TLS_VERIFY: "1", DOCKER_CERT_PATH: "/c" }),
     );
-    assert.equal(tls.options.protocol, "https");
-    assert.equal(String(tls.options.ca), "pem:/c/ca.pem");
-    const ssh = resolveEndpoint(discovery({ DOCKER_HOST: "ssh://me@box:2222", SSH_AUTH_SOCK: "/agent" }));
-    assert.deepEqual(
-      [ssh.options.protocol, ssh.options.host, ssh.options.port, ssh.options.username],
-      ["ssh", "box", 2222, "me"],
-    );
+    assert.ok(tls.address.kind === "tcp" && tls.address.tls !== undefined);
+    assert.equal(String(tls.address.tls.ca), "pem:/c/ca.pem");
+    assert.equal(resolveEndpoint(discovery({ DOCKER_HOST: "tcp://h" })).address.kind, "tcp");
+    assert.deepEqual(resolveEndpoint(discovery({ DOCKER_HOST: "ssh://me@box:2222" })).address, {
+      kind: "ssh",
+      host: "box",
+      port: 2222,
+      user: "me",
+    });
+    assert.deepEqual(resolveEndpoint(discovery({ DOCKER_HOST: "ssh://box" })).address, {
+      kind: "ssh",
+      host: "box",
+      port: undefined,
+      user: undefined,
+    });
     assert.throws(() => resolveEndpoint(discovery({ DOCKER_HOST: "ftp://x" })), UsageError);
   });
 

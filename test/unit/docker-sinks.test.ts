@@ -242,10 +242,8 @@ describe("the image store", () => {
     const dir = await mkdtemp(join(tmpdir(), "mkbase-unit-"));
     const socket = join(dir, "engine.sock");
     const server = createServer((req, res) => {
-      const [status, body] = req.url?.startsWith("/info")
-        ? [infoStatus, info]
-        : [200, { ApiVersion: "1.41", Version: "20.10.24" }];
-      res.writeHead(status, { "Content-Type": "application/json" }).end(JSON.stringify(body));
+      if (req.url === "/_ping") res.writeHead(200, { "Api-Version": "1.41" }).end("OK");
+      else res.writeHead(infoStatus, { "Content-Type": "application/json" }).end(JSON.stringify(info));
     });
     await new Promise<void>((resolve) => server.listen(socket, resolve));
     try {

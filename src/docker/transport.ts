@@ -1,0 +1,167 @@
+/**
+ * HTTP requests to the engine over node's own http client: a unix socket, TCP (with TLS), or a stream
+ * through `ssh HOST docker system dial-stdio` as the docker CLI does. Kept this small on purpose: the
+ * whole CLI waits for it to load before its first request (see `mkbase scratch`'s benchmark).
+ */
+import { spawn } from "node:child_process";
+import { request as httpRequest, type IncomingMessage, type RequestOptions } from "node:http";
+import { Duplex, type Readable } from "node:stream";
+import type { EngineAddress } from "./connection.js";
+
+/** Query values as the engine reads them: a list becomes a repeated key. */
+export type Query = Readonly<Record<string, string | number | boolean | readonly string[] | undefined>>;
+
+/** A reply outside 2xx, with the engine's own message when it sent one. */
+export class EngineStatusError extends Error {
+  constructor(
+    readonly statusCode: number,
+    message: string,
+  ) {
+    super(message);
+    this.name = "EngineStatusError";
+  }
+}
+
+/** The stderr of a failed `ssh`, as the error of the stream it was carrying. */
+class SshDialError extends Error {
+  override name = "SshDialError";
+}
+
+export interface Transport {
+  /** Sends one request; resolves once the reply's status is 2xx, rejects with the engine's words if not. */
+  send(options: {
+    readonly method: string;
+    readonly path: string;
+    readonly query?: Query;
+    /** A tar to stream as the body; the request is destroyed, never ended, if it errors. */
+    readonly body?: Readable;
+    readonly signal?: AbortSignal;
+  }): Promise<IncomingMessage>;
+}
+
+export function withQuery(path: string, query: Query = {}): string {
+  const params = new URLSearchParams();
+  for (const [key, value] of Object.entries(query)) {
+    if (value === undefined) continue;
+    for (const item of typeof value === "object" ? value : [value]) params.append(key, String(item));
+  }
+  const text = params.toString();
+  return text === "" ? path : `${path}?${text}`;
+}
+
+/** Reads a whole reply as text. */
+export async function readText(response: Readable): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of response) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString("utf8");
+}
+
+/** `{"message": "…"}` is how the engine explains an error status; anything else is shown as it came. */
+function messageOf(status: number, text: string): string {
+  try {
+    const message = (JSON.parse(text) as { message?: unknown }).message;
+    if (typeof message === "string") return message;
+  } catch {
+    // Not JSON (a proxy's page, an empty body): the text itself, or the bare status, says it.
+  }
+  return text.trim() === "" ? `HTTP ${status}` : text.trim();
+}
+
+/**
+ * A duplex over `ssh [-l USER] [-p PORT] -- HOST docker system dial-stdio`. When ssh fails (no route, key
+ * refused, no docker on the host) the stream errors with what ssh printed.
+ */
+export function dialOverSsh(address: Extract<EngineAddress, { kind: "ssh" }>): Duplex {
+  const args = ["-o", "ConnectTimeout=30", "-T"];
+  if (address.user !== undefined) args.push("-l", address.user);
+  if (address.port !== undefined) args.push("-p", String(address.port));
+  args.push("--", address.host, "docker", "system", "dial-stdio");
+  const child = spawn("ssh", args, { stdio: ["pipe", "pipe", "pipe"] });
+  const stream = new Duplex({
+    read: () => child.stdout.resume(),
+    write: (chunk: Buffer, _encoding, callback) => child.stdin.write(chunk, callback),
+    final: (callback) => child.stdin.end(callback),
+    destroy: (error, callback) => {
+      child.kill();
+      callback(error);
+    },
+  });
+  child.stdout.on("data", (chunk: Buffer) => {
+    if (!stream.push(chunk)) child.stdout.pause();
+  });
+  // A write after ssh has gone fails with EPIPE; its exit status, below, says why.
+  child.stdin.on("error", () => undefined);
+  let stderr = "";
+  child.stderr.setEncoding("utf8").on("data", (text: string) => {
+    stderr = (stderr + text).slice(-2000);
+  });
+  child.once("error", (error) => stream.destroy(error));
+  // The stream ends only once ssh has exited: the HTTP client must see ssh's failure, not a hang-up.
+  child.once("close", (code) => {
+    if (code === 0) {
+      stream.push(null);
+      return;
+    }
+    const said = stderr.trim() === "" ? "" : `: ${stderr.trim()}`;
+    stream.destroy(new SshDialError(`ssh ${address.host} exited with ${String(code)}${said}`));
+  });
+  return stream;
+}
+
+/**
+ * Plain HTTP goes through node's global agent, which keeps the connection open between requests; TLS
+ * loads node's https module only when asked for.
+ */
+export async function openTransport(address: EngineAddress): Promise<Transport> {
+  let base: RequestOptions;
+  let request = httpRequest;
+  switch (address.kind) {
+    case "unix":
+      base = { socketPath: address.socketPath };
+      break;
+    case "tcp":
+      base = { host: address.host, port: address.port };
+      if (address.tls !== undefined) {
+        request = (await import("node:https")).request;
+        base = { ...base, ...address.tls };
+      }
+      break;
+    case "ssh":
+      base = { createConnection: () => dialOverSsh(address) };
+      break;
+  }
+  return {
+    send: ({ method, path, query, body, signal }) =>
+      new Promise((resolve, reject) => {
+        const req = request({
+          ...base,
+          method,
+          path: withQuery(path, query),
+          headers: body === undefined ? {} : { "Content-Type": "application/x-tar" },
+          signal,
+        });
+        req.once("error", (error) => {
+          body?.destroy();
+          reject(error);
+        });
+        req.once("response", (response) => {
+          const status = response.statusCode ?? 0;
+          if (status >= 200 && status < 300) {
+            resolve(response);
+            return;
+          }
+          body?.destroy();
+          readText(response).then(
+            (text) => reject(new EngineStatusError(status, messageOf(status, text))),
+            reject,
+          );
+        });
+        if (body === undefined) {
+          req.end();
+          return;
+        }
+        body.once("error", (error) => req.destroy(error));
+        body.pipe(req);
+      }),
+  };
+}

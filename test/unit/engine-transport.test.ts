@@ -1,0 +1,290 @@
+import assert from "node:assert/strict";
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Readable } from "node:stream";
+import { after, before, describe, it } from "node:test";
+import { connectEngine, type EngineClient } from "../../src/docker/engine.js";
+import { withQuery } from "../../src/docker/transport.js";
+import { DaemonUnavailableError, SinkError } from "../../src/errors.js";
+
+interface Received {
+  readonly method: string;
+  readonly url: string;
+  readonly body: Buffer;
+}
+
+/** An engine on a unix socket: records every request and answers with `reply`. */
+class FakeEngine {
+  readonly received: Received[] = [];
+  private server: Server | undefined;
+  constructor(
+    readonly socket: string,
+    private readonly reply: (req: Received, res: ServerResponse) => void,
+  ) {}
+
+  async start(): Promise<void> {
+    this.server = createServer((req: IncomingMessage, res) => {
+      const chunks: Buffer[] = [];
+      req.on("data", (chunk: Buffer) => chunks.push(chunk));
+      req.on("end", () => {
+        const received = { method: req.method ?? "", url: req.url ?? "", body: Buffer.concat(chunks) };
+        this.received.push(received);
+        this.reply(received, res);
+      });
+    });
+    await new Promise<void>((resolve) => this.server?.listen(this.socket, resolve));
+  }
+
+  async stop(): Promise<void> {
+    this.server?.closeAllConnections();
+    await new Promise((resolve) => this.server?.close(resolve));
+  }
+}
+
+function json(res: ServerResponse, status: number, body: object): void {
+  res.writeHead(status, { "Content-Type": "application/json" }).end(JSON.stringify(body));
+}
+
+/** A ping naming `apiVersion`, /info of the classic store, and `rest` for everything else. */
+function engineReplies(apiVersion: string | undefined, rest: (req: Received, res: ServerResponse) => void) {
+  return (req: Received, res: ServerResponse): void => {
+    if (req.url === "/_ping") {
+      res.writeHead(200, apiVersion === undefined ? {} : { "Api-Version": apiVersion }).end("OK");
+    } else if (req.url === "/info") {
+      json(res, 200, { DriverStatus: [["Backing Filesystem", "extfs"]] });
+    } else {
+      rest(req, res);
+    }
+  };
+}
+
+const discovery = (host: string, home: string) => ({
+  env: { DOCKER_HOST: host },
+  exists: () => false,
+  readFile: () => Buffer.alloc(0),
+  home,
+});
+
+describe("the engine's HTTP client", () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "mkbase-unit-"));
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  async function withEngine(
+    name: string,
+    apiVersion: string | undefined,
+    rest: (req: Received, res: ServerResponse) => void,
+    use: (engine: EngineClient, fake: FakeEngine) => Promise<void>,
+  ): Promise<void> {
+    const fake = new FakeEngine(join(dir, `${name}.sock`), engineReplies(apiVersion, rest));
+    await fake.start();
+    try {
+      const engine = await connectEngine(
+        new AbortController().signal,
+        discovery(`unix://${fake.socket}`, dir),
+      );
+      await use(engine, fake);
+    } finally {
+      await fake.stop();
+    }
+  }
+
+  it("speaks the engine's API version when it is older than mkbase's, and mkbase's otherwise", async () => {
+    await withEngine(
+      "old",
+      "1.41",
+      (_req, res) => res.writeHead(201).end(),
+      async (engine, fake) => {
+        assert.equal(engine.apiVersion, "1.41");
+        assert.equal(engine.imageStore, "classic");
+        await engine.tagImage("sha256:abc", "corp/base", "1.0");
+        assert.deepEqual(fake.received.at(-1), {
+          method: "POST",
+          url: "/v1.41/images/sha256%3Aabc/tag?repo=corp%2Fbase&tag=1.0",
+          body: Buffer.alloc(0),
+        });
+      },
+    );
+    await withEngine(
+      "new",
+      "1.51",
+      (_req, res) => res.writeHead(200).end(),
+      async (engine) => assert.equal(engine.apiVersion, "1.47"),
+    );
+  });
+
+  it("refuses an endpoint that does not name its API version", async () => {
+    await assert.rejects(
+      withEngine(
+        "mute",
+        undefined,
+        () => assert.fail("no request after the ping"),
+        async () => assert.fail("connected"),
+      ),
+      (error: unknown) => error instanceof DaemonUnavailableError && /API-Version/.test(error.message),
+    );
+  });
+
+  it("turns an error status into the engine's own words, and a missing image into undefined", async () => {
+    await withEngine(
+      "errors",
+      "1.41",
+      (req, res) => {
+        if (req.method === "GET") json(res, 404, { message: "No such image: x" });
+        else if (req.method === "DELETE") json(res, 404, { message: "No such image: x" });
+        else res.writeHead(409).end("tag is locked\n");
+      },
+      async (engine) => {
+        assert.equal(await engine.inspectImage("x"), undefined);
+        await engine.removeImage("x");
+        await assert.rejects(
+          engine.tagImage("x", "r", "t"),
+          (error: unknown) =>
+            error instanceof SinkError && error.message.endsWith("as r:t (HTTP 409): tag is locked"),
+        );
+      },
+    );
+  });
+
+  it("streams a tar body and hands back the reply, or the engine's refusal", async () => {
+    const body = Buffer.alloc(3 * 1024 * 1024, 7);
+    await withEngine(
+      "post",
+      "1.41",
+      (req, res) => {
+        if (req.url.includes("quiet=1")) json(res, 400, { message: "invalid tar header" });
+        else res.writeHead(200).end('{"stream":"Loaded image ID: sha256:1"}\n');
+      },
+      async (engine, fake) => {
+        const signal = new AbortController().signal;
+        const reply = await engine.postTar(
+          "/images/load",
+          { quiet: false, changes: ["CMD x", "ENV a=b"], message: undefined },
+          Readable.from([body.subarray(0, 1000), body.subarray(1000)]),
+          signal,
+        );
+        const text = Buffer.concat(await reply.toArray()).toString();
+        assert.match(text, /Loaded image ID/);
+        const received = fake.received.at(-1);
+        assert.equal(received?.url, "/v1.41/images/load?quiet=false&changes=CMD+x&changes=ENV+a%3Db");
+        assert.ok(received?.body.equals(body));
+        const refused = Readable.from([body]);
+        await assert.rejects(
+          engine.postTar("/images/load", { quiet: 1 }, refused, signal),
+          (error: unknown) =>
+            error instanceof SinkError && /\(HTTP 400\): invalid tar header$/.test(error.message),
+        );
+        assert.ok(refused.destroyed);
+      },
+    );
+  });
+
+  it("names the socket and what to do when nothing listens", async () => {
+    await assert.rejects(
+      connectEngine(new AbortController().signal, discovery(`unix://${join(dir, "none.sock")}`, dir)),
+      (error: unknown) =>
+        error instanceof DaemonUnavailableError &&
+        error.message.includes("none.sock (ENOENT)") &&
+        /Start the engine/.test(error.hint ?? ""),
+    );
+  });
+
+  it("builds queries as the engine reads them", () => {
+    assert.equal(withQuery("/p"), "/p");
+    assert.equal(withQuery("/p", { a: undefined }), "/p");
+    assert.equal(withQuery("/p", { t: ["a:1", "b:2"], q: true, n: 3 }), "/p?t=a%3A1&t=b%3A2&q=true&n=3");
+  });
+});
+
+describe("DOCKER_HOST=ssh://", () => {
+  let dir: string;
+  let fake: FakeEngine;
+  let savedPath: string | undefined;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "mkbase-unit-"));
+    fake = new FakeEngine(
+      join(dir, "remote.sock"),
+      engineReplies("1.43", (_req, res) => res.writeHead(201).end()),
+    );
+    await fake.start();
+    savedPath = process.env.PATH;
+  });
+  after(async () => {
+    process.env.PATH = savedPath;
+    await fake.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  /** Puts an `ssh` on PATH whose body is `script` (node), given the log file and the engine's socket. */
+  async function standInSsh(name: string, script: string): Promise<string> {
+    const bin = join(dir, name);
+    const log = join(bin, "args.json");
+    await rm(bin, { recursive: true, force: true });
+    await mkdir(bin);
+    const body = [
+      `#!${process.execPath}`,
+      `const log = ${JSON.stringify(log)}, socket = ${JSON.stringify(fake.socket)};`,
+      `require("node:fs").appendFileSync(log, JSON.stringify(process.argv.slice(2)) + "\\n");`,
+      script,
+    ].join("\n");
+    await writeFile(join(bin, "ssh"), body);
+    await chmod(join(bin, "ssh"), 0o755);
+    process.env.PATH = `${bin}:${savedPath ?? ""}`;
+    return log;
+  }
+
+  it("runs the user's ssh with docker system dial-stdio and talks HTTP through it", async () => {
+    const log = await standInSsh(
+      "bridge",
+      `const s = require("node:net").connect(socket); process.stdin.pipe(s); s.pipe(process.stdout);`,
+    );
+    const engine = await connectEngine(new AbortController().signal, discovery("ssh://me@box:2222", dir));
+    assert.equal(engine.apiVersion, "1.43");
+    await engine.tagImage("sha256:abc", "r", "t");
+    assert.equal(fake.received.at(-1)?.url, "/v1.43/images/sha256%3Aabc/tag?repo=r&tag=t");
+    const calls = (await readFile(log, "utf8")).trim().split("\n");
+    assert.ok(calls.length >= 2);
+    assert.deepEqual(JSON.parse(calls[0] ?? ""), [
+      "-o",
+      "ConnectTimeout=30",
+      "-T",
+      "-l",
+      "me",
+      "-p",
+      "2222",
+      "--",
+      "box",
+      "docker",
+      "system",
+      "dial-stdio",
+    ]);
+  });
+
+  it("reports what ssh said when it cannot connect", async () => {
+    await standInSsh(
+      "refused",
+      `process.stderr.write("me@box: Permission denied (publickey).\\n"); process.exit(255);`,
+    );
+    await assert.rejects(
+      connectEngine(new AbortController().signal, discovery("ssh://me@box", dir)),
+      (error: unknown) =>
+        error instanceof DaemonUnavailableError &&
+        error.message.includes("ssh box exited with 255: me@box: Permission denied (publickey).") &&
+        (error.hint ?? "").includes("`ssh box docker version`"),
+    );
+  });
+
+  it("says so when ssh is not installed", async () => {
+    process.env.PATH = join(dir, "empty");
+    await assert.rejects(
+      connectEngine(new AbortController().signal, discovery("ssh://box", dir)),
+      (error: unknown) => error instanceof DaemonUnavailableError && /spawn ssh ENOENT/.test(error.message),
+    );
+  });
+});
