@@ -5,7 +5,7 @@
  * that exists and is not a regular file (`/dev/null`, a FIFO, a terminal) is written directly instead:
  * a rename would replace the device node itself with a file.
  */
-import { createHash, randomBytes, type Hash } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { open, realpath, rename, rm, stat, type FileHandle } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { SinkError, errnoCode } from "../errors.js";
@@ -38,7 +38,6 @@ export function fileWriteError(what: string, error: unknown): SinkError {
  * {@link AtomicFile.direct} writes straight into its destination: nothing to rename, nothing to remove.
  */
 export class AtomicFile {
-  private readonly hash: Hash = createHash("sha256");
   private bytes = 0;
   private done = false;
 
@@ -72,9 +71,8 @@ export class AtomicFile {
     }
   }
 
-  /** Appends `chunk`; the bytes are hashed on the way. */
+  /** Appends `chunk`. Writers that need a digest hash the bytes themselves: most need none. */
   async write(chunk: Buffer): Promise<void> {
-    this.hash.update(chunk);
     this.bytes += chunk.length;
     try {
       let offset = 0;
@@ -87,15 +85,15 @@ export class AtomicFile {
     }
   }
 
-  /** Closes the file and returns the digest and size of what was written (still under the temp name). */
-  async finish(): Promise<{ digest: string; size: number }> {
+  /** Closes the file and returns the size of what was written (still under the temp name). */
+  async finish(): Promise<{ size: number }> {
     try {
       await this.handle.close();
     } catch (error) {
       throw fileWriteError(this.what, error);
     }
     this.done = true;
-    return { digest: `sha256:${this.hash.digest("hex")}`, size: this.bytes };
+    return { size: this.bytes };
   }
 
   /** Renames the finished file to `path` (in the same directory as the temp file, or on the same filesystem). */
@@ -141,7 +139,7 @@ export async function openDestination(
 }
 
 /**
- * Writes `chunks` to `path` atomically and returns the digest and size of the bytes. On any failure the
+ * Writes `chunks` to `path` atomically and returns the number of bytes. On any failure the
  * temporary file is removed and `path` is left as it was.
  */
 export async function writeFileAtomically(
@@ -149,7 +147,7 @@ export async function writeFileAtomically(
   what: string,
   chunks: AsyncIterable<Buffer> | Iterable<Buffer>,
   mode = 0o644,
-): Promise<{ digest: string; size: number }> {
+): Promise<{ size: number }> {
   const { file, path: finalPath } = await openDestination(path, what, mode);
   try {
     for await (const chunk of chunks) await file.write(chunk);

@@ -3,6 +3,7 @@
  * layout, OCI archive, registry) have written it. Outputs with the same compression share one spool, so
  * the layer is compressed once per algorithm and level, however many outputs take it.
  */
+import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { createCompressor, type Compressor } from "../compress/compressor.js";
 import { layerMediaType, type Compression } from "../compress/compression.js";
@@ -33,8 +34,17 @@ export class CompressedLayerSpool {
     });
     opened.catch(() => undefined);
     let compressor: Compressor | undefined;
+    // The blob's digest: hashed on the way to the file, not read back.
+    const hash = createHash("sha256");
     const compressorReady = opened.then((file) => {
-      compressor = createCompressor(this.compression, (chunk) => file.write(chunk), { signal });
+      compressor = createCompressor(
+        this.compression,
+        (chunk) => {
+          hash.update(chunk);
+          return file.write(chunk);
+        },
+        { signal },
+      );
       return compressor;
     });
     compressorReady.catch(() => undefined);
@@ -50,8 +60,8 @@ export class CompressedLayerSpool {
       const active = await compressorReady;
       await end;
       await active.end();
-      const written = await file.finish();
-      return { ...written, path: file.tempPath };
+      const { size } = await file.finish();
+      return { digest: `sha256:${hash.digest("hex")}`, size, path: file.tempPath };
     })();
     this.pending.catch(() => undefined);
     return {
