@@ -45,7 +45,7 @@ done
 BENCH_IDLE=$idle
 
 bench_require docker node tar cp
-[ -f "$repo/dist/src/cli/main.js" ] || bench_die "mkbase is not built" "cd $repo && npx tsc -p ."
+[ -f "$repo/dist/bundle/cli/main.cjs" ] || bench_die "mkbase is not built" "cd $repo && npm run build"
 docker version >/dev/null 2>&1 || bench_die "the Docker Engine does not answer" "start dockerd, then run again"
 
 bench_init

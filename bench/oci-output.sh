@@ -40,7 +40,7 @@ done
 [[ $runs =~ ^[1-9][0-9]*$ ]] || bench_die "--runs must be a positive integer, not '$runs'"
 
 bench_require node tar pigz gzip zstd
-[ -f "$repo/dist/src/cli/main.js" ] || bench_die "mkbase is not built" "cd $repo && npx tsc -p ."
+[ -f "$repo/dist/bundle/cli/main.cjs" ] || bench_die "mkbase is not built" "cd $repo && npm run build"
 
 bench_init
 mkbase=(node "$repo/bin/mkbase")

@@ -4,7 +4,7 @@
 # target. A measurement, not a test: exits 0 even when a target fails, unless --check is given.
 #
 # Usage: bench/scratch.sh [--runs N] [--check]
-# Needs: dist/ built (npx tsc -p .), a running Docker Engine, gcc; hyperfine is used when installed.
+# Needs: mkbase built (npm run build), a running Docker Engine, gcc; hyperfine is used when installed.
 # Other users of the engine slow both sides unevenly: numbers taken on a busy engine are indicative only.
 set -euo pipefail
 
