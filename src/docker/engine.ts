@@ -133,7 +133,7 @@ class HttpEngine implements EngineClient {
     }
   }
 
-  /** One request without a body whose reply is read whole (and parsed, when it is JSON). */
+  /** One request without a body, in the negotiated API version; resolves with the whole reply. */
   private async call(method: string, path: string, query?: Query): Promise<string> {
     return readText(await this.transport.send({ method, path: this.prefix + path, query }));
   }

@@ -72,7 +72,7 @@ function messageOf(status: number, text: string): string {
  * A duplex over `ssh [-l USER] [-p PORT] -- HOST docker system dial-stdio`. When ssh fails (no route, key
  * refused, no docker on the host) the stream errors with what ssh printed.
  */
-export function dialOverSsh(address: Extract<EngineAddress, { kind: "ssh" }>): Duplex {
+function dialOverSsh(address: Extract<EngineAddress, { kind: "ssh" }>): Duplex {
   const args = ["-o", "ConnectTimeout=30", "-T"];
   if (address.user !== undefined) args.push("-l", address.user);
   if (address.port !== undefined) args.push("-p", String(address.port));
