@@ -2,12 +2,12 @@
  * Wires source → normaliser → tar → layer → image → sinks. One walk of the source feeds every sink:
  * streaming sinks take the layer as it is packed, the others read a private spooled copy afterwards.
  */
-import { createHash } from "node:crypto";
 import { mkdtemp, open, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { SinkError, errnoCode, throwIfAborted } from "./errors.js";
 import type { ContainerConfig } from "./image/config.js";
+import { RunningDigest } from "./image/digest.js";
 import { formatCreated, imageId, type Image } from "./image/image.js";
 import { fileLayer, type Layer } from "./image/layer.js";
 import type { Platform } from "./image/platform.js";
@@ -66,7 +66,7 @@ async function packLayer(
 ): Promise<PackedLayer> {
   const clamp = request.epoch.kind === "fixed" ? request.epoch.seconds : undefined;
   const normalizer = new EntryNormalizer(clamp);
-  const hash = createHash("sha256");
+  const hash = new RunningDigest();
   let size = 0;
   const spool = spoolPath === undefined ? undefined : await open(spoolPath, "wx", 0o600);
   try {
@@ -102,7 +102,7 @@ async function packLayer(
     await spool?.close();
   }
   return {
-    diffId: `sha256:${hash.digest("hex")}`,
+    diffId: hash.digest(),
     size,
     entries: normalizer.count,
     newestMtime: normalizer.newestMtime,

@@ -11,6 +11,7 @@ import Module, { createRequire } from "node:module";
 import { dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Script, constants } from "node:vm";
+import { packageVersion } from "./version.js";
 
 type Main = (argv: readonly string[]) => Promise<number>;
 
@@ -73,10 +74,7 @@ export function loadBundle(bundle: string, command: string): LoadedBundle {
 /** bin/mkbase: sets the exit code of the run of `argv`. */
 export async function launch(argv: readonly string[]): Promise<void> {
   if (argv.length === 1 && (argv[0] === "--version" || argv[0] === "-V")) {
-    const packageJson = fileURLToPath(new URL("../../../package.json", import.meta.url));
-    process.stdout.write(
-      `${(JSON.parse(readFileSync(packageJson, "utf8")) as { version: string }).version}\n`,
-    );
+    process.stdout.write(`${packageVersion()}\n`);
     return;
   }
   const command = /^[a-z]+$/.test(argv[0] ?? "") ? (argv[0] as string) : "other";

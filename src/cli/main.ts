@@ -3,14 +3,9 @@
  * codes. Commands load their modules lazily, so a command evaluates only what it uses (bin/mkbase answers
  * `mkbase --version` before any of this loads).
  */
-import { readFileSync } from "node:fs";
 import { ExitCode, InterruptedError, MkbaseError, errnoCode } from "../errors.js";
 import type { CommandContext } from "./run-build.js";
-
-function packageVersion(): string {
-  const url = new URL("../../../package.json", import.meta.url);
-  return (JSON.parse(readFileSync(url, "utf8")) as { version: string }).version;
-}
+import { packageVersion } from "./version.js";
 
 const EXIT_CODES_HELP = `
 Exit codes:

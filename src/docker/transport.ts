@@ -23,11 +23,6 @@ export class EngineStatusError extends Error {
   }
 }
 
-/** The stderr of a failed `ssh`, as the error of the stream it was carrying. */
-class SshDialError extends Error {
-  override name = "SshDialError";
-}
-
 export interface Transport {
   /** Sends one request; resolves once the reply's status is 2xx, rejects with the engine's words if not. */
   send(options: {
@@ -104,7 +99,7 @@ function dialOverSsh(address: Extract<EngineAddress, { kind: "ssh" }>): Duplex {
       return;
     }
     const said = stderr.trim() === "" ? "" : `: ${stderr.trim()}`;
-    stream.destroy(new SshDialError(`ssh ${address.host} exited with ${String(code)}${said}`));
+    stream.destroy(new Error(`ssh ${address.host} exited with ${String(code)}${said}`));
   });
   return stream;
 }

@@ -6,6 +6,19 @@ export function sha256Digest(data: Buffer | string): string {
   return `sha256:${createHash("sha256").update(data).digest("hex")}`;
 }
 
+/** A `sha256:<hex>` digest of bytes that arrive a chunk at a time. */
+export class RunningDigest {
+  private readonly hash = createHash("sha256");
+
+  update(chunk: Buffer): void {
+    this.hash.update(chunk);
+  }
+
+  digest(): string {
+    return `sha256:${this.hash.digest("hex")}`;
+  }
+}
+
 /** The hex part of a `sha256:<hex>` digest. */
 export function digestHex(digest: string): string {
   return digest.slice(digest.indexOf(":") + 1);

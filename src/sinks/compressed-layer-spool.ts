@@ -3,10 +3,10 @@
  * layout, OCI archive, registry) have written it. Outputs with the same compression share one spool, so
  * the layer is compressed once per algorithm and level, however many outputs take it.
  */
-import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { createCompressor, type Compressor } from "../compress/compressor.js";
 import { layerMediaType, type Compression } from "../compress/compression.js";
+import { RunningDigest } from "../image/digest.js";
 import type { CompressedLayer } from "../image/image-blobs.js";
 import { AtomicFile } from "./atomic-file.js";
 import type { LayerConsumer } from "./sink.js";
@@ -35,7 +35,7 @@ export class CompressedLayerSpool {
     opened.catch(() => undefined);
     let compressor: Compressor | undefined;
     // The blob's digest: hashed on the way to the file, not read back.
-    const hash = createHash("sha256");
+    const hash = new RunningDigest();
     const compressorReady = opened.then((file) => {
       compressor = createCompressor(
         this.compression,
@@ -61,7 +61,7 @@ export class CompressedLayerSpool {
       await end;
       await active.end();
       const { size } = await file.finish();
-      return { digest: `sha256:${hash.digest("hex")}`, size, path: file.tempPath };
+      return { digest: hash.digest(), size, path: file.tempPath };
     })();
     this.pending.catch(() => undefined);
     return {

@@ -6,12 +6,11 @@
  * One image: `index.json` lists its manifest once per tag, with `org.opencontainers.image.ref.name`.
  * Several (one per platform): an image index blob lists the manifests, and `index.json` points at it.
  */
-import { createHash } from "node:crypto";
 import { mkdir, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { SinkError, errnoCode, throwIfAborted } from "../errors.js";
 import { annotationsFor, type Annotation } from "../image/annotations.js";
-import { canonicalJson, digestHex } from "../image/digest.js";
+import { RunningDigest, canonicalJson, digestHex } from "../image/digest.js";
 import type { Image } from "../image/image.js";
 import {
   CONTAINERD_NAME_ANNOTATION,
@@ -271,12 +270,12 @@ async function writeBlob(dir: string, blob: ContentBlob): Promise<void> {
   if (existing?.isFile() === true && existing.size === size) return;
   const file = await AtomicFile.create(dir, `blob ${digest} in ${dir}`);
   try {
-    const hash = createHash("sha256");
+    const hash = new RunningDigest();
     for await (const chunk of blob.open()) {
       hash.update(chunk);
       await file.write(chunk);
     }
-    const written = { digest: `sha256:${hash.digest("hex")}`, ...(await file.finish()) };
+    const written = { digest: hash.digest(), ...(await file.finish()) };
     if (written.digest !== digest || written.size !== size) {
       throw new SinkError(`blob ${digest} changed while it was copied into ${dir} (got ${written.digest})`, {
         hint: "Run again; if it repeats, check the temporary directory's disk.",
