@@ -52,7 +52,7 @@ bench_require docker node tar debootstrap
 docker version >/dev/null 2>&1 || bench_die "the Docker Engine does not answer" "start dockerd, then run again"
 
 bench_init
-mkbase=(node "$repo/bin/mkbase")
+mkbase=("$repo/bin/mkbase")
 work=$BENCH_SCRATCH
 cache="$work/cache"
 tag_prefix="mkbase-bench/debootstrap:$$"

@@ -49,7 +49,7 @@ bench_require docker node tar cp
 docker version >/dev/null 2>&1 || bench_die "the Docker Engine does not answer" "start dockerd, then run again"
 
 bench_init
-mkbase=(node "$repo/bin/mkbase")
+mkbase=("$repo/bin/mkbase")
 work=$BENCH_SCRATCH
 tag_prefix="mkbase-bench/dir-into-engine:$$"
 

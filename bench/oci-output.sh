@@ -43,7 +43,7 @@ bench_require node tar pigz gzip zstd
 [ -f "$repo/dist/bundle/cli/main.cjs" ] || bench_die "mkbase is not built" "cd $repo && npm run build"
 
 bench_init
-mkbase=(node "$repo/bin/mkbase")
+mkbase=("$repo/bin/mkbase")
 work=$BENCH_SCRATCH
 
 rootfs=$(bench_debian_rootfs)

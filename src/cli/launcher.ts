@@ -77,6 +77,10 @@ export async function launch(argv: readonly string[]): Promise<void> {
     process.stdout.write(`${packageVersion()}\n`);
     return;
   }
+  // bin/mkbase kept NODE_EXTRA_CA_CERTS from node's start-up (src/net/extra-ca.ts says why); the
+  // tools that mkbase runs get it back.
+  const deferredCaCerts = process.env.MKBASE_DEFERRED_CA_CERTS;
+  if (deferredCaCerts !== undefined) process.env.NODE_EXTRA_CA_CERTS = deferredCaCerts;
   const command = /^[a-z]+$/.test(argv[0] ?? "") ? (argv[0] as string) : "other";
   const bundle = loadBundle(fileURLToPath(new URL("../../bundle/cli/main.cjs", import.meta.url)), command);
   const code = await bundle.main(argv);

@@ -19,6 +19,7 @@ import { pipeline } from "node:stream/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { InterruptedError, MkbaseError, SinkError, errnoCode, throwIfAborted } from "../errors.js";
 import type { Blob, Descriptor } from "../image/manifest.js";
+import { extraCaOptions, isUntrustedCertificate } from "../net/extra-ca.js";
 import type { ProgressListener } from "../progress.js";
 import { RegistryAuthenticator, repositoryScope, type RegistryCredentials } from "./auth.js";
 
@@ -196,12 +197,15 @@ function exchangeOnce(
   signal: AbortSignal,
 ): Promise<RegistryResponse> {
   return new Promise((resolve, reject) => {
-    const transport = request.url.protocol === "https:" ? https : http;
+    const secure = request.url.protocol === "https:";
     const headers: Record<string, string> = { "user-agent": "mkbase", ...request.headers };
     const body = request.body;
     if (body !== undefined)
       headers["content-length"] = String(Buffer.isBuffer(body) ? body.length : body.size);
-    const outgoing = transport.request(request.url, { method: request.method, headers, agent, signal });
+    const options = { method: request.method, headers, agent, signal };
+    const outgoing = secure
+      ? https.request(request.url, { ...options, ...extraCaOptions() })
+      : http.request(request.url, options);
     outgoing.setTimeout(IDLE_TIMEOUT_MS, () => {
       outgoing.destroy(
         Object.assign(new Error(`no answer for ${IDLE_TIMEOUT_MS / 1000} s`), { code: "ETIMEDOUT" }),
@@ -308,8 +312,9 @@ export class RegistryClient {
       }
       throw new SinkError(`cannot talk to the registry at ${request.url.origin}: ${text}`, {
         cause: error,
-        hint:
-          request.url.protocol === "https:"
+        hint: isUntrustedCertificate(error)
+          ? `The certificate of ${request.url.host} is not trusted: if its CA is a private one, name a PEM file holding it in NODE_EXTRA_CA_CERTS.`
+          : request.url.protocol === "https:"
             ? `Check that ${request.url.host} serves HTTPS with a trusted certificate; for a plain-HTTP registry pass --insecure-registry.`
             : `Check that a registry listens at ${request.url.host}.`,
       });

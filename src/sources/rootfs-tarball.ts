@@ -6,8 +6,11 @@
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { access, constants, stat } from "node:fs/promises";
+import type { IncomingMessage } from "node:http";
 import { basename } from "node:path";
 import { errnoCode, MkbaseError, SourceError, throwIfAborted, UsageError } from "../errors.js";
+import { isUntrustedCertificate } from "../net/extra-ca.js";
+import { httpGet } from "../net/http-get.js";
 import type { ProgressListener } from "../progress.js";
 import { decompress } from "../tar/decompress.js";
 import type { EntrySource, TarEntry } from "../tar/entry.js";
@@ -246,30 +249,29 @@ async function* readStdin(stdin: NodeJS.ReadableStream, signal: AbortSignal): As
 }
 
 async function* download(url: URL, shown: string, signal: AbortSignal): AsyncGenerator<Buffer> {
-  let response: Response;
+  let response: IncomingMessage;
   try {
-    response = await fetch(url, { signal, redirect: "follow" });
+    response = await httpGet(url, signal);
   } catch (error) {
     throwIfAborted(signal);
     throw new SourceError(`could not download ${shown}${describeCode(error)}`, {
       cause: error,
-      hint: "check the URL and the network connection",
+      hint: isUntrustedCertificate(error)
+        ? "the server's certificate is not trusted: if its CA is a private one, name a PEM file holding it in NODE_EXTRA_CA_CERTS"
+        : "check the URL and the network connection",
     });
   }
-  if (!response.ok) {
-    await response.body?.cancel().catch(() => {});
-    throw new SourceError(
-      `downloading ${shown} failed: HTTP ${response.status} ${response.statusText}`.trim(),
-      {
-        hint: response.status === 404 ? "check the URL" : "check the URL, or try again later",
-      },
-    );
-  }
-  if (response.body === null) return;
   try {
-    for await (const chunk of response.body as AsyncIterable<Uint8Array>) {
-      yield Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    const status = response.statusCode ?? 0;
+    if (status < 200 || status > 299) {
+      throw new SourceError(
+        `downloading ${shown} failed: HTTP ${status} ${response.statusMessage ?? ""}`.trim(),
+        {
+          hint: status === 404 ? "check the URL" : "check the URL, or try again later",
+        },
+      );
     }
+    for await (const chunk of response as AsyncIterable<Buffer>) yield chunk;
   } catch (error) {
     throwIfAborted(signal);
     if (error instanceof MkbaseError) throw error;
@@ -277,12 +279,14 @@ async function* download(url: URL, shown: string, signal: AbortSignal): AsyncGen
       cause: error,
       hint: "check the network connection and try again",
     });
+  } finally {
+    response.destroy();
   }
 }
 
-/** ` (ECONNREFUSED)` for a system error, including one wrapped by fetch as its `cause`. */
+/** ` (ECONNREFUSED)` for a system error. */
 function describeCode(error: unknown): string {
-  const code = errnoCode(error) ?? errnoCode((error as { cause?: unknown } | undefined)?.cause);
+  const code = errnoCode(error);
   return code === undefined ? "" : ` (${code})`;
 }
 

@@ -6,8 +6,9 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:http";
+import { createServer as createHttpsServer, type Server as HttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -184,5 +185,95 @@ describe("a URL", () => {
     assert.match(result.stderr, /--sha256/);
     assert.equal(requests - before, 0, "nothing may be downloaded");
     assert.equal(await imageInspect(tag), undefined);
+  });
+});
+
+describe("an HTTPS URL, and NODE_EXTRA_CA_CERTS", () => {
+  let server: HttpsServer;
+  let origin: string;
+  let certificate: string;
+  let gzipBytes: Buffer;
+
+  before(async () => {
+    const key = join(work, "server.key");
+    certificate = join(work, "server.crt");
+    await runChecked("openssl", [
+      "req",
+      "-x509",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:prime256v1",
+      "-nodes",
+      "-days",
+      "2",
+      "-subj",
+      "/CN=127.0.0.1",
+      "-addext",
+      "subjectAltName=IP:127.0.0.1",
+      "-keyout",
+      key,
+      "-out",
+      certificate,
+    ]);
+    const gzipPath = join(work, "https.tar.gz");
+    await runChecked("sh", ["-c", 'gzip -n -c < "$1" > "$2"', "sh", plainTar, gzipPath]);
+    gzipBytes = await readFile(gzipPath);
+    server = createHttpsServer(
+      { key: await readFile(key), cert: await readFile(certificate) },
+      (request, response) => {
+        if (request.url === "/latest") {
+          response.writeHead(302, { Location: "/rootfs.tar.gz" }).end();
+          return;
+        }
+        response.writeHead(200, { "Content-Length": gzipBytes.length }).end(gzipBytes);
+      },
+    );
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    origin = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  });
+  after(async () => {
+    await new Promise((resolve) => server.close(resolve));
+  });
+
+  test("a server whose CA is in NODE_EXTRA_CA_CERTS is trusted, and redirects are followed", async () => {
+    const tag = uniqueTag("tar-https");
+    const { id } = await mkbaseTar(`${origin}/latest`, tag, ["--sha256", sha256Of(gzipBytes)], {
+      env: { ...process.env, NODE_EXTRA_CA_CERTS: certificate },
+    });
+    assert.equal(id, plainId);
+  });
+
+  test("without it the certificate is refused, with a hint that names the variable", async () => {
+    const tag = uniqueTag("tar-https-untrusted");
+    made.add(tag);
+    const env = { ...process.env };
+    delete env.NODE_EXTRA_CA_CERTS;
+    const result = await runMkbase(["tar", `${origin}/latest`, "--insecure", "-t", tag], { env });
+    assert.equal(result.code, 3, describeResult(result));
+    assert.match(result.stderr, /Could not download .*SELF_SIGNED.*NODE_EXTRA_CA_CERTS/s);
+    assert.equal(await imageInspect(tag), undefined);
+  });
+
+  test("the tools mkbase runs see NODE_EXTRA_CA_CERTS as the user set it", async () => {
+    // bin/mkbase starts node without the variable; a zstd that records it shows that children get it back.
+    const standins = await mkdtemp(join(work, "standins-"));
+    const record = join(work, "zstd-saw");
+    await writeFile(
+      join(standins, "zstd"),
+      `#!/bin/sh\nprintf '%s' "\${NODE_EXTRA_CA_CERTS-unset}" > '${record}'\nexec /usr/bin/zstd "$@"\n`,
+      { mode: 0o755 },
+    );
+    const compressed = join(work, "children.tar.zst");
+    await runChecked("sh", ["-c", 'zstd -q -c < "$1" > "$2"', "sh", plainTar, compressed]);
+    const { id } = await mkbaseTar(compressed, uniqueTag("tar-zstd-env"), [], {
+      env: {
+        ...process.env,
+        NODE_EXTRA_CA_CERTS: certificate,
+        PATH: `${standins}:${process.env.PATH ?? ""}`,
+      },
+    });
+    assert.equal(id, plainId);
+    assert.equal(await readFile(record, "utf8"), certificate);
   });
 });

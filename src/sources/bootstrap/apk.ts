@@ -6,9 +6,11 @@
  */
 import { createHash } from "node:crypto";
 import { chmod, mkdir, readFile, readdir, stat, writeFile } from "node:fs/promises";
+import type { IncomingMessage } from "node:http";
 import { join, resolve } from "node:path";
 import { gunzipSync } from "node:zlib";
 import { ToolError, UsageError, errnoCode } from "../../errors.js";
+import { httpGet } from "../../net/http-get.js";
 import {
   loadKeys,
   parseApkIndex,
@@ -174,9 +176,9 @@ async function fetchBytes(url: string, signal: AbortSignal): Promise<Buffer> {
       throw new ToolError(`cannot read ${url}: ${(error as Error).message}`, { cause: error });
     }
   }
-  let response: Response;
+  let response: IncomingMessage;
   try {
-    response = await fetch(url, { signal });
+    response = await httpGet(new URL(url), signal);
   } catch (error) {
     if (signal.aborted) throw error;
     throw new ToolError(`cannot download ${url}: ${(error as Error).message}`, {
@@ -184,12 +186,24 @@ async function fetchBytes(url: string, signal: AbortSignal): Promise<Buffer> {
       hint: "Check the mirror URL and network access.",
     });
   }
-  if (!response.ok) {
-    throw new ToolError(`cannot download ${url}: HTTP ${response.status}`, {
-      hint: "Check the mirror URL and the branch.",
+  try {
+    if (response.statusCode !== 200) {
+      throw new ToolError(`cannot download ${url}: HTTP ${String(response.statusCode)}`, {
+        hint: "Check the mirror URL and the branch.",
+      });
+    }
+    const chunks: Buffer[] = [];
+    for await (const chunk of response as AsyncIterable<Buffer>) chunks.push(chunk);
+    return Buffer.concat(chunks);
+  } catch (error) {
+    if (signal.aborted || error instanceof ToolError) throw error;
+    throw new ToolError(`the download of ${url} was cut short: ${(error as Error).message}`, {
+      cause: error,
+      hint: "Check the mirror URL and network access, and try again.",
     });
+  } finally {
+    response.destroy();
   }
-  return Buffer.from(await response.arrayBuffer());
 }
 
 async function readKeys(dir: string) {

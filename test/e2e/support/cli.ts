@@ -44,7 +44,7 @@ function findRepositoryRoot(): string {
   return root;
 }
 
-/** The launcher the package installs as `mkbase`; it loads `dist/src/cli/main.js`. */
+/** The launcher the package installs as `mkbase`: it starts node on the bundle in `dist/bundle/cli/`. */
 export const mkbaseLauncher: string = join(repositoryRoot, "bin", "mkbase");
 
 interface Collected {
@@ -185,9 +185,9 @@ export async function waitForStderr(
   }
 }
 
-/** Runs the built CLI (`node bin/mkbase ARGS`) to the end. */
+/** Runs the built CLI (`bin/mkbase ARGS`, as the installed `mkbase` runs) to the end. */
 export function runMkbase(args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
-  return runCommand(process.execPath, [mkbaseLauncher, ...args], options);
+  return runCommand(mkbaseLauncher, args, options);
 }
 
 /**
@@ -196,5 +196,5 @@ export function runMkbase(args: readonly string[], options: RunOptions = {}): Pr
  * {@link waitForStderr}.
  */
 export function spawnMkbase(args: readonly string[], options: RunOptions = {}): ChildProcess {
-  return spawnCommand(process.execPath, [mkbaseLauncher, ...args], options);
+  return spawnCommand(mkbaseLauncher, args, options);
 }
