@@ -21,7 +21,7 @@ Both sides build the same package set (minbase by default). Every run downloads 
 (the tools' default mirror, or the machine's apt sources), so network speed is part of every number.
 
   --runs N     rounds (default 1; one round takes about 3 minutes plus the idle time)
-  --idle S     seconds of idle disk before every timed run (default 35; see README)
+  --idle S     seconds of idle disk before every timed run (default 65; see README)
   --variant V  debootstrap variant for both sides (default minbase)
   --check      exit 1 when a target fails (default: always exit 0, it is a measurement)
 EOF
@@ -41,7 +41,8 @@ while [ $# -gt 0 ]; do
     *) bench_die "unknown argument: $1" "run with --help" ;;
   esac
 done
-[ -n "$idle" ] || idle=35
+# 65: the recipe deletes its tree every round, and the disk needs a minute to forget deletions (lib.sh).
+[ -n "$idle" ] || idle=65
 [[ $runs =~ ^[1-9][0-9]*$ ]] || bench_die "--runs must be a positive integer, not '$runs'"
 [[ $idle =~ ^[0-9]+([.][0-9]+)?$ ]] || bench_die "--idle must be a number of seconds, not '$idle'"
 BENCH_IDLE=$idle

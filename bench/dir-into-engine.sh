@@ -17,7 +17,7 @@ Times `tar -C DIR -c . | docker import -`, `mkbase dir DIR --via import`, `mkbas
 idling before each run, then prints medians, ratios and PASS/FAIL per target.
 
   --runs N   rounds of measurements (default 3)
-  --idle S   seconds of idle disk before every timed run (default 35; see README)
+  --idle S   seconds of idle disk before every timed run (default 5; see README)
   --quick    smoke test: 1 round, 2 s idle, a small tree (usr/share/doc of the rootfs); no real numbers
   --check    exit 1 when a target fails (default: always exit 0, it is a measurement)
 
@@ -39,7 +39,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -n "$runs" ] || runs=$((quick ? 1 : 3))
-[ -n "$idle" ] || idle=$((quick ? 2 : 35))
+[ -n "$idle" ] || idle=$((quick ? 2 : 5))
 [[ $runs =~ ^[1-9][0-9]*$ ]] || bench_die "--runs must be a positive integer, not '$runs'"
 [[ $idle =~ ^[0-9]+([.][0-9]+)?$ ]] || bench_die "--idle must be a number of seconds, not '$idle'"
 BENCH_IDLE=$idle
@@ -73,14 +73,19 @@ stamp_tree() {
   printf '%s %s %s\n' "$$" "$(date +%s.%N)" "$RANDOM" >"$1/.mkbase-bench-nonce"
 }
 
-# The engine's own load path as a reference: a docker-archive written by `docker save`, sent by the CLI.
-bench_log "making the docker-archive for the docker load reference"
+# The engine's own load path as a reference: docker-archives written by `docker save`, sent by the CLI,
+# one per round (each with a layer the engine does not hold). Making them removes images, so the rounds
+# start only once the disk has forgotten those deletions.
+bench_log "making $runs docker-archive(s) for the docker load reference"
 saved_tag="$tag_prefix-saved"
-stamp_tree "$work/tree"
-bench_track_image "$saved_tag"
-"${mkbase[@]}" dir "$work/tree" -t "$saved_tag" -q >/dev/null
-docker save -o "$work/saved.tar" "$saved_tag"
-bench_remove_images
+for ((round = 0; round < runs; round++)); do
+  stamp_tree "$work/tree"
+  bench_track_image "$saved_tag-$round"
+  "${mkbase[@]}" dir "$work/tree" -t "$saved_tag-$round" -q >/dev/null
+  docker save -o "$work/saved-$round.tar" "$saved_tag-$round"
+done
+bench_log "removing them, then ${BENCH_DELETION_QUIET} s for the disk to forget the deletions"
+bench_settle_deletions
 
 bench_warm_page_cache "$work/tree" "$work/doubled"
 
@@ -91,7 +96,7 @@ BENCH_LABEL[saved]="docker load -i (docker save file)"
 BENCH_LABEL[doubled]="mkbase dir (load), doubled tree"
 keys=(tar import load saved doubled)
 
-# measure KEY ROUND: one timed run of a command after the idle protocol.
+# measure KEY ROUND: one timed run of a command after the idle protocol. Its image stays until the exit.
 measure() {
   local key=$1 round=$2 tag="$tag_prefix-r$2-$1"
   local -a cmd
@@ -110,8 +115,8 @@ measure() {
       cmd=("${mkbase[@]}" dir "$work/tree" -t "$tag" -q)
       ;;
     saved)
-      tag=$saved_tag
-      cmd=(docker load -q -i "$work/saved.tar")
+      tag="$saved_tag-$round"
+      cmd=(docker load -q -i "$work/saved-$round.tar")
       ;;
     doubled)
       stamp_tree "$work/doubled"
@@ -129,7 +134,7 @@ measure() {
   esac
 }
 
-bench_log "$runs round(s) of ${#keys[@]} commands, ${idle} s idle before each: about $((runs * ${#keys[@]} * (${idle%.*} + 8) / 60 + 1)) min"
+bench_log "$runs round(s) of ${#keys[@]} commands, ${idle} s idle before each: about $((runs * ${#keys[@]} * (${idle%.*} + 6) / 60 + 1)) min"
 for ((round = 0; round < runs; round++)); do
   # Rotate the order every round, so that no command always runs first or right after the same one.
   for ((i = 0; i < ${#keys[@]}; i++)); do
@@ -149,7 +154,7 @@ bench_environment
 printf 'tree:    %s (%s entries, %.1f MiB on disk, %.1f MiB as tar); doubled tree: 2 copies\n' \
   "$source_tree" "$tree_entries" "$(awk -v b="$tree_bytes" 'BEGIN { print b / 1048576 }')" \
   "$(awk -v b="$tar_bytes" 'BEGIN { print b / 1048576 }')"
-printf 'runs:    %s round(s), order rotated each round, %s s idle + sync before every run\n' "$runs" "$idle"
+printf 'runs:    %s round(s), order rotated each round, %s s idle + sync before every run, no image removed\n' "$runs" "$idle"
 echo
 bench_table tar "${keys[@]}"
 echo

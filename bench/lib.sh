@@ -7,7 +7,8 @@
 #   - bench_measure KEY CMD...     run CMD under /usr/bin/time; record wall time, peak RSS, client CPU and
 #                                  the engine's CPU for KEY (one sample per call, in call order)
 #   - bench_median/min/max, bench_ratio, bench_pair_ratio   statistics over the recorded samples
-#   - bench_settle                 the idle protocol: remove the previous images, sync, wait
+#   - bench_settle                 the idle protocol: sync, wait (images stay until exit)
+#   - bench_settle_deletions       remove the tracked images, sync, wait out the ext4 deleted-inode penalty
 #   - bench_target                 one PASS/FAIL line per target; failures counted in BENCH_FAILURES
 #   - bench_track_image / bench_remove_images / bench_on_exit   cleanup of everything a run created
 #   - bench_debian_rootfs          the cached `debootstrap --variant=minbase bookworm` tree
@@ -16,7 +17,7 @@
 # Units: /usr/bin/time reports peak RSS in KiB; tables print MiB (KiB / 1024).
 
 BENCH_FAILURES=0
-BENCH_IDLE=${BENCH_IDLE:-35}
+BENCH_IDLE=${BENCH_IDLE:-5}
 # The stdout of the last measured command (read by the scripts that source this file).
 # shellcheck disable=SC2034
 BENCH_LAST_STDOUT=""
@@ -67,7 +68,7 @@ bench_on_exit() {
 # Registers a shell command to run at exit (e.g. removing a work dir).
 bench_at_exit() { BENCH_CLEANUP+=("$1"); }
 
-# Remembers a tag the benchmark is about to create, so that the next bench_settle or the exit removes it.
+# Remembers a tag the benchmark is about to create, so that the exit (or bench_settle_deletions) removes it.
 bench_track_image() { BENCH_IMAGES+=("$1"); }
 
 # Removes every tracked tag. By tag only, never by ID and never with -f: an image that someone else also
@@ -80,13 +81,25 @@ bench_remove_images() {
 
 # --- the idle protocol ---------------------------------------------------------------------------------
 
-# Right after `docker rmi`, the inode allocator of the disk under /var/lib/docker makes the next import 2-3x
-# slower for about 30 s. So before every timed import or load: remove the previous images, write back dirty
-# pages, and leave the disk idle for BENCH_IDLE seconds.
+# On ext4 without a journal (the disk under /var/lib/docker on the machines these numbers come from), the
+# inode allocator passes over every inode freed in the last 60 s (5 min while its inode table block is
+# dirty), re-reading inode tables as it goes (recently_deleted() in the kernel's fs/ext4/ialloc.c): an
+# import right after `docker rmi` of a like-sized image ran 2-4x slower, and by how much depended on where
+# the allocator happened to look. So no image is removed between timed runs (they all go at exit), and a
+# script that deleted files before its runs waits BENCH_DELETION_QUIET seconds once, after a sync.
+BENCH_DELETION_QUIET=65
+
+# Before every timed run: write back the previous run's dirty pages and leave the disk idle BENCH_IDLE s.
 bench_settle() {
-  bench_remove_images
   sync
   sleep "$BENCH_IDLE"
+}
+
+# Removes the tracked images now, then lets the disk forget the deletions (see above).
+bench_settle_deletions() {
+  bench_remove_images
+  sync
+  sleep "$BENCH_DELETION_QUIET"
 }
 
 # --- measuring -----------------------------------------------------------------------------------------
