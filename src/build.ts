@@ -5,6 +5,7 @@
 import { mkdtemp, open, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { setImmediate as nextLoopTurn } from "node:timers/promises";
 import { SinkError, errnoCode, throwIfAborted } from "./errors.js";
 import type { ContainerConfig } from "./image/config.js";
 import { RunningDigest } from "./image/digest.js";
@@ -97,6 +98,10 @@ async function packLayer(
         );
       }
       await Promise.all(consumers.map((consumer) => consumer.write(chunk)));
+      // A turn of the event loop, not just the microtasks of a write that was merely queued: sockets and
+      // pipes (the engine, zstd) are only refilled and drained there, and packing the next chunk is
+      // milliseconds of synchronous work, in which they would otherwise run dry.
+      await nextLoopTurn();
     }
   } finally {
     await spool?.close();

@@ -11,7 +11,6 @@
  */
 import { once } from "node:events";
 import { PassThrough, Readable } from "node:stream";
-import { setImmediate as nextLoopTurn } from "node:timers/promises";
 import { SinkError } from "../errors.js";
 import type { EngineClient } from "../docker/engine.js";
 import type { Query } from "../docker/transport.js";
@@ -118,13 +117,7 @@ class LayerImport {
     closed.catch(() => undefined);
     this.consumer = {
       write: async (chunk) => {
-        if (body.write(chunk)) {
-          // A turn of the event loop, not just a microtask: the socket is only refilled there, and the
-          // packer's next chunk is milliseconds of synchronous work, longer than the engine takes to
-          // empty the socket's buffer.
-          await nextLoopTurn();
-          return;
-        }
+        if (body.write(chunk)) return;
         if ((await Promise.race([once(body, "drain"), closed, failed])) !== "closed") return;
         // The engine stopped reading: its reply says why (it throws with the engine's own words).
         await readEngineMessages(await response, "importing the image");
