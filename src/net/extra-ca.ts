@@ -6,31 +6,33 @@
  * user's certificates are trusted as node would have trusted them.
  */
 import { readFileSync } from "node:fs";
-import { errnoCode } from "../errors.js";
 import { rootCertificates, type SecureContextOptions } from "node:tls";
+import { errnoCode } from "../errors.js";
 
 type CaOptions = Pick<SecureContextOptions, "ca">;
 
-let loaded: CaOptions | undefined;
+let cached: { readonly file: string | undefined; readonly options: CaOptions } | undefined;
 
 /**
  * `{ ca }` (node's bundled roots plus the file's certificates) for a TLS client, or `{}` when there is
- * no deferred file, so node's default trust applies. An unreadable file is skipped with the warning node
- * itself gives.
+ * no deferred file, so node's default trust applies. The file is read once; one that cannot be read is
+ * skipped with the warning node itself gives.
  */
 export function extraCaOptions(): CaOptions {
-  if (loaded !== undefined) return loaded;
-  const file = process.env.MKBASE_DEFERRED_CA_CERTS;
-  loaded = {};
-  if (file !== undefined && file !== "") {
-    try {
-      // An explicit `ca` replaces node's roots rather than adding to them, as NODE_EXTRA_CA_CERTS does.
-      loaded = { ca: [...rootCertificates, readFileSync(file, "utf8")] };
-    } catch (error) {
-      process.emitWarning(`Ignoring extra certs from \`${file}\`, load failed: ${(error as Error).message}`);
-    }
+  const file = process.env.MKBASE_DEFERRED_CA_CERTS || undefined;
+  if (cached === undefined || cached.file !== file) cached = { file, options: readCaFile(file) };
+  return cached.options;
+}
+
+function readCaFile(file: string | undefined): CaOptions {
+  if (file === undefined) return {};
+  try {
+    // An explicit `ca` replaces node's roots, so they are listed too: NODE_EXTRA_CA_CERTS adds to them.
+    return { ca: [...rootCertificates, readFileSync(file, "utf8")] };
+  } catch (error) {
+    process.emitWarning(`Ignoring extra certs from \`${file}\`, load failed: ${(error as Error).message}`);
+    return {};
   }
-  return loaded;
 }
 
 /** OpenSSL's verification failures that a private CA causes, as node names them in `code`. */

@@ -24,6 +24,7 @@ import {
 } from "./support/docker.js";
 import { makeEveryKindTree, type FixtureTree } from "./support/fixture-tree.js";
 import { containerRuntimePaths, diffListings, inspectHostTree, inspectImage } from "./support/inspect.js";
+import { writeSelfSignedCertificate } from "../support/certificate.js";
 
 const epoch = "1700000000";
 const imageIdPattern = /^sha256:[0-9a-f]{64}$/;
@@ -195,27 +196,8 @@ describe("an HTTPS URL, and NODE_EXTRA_CA_CERTS", () => {
   let gzipBytes: Buffer;
 
   before(async () => {
-    const key = join(work, "server.key");
-    certificate = join(work, "server.crt");
-    await runChecked("openssl", [
-      "req",
-      "-x509",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:prime256v1",
-      "-nodes",
-      "-days",
-      "2",
-      "-subj",
-      "/CN=127.0.0.1",
-      "-addext",
-      "subjectAltName=IP:127.0.0.1",
-      "-keyout",
-      key,
-      "-out",
-      certificate,
-    ]);
+    const { key, cert } = writeSelfSignedCertificate(work, "127.0.0.1");
+    certificate = cert;
     const gzipPath = join(work, "https.tar.gz");
     await runChecked("sh", ["-c", 'gzip -n -c < "$1" > "$2"', "sh", plainTar, gzipPath]);
     gzipBytes = await readFile(gzipPath);

@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { createServer as createHttpsServer, type Server as HttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { delimiter, join } from "node:path";
@@ -25,6 +27,7 @@ import {
   type PushBlob,
   type PushOptions,
 } from "../../src/registry/push.js";
+import { writeSelfSignedCertificate } from "../support/certificate.js";
 
 const GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip";
 
@@ -43,6 +46,8 @@ interface FakeRegistryOptions {
   /** An OAuth2 refresh token the token endpoint accepts (a stored `identitytoken`). */
   readonly refreshToken?: string;
   readonly host?: string;
+  /** Serve HTTPS with this key and certificate. */
+  readonly tls?: { readonly key: Buffer; readonly cert: Buffer };
 }
 
 /** An in-memory distribution registry, strict about what it checks, recording every request. */
@@ -56,14 +61,16 @@ class FakeRegistry {
   private readonly uploads = new Map<string, { repository: string; data: Buffer }>();
   private readonly tokens = new Map<string, Set<string>>();
   private nextId = 1;
-  private readonly server: Server;
+  private readonly server: Server | HttpsServer;
 
   private constructor(private readonly options: FakeRegistryOptions) {
-    this.server = createServer((request, response) => {
+    const listener = (request: IncomingMessage, response: ServerResponse): void => {
       const chunks: Buffer[] = [];
       request.on("data", (chunk: Buffer) => chunks.push(chunk));
       request.on("end", () => this.handle(request, Buffer.concat(chunks), response));
-    });
+    };
+    this.server =
+      options.tls === undefined ? createServer(listener) : createHttpsServer(options.tls, listener);
   }
 
   static async start(options: FakeRegistryOptions = {}): Promise<FakeRegistry> {
@@ -764,6 +771,33 @@ describe("transport", () => {
       await pushImage(target, testImage("q"), options({ insecureRegistry: true }));
       assert.ok(registry.manifests.has("plain@1"));
     } finally {
+      await registry.close();
+    }
+  });
+
+  it("trusts the CA of NODE_EXTRA_CA_CERTS that bin/mkbase kept from node's start-up", async () => {
+    const { key, cert } = writeSelfSignedCertificate(scratch, "127.0.0.2");
+    // 127.0.0.2 is not a loopback name, so the push goes over HTTPS.
+    const registry = await FakeRegistry.start({
+      host: "127.0.0.2",
+      tls: { key: readFileSync(key), cert: readFileSync(cert) },
+    });
+    const before = process.env.MKBASE_DEFERRED_CA_CERTS;
+    try {
+      const target = parseTagReference(`${registry.host}/private-ca:1`);
+      delete process.env.MKBASE_DEFERRED_CA_CERTS;
+      await assert.rejects(pushImage(target, testImage("t"), options()), (error) => {
+        assert.ok(error instanceof SinkError);
+        assert.match(error.hint ?? "", /not trusted.*NODE_EXTRA_CA_CERTS/);
+        return true;
+      });
+      process.env.MKBASE_DEFERRED_CA_CERTS = cert;
+      const pushed = await pushImage(target, testImage("t"), options());
+      assert.equal(pushed.reference, `${registry.host}/private-ca:1`);
+      assert.ok(registry.manifests.has("private-ca@1"));
+    } finally {
+      if (before === undefined) delete process.env.MKBASE_DEFERRED_CA_CERTS;
+      else process.env.MKBASE_DEFERRED_CA_CERTS = before;
       await registry.close();
     }
   });
