@@ -39,7 +39,7 @@ export async function makePainter(env: NodeJS.ProcessEnv, stream: NodeJS.WriteSt
 function packLine(entries: number, bytes: number, startedAt: number): string {
   const seconds = Math.max((Date.now() - startedAt) / 1000, 0.001);
   const rate = `${formatBytes(bytes / seconds)}/s, ${Math.round(entries / seconds)} entries/s`;
-  return `${entries} entries, ${formatBytes(bytes)} (${rate})`;
+  return `${entries} ${entries === 1 ? "entry" : "entries"}, ${formatBytes(bytes)} (${rate})`;
 }
 
 /** A renderer for stderr; `quiet` drops progress but keeps warnings. */
