@@ -22,8 +22,12 @@ await build({
   entryPoints: ["src/cli/launcher.ts", "src/cli/main.ts"],
   format: "cjs",
   outExtension: { ".js": ".cjs" },
-  // A native addon cannot be bundled; ora and chalk (ES modules) load only for a terminal or an error.
-  external: ["@napi-rs/xattr", "ora", "chalk"],
+  // A native addon cannot be bundled. Everything else is, ora and chalk too, and no `import()` is left:
+  // V8 drops a script's dynamic-import handler from functions it takes out of a code cache, so an
+  // `import()` in a run that used the cache failed. What the code imports on demand (ora and chalk for a
+  // terminal, node:https for a TLS engine) is still initialised only when first used.
+  external: ["@napi-rs/xattr"],
+  supported: { "dynamic-import": false },
   // The code resolves files next to itself (package.json, the gzip worker) from import.meta.url, which
   // CommonJS lacks: the bundle's own file URL stands in, so the paths from dist/src/cli/ still hold.
   define: { "import.meta.url": "__mkbaseFileUrl" },

@@ -10,7 +10,7 @@ import { readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:
 import Module, { createRequire } from "node:module";
 import { dirname } from "node:path";
 import { fileURLToPath } from "node:url";
-import { Script, constants } from "node:vm";
+import { Script } from "node:vm";
 import { packageVersion } from "./version.js";
 
 type Main = (argv: readonly string[]) => Promise<number>;
@@ -42,12 +42,8 @@ export function loadBundle(bundle: string, command: string): LoadedBundle {
   } catch {
     // No cache yet (or an unreadable one): this run compiles, and writes one at the end.
   }
-  const script = new Script(Module.wrap(source), {
-    filename: bundle,
-    cachedData,
-    // The bundle imports ora and chalk (ES modules) on demand, through node's own loader.
-    importModuleDynamically: constants.USE_MAIN_CONTEXT_DEFAULT_LOADER,
-  });
+  // No dynamic-import handler: functions taken from a code cache lose it, so the bundle has no `import()`.
+  const script = new Script(Module.wrap(source), { filename: bundle, cachedData });
   const cacheUsed = cachedData !== undefined && script.cachedDataRejected !== true;
   const module = { exports: {} as { main?: Main } };
   const run = script.runInThisContext() as (...args: unknown[]) => void;

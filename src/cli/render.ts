@@ -56,7 +56,10 @@ export async function makeRenderer(options: {
     stream.write(`${chalk.yellow("warning:")} ${message}\n`);
     spinner?.render();
   };
-  const interactive = stream.isTTY === true && !options.quiet && process.env.CI === undefined;
+  // A terminal that reports no width (a pty nobody sized, as under `script` or before a container's
+  // first resize) makes the spinner clear ever more lines; such a terminal gets plain lines instead.
+  const interactive =
+    stream.isTTY === true && (stream.columns ?? 0) > 0 && !options.quiet && process.env.CI === undefined;
   // discardStdin off: stdin may carry the input tarball, and raw mode would swallow Ctrl-C.
   // The spinner library is loaded only when there is a terminal to draw on.
   const spinner: Ora | undefined = interactive

@@ -5,14 +5,24 @@
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { connect, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { createServer as createTlsServer } from "node:tls";
 import { describeResult, repositoryRoot, runChecked, runMkbase, type RunResult } from "./support/cli.js";
-import { dockerRun, imageIds, imageInspect, removeImages, uniqueTag } from "./support/docker.js";
+import {
+  dockerRun,
+  engineSocket,
+  imageIds,
+  imageInspect,
+  removeImages,
+  uniqueTag,
+} from "./support/docker.js";
 import { registerArm64Emulation } from "./support/emulation.js";
 import { containerRuntimePaths } from "./support/inspect.js";
+import { writeCertificateAuthority, writeSignedCertificate, type KeyPair } from "../support/certificate.js";
 
 const imageIdPattern = /^sha256:[0-9a-f]{64}$/;
 const greeting = "hello from mkbase";
@@ -266,6 +276,73 @@ describe("mkbase scratch", () => {
         call,
         "-o ConnectTimeout=30 -T -l builder -p 2200 -- engine.example docker system dial-stdio",
       );
+    }
+  });
+
+  test("DOCKER_HOST=tcp:// with DOCKER_TLS_VERIFY speaks mutual TLS with DOCKER_CERT_PATH's certificates", async () => {
+    // As a dockerd started with --tlsverify: a TLS front that wants a client certificate signed by the
+    // engine's CA, in front of the real engine's socket.
+    const certs = join(work, "tls");
+    await mkdir(certs);
+    const ca = writeCertificateAuthority(certs, "engine");
+    const server = writeSignedCertificate(certs, "server", ca, [
+      "subjectAltName=IP:127.0.0.1",
+      "extendedKeyUsage=serverAuth",
+    ]);
+    const front = createTlsServer(
+      {
+        key: await readFile(server.key),
+        cert: await readFile(server.cert),
+        ca: await readFile(ca.cert),
+        requestCert: true,
+        rejectUnauthorized: true,
+      },
+      (socket) => {
+        const engine = connect(engineSocket());
+        socket.pipe(engine).pipe(socket);
+        socket.on("error", () => engine.destroy());
+        engine.on("error", () => socket.destroy());
+      },
+    );
+    let handshakes = 0;
+    front.on("secureConnection", () => (handshakes += 1));
+    await new Promise<void>((resolve) => front.listen(0, "127.0.0.1", resolve));
+    /** A DOCKER_CERT_PATH as the docker CLI reads it: ca.pem, and a client's cert.pem and key.pem. */
+    const certPath = async (name: string, clientCa: KeyPair): Promise<string> => {
+      const dir = join(certs, name);
+      await mkdir(dir);
+      const client = writeSignedCertificate(dir, "client", clientCa, ["extendedKeyUsage=clientAuth"]);
+      await copyFile(ca.cert, join(dir, "ca.pem"));
+      await copyFile(client.cert, join(dir, "cert.pem"));
+      await copyFile(client.key, join(dir, "key.pem"));
+      return dir;
+    };
+    const env = (dir: string) => ({
+      ...process.env,
+      DOCKER_HOST: `tcp://127.0.0.1:${(front.address() as AddressInfo).port}`,
+      DOCKER_TLS_VERIFY: "1",
+      DOCKER_CERT_PATH: dir,
+    });
+    try {
+      const tag = uniqueTag("scratch-tls");
+      made.add(tag);
+      const good = await certPath("good", ca);
+      const result = await runMkbase(["scratch", programs.hello, "-t", tag, "--quiet"], { env: env(good) });
+      assert.equal(result.code, 0, describeResult(result));
+      made.add(result.stdout.trim());
+      assert.ok(handshakes > 0, "mkbase did not go through the TLS front");
+      assert.equal((await dockerRun(tag, [])).stdout, `${greeting}\n`);
+
+      // A client certificate from another CA: the engine refuses the handshake, and mkbase says so.
+      const refusedTag = uniqueTag("scratch-tls-refused");
+      made.add(refusedTag);
+      const stranger = await certPath("stranger", writeCertificateAuthority(certs, "stranger"));
+      const refused = await runMkbase(["scratch", programs.hello, "-t", refusedTag], { env: env(stranger) });
+      assert.equal(refused.code, 4, describeResult(refused));
+      assert.match(refused.stderr, /TLS|certificate/i);
+      assert.equal(await imageInspect(refusedTag), undefined);
+    } finally {
+      await new Promise((resolve) => front.close(resolve));
     }
   });
 

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
-import { mkdir, mkdtemp, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { after, before, describe, it } from "node:test";
 import { cacheFileOf, loadBundle } from "../../src/cli/launcher.js";
 
@@ -10,7 +11,7 @@ const bundleSource = (tag: string): string => `
 "use strict";
 const helper = (argv) => argv.map((arg) => arg.toUpperCase());
 exports.main = async (argv) => {
-  const { sep } = await import("node:path");
+  const { sep } = require("node:path");
   return helper(argv).join(sep) === "A/B" ? 0 : ${JSON.stringify(tag)}.length;
 };
 `;
@@ -48,6 +49,13 @@ describe("the launcher's code cache", () => {
     const rebuilt = loadBundle(bundle, "scratch");
     assert.equal(rebuilt.cacheUsed, false);
     assert.equal(await rebuilt.main(["x"]), "second, longer".length);
+  });
+
+  it("runs a bundle without import(), which functions taken from a cache could not do", async () => {
+    // Compiled code from a cache lost the script's dynamic-import handler: an `import()` in a run that
+    // used the cache failed (a TLS engine's https module, the spinner on a terminal).
+    const built = fileURLToPath(new URL("../../bundle/cli/main.cjs", import.meta.url));
+    assert.doesNotMatch(await readFile(built, "utf8"), /\bimport\(/);
   });
 
   it("replaces a cache that V8 refuses", async () => {

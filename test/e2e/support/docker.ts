@@ -150,3 +150,9 @@ export async function leftBehind(
   }
   return found;
 }
+
+/** The unix socket of the engine the tests use: the one DOCKER_HOST names, else the default. */
+export function engineSocket(): string {
+  const host = process.env.DOCKER_HOST;
+  return host?.startsWith("unix://") ? host.slice("unix://".length) : "/var/run/docker.sock";
+}
