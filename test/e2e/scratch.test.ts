@@ -11,7 +11,15 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { createServer as createTlsServer } from "node:tls";
-import { describeResult, repositoryRoot, runChecked, runMkbase, type RunResult } from "./support/cli.js";
+import {
+  describeResult,
+  mkbaseLauncher,
+  repositoryRoot,
+  runChecked,
+  runCommand,
+  runMkbase,
+  type RunResult,
+} from "./support/cli.js";
 import {
   dockerRun,
   engineSocket,
@@ -344,6 +352,31 @@ describe("mkbase scratch", () => {
     } finally {
       await new Promise((resolve) => front.close(resolve));
     }
+  });
+
+  test("on a terminal: a spinner; on a terminal that reports no width: plain progress lines", async () => {
+    // util-linux's script(1) gives mkbase a pty; stty sets the width the terminal reports.
+    const env = { ...process.env };
+    delete env.CI;
+    const onTerminal = async (columns: number): Promise<string> => {
+      const tag = uniqueTag(`scratch-tty-${columns}`);
+      made.add(tag);
+      const command = `stty cols ${columns} rows 40; exec "$0" scratch "$1" -t "$2"`;
+      const result = await runCommand(
+        "script",
+        ["-qec", `sh -c '${command}' ${mkbaseLauncher} ${programs.hello} ${tag}`, "/dev/null"],
+        { env, timeoutMs: 60_000 },
+      );
+      assert.equal(result.code, 0, describeResult(result));
+      assert.ok((await imageInspect(tag)) !== undefined, describeResult(result));
+      return result.stdout;
+    };
+    const sized = await onTerminal(100);
+    assert.match(sized, /\u001b\[\?25l/, "the spinner hides the cursor");
+    assert.match(sized, /✔.* packing program/);
+    const unsized = await onTerminal(0);
+    assert.doesNotMatch(unsized, /\u001b\[\?25l|\u001b\[1A/);
+    assert.match(unsized, /^packing program .*\r?$/m);
   });
 
   test("one program per --platform: suffixed tags, and the plain tag on this machine's platform", async () => {
