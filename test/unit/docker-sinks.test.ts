@@ -16,6 +16,7 @@ import {
 } from "../../src/docker/engine.js";
 import { SinkError } from "../../src/errors.js";
 import { parseTagReference } from "../../src/image/reference.js";
+import type { ProgressEvent } from "../../src/progress.js";
 import { DockerImportSink, DockerLoadSink } from "../../src/sinks/docker-engine.js";
 import type { EntrySource, TarEntry } from "../../src/tar/entry.js";
 
@@ -164,16 +165,21 @@ describe("DockerLoadSink on the classic image store", () => {
   /** An engine that imports any layer as `carrier` and loads whatever image ID `loaded()` says. */
   function classicEngine(loaded: () => string, loadError?: string): FakeEngine {
     let diffId = "";
+    /** The images the engine has made so far: inspect finds only these. */
+    const held = new Set<string>();
     return new FakeEngine(
       (body, path) => {
         if (path === "/images/create") {
           diffId = sha(body);
+          held.add(carrier);
           return [{ status: carrier }];
         }
         if (loadError !== undefined) return [{ errorDetail: { message: loadError } }];
+        held.add(loaded());
         return [{ stream: `Loaded image ID: ${loaded()}\n` }];
       },
-      (asked) => ({ id: asked, diffIds: [diffId], architecture: "amd64", repoTags: [] }),
+      (asked) =>
+        held.has(asked) ? { id: asked, diffIds: [diffId], architecture: "amd64", repoTags: [] } : undefined,
       -1,
       "classic",
     );
@@ -185,6 +191,7 @@ describe("DockerLoadSink on the classic image store", () => {
     const result = await build(request(new DockerLoadSink({ engine, tags, onProgress: () => {} })));
     assert.equal(result.results[0]?.id, probe.imageId);
     assert.deepEqual(engine.calls, [
+      `inspect ${probe.imageId}`,
       "post /images/load",
       `tag ${probe.imageId} corp/x:1`,
       `tag ${probe.imageId} corp/x:2`,
@@ -192,6 +199,24 @@ describe("DockerLoadSink on the classic image store", () => {
     const archive = engine.bodies.get("/images/load") as Buffer;
     assert.ok(archive.includes(Buffer.from(`blobs/sha256/${result.diffId.slice(7)}`)), "the layer's blob");
     assert.ok(archive.includes(Buffer.from("etc/x")), "the layer's entries are in the archive");
+  });
+
+  it("only tags a small image that the engine already holds", async () => {
+    const probe = await build(request(probeSink));
+    const engine = classicEngine(() => probe.imageId);
+    await build(request(new DockerLoadSink({ engine, tags, onProgress: () => {} })));
+    engine.calls.length = 0;
+    const events: ProgressEvent[] = [];
+    const again = await build(
+      request(new DockerLoadSink({ engine, tags, onProgress: (e) => events.push(e) })),
+    );
+    assert.equal(again.results[0]?.id, probe.imageId);
+    assert.deepEqual(engine.calls, [
+      `inspect ${probe.imageId}`,
+      `tag ${probe.imageId} corp/x:1`,
+      `tag ${probe.imageId} corp/x:2`,
+    ]);
+    assert.ok(events.some((e) => e.kind === "phase" && /already holds/.test(e.message)));
   });
 
   it("sends a large layer by import, loads an archive without it, then removes the imported image", async () => {
