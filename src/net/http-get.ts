@@ -36,13 +36,19 @@ function getOnce(url: URL, signal: AbortSignal): Promise<http.IncomingMessage> {
   return new Promise((resolve, reject) => {
     const request =
       url.protocol === "https:" ? https.get(url, { signal, ...extraCaOptions() }) : http.get(url, { signal });
-    request.setTimeout(IDLE_TIMEOUT_MS, () => {
-      request.destroy(
-        Object.assign(new Error(`no answer for ${IDLE_TIMEOUT_MS / 1000} s`), { code: "ETIMEDOUT" }),
-      );
-    });
+    failWhenSilent(request, IDLE_TIMEOUT_MS);
     // `on`: the request may also fail after the answer (a body cut short), and reject ignores that.
     request.on("error", reject);
     request.once("response", resolve);
+  });
+}
+
+/**
+ * Fails `request` with an `ETIMEDOUT` error once its socket has been silent for `ms`, waiting for the
+ * answer or between chunks of either body.
+ */
+export function failWhenSilent(request: http.ClientRequest, ms: number): void {
+  request.setTimeout(ms, () => {
+    request.destroy(Object.assign(new Error(`no answer for ${ms / 1000} s`), { code: "ETIMEDOUT" }));
   });
 }

@@ -20,6 +20,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { InterruptedError, MkbaseError, SinkError, errnoCode, throwIfAborted } from "../errors.js";
 import type { Blob, Descriptor } from "../image/manifest.js";
 import { extraCaOptions, isUntrustedCertificate } from "../net/extra-ca.js";
+import { failWhenSilent } from "../net/http-get.js";
 import type { ProgressListener } from "../progress.js";
 import { RegistryAuthenticator, repositoryScope, type RegistryCredentials } from "./auth.js";
 
@@ -206,11 +207,7 @@ function exchangeOnce(
     const outgoing = secure
       ? https.request(request.url, { ...options, ...extraCaOptions() })
       : http.request(request.url, options);
-    outgoing.setTimeout(IDLE_TIMEOUT_MS, () => {
-      outgoing.destroy(
-        Object.assign(new Error(`no answer for ${IDLE_TIMEOUT_MS / 1000} s`), { code: "ETIMEDOUT" }),
-      );
-    });
+    failWhenSilent(outgoing, IDLE_TIMEOUT_MS);
     let bodySent = body === undefined || Buffer.isBuffer(body);
     // `on`, not `once`: a late second error (a destroyed body after the answer) must not go unhandled.
     outgoing.on("error", reject);

@@ -232,23 +232,25 @@ export class DockerLoadSink implements Sink {
       } finally {
         await engine.removeImage(carrier).catch(() => undefined);
       }
-    } else if (this.held !== undefined && (await engine.inspectImage(expected)) !== undefined) {
-      // The ID is the digest of the config, which names every layer by its digest: an image the engine
-      // holds under it is this very image, so a rebuild of unchanged input only adds the tags. (Checked
-      // for a held layer only: a streamed one has been sent by the time its ID is known.)
-      onProgress({
-        kind: "phase",
-        message: `the Docker Engine already holds ${expected.slice(0, 19)}…: tagging it`,
-      });
     } else if (this.held !== undefined) {
-      const chunks = this.held;
-      const layers = image.layers.map((layer) => ({
-        ...layer,
-        open: async function* () {
-          yield* chunks;
-        },
-      }));
-      await this.load({ ...image, layers }, expected, true, signal);
+      if ((await engine.inspectImage(expected)) !== undefined) {
+        // The ID is the digest of the config, which names every layer by its digest: an image the engine
+        // holds under it is this very image, so a rebuild of unchanged input only adds the tags. (Checked
+        // for a held layer only: a streamed one has been sent by the time its ID is known.)
+        onProgress({
+          kind: "phase",
+          message: `the Docker Engine already holds ${expected.slice(0, 19)}…: tagging it`,
+        });
+      } else {
+        const chunks = this.held;
+        const layers = image.layers.map((layer) => ({
+          ...layer,
+          open: async function* () {
+            yield* chunks;
+          },
+        }));
+        await this.load({ ...image, layers }, expected, true, signal);
+      }
     } else {
       onProgress({ kind: "phase", message: `loading into the Docker Engine at ${engine.endpoint}` });
       await this.load(image, expected, true, signal);

@@ -8,6 +8,7 @@ import { createHash } from "node:crypto";
 import { chmod, mkdir, readFile, readdir, stat, writeFile } from "node:fs/promises";
 import type { IncomingMessage } from "node:http";
 import { join, resolve } from "node:path";
+import { buffer } from "node:stream/consumers";
 import { gunzipSync } from "node:zlib";
 import { ToolError, UsageError, errnoCode } from "../../errors.js";
 import { httpGet } from "../../net/http-get.js";
@@ -192,9 +193,7 @@ async function fetchBytes(url: string, signal: AbortSignal): Promise<Buffer> {
         hint: "Check the mirror URL and the branch.",
       });
     }
-    const chunks: Buffer[] = [];
-    for await (const chunk of response as AsyncIterable<Buffer>) chunks.push(chunk);
-    return Buffer.concat(chunks);
+    return await buffer(response);
   } catch (error) {
     if (signal.aborted || error instanceof ToolError) throw error;
     throw new ToolError(`the download of ${url} was cut short: ${(error as Error).message}`, {
