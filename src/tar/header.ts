@@ -24,6 +24,9 @@ const PAX_TYPE = 0x78; // 'x'
 /** Name of the PAX pseudo-entry; constant so archives are reproducible. */
 const PAX_NAME = Buffer.from("@PaxHeader");
 const EMPTY = Buffer.alloc(0);
+const SLASH = Buffer.from("/");
+/** ustar's magic and version: "ustar", NUL, "00". */
+const USTAR_MAGIC = Buffer.from("ustar\u000000", "latin1");
 
 /** Largest values the ustar octal fields can hold (digits = field width - 1). */
 const MAX_OCTAL_7 = 0o7777777;
@@ -36,10 +39,14 @@ export function paddingFor(size: number): number {
 }
 
 function writeOctal(block: Buffer, offset: number, width: number, value: number): void {
-  // width - 1 digits, zero-padded, then NUL: the form every reader accepts.
-  const digits = value.toString(8).padStart(width - 1, "0");
-  block.write(digits, offset, width - 1, "latin1");
+  // width - 1 digits, zero-padded, then NUL: the form every reader accepts. Written digit by digit: this
+  // runs seven times for every entry, and going through a string cost most of the header's time.
   block[offset + width - 1] = 0;
+  let rest = value;
+  for (let i = offset + width - 2; i >= offset; i--) {
+    block[i] = 0x30 + (rest % 8);
+    rest = Math.floor(rest / 8);
+  }
 }
 
 /** Splits a path into ustar `prefix` and `name` at a `/`, or returns undefined when it cannot fit. */
@@ -63,9 +70,15 @@ function paxRecord(key: string, value: Buffer): Buffer {
   return Buffer.concat([Buffer.from(String(length), "latin1"), body]);
 }
 
+function withRecord(pax: Map<string, Buffer> | undefined, key: string, value: Buffer): Map<string, Buffer> {
+  const records = pax ?? new Map<string, Buffer>();
+  records.set(key, value);
+  return records;
+}
+
 /** The tar path of an entry: directories end in `/`, as GNU tar and the engine write them. */
 export function tarPath(entry: TarEntry): Buffer {
-  return entry.type === "directory" ? Buffer.concat([entry.path, Buffer.from("/")]) : entry.path;
+  return entry.type === "directory" ? Buffer.concat([entry.path, SLASH]) : entry.path;
 }
 
 function ustarBlock(fields: {
@@ -81,7 +94,8 @@ function ustarBlock(fields: {
   devmajor: number;
   devminor: number;
 }): Buffer {
-  const block = Buffer.alloc(BLOCK);
+  // From the shared pool (a fresh zeroed allocation per entry cost a third of the header's time).
+  const block = Buffer.allocUnsafe(BLOCK).fill(0);
   // Copies bounded by the field widths; longer values travel in the PAX header instead.
   fields.name.copy(block, 0, 0, Math.min(fields.name.length, 100));
   writeOctal(block, 100, 8, fields.mode);
@@ -91,7 +105,7 @@ function ustarBlock(fields: {
   writeOctal(block, 136, 12, fields.mtime);
   block[156] = fields.typeflag;
   fields.linkname.copy(block, 157, 0, Math.min(fields.linkname.length, 100));
-  block.write("ustar\u000000", 257, 8, "latin1");
+  USTAR_MAGIC.copy(block, 257);
   // uname/gname stay empty: owners are numeric only, so no host user database leaks into the image.
   writeOctal(block, 329, 8, fields.devmajor);
   writeOctal(block, 337, 8, fields.devminor);
@@ -100,8 +114,7 @@ function ustarBlock(fields: {
   block.fill(0x20, 148, 156);
   let sum = 0;
   for (let i = 0; i < BLOCK; i++) sum += block[i] ?? 0;
-  block.write(sum.toString(8).padStart(6, "0"), 148, 6, "latin1");
-  block[154] = 0;
+  writeOctal(block, 148, 7, sum);
   block[155] = 0x20;
   return block;
 }
@@ -114,19 +127,23 @@ export function encodeHeader(entry: TarEntry): Buffer {
   const path = tarPath(entry);
   const linkname = entry.linkname ?? EMPTY;
   const size = entry.type === "file" ? entry.size : 0;
-  const pax = new Map<string, Buffer>();
-
+  // Most entries need no PAX header: the map is made only for one that does.
+  let pax: Map<string, Buffer> | undefined;
   const split = splitUstarPath(path);
-  if (split === undefined) pax.set("path", path);
-  if (linkname.length > 100) pax.set("linkpath", linkname);
-  if (entry.uid > MAX_OCTAL_7 || entry.uid < 0) pax.set("uid", Buffer.from(String(entry.uid)));
-  if (entry.gid > MAX_OCTAL_7 || entry.gid < 0) pax.set("gid", Buffer.from(String(entry.gid)));
-  if (size > MAX_OCTAL_11) pax.set("size", Buffer.from(String(size)));
-  if (entry.mtime > MAX_OCTAL_11 || entry.mtime < 0) pax.set("mtime", Buffer.from(String(entry.mtime)));
-  for (const [name, value] of entry.xattrs ?? []) pax.set(`SCHILY.xattr.${name}`, value);
+  if (split === undefined) pax = withRecord(pax, "path", path);
+  if (linkname.length > 100) pax = withRecord(pax, "linkpath", linkname);
+  if (entry.uid > MAX_OCTAL_7 || entry.uid < 0) pax = withRecord(pax, "uid", Buffer.from(String(entry.uid)));
+  if (entry.gid > MAX_OCTAL_7 || entry.gid < 0) pax = withRecord(pax, "gid", Buffer.from(String(entry.gid)));
+  if (size > MAX_OCTAL_11) pax = withRecord(pax, "size", Buffer.from(String(size)));
+  if (entry.mtime > MAX_OCTAL_11 || entry.mtime < 0) {
+    pax = withRecord(pax, "mtime", Buffer.from(String(entry.mtime)));
+  }
+  if (entry.xattrs !== undefined) {
+    for (const [name, value] of entry.xattrs) pax = withRecord(pax, `SCHILY.xattr.${name}`, value);
+  }
   // PAX says path values are UTF-8; raw names must be flagged so GNU tar does not transcode them.
-  if ((pax.has("path") && !isUtf8(path)) || (pax.has("linkpath") && !isUtf8(linkname))) {
-    pax.set("hdrcharset", Buffer.from("BINARY"));
+  if ((pax?.has("path") === true && !isUtf8(path)) || (pax?.has("linkpath") === true && !isUtf8(linkname))) {
+    pax = withRecord(pax, "hdrcharset", Buffer.from("BINARY"));
   }
 
   const header = ustarBlock({
@@ -142,10 +159,12 @@ export function encodeHeader(entry: TarEntry): Buffer {
     devmajor: entry.devmajor ?? 0,
     devminor: entry.devminor ?? 0,
   });
-  if (pax.size === 0) return header;
+  if (pax === undefined) return header;
 
   // Sorted keys: the same entry always gives the same bytes.
-  const records = Buffer.concat([...pax.keys()].sort().map((key) => paxRecord(key, pax.get(key) as Buffer)));
+  const records = Buffer.concat(
+    [...pax].sort(([a], [b]) => (a < b ? -1 : 1)).map(([key, value]) => paxRecord(key, value)),
+  );
   const paxHeader = ustarBlock({
     name: PAX_NAME,
     prefix: EMPTY,
