@@ -6,6 +6,7 @@ import { rename, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { build, type BuildResult } from "../build.js";
 import { UsageError } from "../errors.js";
+import type { EngineClient } from "../docker/engine.js";
 import { configToInstructions } from "../image/config.js";
 import { DockerBuildSink, DockerImportSink, DockerLoadSink } from "../sinks/docker-engine.js";
 import { formatPlatform, hostPlatform } from "../image/platform.js";
@@ -113,10 +114,11 @@ export async function runBuild(
   const verbose = (flags as ImageFlags & { readonly verbose?: boolean }).verbose === true;
   const renderer = await makeRenderer({ quiet: flags.quiet === true, verbose });
   let ok = false;
+  let engine: EngineClient | undefined;
   try {
     // Only outputs that need the engine pay for loading its client and the round trip to it.
     // It connects before the source opens, so a stopped daemon fails at once, not after a bootstrap.
-    const engine = outputSet.wantsEngine
+    engine = outputSet.wantsEngine
       ? await (await import("../docker/engine.js")).connectEngine(context.signal)
       : undefined;
     const source = await openSource(renderer.onProgress);
@@ -164,6 +166,7 @@ export async function runBuild(
     printResult(result, flags, context.stdout, results);
     return 0;
   } finally {
+    engine?.close();
     if (!ok) renderer.stop(false);
     if (outputs === undefined) await outputSet.close();
   }

@@ -46,6 +46,8 @@ export interface EngineClient {
   inspectImage(id: string): Promise<ImageSummary | undefined>;
   tagImage(id: string, repository: string, tag: string): Promise<void>;
   removeImage(id: string): Promise<void>;
+  /** Closes the connections kept open for later requests. */
+  close(): void;
 }
 
 /** Compares dotted API versions numerically (`1.9` < `1.41`). */
@@ -112,6 +114,10 @@ class HttpEngine implements EngineClient {
     readonly apiVersion: string,
     readonly imageStore: ImageStore,
   ) {}
+
+  close(): void {
+    this.transport.close();
+  }
 
   async postTar(path: string, query: Query, body: Readable, signal: AbortSignal): Promise<Readable> {
     if (signal.aborted) {
@@ -184,6 +190,20 @@ export async function connectEngine(
 ): Promise<EngineClient> {
   const endpoint = resolveEndpoint(discovery);
   const transport = await openTransport(endpoint.address);
+  try {
+    return await negotiate(transport, endpoint, signal);
+  } catch (error) {
+    transport.close();
+    throw error;
+  }
+}
+
+/** Asks for the engine's API version and image store (see {@link connectEngine}). */
+async function negotiate(
+  transport: Transport,
+  endpoint: EngineEndpoint,
+  signal: AbortSignal,
+): Promise<EngineClient> {
   const send = (path: string): ReturnType<Transport["send"]> =>
     transport.send({
       method: "GET",

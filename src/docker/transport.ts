@@ -4,8 +4,9 @@
  * whole CLI waits for it to load before its first request (see `mkbase scratch`'s benchmark).
  */
 import { spawn } from "node:child_process";
-import { request as httpRequest, type IncomingMessage } from "node:http";
+import { Agent, request as httpRequest, type IncomingMessage } from "node:http";
 import type { RequestOptions } from "node:https";
+import type { Socket } from "node:net";
 import { Duplex, type Readable } from "node:stream";
 import type { EngineAddress } from "./connection.js";
 
@@ -33,6 +34,8 @@ export interface Transport {
     readonly body?: Readable;
     readonly signal?: AbortSignal;
   }): Promise<IncomingMessage>;
+  /** Closes the connections kept for later requests (ssh ones are processes). */
+  close(): void;
 }
 
 export function withQuery(path: string, query: Query = {}): string {
@@ -66,42 +69,87 @@ function messageOf(status: number, text: string): string {
 /**
  * A duplex over `ssh [-l USER] [-p PORT] -- HOST docker system dial-stdio`. When ssh fails (no route, key
  * refused, no docker on the host) the stream errors with what ssh printed.
+ *
+ * It has the few socket methods node's http agent calls on a connection it keeps between requests: an
+ * idle one must not keep mkbase running, so `unref` releases ssh and its pipes until `ref` takes them back.
  */
-function dialOverSsh(address: Extract<EngineAddress, { kind: "ssh" }>): Duplex {
-  const args = ["-o", "ConnectTimeout=30", "-T"];
-  if (address.user !== undefined) args.push("-l", address.user);
-  if (address.port !== undefined) args.push("-p", String(address.port));
-  args.push("--", address.host, "docker", "system", "dial-stdio");
-  const child = spawn("ssh", args, { stdio: ["pipe", "pipe", "pipe"] });
-  const stream = new Duplex({
-    read: () => child.stdout.resume(),
-    write: (chunk: Buffer, _encoding, callback) => child.stdin.write(chunk, callback),
-    final: (callback) => child.stdin.end(callback),
-    destroy: (error, callback) => {
-      child.kill();
-      callback(error);
-    },
-  });
-  child.stdout.on("data", (chunk: Buffer) => {
-    if (!stream.push(chunk)) child.stdout.pause();
-  });
-  // A write after ssh has gone fails with EPIPE; its exit status, below, says why.
-  child.stdin.on("error", () => undefined);
-  let stderr = "";
-  child.stderr.setEncoding("utf8").on("data", (text: string) => {
-    stderr = (stderr + text).slice(-2000);
-  });
-  child.once("error", (error) => stream.destroy(error));
-  // The stream ends only once ssh has exited: the HTTP client must see ssh's failure, not a hang-up.
-  child.once("close", (code) => {
-    if (code === 0) {
-      stream.push(null);
-      return;
-    }
-    const said = stderr.trim() === "" ? "" : `: ${stderr.trim()}`;
-    stream.destroy(new Error(`ssh ${address.host} exited with ${String(code)}${said}`));
-  });
-  return stream;
+class SshStream extends Duplex {
+  /** The agent's idle timeout, which it reads back; it sets none (each request has its own time limit). */
+  timeout = 0;
+  private readonly handles: readonly { ref(): void; unref(): void }[];
+
+  constructor(address: Extract<EngineAddress, { kind: "ssh" }>) {
+    const args = ["-o", "ConnectTimeout=30", "-T"];
+    if (address.user !== undefined) args.push("-l", address.user);
+    if (address.port !== undefined) args.push("-p", String(address.port));
+    args.push("--", address.host, "docker", "system", "dial-stdio");
+    const child = spawn("ssh", args, { stdio: ["pipe", "pipe", "pipe"] });
+    super({
+      read: () => child.stdout.resume(),
+      write: (chunk: Buffer, _encoding, callback) => child.stdin.write(chunk, callback),
+      final: (callback) => child.stdin.end(callback),
+      destroy: (error, callback) => {
+        child.kill();
+        callback(error);
+      },
+    });
+    // The pipes to a child are sockets, which can be unref'd like the child itself.
+    this.handles = [child, child.stdin, child.stdout, child.stderr] as unknown as Socket[];
+    child.stdout.on("data", (chunk: Buffer) => {
+      if (!this.push(chunk)) child.stdout.pause();
+    });
+    // A write after ssh has gone fails with EPIPE; its exit status, below, says why.
+    child.stdin.on("error", () => undefined);
+    let stderr = "";
+    child.stderr.setEncoding("utf8").on("data", (text: string) => {
+      stderr = (stderr + text).slice(-2000);
+    });
+    child.once("error", (error) => this.destroy(error));
+    // The stream ends only once ssh has exited: the HTTP client must see ssh's failure, not a hang-up.
+    child.once("close", (code) => {
+      if (code === 0) {
+        this.push(null);
+        return;
+      }
+      const said = stderr.trim() === "" ? "" : `: ${stderr.trim()}`;
+      this.destroy(new Error(`ssh ${address.host} exited with ${String(code)}${said}`));
+    });
+  }
+
+  ref(): this {
+    for (const handle of this.handles) handle.ref();
+    return this;
+  }
+
+  unref(): this {
+    for (const handle of this.handles) handle.unref();
+    return this;
+  }
+
+  /** TCP keep-alive has no meaning for a pipe to ssh: nothing to set. */
+  setKeepAlive(): this {
+    return this;
+  }
+
+  setTimeout(ms: number): this {
+    this.timeout = ms;
+    return this;
+  }
+}
+
+/**
+ * Keeps ssh connections open between requests, as the docker CLI's HTTP client does: a command logs in
+ * once or twice (the first two requests go out together), not once per request, which over a real
+ * network is a fraction of a second each time.
+ */
+class SshAgent extends Agent {
+  constructor(private readonly address: Extract<EngineAddress, { kind: "ssh" }>) {
+    super({ keepAlive: true });
+  }
+
+  override createConnection(): Duplex {
+    return new SshStream(this.address);
+  }
 }
 
 /**
@@ -111,6 +159,7 @@ function dialOverSsh(address: Extract<EngineAddress, { kind: "ssh" }>): Duplex {
 export async function openTransport(address: EngineAddress): Promise<Transport> {
   let base: RequestOptions;
   let request = httpRequest;
+  let sshAgent: SshAgent | undefined;
   switch (address.kind) {
     case "unix":
       // An empty TLS server name spares the agent working one out: its IPv6 regex costs ~6 ms to build.
@@ -125,10 +174,12 @@ export async function openTransport(address: EngineAddress): Promise<Transport> 
       }
       break;
     case "ssh":
-      base = { createConnection: () => dialOverSsh(address) };
+      sshAgent = new SshAgent(address);
+      base = { agent: sshAgent };
       break;
   }
   return {
+    close: () => sshAgent?.destroy(),
     send: ({ method, path, query, body, signal }) =>
       new Promise((resolve, reject) => {
         const req = request({

@@ -55,6 +55,9 @@ class FakeEngine implements EngineClient {
   async removeImage(id: string) {
     this.calls.push(`remove ${id}`);
   }
+  close() {
+    this.calls.push("close");
+  }
 }
 
 const entries: TarEntry[] = [

@@ -4,6 +4,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable } from "node:stream";
+import { setTimeout } from "node:timers/promises";
 import { after, before, describe, it } from "node:test";
 import { connectEngine, type EngineClient } from "../../src/docker/engine.js";
 import { withQuery } from "../../src/docker/transport.js";
@@ -202,6 +203,16 @@ describe("the engine's HTTP client", () => {
   });
 });
 
+/** Whether process `pid` exists (signal 0 only checks). */
+function isRunning(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 describe("DOCKER_HOST=ssh://", () => {
   let dir: string;
   let fake: FakeEngine;
@@ -242,28 +253,45 @@ describe("DOCKER_HOST=ssh://", () => {
   it("runs the user's ssh with docker system dial-stdio and talks HTTP through it", async () => {
     const log = await standInSsh(
       "bridge",
-      `const s = require("node:net").connect(socket); process.stdin.pipe(s); s.pipe(process.stdout);`,
+      [
+        `require("node:fs").appendFileSync(log + ".pids", process.pid + "\\n");`,
+        `const s = require("node:net").connect(socket); process.stdin.pipe(s); s.pipe(process.stdout);`,
+      ].join("\n"),
     );
     const engine = await connectEngine(new AbortController().signal, discovery("ssh://me@box:2222", dir));
     assert.equal(engine.apiVersion, "1.43");
     await engine.tagImage("sha256:abc", "r", "t");
     assert.equal(fake.received.at(-1)?.url, "/v1.43/images/sha256%3Aabc/tag?repo=r&tag=t");
+    await engine.removeImage("sha256:abc");
+    await engine.tagImage("sha256:def", "r", "u");
+    assert.equal(fake.received.at(-1)?.url, "/v1.43/images/sha256%3Adef/tag?repo=r&tag=u");
+    // /_ping and /info go out together, on two connections; the later requests reuse them.
     const calls = (await readFile(log, "utf8")).trim().split("\n");
-    assert.ok(calls.length >= 2);
-    assert.deepEqual(JSON.parse(calls[0] ?? ""), [
-      "-o",
-      "ConnectTimeout=30",
-      "-T",
-      "-l",
-      "me",
-      "-p",
-      "2222",
-      "--",
-      "box",
-      "docker",
-      "system",
-      "dial-stdio",
-    ]);
+    assert.equal(calls.length, 2, calls.join("\n"));
+    for (const call of calls) {
+      assert.deepEqual(JSON.parse(call), [
+        "-o",
+        "ConnectTimeout=30",
+        "-T",
+        "-l",
+        "me",
+        "-p",
+        "2222",
+        "--",
+        "box",
+        "docker",
+        "system",
+        "dial-stdio",
+      ]);
+    }
+    // Closing the client ends the ssh processes it kept.
+    const pids = (await readFile(`${log}.pids`, "utf8")).trim().split("\n").map(Number);
+    engine.close();
+    for (const pid of pids) {
+      const deadline = Date.now() + 5000;
+      while (isRunning(pid) && Date.now() < deadline) await setTimeout(20);
+      assert.equal(isRunning(pid), false, `ssh ${pid} still runs after close()`);
+    }
   });
 
   it("reports what ssh said when it cannot connect", async () => {
