@@ -242,8 +242,8 @@ function registerDebootstrap(
     .argument("<suite>", "Debian or Ubuntu codename or alias (bookworm, trixie, stable, noble…)")
     .summary("build a Debian or Ubuntu image with mmdebstrap or debootstrap")
     .description(
-      "Build a Debian or Ubuntu image. mmdebstrap runs when installed (faster), else debootstrap; --backend\n" +
-        "chooses. Debian uses the machine's apt sources or the tool's default mirror; Ubuntu needs --mirror\n" +
+      "Build a Debian or Ubuntu image. mmdebstrap runs when installed (faster), else debootstrap; --backend " +
+        "chooses. Debian uses the machine's apt sources or the tool's default mirror; Ubuntu needs --mirror " +
         "(or an Ubuntu entry in the machine's apt sources). Foreign architectures run through qemu-user-static.",
     )
     .option("--backend <tool>", "mmdebstrap or debootstrap (default: mmdebstrap when installed)")
@@ -364,8 +364,8 @@ function registerPacstrap(
     .command("pacstrap")
     .summary("build an Arch Linux image with pacstrap")
     .description(
-      "Build an Arch Linux image with pacstrap. pacman.conf is generated (or --pacman-conf FILE); neither the\n" +
-        "host's keyring nor its mirrorlist is copied; the pacman keyring is initialised inside the tree and its\n" +
+      "Build an Arch Linux image with pacstrap. pacman.conf is generated (or --pacman-conf FILE); neither the " +
+        "host's keyring nor its mirrorlist is copied; the pacman keyring is initialised inside the tree and its " +
         "private key removed; locale C.UTF-8, timezone UTC, /dev rebuilt with the minimal node set.",
     )
     .option("--packages <list>", "packages to install, space or comma separated", "base")
@@ -461,8 +461,8 @@ function registerAlpine(program: Command, context: () => CommandContext, done: (
     .argument("<branch>", "Alpine branch: v3.20, edge, latest-stable…")
     .summary("build an Alpine image with apk.static")
     .description(
-      "Build an Alpine image with apk.static (--initdb add PACKAGES). apk.static is taken from PATH, or\n" +
-        "downloaded from the first repository's apk-tools-static package and verified before it runs: its\n" +
+      "Build an Alpine image with apk.static (--initdb add PACKAGES). apk.static is taken from PATH, or " +
+        "downloaded from the first repository's apk-tools-static package and verified before it runs: its " +
         "signature against --keys-dir, or a pinned --apk-static-sha256. /etc/apk/repositories is written.",
     )
     .option("--packages <list>", "packages to install, space or comma separated", "alpine-base")

@@ -18,10 +18,10 @@ export function registerDirCommand(
     .argument("<path>", "root filesystem directory (use / to capture this system)")
     .summary("build an image from a root filesystem directory")
     .description(
-      "Build an image from a root filesystem directory. The tree is walked in sorted order and packed faithfully:\n" +
-        "files, directories, symlinks (never followed), hardlinks, devices, FIFOs, setuid/setgid/sticky bits, any\n" +
-        "uid/gid, xattrs such as file capabilities, long and non-UTF-8 names. Sockets are skipped with a warning.\n" +
-        "With / (or --system) the contents of /proc, /sys, /dev, /run and /tmp are left out, and other mounted\n" +
+      "Build an image from a root filesystem directory. The tree is walked in sorted order and packed faithfully: " +
+        "files, directories, symlinks (never followed), hardlinks, devices, FIFOs, setuid/setgid/sticky bits, any " +
+        "uid/gid, xattrs such as file capabilities, long and non-UTF-8 names. Sockets are skipped with a warning.\n\n" +
+        "With / (or --system) the contents of /proc, /sys, /dev, /run and /tmp are left out, and other mounted " +
         "filesystems are not crossed unless --cross-mounts is given.",
     )
     .option(

@@ -18,10 +18,10 @@ export function registerTarCommand(
     .argument("<archive>", "rootfs tarball: a file, - for stdin, or an http(s) URL")
     .summary("build an image from a root filesystem tarball (file, stdin or URL)")
     .description(
-      "Build an image from a root filesystem tarball. Plain, gzip, bzip2, xz and zstd archives are detected by\n" +
-        "their first bytes. The archive is read as a stream and re-packed through the same normaliser as `mkbase\n" +
-        "dir`; it is never extracted on this machine. Entries with `..` components, hardlinks to missing targets,\n" +
-        "entries under a symlinked parent, duplicate paths and overlay whiteouts (.wh.*) are refused; absolute\n" +
+      "Build an image from a root filesystem tarball. Plain, gzip, bzip2, xz and zstd archives are detected by " +
+        "their first bytes. The archive is read as a stream and re-packed through the same normaliser as `mkbase " +
+        "dir`; it is never extracted on this machine. Entries with `..` components, hardlinks to missing targets, " +
+        "entries under a symlinked parent, duplicate paths and overlay whiteouts (.wh.*) are refused; absolute " +
         "paths are made relative with a warning. A URL needs --sha256 (or --insecure).",
     )
     .option(

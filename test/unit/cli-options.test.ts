@@ -4,6 +4,7 @@ import { Command } from "commander";
 import { DaemonUnavailableError, UsageError } from "../../src/errors.js";
 import { resolveEndpoint, type DiscoveryEnvironment } from "../../src/docker/connection.js";
 import { compareApiVersions } from "../../src/docker/engine.js";
+import { describeResult, runMkbase } from "../e2e/support/cli.js";
 import {
   addImageOptions,
   configFromFlags,
@@ -137,5 +138,30 @@ describe("engine discovery", () => {
     assert.ok(compareApiVersions("1.9", "1.41") < 0);
     assert.ok(compareApiVersions("1.44", "1.41") > 0);
     assert.equal(compareApiVersions("1.41", "1.41"), 0);
+  });
+});
+
+describe("--help", () => {
+  const commands = ["dir", "tar", "scratch", "debootstrap", "pacstrap", "alpine"];
+
+  it("wraps every command's description to the width, without the source's line breaks", async () => {
+    for (const command of commands) {
+      const result = await runMkbase([command, "--help"]);
+      assert.equal(result.code, 0, describeResult(result));
+      // The description: from the line after "Usage:" and its blank line up to the first section heading.
+      const lines = result.stdout.split("\n");
+      const end = lines.findIndex((line) => /^(Arguments|Options):$/.test(line));
+      const paragraphs = lines.slice(2, end).join("\n").trim().split("\n\n");
+      for (const paragraph of paragraphs) {
+        const wrapped = paragraph.split("\n");
+        assert.ok(
+          wrapped.every((line) => line.length <= 80),
+          `${command}: a line is wider than 80`,
+        );
+        // A hard line break in the source shows as a short line in the middle of a paragraph.
+        const short = wrapped.slice(0, -1).filter((line) => line.length < 60);
+        assert.deepEqual(short, [], `${command}: ragged description\n${paragraph}`);
+      }
+    }
   });
 });
