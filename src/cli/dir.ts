@@ -37,7 +37,8 @@ Examples:
   mkbase dir ./rootfs -t corp/base:1.0 --cmd /bin/sh
   sudo mkbase dir / -t snapshot:today --exclude var/lib/docker
   IMAGE_ID=$(mkbase dir ./rootfs -t x:1 --quiet)
-  mkbase dir ./rootfs -t x:1 --via import -c 'ENV LANG=C.UTF-8' -m "nightly"`,
+  mkbase dir ./rootfs -t x:1 --via import -c 'ENV LANG=C.UTF-8' -m "nightly"
+  mkbase dir ./rootfs -t x:1 -o type=docker,dest=- | ssh builder docker load`,
     )
     .action(async (path: string, flags: DirFlags) => {
       const { runBuild } = await import("./run-build.js");

@@ -47,8 +47,10 @@ async function reportError(error: unknown): Promise<number> {
 
 /** Runs the CLI with `argv` (without node and script) and resolves with the exit code. */
 export async function main(argv: readonly string[]): Promise<number> {
-  // `mkbase --help | head` closes the pipe early; that is not an error worth a stack trace.
+  // `mkbase --help | head` closes the pipe early; that is not an error worth a stack trace. An output
+  // writing to stdout (dest=-) listens too, and reports it as its own failure.
   process.stdout.on("error", (error) => {
+    if (process.stdout.listenerCount("error") > 1) return;
     if (errnoCode(error) === "EPIPE") process.exit(ExitCode.ok);
     throw error;
   });

@@ -127,9 +127,9 @@ export function parseOutput(text: string): OutputSpec {
   }
   const dest = values.get("dest");
   if (dest === "") throw new UsageError(`${origin}: dest is empty`);
-  if (dest === "-") {
-    throw new UsageError(`${origin}: dest=- (stdout) is not supported; stdout carries the result`, {
-      hint: "Give a file name.",
+  if (dest === "-" && (spec === "context" || (spec === "oci" && values.get("tar") === "false"))) {
+    throw new UsageError(`${origin}: dest=- (stdout) takes an archive, and this output is a directory`, {
+      hint: "Give a directory name, or write an archive to stdout: -o type=oci,dest=- or -o type=docker,dest=-.",
     });
   }
   const requireDest = (): string => {
@@ -198,6 +198,11 @@ export function parseOutputs(outputs: readonly string[], push: boolean | undefin
     });
   }
   if (specs.length === 0) specs.push({ type: "docker" });
+  if (specs.some(writesStdout) && process.stdout.isTTY) {
+    throw new UsageError("refusing to write an archive to a terminal (dest=-)", {
+      hint: "Redirect standard output (`> image.tar`, `| docker load`) or give dest=FILE.",
+    });
+  }
   const places = new Set<string>();
   for (const spec of specs) {
     const place = "dest" in spec && spec.dest !== undefined ? `file ${spec.dest}` : spec.type;
@@ -212,6 +217,11 @@ export function parseOutputs(outputs: readonly string[], push: boolean | undefin
     places.add(place);
   }
   return specs;
+}
+
+/** Whether `spec` writes to standard output (`dest=-`), which then carries nothing else. */
+export function writesStdout(spec: OutputSpec): boolean {
+  return "dest" in spec && spec.dest === "-";
 }
 
 /** Whether `specs` include the Docker Engine (a `docker` output without dest). */
@@ -357,6 +367,11 @@ export class OutputSet {
     return this.options.annotations;
   }
 
+  /** Whether an output writes to standard output: the result is then not printed there. */
+  get writesStdout(): boolean {
+    return this.specs.some(writesStdout);
+  }
+
   /** Whether one of the outputs is the Docker Engine (the caller then connects to it). */
   get wantsEngine(): boolean {
     return this.sinks.includes("engine");
@@ -476,7 +491,13 @@ export function openOutputs(
     readonly images: number;
   },
 ): Promise<OutputSet> {
-  return OutputSet.open(parseOutputs(flags.output ?? [], flags.push), {
+  const specs = parseOutputs(flags.output ?? [], flags.push);
+  if (flags.json === true && specs.some(writesStdout)) {
+    throw new UsageError("--json prints to stdout, which carries the archive (dest=-)", {
+      hint: "Use --metadata-file FILE or --iidfile FILE for the result, or give dest=FILE.",
+    });
+  }
+  return OutputSet.open(specs, {
     ...options,
     annotations: annotationsFromFlags(flags),
     insecureRegistry: flags.insecureRegistry,
@@ -505,6 +526,7 @@ export async function completeOutputs(
     throw error;
   }
   renderer.stop(true);
+  if (outputs.writesStdout) return;
   const shown = results.filter((result) => !result.destination.startsWith("docker ("));
   if (flags.json) {
     for (const r of shown)

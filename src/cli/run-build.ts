@@ -163,7 +163,8 @@ export async function runBuild(
     renderer.stop(true);
     const id = results[0]?.id ?? result.imageId;
     if (flags.iidfile !== undefined) await writeFileAtomic(flags.iidfile, id);
-    printResult(result, flags, context.stdout, results);
+    // With dest=- stdout holds the archive; --iidfile and --metadata-file still give the result.
+    if (!outputSet.writesStdout) printResult(result, flags, context.stdout, results);
     return 0;
   } finally {
     engine?.close();

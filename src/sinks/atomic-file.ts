@@ -3,10 +3,11 @@
  * renamed into place only when complete, so a failure (disk full, Ctrl-C) never leaves a half-written
  * archive or blob under the name a reader trusts. Temporary files are removed on failure. A destination
  * that exists and is not a regular file (`/dev/null`, a FIFO, a terminal) is written directly instead:
- * a rename would replace the device node itself with a file.
+ * a rename would replace the device node itself with a file. So is `-`, standard output, where a failure
+ * shows as a short stream and a non-zero exit.
  */
 import { randomBytes } from "node:crypto";
-import { open, realpath, rename, rm, stat, type FileHandle } from "node:fs/promises";
+import { open, realpath, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { SinkError, errnoCode } from "../errors.js";
 
@@ -16,6 +17,11 @@ export const TEMP_PREFIX = ".mkbase-tmp-";
 /** A temporary path in `dir`, unique to this write. */
 export function tempPathIn(dir: string, purpose: string): string {
   return join(dir, `${TEMP_PREFIX}${purpose}-${process.pid}-${randomBytes(6).toString("hex")}`);
+}
+
+/** `dest` as messages name it: `-` is standard output. */
+export function shownDest(dest: string): string {
+  return dest === "-" ? "stdout" : dest;
 }
 
 /** A {@link SinkError} for a failed write of `what`, with a hint that fits the errno. */
@@ -29,8 +35,46 @@ export function fileWriteError(what: string, error: unknown): SinkError {
         ? "Choose a dest you can write to."
         : code === "ENOENT" || code === "ENOTDIR"
           ? "Create the parent directory first, or choose another dest."
-          : undefined;
+          : code === "EPIPE"
+            ? "The program reading stdout exited before the archive was complete; its own message says why."
+            : undefined;
   return new SinkError(`cannot write ${what}: ${(error as Error).message}`, { cause: error, hint });
+}
+
+/** What an {@link AtomicFile} writes through: an open file, or standard output. */
+interface Output {
+  write(buffer: Buffer, offset: number, length: number): Promise<{ bytesWritten: number }>;
+  close(): Promise<void>;
+}
+
+/**
+ * Standard output as an {@link Output}. Through `process.stdout`, not its descriptor: node has made a pipe
+ * there non-blocking, so writes of our own would fail with EAGAIN whenever the reader falls behind. While
+ * it writes, its error listener tells the CLI that a closed pipe is this output's failure to report, not
+ * a reader that has seen enough (`mkbase --help | head`).
+ */
+function standardOutput(): Output {
+  let failure: Error | undefined;
+  const onError = (error: Error): void => {
+    failure ??= error;
+  };
+  process.stdout.on("error", onError);
+  return {
+    write: (buffer, offset, length) =>
+      new Promise((resolve, reject) => {
+        if (failure !== undefined) {
+          reject(failure);
+          return;
+        }
+        process.stdout.write(buffer.subarray(offset, offset + length), (error) =>
+          error ? reject(error) : resolve({ bytesWritten: length }),
+        );
+      }),
+    close: async () => {
+      process.stdout.off("error", onError);
+      if (failure !== undefined) throw failure;
+    },
+  };
 }
 
 /**
@@ -44,7 +88,7 @@ export class AtomicFile {
   private constructor(
     /** The temporary path the bytes go to (for a direct file, the destination). */
     readonly tempPath: string,
-    private readonly handle: FileHandle,
+    private readonly handle: Output,
     private readonly what: string,
     private readonly isDirect = false,
   ) {}
@@ -69,6 +113,11 @@ export class AtomicFile {
     } catch (error) {
       throw fileWriteError(what, error);
     }
+  }
+
+  /** Writes to standard output (`dest=-`): nothing to rename, nothing that could be removed. */
+  static stdout(what: string): AtomicFile {
+    return new AtomicFile("-", standardOutput(), what, true);
   }
 
   /** Appends `chunk`. Writers that need a digest hash the bytes themselves: most need none. */
@@ -118,13 +167,14 @@ export class AtomicFile {
 /**
  * Opens the destination a user named (`dest=`) for writing: a temporary file next to it when it is new
  * or a regular file (next to the file a symlink points to, so the link stays a link), the destination
- * itself when it is a device, FIFO or terminal. `path` is what to {@link AtomicFile.commit} to.
+ * itself when it is a device, FIFO or terminal, and standard output for `-`. `path` is what to {@link AtomicFile.commit} to.
  */
 export async function openDestination(
   dest: string,
   what: string,
   mode = 0o644,
 ): Promise<{ file: AtomicFile; path: string }> {
+  if (dest === "-") return { file: AtomicFile.stdout(what), path: dest };
   const existing = await stat(dest).catch(() => undefined);
   if (existing?.isDirectory() === true) {
     throw new SinkError(`cannot write ${what}: ${dest} is a directory`, {

@@ -7,7 +7,7 @@ import { uncompressedManifest } from "../image/manifest.js";
 import type { Reference } from "../image/reference.js";
 import type { ProgressListener } from "../progress.js";
 import { packTar } from "../tar/pack.js";
-import { writeFileAtomically } from "./atomic-file.js";
+import { shownDest, writeFileAtomically } from "./atomic-file.js";
 import { dockerArchiveEntries } from "./docker-archive.js";
 import type { Sink, SinkResult } from "./sink.js";
 import { refNamesOf } from "./oci-layout.js";
@@ -23,16 +23,16 @@ export class DockerArchiveFileSink implements Sink {
   readonly needsLayerFile = true;
 
   constructor(private readonly options: DockerArchiveFileSinkOptions) {
-    this.destination = `docker archive ${options.dest}`;
+    this.destination = `docker archive ${shownDest(options.dest)}`;
   }
 
   async write(image: Image, signal: AbortSignal): Promise<SinkResult> {
     const { dest, tags, onProgress } = this.options;
-    onProgress({ kind: "phase", message: `writing the docker archive ${dest}` });
+    onProgress({ kind: "phase", message: `writing the docker archive ${shownDest(dest)}` });
     const named = tags.map((tag) => ({ ...tag, tag: tag.tag ?? "latest" }));
     await writeFileAtomically(
       dest,
-      `the docker archive ${dest}`,
+      `the docker archive ${shownDest(dest)}`,
       packTar(dockerArchiveEntries(image, named), { signal }),
     );
     return {

@@ -8,7 +8,7 @@ import { throwIfAborted } from "../errors.js";
 import type { Image } from "../image/image.js";
 import { bytesEntry, directoryEntry, type TarEntry } from "../tar/entry.js";
 import { packTar } from "../tar/pack.js";
-import { writeFileAtomically } from "./atomic-file.js";
+import { shownDest, writeFileAtomically } from "./atomic-file.js";
 import {
   CollectedImages,
   OCI_LAYOUT_FILE,
@@ -53,7 +53,7 @@ export class OciArchiveSink implements Sink {
   private created = 0;
 
   constructor(private readonly options: OciOutputOptions) {
-    this.destination = `oci archive ${options.dest}`;
+    this.destination = `oci archive ${shownDest(options.dest)}`;
     this.collected = new CollectedImages(options.spool);
   }
 
@@ -70,11 +70,11 @@ export class OciArchiveSink implements Sink {
   async finish(signal: AbortSignal): Promise<SinkResult> {
     const { dest, tags, annotations, onProgress } = this.options;
     throwIfAborted(signal);
-    onProgress({ kind: "phase", message: `writing the OCI archive ${dest}` });
+    onProgress({ kind: "phase", message: `writing the OCI archive ${shownDest(dest)}` });
     const files = ociLayoutFiles(this.collected.images, tags, annotations);
     await writeFileAtomically(
       dest,
-      `the OCI archive ${dest}`,
+      `the OCI archive ${shownDest(dest)}`,
       packTar(ociArchiveEntries(files, this.created), { signal }),
     );
     return { destination: this.destination, id: files.top.digest, tags: refNamesOf(tags) };

@@ -8,7 +8,7 @@ import { describeCompression, type Compression } from "../compress/compression.j
 import { SinkError } from "../errors.js";
 import type { Image } from "../image/image.js";
 import type { ProgressListener } from "../progress.js";
-import { openDestination, type AtomicFile } from "./atomic-file.js";
+import { openDestination, shownDest, type AtomicFile } from "./atomic-file.js";
 import type { LayerConsumer, Sink, SinkResult } from "./sink.js";
 
 export interface RootfsTarSinkOptions {
@@ -23,7 +23,7 @@ export class RootfsTarSink implements Sink {
   private written: Promise<{ file: AtomicFile; path: string }> | undefined;
 
   constructor(private readonly options: RootfsTarSinkOptions) {
-    this.destination = `rootfs tar ${options.dest}`;
+    this.destination = `rootfs tar ${shownDest(options.dest)}`;
   }
 
   streamLayer(signal: AbortSignal): LayerConsumer {
@@ -31,9 +31,9 @@ export class RootfsTarSink implements Sink {
     const { dest, compression, onProgress } = this.options;
     onProgress({
       kind: "phase",
-      message: `writing the rootfs to ${dest} (${describeCompression(compression)})`,
+      message: `writing the rootfs to ${shownDest(dest)} (${describeCompression(compression)})`,
     });
-    const opened = openDestination(dest, `the rootfs tar ${dest}`);
+    const opened = openDestination(dest, `the rootfs tar ${shownDest(dest)}`);
     opened.catch(() => undefined);
     let compressor: Compressor | undefined;
     const ready = opened.then(({ file }) => {

@@ -14,13 +14,14 @@ import { gunzipSync } from "node:zlib";
 import { TEMP_PREFIX } from "../../src/sinks/atomic-file.js";
 import {
   describeResult,
+  mkbaseLauncher,
   repositoryRoot,
   runChecked,
   runCommand,
   runMkbase,
   type RunResult,
 } from "./support/cli.js";
-import { dockerRun, removeImages, uniqueTag } from "./support/docker.js";
+import { dockerRun, imageInspect, removeImages, uniqueTag } from "./support/docker.js";
 import { makeEveryKindTree, makeMinimalTree, type FixtureTree } from "./support/fixture-tree.js";
 import { startRegistry, type RegistryServer } from "./support/registry-server.js";
 
@@ -51,6 +52,11 @@ async function sha256File(path: string): Promise<string> {
   return `sha256:${createHash("sha256")
     .update(await readFile(path))
     .digest("hex")}`;
+}
+
+/** What `docker load` prints for `tag`. */
+function loadedPattern(tag: string): RegExp {
+  return new RegExp(`Loaded image: ${tag.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}`);
 }
 
 /** Every file below `dir`, relative paths. */
@@ -141,9 +147,88 @@ describe("OCI and docker archives from one walk", () => {
   test("docker load -i reads the docker archive, under the tag, and it runs", async () => {
     images.add(tag);
     const loaded = await runChecked("docker", ["load", "-i", join(out, "image.docker.tar")]);
-    assert.match(loaded, new RegExp(`Loaded image: ${tag.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}`));
+    assert.match(loaded, loadedPattern(tag));
     const run = await dockerRun(tag, []);
     assert.equal(run.stdout, "hello from mkbase\n", describeResult(run));
+  });
+});
+
+describe("dest=- (stdout), in a pipeline", () => {
+  /** `mkbase ARGS | CONSUMER` in bash with pipefail, as a CI script runs it. */
+  function pipeline(args: readonly string[], consumer: string, env = process.env): Promise<RunResult> {
+    return runCommand("bash", ["-c", `set -o pipefail; "$0" "$@" | ${consumer}`, mkbaseLauncher, ...args], {
+      env,
+      timeoutMs: 120_000,
+    });
+  }
+
+  test("type=docker,dest=- | docker load gives the image, which runs; --iidfile names it", async () => {
+    const tag = uniqueTag("stdout-load");
+    images.add(tag);
+    const iidfile = join(scratch, "stdout.iid");
+    const result = await pipeline(
+      [
+        "dir",
+        minimal.root,
+        ...epochArgs,
+        "-t",
+        tag,
+        "--cmd",
+        '["/bin/busybox","cat","/hello.txt"]',
+        "-o",
+        "type=docker,dest=-",
+        "--iidfile",
+        iidfile,
+      ],
+      "docker load",
+    );
+    assert.equal(result.code, 0, describeResult(result));
+    assert.match(result.stdout, loadedPattern(tag));
+    const run = await dockerRun(tag, []);
+    assert.equal(run.stdout, "hello from mkbase\n", describeResult(run));
+    assert.equal((await imageInspect(tag))?.Id, await readFile(iidfile, "utf8"));
+  });
+
+  test("type=tar,dest=- writes the layer and nothing else: its sha256 is the DiffID", async () => {
+    const metadata = join(scratch, "stdout-tar.json");
+    const result = await pipeline(
+      ["dir", minimal.root, ...epochArgs, "-o", "type=tar,dest=-", "--metadata-file", metadata],
+      "sha256sum",
+    );
+    assert.equal(result.code, 0, describeResult(result));
+    const written = JSON.parse(await readFile(metadata, "utf8")) as { "mkbase.outputs": { id: string }[] };
+    assert.equal(`sha256:${result.stdout.split(" ")[0] ?? ""}`, written["mkbase.outputs"][0]?.id);
+  });
+
+  test("a reader that stops early fails the build (exit 5, saying why) and leaves no temporary file", async () => {
+    const tmp = await mkdtemp(join(scratch, "tmp-"));
+    const result = await pipeline(["dir", minimal.root, "-o", "type=oci,dest=-"], "head -c 100 >/dev/null", {
+      ...process.env,
+      TMPDIR: tmp,
+    });
+    assert.equal(result.code, 5, describeResult(result));
+    assert.match(result.stderr, /EPIPE.*reading stdout exited/s);
+    assert.deepEqual(await readdir(tmp), []);
+  });
+
+  test("refused before any work: a terminal, --json, and outputs that are directories", async () => {
+    // util-linux's script(1) makes stdout a terminal.
+    const onTerminal = await runCommand(
+      "script",
+      ["-qec", `${mkbaseLauncher} dir ${minimal.root} -o type=tar,dest=-`, "/dev/null"],
+      { timeoutMs: 60_000 },
+    );
+    assert.equal(onTerminal.code, 2, describeResult(onTerminal));
+    assert.match(onTerminal.stdout, /Refusing to write an archive to a terminal/);
+    for (const args of [
+      ["-o", "type=oci,dest=-", "--json"],
+      ["-o", "type=context,dest=-"],
+      ["-o", "type=oci,dest=-,tar=false"],
+    ]) {
+      const refused = await runMkbase(["dir", minimal.root, ...args]);
+      assert.equal(refused.code, 2, describeResult(refused));
+      assert.match(refused.stderr, /dest=-/);
+    }
   });
 });
 

@@ -16,8 +16,11 @@ import {
   parseOutput,
   parseOutputs,
   resultLines,
+  writesStdout,
+  type OutputSpec,
 } from "../../src/cli/outputs.js";
 import type { ImageFlags } from "../../src/cli/image-options.js";
+import { makeCompression } from "../../src/compress/compression.js";
 import { SinkError, UsageError } from "../../src/errors.js";
 import { annotationsFor, parseAnnotation } from "../../src/image/annotations.js";
 import { parsePlatform } from "../../src/image/platform.js";
@@ -80,7 +83,8 @@ describe("parseOutput", () => {
       "type=oci,dest=a,compression-level=12",
       "type=docker,dest=a,compression=gzip",
       "type=registry,name=x/y",
-      "type=tar,dest=-",
+      "type=context,dest=-",
+      "type=oci,dest=-,tar=false",
       "type=oci,dest=a,dest=b",
       "type=oci,dest=a,oci-mediatypes=false",
     ]) {
@@ -90,6 +94,21 @@ describe("parseOutput", () => {
       () => parseOutput("type=local,dest=x"),
       (error: UsageError) => /type=tar/.test(error.hint ?? ""),
     );
+  });
+});
+
+describe("dest=- (stdout)", () => {
+  it("takes the archives and the rootfs tar, once, and marks them as writing stdout", () => {
+    const specs = parseOutputs(["type=tar,dest=-"], undefined);
+    assert.deepEqual(specs, [
+      { type: "tar", dest: "-", compression: makeCompression("none", undefined, "test") },
+    ]);
+    assert.equal(writesStdout(specs[0] as OutputSpec), true);
+    for (const text of ["type=docker,dest=-", "type=oci,dest=-"]) {
+      assert.equal(writesStdout(parseOutput(text)), true, text);
+    }
+    assert.equal(writesStdout(parseOutput("type=oci,dest=x.tar")), false);
+    assert.throws(() => parseOutputs(["type=docker,dest=-", "type=oci,dest=-"], undefined), UsageError);
   });
 });
 
