@@ -49,16 +49,16 @@ interface Output {
 
 /**
  * Standard output as an {@link Output}. Through `process.stdout`, not its descriptor: node has made a pipe
- * there non-blocking, so writes of our own would fail with EAGAIN whenever the reader falls behind. While
- * it writes, its error listener tells the CLI that a closed pipe is this output's failure to report, not
- * a reader that has seen enough (`mkbase --help | head`).
+ * there non-blocking, so writes of our own would fail with EAGAIN whenever the reader falls behind. Its
+ * error listener tells the CLI that a closed pipe is this output's failure to report, not a reader that
+ * has seen enough (`mkbase --help | head`); it stays for the rest of the command, since the stream may
+ * report the error after the write that failed.
  */
 function standardOutput(): Output {
   let failure: Error | undefined;
-  const onError = (error: Error): void => {
+  process.stdout.on("error", (error: Error) => {
     failure ??= error;
-  };
-  process.stdout.on("error", onError);
+  });
   return {
     write: (buffer, offset, length) =>
       new Promise((resolve, reject) => {
@@ -71,7 +71,6 @@ function standardOutput(): Output {
         );
       }),
     close: async () => {
-      process.stdout.off("error", onError);
       if (failure !== undefined) throw failure;
     },
   };
