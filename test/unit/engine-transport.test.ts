@@ -284,12 +284,21 @@ describe("DOCKER_HOST=ssh://", () => {
         "dial-stdio",
       ]);
     }
+    // A kept connection whose ssh dies while idle is dropped; the next request logs in again.
+    const [idle] = (await readFile(`${log}.pids`, "utf8")).trim().split("\n").map(Number);
+    process.kill(idle as number, "SIGKILL");
+    const deadline = Date.now() + 5000;
+    while (isRunning(idle as number) && Date.now() < deadline) await setTimeout(20);
+    // Its pipes close a moment after it is reaped; only then does the agent drop it.
+    await setTimeout(100);
+    await engine.tagImage("sha256:fed", "r", "v");
+    assert.equal(fake.received.at(-1)?.url, "/v1.43/images/sha256%3Afed/tag?repo=r&tag=v");
     // Closing the client ends the ssh processes it kept.
     const pids = (await readFile(`${log}.pids`, "utf8")).trim().split("\n").map(Number);
     engine.close();
     for (const pid of pids) {
-      const deadline = Date.now() + 5000;
-      while (isRunning(pid) && Date.now() < deadline) await setTimeout(20);
+      const until = Date.now() + 5000;
+      while (isRunning(pid) && Date.now() < until) await setTimeout(20);
       assert.equal(isRunning(pid), false, `ssh ${pid} still runs after close()`);
     }
   });
