@@ -106,7 +106,7 @@ export function addImageOptions(command: Command): Command {
     .option("--iidfile <file>", "write the image ID to a file")
     .option(
       "-o, --output <type=…,dest=…>",
-      "where the image goes (repeatable, one walk feeds all): type=docker[,dest=FILE] (engine, or a docker-archive file), type=oci,dest=FILE[,tar=false] (OCI archive or layout directory), type=tar,dest=FILE (the rootfs only), type=context,dest=DIR, type=registry; dest=- writes an archive to stdout; compression=gzip|zstd|none, compression-level=N (default: the Docker Engine)",
+      "where the image goes (repeatable, one walk feeds all): type=docker[,dest=FILE] (engine, or a docker-archive file), type=oci,dest=FILE[,tar=false] (OCI archive or layout directory), type=tar,dest=FILE (the rootfs only), type=context,dest=DIR, type=registry; dest=- writes an archive to stdout (-o - the rootfs tar); compression=gzip|zstd|none, compression-level=N (default: the Docker Engine)",
       collect,
       [],
     )

@@ -87,12 +87,14 @@ export function compressionForName(dest: string): CompressionAlgorithm {
  */
 export function parseOutput(text: string): OutputSpec {
   const origin = `--output ${text}`;
+  // buildx's shorthand: `-o -` is the rootfs as a tar on stdout.
+  if (text === "-") return parseOutput("type=tar,dest=-");
   const values = new Map<string, string>();
   for (const field of splitFields(text)) {
     const eq = field.indexOf("=");
     if (eq <= 0) {
       throw new UsageError(`${origin}: "${field}" is not key=value`, {
-        hint: "Write -o type=oci,dest=image.tar (buildx's syntax); a bare path is not an output here.",
+        hint: "Write -o type=oci,dest=image.tar (buildx's syntax); a bare path is not an output here, `-o -` is the rootfs tar on stdout.",
       });
     }
     const key = field.slice(0, eq).trim().toLowerCase();

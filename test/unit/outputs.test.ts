@@ -108,6 +108,7 @@ describe("dest=- (stdout)", () => {
       assert.equal(writesStdout(parseOutput(text)), true, text);
     }
     assert.equal(writesStdout(parseOutput("type=oci,dest=x.tar")), false);
+    assert.deepEqual(parseOutput("-"), parseOutput("type=tar,dest=-"), "buildx's -o - shorthand");
     assert.throws(() => parseOutputs(["type=docker,dest=-", "type=oci,dest=-"], undefined), UsageError);
   });
 });
