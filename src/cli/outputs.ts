@@ -4,7 +4,7 @@
  * and registry outputs are made once and take each build's image (one per platform), then `complete`
  * writes what covers them all (OCI index, archive, push) and the `--metadata-file`.
  */
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { BuildResult } from "../build.js";
@@ -247,6 +247,29 @@ function compressionKey(compression: Compression): string {
 }
 
 /**
+ * The OCI archive outputs that take their layers straight into the archive file, instead of from a
+ * spool: those whose compression no other output shares, written to a new or regular file (stdout, a
+ * FIFO or a device cannot go back to write a header).
+ */
+async function archivesOwningTheirLayers(specs: readonly OutputSpec[]): Promise<Set<OutputSpec>> {
+  const users = new Map<string, number>();
+  for (const spec of specs) {
+    if (spec.type === "oci" || spec.type === "registry") {
+      const key = compressionKey(spec.compression);
+      users.set(key, (users.get(key) ?? 0) + 1);
+    }
+  }
+  const owning = new Set<OutputSpec>();
+  for (const spec of specs) {
+    if (spec.type !== "oci" || !spec.tar || users.get(compressionKey(spec.compression)) !== 1) continue;
+    if (spec.dest === "-") continue;
+    const existing = await stat(spec.dest).catch(() => undefined);
+    if (existing === undefined || existing.isFile()) owning.add(spec);
+  }
+  return owning;
+}
+
+/**
  * The sinks of a command's outputs. File and registry sinks are made once and see every build; the
  * engine sink is made per build by the caller (its tags differ per platform).
  */
@@ -284,21 +307,26 @@ export class OutputSet {
         );
       }
     }
-    const needsSpool = specs.some((spec) => spec.type === "oci" || spec.type === "registry");
+    const owning = await archivesOwningTheirLayers(specs);
+    const needsSpool = specs.some(
+      (spec) => (spec.type === "oci" || spec.type === "registry") && !owning.has(spec),
+    );
     // Private (0700): the spooled layers hold every file of the tree.
     const spoolDir = needsSpool ? await mkdtemp(join(tmpdir(), "mkbase-out-")) : undefined;
     const spools = new Map<string, CompressedLayerSpool>();
+    const ownSpools: CompressedLayerSpool[] = [];
     const sinks: (Sink | "engine")[] = [];
     // The sinks outlive one build's progress display: they report through this relay.
     const relay: { listener: ProgressListener } = { listener: () => undefined };
     const onProgress: ProgressListener = (event: ProgressEvent) => relay.listener(event);
     try {
-      const { CompressedLayerSpool } = await import("../sinks/compressed-layer-spool.js");
+      const { CompressedLayerSpool, TemporaryLayerFiles } =
+        await import("../sinks/compressed-layer-spool.js");
       const spoolFor = (compression: Compression): CompressedLayerSpool => {
         const key = compressionKey(compression);
         let spool = spools.get(key);
         if (spool === undefined) {
-          spool = new CompressedLayerSpool(compression, spoolDir as string);
+          spool = new CompressedLayerSpool(compression, new TemporaryLayerFiles(spoolDir as string));
           spools.set(key, spool);
         }
         return spool;
@@ -315,19 +343,20 @@ export class OutputSet {
             }
             break;
           case "oci": {
-            const common = {
-              dest: spec.dest,
-              spool: spoolFor(spec.compression),
-              tags,
-              annotations,
-              onProgress,
-            };
-            if (spec.tar) {
+            const common = { dest: spec.dest, tags, annotations, onProgress };
+            if (owning.has(spec)) {
+              // The archive is the only output of its compression: its layers go straight into it.
+              const { ArchiveFile, OciArchiveSink } = await import("../sinks/oci-archive.js");
+              const archive = new ArchiveFile(spec.dest);
+              const spool = new CompressedLayerSpool(spec.compression, archive);
+              ownSpools.push(spool);
+              sinks.push(new OciArchiveSink({ ...common, spool }, archive));
+            } else if (spec.tar) {
               const { OciArchiveSink } = await import("../sinks/oci-archive.js");
-              sinks.push(new OciArchiveSink(common));
+              sinks.push(new OciArchiveSink({ ...common, spool: spoolFor(spec.compression) }));
             } else {
               const { OciLayoutSink } = await import("../sinks/oci-layout.js");
-              sinks.push(new OciLayoutSink(common));
+              sinks.push(new OciLayoutSink({ ...common, spool: spoolFor(spec.compression) }));
             }
             break;
           }
@@ -361,7 +390,7 @@ export class OutputSet {
       if (spoolDir !== undefined) await rm(spoolDir, { recursive: true, force: true });
       throw error;
     }
-    return new OutputSet(specs, options, relay, spoolDir, [...spools.values()], sinks);
+    return new OutputSet(specs, options, relay, spoolDir, [...spools.values(), ...ownSpools], sinks);
   }
 
   /** Every annotation of the command; the engine paths and the OCI outputs pick theirs. */

@@ -43,7 +43,13 @@ export function fileWriteError(what: string, error: unknown): SinkError {
 
 /** What an {@link AtomicFile} writes through: an open file, or standard output. */
 interface Output {
-  write(buffer: Buffer, offset: number, length: number): Promise<{ bytesWritten: number }>;
+  write(
+    buffer: Buffer,
+    offset: number,
+    length: number,
+    position: number | null,
+  ): Promise<{ bytesWritten: number }>;
+  truncate?(length: number): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -119,13 +125,48 @@ export class AtomicFile {
     return new AtomicFile("-", standardOutput(), what, true);
   }
 
+  /** Bytes written so far: where the next {@link write} goes. */
+  get size(): number {
+    return this.bytes;
+  }
+
   /** Appends `chunk`. Writers that need a digest hash the bytes themselves: most need none. */
   async write(chunk: Buffer): Promise<void> {
+    const start = this.bytes;
     this.bytes += chunk.length;
+    // A temporary file is written at explicit positions, so that it can be cut back (truncate); a
+    // direct destination (a FIFO, stdout) only takes bytes in order.
+    await this.put(chunk, this.isDirect ? null : start);
+  }
+
+  /**
+   * Overwrites bytes already written, at `position` (a header whose content was unknown before the data
+   * that follows it). Temporary files only: a direct destination cannot go back.
+   */
+  async writeAt(chunk: Buffer, position: number): Promise<void> {
+    if (this.isDirect || position + chunk.length > this.bytes)
+      throw new Error(`${this.what}: cannot write at ${position}`);
+    await this.put(chunk, position);
+  }
+
+  /** Cuts a temporary file back to `size` bytes; the next {@link write} goes there. */
+  async truncate(size: number): Promise<void> {
+    if (this.isDirect || this.handle.truncate === undefined || size > this.bytes)
+      throw new Error(`${this.what}: cannot truncate to ${size}`);
+    try {
+      await this.handle.truncate(size);
+    } catch (error) {
+      throw fileWriteError(this.what, error);
+    }
+    this.bytes = size;
+  }
+
+  private async put(chunk: Buffer, position: number | null): Promise<void> {
     try {
       let offset = 0;
       while (offset < chunk.length) {
-        const { bytesWritten } = await this.handle.write(chunk, offset, chunk.length - offset);
+        const at = position === null ? null : position + offset;
+        const { bytesWritten } = await this.handle.write(chunk, offset, chunk.length - offset, at);
         offset += bytesWritten;
       }
     } catch (error) {

@@ -1,9 +1,12 @@
 /**
- * A layer compressed while it is packed, kept in a private file until the outputs that need it (OCI
- * layout, OCI archive, registry) have written it. Outputs with the same compression share one spool, so
- * the layer is compressed once per algorithm and level, however many outputs take it.
+ * A layer compressed while it is packed, kept until the outputs that need it (OCI layout, OCI archive,
+ * registry) have written it. Outputs with the same compression share one spool, so the layer is
+ * compressed once per algorithm and level, however many outputs take it. Where the compressed bytes go
+ * is the spool's {@link LayerStore}: private temporary files, or (for an OCI archive that is the only
+ * output of its compression) the archive itself.
  */
 import { createReadStream } from "node:fs";
+import type { Readable } from "node:stream";
 import { createCompressor, type Compressor } from "../compress/compressor.js";
 import { layerMediaType, type Compression } from "../compress/compression.js";
 import { RunningDigest } from "../image/digest.js";
@@ -11,37 +14,71 @@ import type { CompressedLayer } from "../image/image-blobs.js";
 import { AtomicFile } from "./atomic-file.js";
 import type { LayerConsumer } from "./sink.js";
 
-export class CompressedLayerSpool {
-  private pending: Promise<{ digest: string; size: number; path: string }> | undefined;
+/** Where one compressed layer's bytes are written. */
+export interface LayerTarget {
+  write(chunk: Buffer): Promise<void>;
+  /** Every byte is in; `digest` and `size` are the blob's. Resolves with a way to read it back. */
+  complete(digest: string, size: number): Promise<() => Readable>;
+}
+
+/** Makes a {@link LayerTarget} for each layer, and removes what they wrote after a failure. */
+export interface LayerStore {
+  open(): Promise<LayerTarget>;
+  discard(): Promise<void>;
+}
+
+/** Private temporary files in a directory (0700, made by the caller): one per layer. */
+export class TemporaryLayerFiles implements LayerStore {
   private files: AtomicFile[] = [];
+
+  constructor(private readonly dir: string) {}
+
+  async open(): Promise<LayerTarget> {
+    const file = await AtomicFile.create(this.dir, "layer", 0o600);
+    this.files.push(file);
+    return {
+      write: (chunk) => file.write(chunk),
+      complete: async () => {
+        await file.finish();
+        return () => createReadStream(file.tempPath, { highWaterMark: 4 * 1024 * 1024 });
+      },
+    };
+  }
+
+  async discard(): Promise<void> {
+    for (const file of this.files) await file.discard();
+    this.files = [];
+  }
+}
+
+export class CompressedLayerSpool {
+  private pending: Promise<{ digest: string; size: number; open: () => Readable }> | undefined;
   private consuming = false;
 
-  /** `dir` is a private (0700) directory that outlives the spool; the files are removed by {@link discard}. */
   constructor(
     readonly compression: Compression,
-    private readonly dir: string,
+    private readonly store: LayerStore,
   ) {}
 
   /**
-   * A consumer that compresses the next layer into a new spool file. Called once per build (a
-   * multi-platform build calls it once for each platform's layer).
+   * A consumer that compresses the next layer into the store. Called once per build (a multi-platform
+   * build calls it once for each platform's layer).
    */
   consume(signal: AbortSignal): LayerConsumer {
     this.consuming = true;
-    const opened = AtomicFile.create(this.dir, "layer", 0o600).then((file) => {
-      this.files.push(file);
-      return file;
-    });
+    const opened = this.store.open();
     opened.catch(() => undefined);
     let compressor: Compressor | undefined;
-    // The blob's digest: hashed on the way to the file, not read back.
+    // The blob's digest: hashed on the way to the store, not read back.
     const hash = new RunningDigest();
-    const compressorReady = opened.then((file) => {
+    let size = 0;
+    const compressorReady = opened.then((target) => {
       compressor = createCompressor(
         this.compression,
         (chunk) => {
           hash.update(chunk);
-          return file.write(chunk);
+          size += chunk.length;
+          return target.write(chunk);
         },
         { signal },
       );
@@ -56,12 +93,12 @@ export class CompressedLayerSpool {
     });
     end.catch(() => undefined);
     this.pending = (async () => {
-      const file = await opened;
+      const target = await opened;
       const active = await compressorReady;
       await end;
       await active.end();
-      const { size } = await file.finish();
-      return { digest: hash.digest(), size, path: file.tempPath };
+      const digest = hash.digest();
+      return { digest, size, open: await target.complete(digest, size) };
     })();
     this.pending.catch(() => undefined);
     return {
@@ -88,17 +125,12 @@ export class CompressedLayerSpool {
   async layer(diffId: string): Promise<CompressedLayer> {
     if (this.pending === undefined) throw new Error("no layer was streamed into the spool");
     this.consuming = false;
-    const { digest, size, path } = await this.pending;
-    return {
-      descriptor: { mediaType: layerMediaType(this.compression), digest, size },
-      diffId,
-      open: () => createReadStream(path, { highWaterMark: 4 * 1024 * 1024 }),
-    };
+    const { digest, size, open } = await this.pending;
+    return { descriptor: { mediaType: layerMediaType(this.compression), digest, size }, diffId, open };
   }
 
-  /** Removes every spool file. */
+  /** Removes what the store wrote (nothing once an output has committed it). */
   async discard(): Promise<void> {
-    for (const file of this.files) await file.discard();
-    this.files = [];
+    await this.store.discard();
   }
 }

@@ -1,14 +1,20 @@
 /**
  * An OCI image layout in a tar file (`-o type=oci,dest=FILE`), the `oci-archive:` of skopeo and buildx's
- * default OCI output. The archive is written when every image of the command is known (one per
- * platform), from the compressed layers spooled during the walk; entry order, modes and times are fixed,
- * so the same images give the same bytes.
+ * default OCI output. Entry order, modes and times are fixed, so the same images give the same bytes.
+ *
+ * When the archive is a file and the only output of its compression, each layer is compressed straight
+ * into it ({@link ArchiveFile}): the layer's tar header, which names the blob by the digest of what
+ * follows, is written into room kept for it once the layer is complete. Otherwise (an archive on stdout,
+ * or a layer shared with other outputs) the archive is written at the end from the spooled layers.
  */
+import { createReadStream } from "node:fs";
 import { throwIfAborted } from "../errors.js";
 import type { Image } from "../image/image.js";
 import { bytesEntry, directoryEntry, type TarEntry } from "../tar/entry.js";
+import { BLOCK, encodeHeader, paddingFor } from "../tar/header.js";
 import { packTar } from "../tar/pack.js";
-import { shownDest, writeFileAtomically } from "./atomic-file.js";
+import { openDestination, shownDest, writeFileAtomically, type AtomicFile } from "./atomic-file.js";
+import type { LayerStore, LayerTarget } from "./compressed-layer-spool.js";
 import {
   CollectedImages,
   OCI_LAYOUT_FILE,
@@ -20,6 +26,98 @@ import {
 } from "./oci-layout.js";
 import type { LayerConsumer, Sink, SinkResult } from "./sink.js";
 
+/** The two directory entries every archive starts with, `blobs/` and `blobs/sha256/`. */
+function layoutDirectories(mtime: number): TarEntry[] {
+  return [directoryEntry("blobs", 0o755, mtime), directoryEntry("blobs/sha256", 0o755, mtime)];
+}
+
+/** A blob's tar entry (its content comes from `chunks`, or is already in place). */
+function blobEntry(digest: string, size: number, mtime: number, chunks?: AsyncIterable<Buffer>): TarEntry {
+  return {
+    path: Buffer.from(blobPath(digest)),
+    type: "file",
+    mode: 0o644,
+    uid: 0,
+    gid: 0,
+    mtime,
+    size,
+    content: chunks === undefined ? undefined : { kind: "stream", chunks },
+  };
+}
+
+/** A single header block (blob names are short enough never to need a PAX header). */
+function headerBlock(entry: TarEntry): Buffer {
+  const header = encodeHeader(entry);
+  if (header.length !== BLOCK)
+    throw new Error(`${entry.path.toString()}: a header of ${header.length} bytes`);
+  return header;
+}
+
+/**
+ * The archive file being written, as the store of its own layers. It starts with room for the two
+ * directory headers; each layer gets a header block of room, then its compressed bytes and padding.
+ * The headers are written into their room by {@link finish}, when the archive's time is known.
+ */
+export class ArchiveFile implements LayerStore {
+  private opened: Promise<{ file: AtomicFile; path: string }> | undefined;
+  /** The layers in the archive, by digest: where their header goes and their size. */
+  readonly layers = new Map<string, { headerAt: number; size: number }>();
+
+  constructor(private readonly dest: string) {}
+
+  private file(): Promise<{ file: AtomicFile; path: string }> {
+    this.opened ??= (async () => {
+      const destination = await openDestination(this.dest, `the OCI archive ${this.dest}`);
+      await destination.file.write(Buffer.alloc(2 * BLOCK));
+      return destination;
+    })();
+    return this.opened;
+  }
+
+  async open(): Promise<LayerTarget> {
+    const { file } = await this.file();
+    const headerAt = file.size;
+    await file.write(Buffer.alloc(BLOCK));
+    return {
+      write: (chunk) => file.write(chunk),
+      complete: async (digest, size) => {
+        const first = this.layers.get(digest);
+        if (first === undefined) {
+          await file.write(Buffer.alloc(paddingFor(size)));
+          this.layers.set(digest, { headerAt, size });
+        } else {
+          // The same layer twice (two platforms, one program): the archive holds it once.
+          await file.truncate(headerAt);
+        }
+        const start = (first?.headerAt ?? headerAt) + BLOCK;
+        return () => createReadStream(file.tempPath, { start, end: start + size - 1 });
+      },
+    };
+  }
+
+  /**
+   * Appends `rest` (the other blobs, `index.json`, `oci-layout`) and the end-of-archive blocks, writes
+   * every header kept room for, and renames the archive into place.
+   */
+  async finish(rest: readonly TarEntry[], mtime: number, signal: AbortSignal): Promise<void> {
+    const { file, path } = await this.file();
+    for await (const chunk of packTar(rest, { signal })) {
+      await file.write(chunk);
+    }
+    await file.writeAt(Buffer.concat(layoutDirectories(mtime).map(headerBlock)), 0);
+    for (const [digest, { headerAt, size }] of this.layers) {
+      await file.writeAt(headerBlock(blobEntry(digest, size, mtime)), headerAt);
+    }
+    await file.finish();
+    await file.commit(path);
+  }
+
+  async discard(): Promise<void> {
+    const opened = await this.opened?.catch(() => undefined);
+    await opened?.file.discard();
+  }
+}
+
 /** Opens the blob only when the packer reaches it, so at most one spool file is open at a time. */
 async function* lazily(open: () => AsyncIterable<Buffer>): AsyncIterable<Buffer> {
   yield* open();
@@ -27,20 +125,23 @@ async function* lazily(open: () => AsyncIterable<Buffer>): AsyncIterable<Buffer>
 
 /** The tar entries of an OCI layout holding `files`, all with `mtime`. */
 export function ociArchiveEntries(files: ReturnType<typeof ociLayoutFiles>, mtime: number): TarEntry[] {
-  const blobs: TarEntry[] = files.blobs.map((blob) => ({
-    path: Buffer.from(blobPath(blob.descriptor.digest)),
-    type: "file",
-    mode: 0o644,
-    uid: 0,
-    gid: 0,
-    mtime,
-    size: blob.descriptor.size,
-    content: { kind: "stream", chunks: lazily(() => blob.open()) },
-  }));
   return [
-    directoryEntry("blobs", 0o755, mtime),
-    directoryEntry("blobs/sha256", 0o755, mtime),
-    ...blobs,
+    ...layoutDirectories(mtime),
+    ...files.blobs.map((blob) =>
+      blobEntry(
+        blob.descriptor.digest,
+        blob.descriptor.size,
+        mtime,
+        lazily(() => blob.open()),
+      ),
+    ),
+    ...layoutFileEntries(files, mtime),
+  ];
+}
+
+/** `index.json` and `oci-layout`, the last entries of an archive. */
+function layoutFileEntries(files: ReturnType<typeof ociLayoutFiles>, mtime: number): TarEntry[] {
+  return [
     bytesEntry("index.json", indexJson(files), 0o644, mtime),
     bytesEntry("oci-layout", OCI_LAYOUT_FILE, 0o644, mtime),
   ];
@@ -52,7 +153,11 @@ export class OciArchiveSink implements Sink {
   private readonly collected: CollectedImages;
   private created = 0;
 
-  constructor(private readonly options: OciOutputOptions) {
+  /** `archive`: the archive file that its layers were compressed into, when it is their store. */
+  constructor(
+    private readonly options: OciOutputOptions,
+    private readonly archive?: ArchiveFile,
+  ) {
     this.destination = `oci archive ${shownDest(options.dest)}`;
     this.collected = new CollectedImages(options.spool);
   }
@@ -72,11 +177,26 @@ export class OciArchiveSink implements Sink {
     throwIfAborted(signal);
     onProgress({ kind: "phase", message: `writing the OCI archive ${shownDest(dest)}` });
     const files = ociLayoutFiles(this.collected.images, tags, annotations);
-    await writeFileAtomically(
-      dest,
-      `the OCI archive ${shownDest(dest)}`,
-      packTar(ociArchiveEntries(files, this.created), { signal }),
-    );
+    if (this.archive === undefined) {
+      await writeFileAtomically(
+        dest,
+        `the OCI archive ${shownDest(dest)}`,
+        packTar(ociArchiveEntries(files, this.created), { signal }),
+      );
+    } else {
+      const { layers } = this.archive;
+      const rest = files.blobs
+        .filter((blob) => !layers.has(blob.descriptor.digest))
+        .map((blob) =>
+          blobEntry(
+            blob.descriptor.digest,
+            blob.descriptor.size,
+            this.created,
+            lazily(() => blob.open()),
+          ),
+        );
+      await this.archive.finish([...rest, ...layoutFileEntries(files, this.created)], this.created, signal);
+    }
     return { destination: this.destination, id: files.top.digest, tags: refNamesOf(tags) };
   }
 }

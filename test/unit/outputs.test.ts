@@ -4,6 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import { lstat, mkdtemp, readFile, readdir, readlink, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -25,7 +26,8 @@ import { SinkError, UsageError } from "../../src/errors.js";
 import { annotationsFor, parseAnnotation } from "../../src/image/annotations.js";
 import { parsePlatform } from "../../src/image/platform.js";
 import { parseTagReference } from "../../src/image/reference.js";
-import { writeFileAtomically } from "../../src/sinks/atomic-file.js";
+import { TEMP_PREFIX, writeFileAtomically } from "../../src/sinks/atomic-file.js";
+import { ArchiveFile } from "../../src/sinks/oci-archive.js";
 import { indexJson, type LayoutFiles } from "../../src/sinks/oci-layout.js";
 import { bytesEntry, directoryEntry, type EntrySource } from "../../src/tar/entry.js";
 
@@ -272,6 +274,50 @@ describe("results", () => {
   });
 });
 
+/** The fixed image of the golden tests. */
+const goldenSource: EntrySource = {
+  description: "golden fixture",
+  entries: () => [
+    directoryEntry("etc", 0o755, 1_600_000_000),
+    bytesEntry("etc/os-release", Buffer.from("ID=golden\n"), 0o644, 1_600_000_000),
+    bytesEntry("hello.txt", Buffer.from("hello from mkbase\n".repeat(1000)), 0o644, 1_600_000_000),
+  ],
+};
+
+/**
+ * Builds the golden image into the one output `output` (a `-o` value) and returns its final ID.
+ * `beforeComplete` runs after the build, before the output is completed.
+ */
+async function buildGolden(output: string, beforeComplete?: () => Promise<void>): Promise<string> {
+  const outputs = await OutputSet.open(parseOutputs([output], false), {
+    tags: [parseTagReference("golden/base:1")],
+    annotations: [parseAnnotation("org.opencontainers.image.title=golden")],
+    env: {},
+    images: 1,
+  });
+  try {
+    const signal = new AbortController().signal;
+    const result = await build({
+      source: goldenSource,
+      epoch: { kind: "fixed", seconds: 1_700_000_000 },
+      platform: parsePlatform("linux/amd64"),
+      config: { Cmd: ["/bin/sh"], Env: ["PATH=/usr/bin:/bin"] },
+      createdBy: "mkbase dir",
+      annotations: annotationsFor(outputs.annotations, "manifest"),
+      sinks: outputs.sinksForBuild(undefined, () => undefined),
+      signal,
+      onProgress: () => undefined,
+    });
+    outputs.recordBuild(result);
+    await beforeComplete?.();
+    const [final] = await outputs.complete(signal, () => undefined);
+    assert.ok(final !== undefined);
+    return final.id;
+  } finally {
+    await outputs.close();
+  }
+}
+
 describe("golden OCI layout", () => {
   let dir: string;
   before(async () => {
@@ -281,44 +327,10 @@ describe("golden OCI layout", () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  const source: EntrySource = {
-    description: "golden fixture",
-    entries: () => [
-      directoryEntry("etc", 0o755, 1_600_000_000),
-      bytesEntry("etc/os-release", Buffer.from("ID=golden\n"), 0o644, 1_600_000_000),
-      bytesEntry("hello.txt", Buffer.from("hello from mkbase\n".repeat(1000)), 0o644, 1_600_000_000),
-    ],
-  };
-
   async function writeLayout(name: string, output: string): Promise<{ digest: string; files: string[] }> {
     const dest = join(dir, name);
-    const tags = [parseTagReference("golden/base:1")];
-    const outputs = await OutputSet.open(parseOutputs([`type=oci,dest=${dest},tar=false,${output}`], false), {
-      tags,
-      annotations: [parseAnnotation("org.opencontainers.image.title=golden")],
-      env: {},
-      images: 1,
-    });
-    try {
-      const signal = new AbortController().signal;
-      const result = await build({
-        source,
-        epoch: { kind: "fixed", seconds: 1_700_000_000 },
-        platform: parsePlatform("linux/amd64"),
-        config: { Cmd: ["/bin/sh"], Env: ["PATH=/usr/bin:/bin"] },
-        createdBy: "mkbase dir",
-        annotations: annotationsFor(outputs.annotations, "manifest"),
-        sinks: outputs.sinksForBuild(undefined, () => undefined),
-        signal,
-        onProgress: () => undefined,
-      });
-      outputs.recordBuild(result);
-      const [final] = await outputs.complete(signal, () => undefined);
-      assert.ok(final !== undefined);
-      return { digest: final.id, files: (await readdir(join(dest, "blobs", "sha256"))).sort() };
-    } finally {
-      await outputs.close();
-    }
+    const digest = await buildGolden(`type=oci,dest=${dest},tar=false,${output}`);
+    return { digest, files: (await readdir(join(dest, "blobs", "sha256"))).sort() };
   }
 
   it("pins the manifest digest of an uncompressed layout", async () => {
@@ -335,5 +347,70 @@ describe("golden OCI layout", () => {
   it("pins the manifest digest of a gzip layout (node's zlib at level 6)", async () => {
     const { digest } = await writeLayout("gzip", "compression=gzip");
     assert.equal(digest, "sha256:660608942969f797cb73ac47cc3ca258d528250152952eb27f674f40ab7b6039");
+  });
+});
+
+describe("an OCI archive as the store of its own layers", () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "mkbase-unit-archive-"));
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  /** `tar -tf` of an archive, and the sha256 of every blob checked against its name. */
+  function listChecked(archive: string): string[] {
+    const names = execFileSync("tar", ["-tf", archive], { encoding: "utf8" }).trim().split("\n");
+    for (const name of names.filter((n) => n.startsWith("blobs/sha256/") && n.length > 13)) {
+      const data = execFileSync("tar", ["-xOf", archive, name], { maxBuffer: 64 * 1024 * 1024 });
+      assert.equal(createHash("sha256").update(data).digest("hex"), name.slice(13), name);
+    }
+    return names;
+  }
+
+  it("compresses the layer straight into the archive: no spool, and the same image as a layout", async () => {
+    const spoolParent = await mkdtemp(join(dir, "tmp-"));
+    const savedTmpdir = process.env.TMPDIR;
+    process.env.TMPDIR = spoolParent;
+    const dest = join(dir, "image.oci.tar");
+    try {
+      const digest = await buildGolden(`type=oci,dest=${dest},compression=none`, async () => {
+        assert.deepEqual(await readdir(spoolParent), [], "nothing spooled");
+      });
+      // The golden layout's manifest: the archive holds the very same image.
+      assert.equal(digest, "sha256:20fd514421b05aefe945651a2a0947ed8113edb0ad28dee4ba23b6b921d87618");
+    } finally {
+      process.env.TMPDIR = savedTmpdir;
+    }
+    const names = listChecked(dest);
+    assert.deepEqual(names.slice(0, 2), ["blobs/", "blobs/sha256/"]);
+    assert.deepEqual(names.slice(-2), ["index.json", "oci-layout"]);
+    assert.equal(names.length, 7, names.join("\n"));
+    assert.deepEqual(
+      (await readdir(dir)).filter((name) => name.startsWith(TEMP_PREFIX)),
+      [],
+      "no temporary file left",
+    );
+  });
+
+  it("holds a layer that comes twice (one program for two platforms) once", async () => {
+    const dest = join(dir, "twice.tar");
+    const archive = new ArchiveFile(dest);
+    const data = Buffer.from("the same layer bytes");
+    const digest = `sha256:${createHash("sha256").update(data).digest("hex")}`;
+    for (let i = 0; i < 2; i++) {
+      const target = await archive.open();
+      await target.write(data);
+      const open = await target.complete(digest, data.length);
+      const read: Buffer[] = [];
+      for await (const chunk of open()) read.push(chunk as Buffer);
+      assert.deepEqual(Buffer.concat(read), data, "the blob reads back from the archive");
+    }
+    assert.equal(archive.layers.size, 1);
+    await archive.finish([], 1_700_000_000, new AbortController().signal);
+    assert.deepEqual(listChecked(dest), ["blobs/", "blobs/sha256/", `blobs/sha256/${digest.slice(7)}`]);
+    // Two directory headers, the blob's header and one block of data, the two end blocks: nothing more.
+    assert.equal((await stat(dest)).size, 6 * 512);
   });
 });
