@@ -451,8 +451,9 @@ export class OutputSet {
     return results;
   }
 
-  /** Removes the spooled layers. */
+  /** Removes the spooled layers, and what an output began but did not complete. */
   async close(): Promise<void> {
+    for (const sink of this.sinks) if (sink !== "engine") await sink.discard?.();
     for (const spool of this.spools) await spool.discard();
     if (this.spoolDir !== undefined) await rm(this.spoolDir, { recursive: true, force: true });
   }

@@ -3,7 +3,7 @@
  * rootfs plus the config as instructions) and `rootfs.tar`, the same context the engine's build path
  * posts, for people who keep a context under version control or build it elsewhere.
  */
-import { mkdir } from "node:fs/promises";
+import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { throwIfAborted } from "../errors.js";
 import { imageId, type Image } from "../image/image.js";
@@ -20,6 +20,9 @@ export interface BuildContextSinkOptions {
 export class BuildContextSink implements Sink {
   readonly destination: string;
   readonly needsLayerFile = true;
+  /** The first directory `write` created (the dest itself, when it was new), or undefined. */
+  private created: string | undefined;
+  private completed = false;
 
   constructor(private readonly options: BuildContextSinkOptions) {
     this.destination = `build context ${options.dest}`;
@@ -29,7 +32,7 @@ export class BuildContextSink implements Sink {
     const { dest, onProgress } = this.options;
     onProgress({ kind: "phase", message: `writing the build context ${dest}` });
     try {
-      await mkdir(dest, { recursive: true });
+      this.created = await mkdir(dest, { recursive: true });
     } catch (error) {
       throw fileWriteError(`the build context ${dest}`, error);
     }
@@ -41,6 +44,13 @@ export class BuildContextSink implements Sink {
     throwIfAborted(signal);
     const dockerfilePath = join(dest, "Dockerfile");
     await writeFileAtomically(dockerfilePath, dockerfilePath, [dockerfile]);
+    this.completed = true;
     return { destination: this.destination, id: imageId(image), tags: [] };
+  }
+
+  /** Unless the context was written: removes the directory this output made for it. */
+  async discard(): Promise<void> {
+    if (!this.completed && this.created !== undefined)
+      await rm(this.created, { recursive: true, force: true });
   }
 }

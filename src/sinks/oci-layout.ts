@@ -6,7 +6,7 @@
  * One image: `index.json` lists its manifest once per tag, with `org.opencontainers.image.ref.name`.
  * Several (one per platform): an image index blob lists the manifests, and `index.json` points at it.
  */
-import { mkdir, readFile, stat } from "node:fs/promises";
+import { mkdir, readFile, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { SinkError, errnoCode, throwIfAborted } from "../errors.js";
 import { annotationsFor, type Annotation } from "../image/annotations.js";
@@ -198,6 +198,9 @@ export class OciLayoutSink implements Sink {
   readonly needsLayerFile = false;
   private readonly collected: CollectedImages;
   private prepared: Promise<void> | undefined;
+  /** The first directory `prepare` created (the dest itself, when it was new), or undefined. */
+  private created: string | undefined;
+  private completed = false;
 
   constructor(private readonly options: OciOutputOptions) {
     this.destination = `oci layout ${options.dest}`;
@@ -214,7 +217,7 @@ export class OciLayoutSink implements Sink {
   private async prepare(): Promise<void> {
     const { dest } = this.options;
     try {
-      await mkdir(join(dest, "blobs", "sha256"), { recursive: true });
+      this.created = await mkdir(join(dest, "blobs", "sha256"), { recursive: true });
     } catch (error) {
       throw fileWriteError(`the OCI layout ${dest}`, error);
     }
@@ -238,6 +241,16 @@ export class OciLayoutSink implements Sink {
     return { destination: this.destination, id: blobs.manifest.descriptor.digest, tags: [] };
   }
 
+  /**
+   * Unless the layout was completed: removes the directories this output made, so a failure leaves no
+   * layout without an index where there was none. An existing layout keeps what it held.
+   */
+  async discard(): Promise<void> {
+    await this.prepared?.catch(() => undefined);
+    if (!this.completed && this.created !== undefined)
+      await rm(this.created, { recursive: true, force: true });
+  }
+
   async finish(signal: AbortSignal): Promise<SinkResult> {
     const { dest, tags, annotations } = this.options;
     const files = ociLayoutFiles(this.collected.images, tags, annotations);
@@ -250,6 +263,7 @@ export class OciLayoutSink implements Sink {
     // index.json last: until it is replaced, readers see the previous, complete layout.
     const index = indexJson(files, await readPreviousIndex(dest));
     await writeFileAtomically(join(dest, "index.json"), `${dest}/index.json`, [index]);
+    this.completed = true;
     return {
       destination: this.destination,
       id: files.top.digest,

@@ -39,4 +39,9 @@ export interface Sink {
    * `write`, it writes what covers them all (an OCI index, an archive) and returns the final result.
    */
   finish?(signal: AbortSignal): Promise<SinkResult>;
+  /**
+   * Present on sinks that make something (a directory) before their output is complete: called when the
+   * command ends, it removes that unless the output was completed.
+   */
+  discard?(): Promise<void>;
 }

@@ -5,7 +5,18 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { lstat, mkdtemp, readFile, readdir, readlink, rm, stat, symlink, writeFile } from "node:fs/promises";
+import {
+  lstat,
+  mkdir,
+  mkdtemp,
+  readFile,
+  readdir,
+  readlink,
+  rm,
+  stat,
+  symlink,
+  writeFile,
+} from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -381,7 +392,8 @@ describe("an OCI archive as the store of its own layers", () => {
       // The golden layout's manifest: the archive holds the very same image.
       assert.equal(digest, "sha256:20fd514421b05aefe945651a2a0947ed8113edb0ad28dee4ba23b6b921d87618");
     } finally {
-      process.env.TMPDIR = savedTmpdir;
+      if (savedTmpdir === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = savedTmpdir;
     }
     const names = listChecked(dest);
     assert.deepEqual(names.slice(0, 2), ["blobs/", "blobs/sha256/"]);
@@ -412,5 +424,65 @@ describe("an OCI archive as the store of its own layers", () => {
     assert.deepEqual(listChecked(dest), ["blobs/", "blobs/sha256/", `blobs/sha256/${digest.slice(7)}`]);
     // Two directory headers, the blob's header and one block of data, the two end blocks: nothing more.
     assert.equal((await stat(dest)).size, 6 * 512);
+  });
+});
+
+describe("a build that fails", () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "mkbase-unit-failed-"));
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  /** A source whose second entry cannot be read. */
+  const failing: EntrySource = {
+    description: "a failing source",
+    *entries() {
+      yield directoryEntry("etc", 0o755, 1_600_000_000);
+      throw new SinkError("the source failed");
+    },
+  };
+
+  async function failInto(output: string): Promise<void> {
+    const outputs = await OutputSet.open(parseOutputs([output], false), {
+      tags: [],
+      annotations: [],
+      env: {},
+      images: 1,
+    });
+    try {
+      await assert.rejects(
+        build({
+          source: failing,
+          epoch: { kind: "fixed", seconds: 1_700_000_000 },
+          platform: parsePlatform("linux/amd64"),
+          config: {},
+          createdBy: "mkbase dir",
+          sinks: outputs.sinksForBuild(undefined, () => undefined),
+          signal: new AbortController().signal,
+          onProgress: () => undefined,
+        }),
+        /the source failed/,
+      );
+    } finally {
+      await outputs.close();
+    }
+  }
+
+  it("leaves no layout, archive or context directory where there was none", async () => {
+    await failInto(`type=oci,dest=${join(dir, "layout")},tar=false`);
+    await failInto(`type=oci,dest=${join(dir, "image.tar")}`);
+    await failInto(`type=context,dest=${join(dir, "context")}`);
+    assert.deepEqual(await readdir(dir), []);
+  });
+
+  it("keeps what an existing directory held", async () => {
+    const existing = join(dir, "mine");
+    await mkdir(existing);
+    await writeFile(join(existing, "notes.txt"), "my file");
+    await failInto(`type=oci,dest=${existing},tar=false`);
+    assert.deepEqual(await readdir(existing), ["notes.txt"]);
   });
 });
