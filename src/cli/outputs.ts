@@ -19,7 +19,7 @@ import { OCI_ANNOTATION_KEYS, parseAnnotation, type Annotation } from "../image/
 import { uncompressedManifest } from "../image/manifest.js";
 import { formatReference, type Reference } from "../image/reference.js";
 import type { ProgressEvent, ProgressListener } from "../progress.js";
-import type { CompressedLayerSpool } from "../sinks/compressed-layer-spool.js";
+import type { CompressedLayerSpool, LayerStore } from "../sinks/compressed-layer-spool.js";
 import type { Sink, SinkResult } from "../sinks/sink.js";
 import type { ImageFlags } from "./image-options.js";
 import { writeFileAtomically } from "../sinks/atomic-file.js";
@@ -247,11 +247,12 @@ function compressionKey(compression: Compression): string {
 }
 
 /**
- * The OCI archive outputs that take their layers straight into the archive file, instead of from a
- * spool: those whose compression no other output shares, written to a new or regular file (stdout, a
- * FIFO or a device cannot go back to write a header).
+ * The OCI outputs that keep their layers themselves instead of taking them from a shared spool: those
+ * whose compression no other output shares. A layout directory renames each layer into `blobs/`; an
+ * archive takes it straight into the file, which must be new or a regular file (stdout, a FIFO or a
+ * device cannot go back to write a header).
  */
-async function archivesOwningTheirLayers(specs: readonly OutputSpec[]): Promise<Set<OutputSpec>> {
+async function outputsOwningTheirLayers(specs: readonly OutputSpec[]): Promise<Set<OutputSpec>> {
   const users = new Map<string, number>();
   for (const spec of specs) {
     if (spec.type === "oci" || spec.type === "registry") {
@@ -261,7 +262,11 @@ async function archivesOwningTheirLayers(specs: readonly OutputSpec[]): Promise<
   }
   const owning = new Set<OutputSpec>();
   for (const spec of specs) {
-    if (spec.type !== "oci" || !spec.tar || users.get(compressionKey(spec.compression)) !== 1) continue;
+    if (spec.type !== "oci" || users.get(compressionKey(spec.compression)) !== 1) continue;
+    if (!spec.tar) {
+      owning.add(spec);
+      continue;
+    }
     if (spec.dest === "-") continue;
     const existing = await stat(spec.dest).catch(() => undefined);
     if (existing === undefined || existing.isFile()) owning.add(spec);
@@ -307,7 +312,7 @@ export class OutputSet {
         );
       }
     }
-    const owning = await archivesOwningTheirLayers(specs);
+    const owning = await outputsOwningTheirLayers(specs);
     const needsSpool = specs.some(
       (spec) => (spec.type === "oci" || spec.type === "registry") && !owning.has(spec),
     );
@@ -344,16 +349,25 @@ export class OutputSet {
             break;
           case "oci": {
             const common = { dest: spec.dest, tags, annotations, onProgress };
-            if (owning.has(spec)) {
-              // The archive is the only output of its compression: its layers go straight into it.
+            // The only output of its compression keeps its layers itself (see outputsOwningTheirLayers).
+            const ownSpool = (store: LayerStore): CompressedLayerSpool => {
+              const spool = new CompressedLayerSpool(spec.compression, store);
+              ownSpools.push(spool);
+              return spool;
+            };
+            if (spec.tar && owning.has(spec)) {
               const { ArchiveFile, OciArchiveSink } = await import("../sinks/oci-archive.js");
               const archive = new ArchiveFile(spec.dest);
-              const spool = new CompressedLayerSpool(spec.compression, archive);
-              ownSpools.push(spool);
-              sinks.push(new OciArchiveSink({ ...common, spool }, archive));
+              sinks.push(new OciArchiveSink({ ...common, spool: ownSpool(archive) }, archive));
             } else if (spec.tar) {
               const { OciArchiveSink } = await import("../sinks/oci-archive.js");
               sinks.push(new OciArchiveSink({ ...common, spool: spoolFor(spec.compression) }));
+            } else if (owning.has(spec)) {
+              const { LayoutDirectory, LayoutLayerFiles, OciLayoutSink } =
+                await import("../sinks/oci-layout.js");
+              const layout = new LayoutDirectory(spec.dest);
+              const spool = ownSpool(new LayoutLayerFiles(layout));
+              sinks.push(new OciLayoutSink({ ...common, spool }, layout));
             } else {
               const { OciLayoutSink } = await import("../sinks/oci-layout.js");
               sinks.push(new OciLayoutSink({ ...common, spool: spoolFor(spec.compression) }));

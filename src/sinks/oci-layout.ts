@@ -6,6 +6,7 @@
  * One image: `index.json` lists its manifest once per tag, with `org.opencontainers.image.ref.name`.
  * Several (one per platform): an image index blob lists the manifests, and `index.json` points at it.
  */
+import { createReadStream } from "node:fs";
 import { mkdir, readFile, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { SinkError, errnoCode, throwIfAborted } from "../errors.js";
@@ -25,7 +26,7 @@ import { INDEX_MEDIA_TYPE, type Blob, type Descriptor } from "../image/manifest.
 import { formatReference, type Reference } from "../image/reference.js";
 import type { ProgressListener } from "../progress.js";
 import { AtomicFile, fileWriteError, writeFileAtomically } from "./atomic-file.js";
-import type { CompressedLayerSpool } from "./compressed-layer-spool.js";
+import type { CompressedLayerSpool, LayerStore, LayerTarget } from "./compressed-layer-spool.js";
 import type { LayerConsumer, Sink, SinkResult } from "./sink.js";
 
 /** What every OCI output (layout directory, archive, registry) is configured with. */
@@ -192,45 +193,105 @@ async function readPreviousIndex(dir: string): Promise<Descriptor[]> {
   }
 }
 
+/**
+ * The directory of an OCI layout output: made (or checked to be a layout) once, before any work is
+ * spent, and removed again after a failure if this command made it.
+ */
+export class LayoutDirectory {
+  private prepared: Promise<void> | undefined;
+  /** The first directory made (the dest itself, when it was new), or undefined. */
+  private created: string | undefined;
+  /** Set when the layout's `index.json` was written: from then on nothing is removed. */
+  completed = false;
+
+  constructor(readonly dest: string) {}
+
+  /** Makes `blobs/sha256/` (and the dest), or checks that an existing dest is a layout of version 1. */
+  prepare(): Promise<void> {
+    this.prepared ??= (async () => {
+      const { dest } = this;
+      try {
+        this.created = await mkdir(join(dest, "blobs", "sha256"), { recursive: true });
+      } catch (error) {
+        throw fileWriteError(`the OCI layout ${dest}`, error);
+      }
+      const layoutFile = await readFile(join(dest, "oci-layout"), "utf8").catch(() => undefined);
+      if (layoutFile !== undefined && !/"imageLayoutVersion"\s*:\s*"1\./.test(layoutFile)) {
+        throw new SinkError(`${dest} holds an oci-layout file of an unknown version`, {
+          hint: "Choose a new dest for the layout.",
+        });
+      }
+    })();
+    return this.prepared;
+  }
+
+  /**
+   * Unless the layout was completed: removes the directories this command made, so a failure leaves no
+   * layout without an index where there was none. An existing layout keeps what it held.
+   */
+  async discard(): Promise<void> {
+    await this.prepared?.catch(() => undefined);
+    if (!this.completed && this.created !== undefined) {
+      await rm(this.created, { recursive: true, force: true });
+    }
+  }
+}
+
+/**
+ * The layout directory as the store of its own layers (when it is the only output of their
+ * compression): each layer is compressed into a temporary file in the layout's top directory and
+ * renamed into `blobs/sha256/` once its digest is known, instead of being spooled and copied.
+ */
+export class LayoutLayerFiles implements LayerStore {
+  private files: AtomicFile[] = [];
+
+  constructor(private readonly layout: LayoutDirectory) {}
+
+  async open(): Promise<LayerTarget> {
+    await this.layout.prepare();
+    const { dest } = this.layout;
+    const file = await AtomicFile.create(dest, `a layer in ${dest}`);
+    this.files.push(file);
+    return {
+      write: (chunk) => file.write(chunk),
+      complete: async (digest) => {
+        await file.finish();
+        const path = join(dest, blobPath(digest));
+        await file.commit(path);
+        return () => createReadStream(path, { highWaterMark: 4 * 1024 * 1024 });
+      },
+    };
+  }
+
+  /** Removes temporary files of layers that were not completed (complete blobs stay: they are valid). */
+  async discard(): Promise<void> {
+    for (const file of this.files) await file.discard();
+    this.files = [];
+  }
+}
+
 /** An OCI image layout directory (`-o type=oci,dest=DIR,tar=false`). Adds to an existing layout. */
 export class OciLayoutSink implements Sink {
   readonly destination: string;
   readonly needsLayerFile = false;
   private readonly collected: CollectedImages;
-  private prepared: Promise<void> | undefined;
-  /** The first directory `prepare` created (the dest itself, when it was new), or undefined. */
-  private created: string | undefined;
-  private completed = false;
 
-  constructor(private readonly options: OciOutputOptions) {
+  constructor(
+    private readonly options: OciOutputOptions,
+    private readonly layout: LayoutDirectory = new LayoutDirectory(options.dest),
+  ) {
     this.destination = `oci layout ${options.dest}`;
     this.collected = new CollectedImages(options.spool);
   }
 
   streamLayer(signal: AbortSignal): LayerConsumer | undefined {
-    this.prepared ??= this.prepare();
-    this.prepared.catch(() => undefined);
+    // The directory is made (or checked) before any work is spent.
+    this.layout.prepare().catch(() => undefined);
     return this.collected.streamLayer(signal);
   }
 
-  /** Creates the directory (or checks that an existing one is a layout) before any work is spent. */
-  private async prepare(): Promise<void> {
-    const { dest } = this.options;
-    try {
-      this.created = await mkdir(join(dest, "blobs", "sha256"), { recursive: true });
-    } catch (error) {
-      throw fileWriteError(`the OCI layout ${dest}`, error);
-    }
-    const layoutFile = await readFile(join(dest, "oci-layout"), "utf8").catch(() => undefined);
-    if (layoutFile !== undefined && !/"imageLayoutVersion"\s*:\s*"1\./.test(layoutFile)) {
-      throw new SinkError(`${dest} holds an oci-layout file of an unknown version`, {
-        hint: "Choose a new dest for the layout.",
-      });
-    }
-  }
-
   async write(image: Image, signal: AbortSignal): Promise<SinkResult> {
-    await (this.prepared ??= this.prepare());
+    await this.layout.prepare();
     const blobs = await this.collected.add(image);
     const { dest, onProgress } = this.options;
     onProgress({ kind: "phase", message: `writing the OCI layout ${dest}` });
@@ -241,14 +302,8 @@ export class OciLayoutSink implements Sink {
     return { destination: this.destination, id: blobs.manifest.descriptor.digest, tags: [] };
   }
 
-  /**
-   * Unless the layout was completed: removes the directories this output made, so a failure leaves no
-   * layout without an index where there was none. An existing layout keeps what it held.
-   */
   async discard(): Promise<void> {
-    await this.prepared?.catch(() => undefined);
-    if (!this.completed && this.created !== undefined)
-      await rm(this.created, { recursive: true, force: true });
+    await this.layout.discard();
   }
 
   async finish(signal: AbortSignal): Promise<SinkResult> {
@@ -263,7 +318,7 @@ export class OciLayoutSink implements Sink {
     // index.json last: until it is replaced, readers see the previous, complete layout.
     const index = indexJson(files, await readPreviousIndex(dest));
     await writeFileAtomically(join(dest, "index.json"), `${dest}/index.json`, [index]);
-    this.completed = true;
+    this.layout.completed = true;
     return {
       destination: this.destination,
       id: files.top.digest,

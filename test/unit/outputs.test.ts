@@ -361,7 +361,7 @@ describe("golden OCI layout", () => {
   });
 });
 
-describe("an OCI archive as the store of its own layers", () => {
+describe("an OCI output as the store of its own layers", () => {
   let dir: string;
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "mkbase-unit-archive-"));
@@ -380,21 +380,29 @@ describe("an OCI archive as the store of its own layers", () => {
     return names;
   }
 
-  it("compresses the layer straight into the archive: no spool, and the same image as a layout", async () => {
+  /** Builds the golden image into `output` with TMPDIR set to an empty directory, which must stay empty. */
+  async function buildUnspooled(output: string): Promise<string> {
     const spoolParent = await mkdtemp(join(dir, "tmp-"));
     const savedTmpdir = process.env.TMPDIR;
     process.env.TMPDIR = spoolParent;
-    const dest = join(dir, "image.oci.tar");
     try {
-      const digest = await buildGolden(`type=oci,dest=${dest},compression=none`, async () => {
+      return await buildGolden(output, async () => {
         assert.deepEqual(await readdir(spoolParent), [], "nothing spooled");
       });
-      // The golden layout's manifest: the archive holds the very same image.
-      assert.equal(digest, "sha256:20fd514421b05aefe945651a2a0947ed8113edb0ad28dee4ba23b6b921d87618");
     } finally {
       if (savedTmpdir === undefined) delete process.env.TMPDIR;
       else process.env.TMPDIR = savedTmpdir;
+      await rm(spoolParent, { recursive: true });
     }
+  }
+
+  it("compresses the layer straight into the archive: no spool, and the same image as a layout", async () => {
+    const dest = join(dir, "image.oci.tar");
+    // The golden layout's manifest: the archive holds the very same image.
+    assert.equal(
+      await buildUnspooled(`type=oci,dest=${dest},compression=none`),
+      "sha256:20fd514421b05aefe945651a2a0947ed8113edb0ad28dee4ba23b6b921d87618",
+    );
     const names = listChecked(dest);
     assert.deepEqual(names.slice(0, 2), ["blobs/", "blobs/sha256/"]);
     assert.deepEqual(names.slice(-2), ["index.json", "oci-layout"]);
@@ -404,6 +412,19 @@ describe("an OCI archive as the store of its own layers", () => {
       [],
       "no temporary file left",
     );
+  });
+
+  it("renames the layer into a layout directory's blobs, with no spool and no temporary file left", async () => {
+    const dest = join(dir, "layout");
+    assert.equal(
+      await buildUnspooled(`type=oci,dest=${dest},tar=false,compression=none`),
+      "sha256:20fd514421b05aefe945651a2a0947ed8113edb0ad28dee4ba23b6b921d87618",
+    );
+    assert.deepEqual((await readdir(dest)).sort(), ["blobs", "index.json", "oci-layout"]);
+    for (const name of await readdir(join(dest, "blobs", "sha256"))) {
+      const data = await readFile(join(dest, "blobs", "sha256", name));
+      assert.equal(createHash("sha256").update(data).digest("hex"), name);
+    }
   });
 
   it("holds a layer that comes twice (one program for two platforms) once", async () => {
