@@ -6,13 +6,14 @@ import { mkdtemp, open, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setImmediate as nextLoopTurn } from "node:timers/promises";
-import { SinkError, errnoCode, throwIfAborted } from "./errors.js";
+import { throwIfAborted } from "./errors.js";
 import type { ContainerConfig } from "./image/config.js";
 import { RunningDigest } from "./image/digest.js";
 import { formatCreated, imageId, type Image } from "./image/image.js";
 import { fileLayer, type Layer } from "./image/layer.js";
 import type { Platform } from "./image/platform.js";
 import type { ProgressEvent, ProgressListener } from "./progress.js";
+import { temporaryFileError } from "./sinks/atomic-file.js";
 import type { LayerConsumer, Sink, SinkResult } from "./sinks/sink.js";
 import type { EntrySource } from "./tar/entry.js";
 import { EntryNormalizer } from "./tar/normalize.js";
@@ -86,16 +87,7 @@ async function packLayer(
       try {
         await spool?.write(chunk);
       } catch (error) {
-        throw new SinkError(
-          `cannot write the layer to the temporary directory: ${(error as Error).message}`,
-          {
-            cause: error,
-            hint:
-              errnoCode(error) === "ENOSPC"
-                ? "The disk is full: free space or point TMPDIR at a larger disk (the layer needs as much room as the tar)."
-                : "Check TMPDIR and its permissions.",
-          },
-        );
+        throw temporaryFileError("the layer", "the layer needs as much room as the tar", error);
       }
       await Promise.all(consumers.map((consumer) => consumer.write(chunk)));
       // A turn of the event loop, not just the microtasks of a write that was merely queued: sockets and

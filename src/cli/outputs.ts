@@ -336,6 +336,12 @@ export class OutputSet {
         }
         return spool;
       };
+      // The only output of its compression keeps its layers itself (see outputsOwningTheirLayers).
+      const ownSpool = (compression: Compression, store: LayerStore): CompressedLayerSpool => {
+        const spool = new CompressedLayerSpool(compression, store);
+        ownSpools.push(spool);
+        return spool;
+      };
       const { tags, annotations } = options;
       for (const spec of specs) {
         switch (spec.type) {
@@ -349,16 +355,12 @@ export class OutputSet {
             break;
           case "oci": {
             const common = { dest: spec.dest, tags, annotations, onProgress };
-            // The only output of its compression keeps its layers itself (see outputsOwningTheirLayers).
-            const ownSpool = (store: LayerStore): CompressedLayerSpool => {
-              const spool = new CompressedLayerSpool(spec.compression, store);
-              ownSpools.push(spool);
-              return spool;
-            };
             if (spec.tar && owning.has(spec)) {
               const { ArchiveFile, OciArchiveSink } = await import("../sinks/oci-archive.js");
               const archive = new ArchiveFile(spec.dest);
-              sinks.push(new OciArchiveSink({ ...common, spool: ownSpool(archive) }, archive));
+              sinks.push(
+                new OciArchiveSink({ ...common, spool: ownSpool(spec.compression, archive) }, archive),
+              );
             } else if (spec.tar) {
               const { OciArchiveSink } = await import("../sinks/oci-archive.js");
               sinks.push(new OciArchiveSink({ ...common, spool: spoolFor(spec.compression) }));
@@ -366,7 +368,7 @@ export class OutputSet {
               const { LayoutDirectory, LayoutLayerFiles, OciLayoutSink } =
                 await import("../sinks/oci-layout.js");
               const layout = new LayoutDirectory(spec.dest);
-              const spool = ownSpool(new LayoutLayerFiles(layout));
+              const spool = ownSpool(spec.compression, new LayoutLayerFiles(layout));
               sinks.push(new OciLayoutSink({ ...common, spool }, layout));
             } else {
               const { OciLayoutSink } = await import("../sinks/oci-layout.js");

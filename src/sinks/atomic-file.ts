@@ -7,7 +7,7 @@
  * shows as a short stream and a non-zero exit.
  */
 import { randomBytes } from "node:crypto";
-import { open, realpath, rename, rm, stat } from "node:fs/promises";
+import { mkdir, open, realpath, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { SinkError, errnoCode } from "../errors.js";
 
@@ -22,6 +22,22 @@ export function tempPathIn(dir: string, purpose: string): string {
 /** `dest` as messages name it: `-` is standard output. */
 export function shownDest(dest: string): string {
   return dest === "-" ? "stdout" : dest;
+}
+
+/**
+ * A {@link SinkError} for a failed write of a private temporary file (a spooled layer): the fix is in
+ * `$TMPDIR`, not in the dest. `room` says what the disk must hold.
+ */
+export function temporaryFileError(what: string, room: string, error: unknown): SinkError {
+  const cause = error instanceof SinkError && error.cause !== undefined ? error.cause : error;
+  const code = errnoCode(cause);
+  return new SinkError(`cannot write ${what} to the temporary directory: ${(cause as Error).message}`, {
+    cause,
+    hint:
+      code === "ENOSPC" || code === "EDQUOT"
+        ? `The disk is full: free space or point TMPDIR at a larger disk (${room}).`
+        : "Check TMPDIR and its permissions.",
+  });
 }
 
 /** A {@link SinkError} for a failed write of `what`, with a hint that fits the errno. */
@@ -226,6 +242,37 @@ export async function openDestination(
   }
   const path = existing === undefined ? dest : await realpath(dest);
   return { file: await AtomicFile.create(dirname(path), what, mode), path };
+}
+
+/**
+ * A directory an output makes for its files, with any missing parents. After a failure, {@link discard}
+ * removes what was made (never a directory that was there before), unless {@link keep} said the output
+ * is complete.
+ */
+export class OutputDirectory {
+  private made: string | undefined;
+  private kept = false;
+
+  constructor(
+    readonly path: string,
+    private readonly what: string,
+  ) {}
+
+  async make(): Promise<void> {
+    try {
+      this.made ??= await mkdir(this.path, { recursive: true });
+    } catch (error) {
+      throw fileWriteError(this.what, error);
+    }
+  }
+
+  keep(): void {
+    this.kept = true;
+  }
+
+  async discard(): Promise<void> {
+    if (!this.kept && this.made !== undefined) await rm(this.made, { recursive: true, force: true });
+  }
 }
 
 /**

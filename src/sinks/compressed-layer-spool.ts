@@ -9,10 +9,9 @@ import { createReadStream } from "node:fs";
 import type { Readable } from "node:stream";
 import { createCompressor, type Compressor } from "../compress/compressor.js";
 import { layerMediaType, type Compression } from "../compress/compression.js";
-import { SinkError, errnoCode } from "../errors.js";
 import { RunningDigest } from "../image/digest.js";
 import type { CompressedLayer } from "../image/image-blobs.js";
-import { AtomicFile } from "./atomic-file.js";
+import { AtomicFile, temporaryFileError } from "./atomic-file.js";
 import type { LayerConsumer } from "./sink.js";
 
 /** Where one compressed layer's bytes are written. */
@@ -28,19 +27,8 @@ export interface LayerStore {
   discard(): Promise<void>;
 }
 
-/** A failed write of a spooled layer: the temporary directory, not the dest, is what to fix. */
-function temporaryDirectoryError(error: unknown): SinkError {
-  const cause = error instanceof SinkError && error.cause !== undefined ? error.cause : error;
-  const full = errnoCode(cause) === "ENOSPC" || errnoCode(cause) === "EDQUOT";
-  return new SinkError(
-    `cannot write the compressed layer to the temporary directory: ${(cause as Error).message}`,
-    {
-      cause,
-      hint: full
-        ? "The disk is full: free space, or point TMPDIR at a larger disk (it needs room for the compressed layer)."
-        : "Check TMPDIR and its permissions.",
-    },
-  );
+function spoolError(error: unknown): Error {
+  return temporaryFileError("the compressed layer", "it needs room for the compressed layer", error);
 }
 
 /** Private temporary files in a directory (0700, made by the caller): one per layer. */
@@ -51,13 +39,13 @@ export class TemporaryLayerFiles implements LayerStore {
 
   async open(): Promise<LayerTarget> {
     const file = await AtomicFile.create(this.dir, "layer", 0o600).catch((error: unknown) => {
-      throw temporaryDirectoryError(error);
+      throw spoolError(error);
     });
     this.files.push(file);
     return {
       write: (chunk) =>
         file.write(chunk).catch((error: unknown) => {
-          throw temporaryDirectoryError(error);
+          throw spoolError(error);
         }),
       complete: async () => {
         await file.finish();

@@ -123,25 +123,27 @@ async function* lazily(open: () => AsyncIterable<Buffer>): AsyncIterable<Buffer>
   yield* open();
 }
 
-/** The tar entries of an OCI layout holding `files`, all with `mtime`. */
-export function ociArchiveEntries(files: ReturnType<typeof ociLayoutFiles>, mtime: number): TarEntry[] {
+/**
+ * The tar entries of an OCI layout holding `files`, all with `mtime`, after the two directories: every
+ * blob but those `written` already holds (the layers an {@link ArchiveFile} took), then `index.json`
+ * and `oci-layout`.
+ */
+function layoutEntries(
+  files: ReturnType<typeof ociLayoutFiles>,
+  mtime: number,
+  written: { has(digest: string): boolean } = new Set(),
+): TarEntry[] {
   return [
-    ...layoutDirectories(mtime),
-    ...files.blobs.map((blob) =>
-      blobEntry(
-        blob.descriptor.digest,
-        blob.descriptor.size,
-        mtime,
-        lazily(() => blob.open()),
+    ...files.blobs
+      .filter((blob) => !written.has(blob.descriptor.digest))
+      .map((blob) =>
+        blobEntry(
+          blob.descriptor.digest,
+          blob.descriptor.size,
+          mtime,
+          lazily(() => blob.open()),
+        ),
       ),
-    ),
-    ...layoutFileEntries(files, mtime),
-  ];
-}
-
-/** `index.json` and `oci-layout`, the last entries of an archive. */
-function layoutFileEntries(files: ReturnType<typeof ociLayoutFiles>, mtime: number): TarEntry[] {
-  return [
     bytesEntry("index.json", indexJson(files), 0o644, mtime),
     bytesEntry("oci-layout", OCI_LAYOUT_FILE, 0o644, mtime),
   ];
@@ -178,24 +180,11 @@ export class OciArchiveSink implements Sink {
     onProgress({ kind: "phase", message: `writing the OCI archive ${shownDest(dest)}` });
     const files = ociLayoutFiles(this.collected.images, tags, annotations);
     if (this.archive === undefined) {
-      await writeFileAtomically(
-        dest,
-        `the OCI archive ${shownDest(dest)}`,
-        packTar(ociArchiveEntries(files, this.created), { signal }),
-      );
+      const entries = [...layoutDirectories(this.created), ...layoutEntries(files, this.created)];
+      await writeFileAtomically(dest, `the OCI archive ${shownDest(dest)}`, packTar(entries, { signal }));
     } else {
-      const { layers } = this.archive;
-      const rest = files.blobs
-        .filter((blob) => !layers.has(blob.descriptor.digest))
-        .map((blob) =>
-          blobEntry(
-            blob.descriptor.digest,
-            blob.descriptor.size,
-            this.created,
-            lazily(() => blob.open()),
-          ),
-        );
-      await this.archive.finish([...rest, ...layoutFileEntries(files, this.created)], this.created, signal);
+      const rest = layoutEntries(files, this.created, this.archive.layers);
+      await this.archive.finish(rest, this.created, signal);
     }
     return { destination: this.destination, id: files.top.digest, tags: refNamesOf(tags) };
   }

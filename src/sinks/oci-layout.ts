@@ -7,7 +7,7 @@
  * Several (one per platform): an image index blob lists the manifests, and `index.json` points at it.
  */
 import { createReadStream } from "node:fs";
-import { mkdir, readFile, rm, stat } from "node:fs/promises";
+import { readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { SinkError, errnoCode, throwIfAborted } from "../errors.js";
 import { annotationsFor, type Annotation } from "../image/annotations.js";
@@ -25,7 +25,7 @@ import {
 import { INDEX_MEDIA_TYPE, type Blob, type Descriptor } from "../image/manifest.js";
 import { formatReference, type Reference } from "../image/reference.js";
 import type { ProgressListener } from "../progress.js";
-import { AtomicFile, fileWriteError, writeFileAtomically } from "./atomic-file.js";
+import { AtomicFile, OutputDirectory, fileWriteError, writeFileAtomically } from "./atomic-file.js";
 import type { CompressedLayerSpool, LayerStore, LayerTarget } from "./compressed-layer-spool.js";
 import type { LayerConsumer, Sink, SinkResult } from "./sink.js";
 
@@ -199,30 +199,29 @@ async function readPreviousIndex(dir: string): Promise<Descriptor[]> {
  */
 export class LayoutDirectory {
   private prepared: Promise<void> | undefined;
-  /** The first directory made (the dest itself, when it was new), or undefined. */
-  private created: string | undefined;
-  /** Set when the layout's `index.json` was written: from then on nothing is removed. */
-  completed = false;
+  private readonly directory: OutputDirectory;
 
-  constructor(readonly dest: string) {}
+  constructor(readonly dest: string) {
+    this.directory = new OutputDirectory(join(dest, "blobs", "sha256"), `the OCI layout ${dest}`);
+  }
 
   /** Makes `blobs/sha256/` (and the dest), or checks that an existing dest is a layout of version 1. */
   prepare(): Promise<void> {
     this.prepared ??= (async () => {
-      const { dest } = this;
-      try {
-        this.created = await mkdir(join(dest, "blobs", "sha256"), { recursive: true });
-      } catch (error) {
-        throw fileWriteError(`the OCI layout ${dest}`, error);
-      }
-      const layoutFile = await readFile(join(dest, "oci-layout"), "utf8").catch(() => undefined);
+      await this.directory.make();
+      const layoutFile = await readFile(join(this.dest, "oci-layout"), "utf8").catch(() => undefined);
       if (layoutFile !== undefined && !/"imageLayoutVersion"\s*:\s*"1\./.test(layoutFile)) {
-        throw new SinkError(`${dest} holds an oci-layout file of an unknown version`, {
+        throw new SinkError(`${this.dest} holds an oci-layout file of an unknown version`, {
           hint: "Choose a new dest for the layout.",
         });
       }
     })();
     return this.prepared;
+  }
+
+  /** The layout's `index.json` was written: from now on nothing is removed. */
+  keep(): void {
+    this.directory.keep();
   }
 
   /**
@@ -231,9 +230,7 @@ export class LayoutDirectory {
    */
   async discard(): Promise<void> {
     await this.prepared?.catch(() => undefined);
-    if (!this.completed && this.created !== undefined) {
-      await rm(this.created, { recursive: true, force: true });
-    }
+    await this.directory.discard();
   }
 }
 
@@ -318,7 +315,7 @@ export class OciLayoutSink implements Sink {
     // index.json last: until it is replaced, readers see the previous, complete layout.
     const index = indexJson(files, await readPreviousIndex(dest));
     await writeFileAtomically(join(dest, "index.json"), `${dest}/index.json`, [index]);
-    this.layout.completed = true;
+    this.layout.keep();
     return {
       destination: this.destination,
       id: files.top.digest,

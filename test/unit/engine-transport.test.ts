@@ -9,6 +9,7 @@ import { after, before, describe, it } from "node:test";
 import { connectEngine, type EngineClient } from "../../src/docker/engine.js";
 import { withQuery } from "../../src/docker/transport.js";
 import { DaemonUnavailableError, SinkError } from "../../src/errors.js";
+import { temporaryDirectory } from "../support/temporary-directory.js";
 
 interface Received {
   readonly method: string;
@@ -69,13 +70,7 @@ const discovery = (host: string, home: string) => ({
 });
 
 describe("the engine's HTTP client", () => {
-  let dir: string;
-  before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "mkbase-unit-"));
-  });
-  after(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
+  const scratch = temporaryDirectory("mkbase-unit-");
 
   async function withEngine(
     name: string,
@@ -83,12 +78,12 @@ describe("the engine's HTTP client", () => {
     rest: (req: Received, res: ServerResponse) => void,
     use: (engine: EngineClient, fake: FakeEngine) => Promise<void>,
   ): Promise<void> {
-    const fake = new FakeEngine(join(dir, `${name}.sock`), engineReplies(apiVersion, rest));
+    const fake = new FakeEngine(join(scratch.path, `${name}.sock`), engineReplies(apiVersion, rest));
     await fake.start();
     try {
       const engine = await connectEngine(
         new AbortController().signal,
-        discovery(`unix://${fake.socket}`, dir),
+        discovery(`unix://${fake.socket}`, scratch.path),
       );
       await use(engine, fake);
     } finally {
@@ -188,7 +183,10 @@ describe("the engine's HTTP client", () => {
 
   it("names the socket and what to do when nothing listens", async () => {
     await assert.rejects(
-      connectEngine(new AbortController().signal, discovery(`unix://${join(dir, "none.sock")}`, dir)),
+      connectEngine(
+        new AbortController().signal,
+        discovery(`unix://${join(scratch.path, "none.sock")}`, scratch.path),
+      ),
       (error: unknown) =>
         error instanceof DaemonUnavailableError &&
         error.message.includes("none.sock (ENOENT)") &&

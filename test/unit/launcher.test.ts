@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
-import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdir, readFile, readdir, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { cacheFileOf, loadBundle } from "../../src/cli/launcher.js";
+import { temporaryDirectory } from "../support/temporary-directory.js";
 
 /** A CommonJS bundle like the CLI's: exports main, imports an ES module on demand. */
 const bundleSource = (tag: string): string => `
@@ -17,16 +17,10 @@ exports.main = async (argv) => {
 `;
 
 describe("the launcher's code cache", () => {
-  let dir: string;
-  before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "mkbase-unit-launcher-"));
-  });
-  after(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
+  const scratch = temporaryDirectory("mkbase-unit-launcher-");
 
   it("is written after a run without one, then used, and follows the bundle", async () => {
-    const bundle = join(dir, "main.cjs");
+    const bundle = join(scratch.path, "main.cjs");
     await writeFile(bundle, bundleSource("first"));
     const first = loadBundle(bundle, "scratch");
     assert.equal(first.cacheUsed, false);
@@ -42,7 +36,7 @@ describe("the launcher's code cache", () => {
     second.saveCache();
     assert.equal((await stat(cacheFile)).mtimeMs, written.mtimeMs, "a used cache is not rewritten");
 
-    assert.equal(loadBundle(bundle, "dir").cacheUsed, false, "each command has its own cache");
+    assert.equal(loadBundle(bundle, "scratch.path").cacheUsed, false, "each command has its own cache");
 
     // A rebuilt bundle has another size or mtime, hence another cache.
     await writeFile(bundle, bundleSource("second, longer"));
@@ -59,7 +53,7 @@ describe("the launcher's code cache", () => {
   });
 
   it("replaces a cache that V8 refuses", async () => {
-    const bundle = join(dir, "refused.cjs");
+    const bundle = join(scratch.path, "refused.cjs");
     await writeFile(bundle, bundleSource("refused"));
     const cacheFile = cacheFileOf(bundle, "tar");
     await writeFile(cacheFile, Buffer.alloc(4096, 0x5a));
@@ -71,19 +65,19 @@ describe("the launcher's code cache", () => {
   });
 
   it("leaves nothing behind when the cache cannot be written", async () => {
-    const sub = join(dir, "unwritable");
+    const sub = join(scratch.path, "unwritable");
     await mkdir(sub);
     const bundle = join(sub, "main.cjs");
     await writeFile(bundle, bundleSource("unwritable"));
     // A directory where the cache file would go: the rename fails (as on a read-only install).
-    await mkdir(join(cacheFileOf(bundle, "dir"), "occupied"), { recursive: true });
-    const loaded = loadBundle(bundle, "dir");
+    await mkdir(join(cacheFileOf(bundle, "scratch.path"), "occupied"), { recursive: true });
+    const loaded = loadBundle(bundle, "scratch.path");
     assert.equal(await loaded.main(["a", "b"]), 0);
     loaded.saveCache();
     assert.deepEqual(
       (await readdir(sub)).filter((name) => name.endsWith(".tmp")),
       [],
     );
-    assert.ok((await stat(cacheFileOf(bundle, "dir"))).isDirectory());
+    assert.ok((await stat(cacheFileOf(bundle, "scratch.path"))).isDirectory());
   });
 });

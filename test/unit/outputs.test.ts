@@ -17,9 +17,8 @@ import {
   symlink,
   writeFile,
 } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { build } from "../../src/build.js";
 import {
   annotationsFromFlags,
@@ -41,6 +40,7 @@ import { TEMP_PREFIX, writeFileAtomically } from "../../src/sinks/atomic-file.js
 import { ArchiveFile } from "../../src/sinks/oci-archive.js";
 import { indexJson, type LayoutFiles } from "../../src/sinks/oci-layout.js";
 import { bytesEntry, directoryEntry, type EntrySource } from "../../src/tar/entry.js";
+import { temporaryDirectory } from "../support/temporary-directory.js";
 
 describe("parseOutput", () => {
   it("reads every type with buildx's defaults", () => {
@@ -150,13 +150,7 @@ describe("parseOutputs", () => {
 });
 
 describe("a dest that already exists", () => {
-  let dir: string;
-  before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "mkbase-unit-dest-"));
-  });
-  after(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
+  const scratch = temporaryDirectory("mkbase-unit-dest-");
 
   it("writes into /dev/null and leaves it a device (a rename would replace it with a file)", async () => {
     const { size } = await writeFileAtomically("/dev/null", "the test archive", [Buffer.from("bytes")]);
@@ -169,7 +163,7 @@ describe("a dest that already exists", () => {
   });
 
   it("writes into a FIFO for its reader", async () => {
-    const fifo = join(dir, "fifo");
+    const fifo = join(scratch.path, "fifo");
     execFileSync("mkfifo", [fifo]);
     const reader = readFile(fifo, "utf8");
     await writeFileAtomically(fifo, "the test archive", [Buffer.from("through "), Buffer.from("the pipe")]);
@@ -178,15 +172,18 @@ describe("a dest that already exists", () => {
   });
 
   it("replaces the file a symlink points to, and the link stays a link", async () => {
-    await writeFile(join(dir, "v1.tar"), "old");
-    await symlink("v1.tar", join(dir, "latest.tar"));
-    await writeFileAtomically(join(dir, "latest.tar"), "the test archive", [Buffer.from("new")]);
-    assert.equal(await readlink(join(dir, "latest.tar")), "v1.tar");
-    assert.equal(await readFile(join(dir, "v1.tar"), "utf8"), "new");
+    await writeFile(join(scratch.path, "v1.tar"), "old");
+    await symlink("v1.tar", join(scratch.path, "latest.tar"));
+    await writeFileAtomically(join(scratch.path, "latest.tar"), "the test archive", [Buffer.from("new")]);
+    assert.equal(await readlink(join(scratch.path, "latest.tar")), "v1.tar");
+    assert.equal(await readFile(join(scratch.path, "v1.tar"), "utf8"), "new");
   });
 
   it("refuses a directory", async () => {
-    await assert.rejects(writeFileAtomically(dir, "the test archive", [Buffer.from("x")]), SinkError);
+    await assert.rejects(
+      writeFileAtomically(scratch.path, "the test archive", [Buffer.from("x")]),
+      SinkError,
+    );
   });
 });
 
@@ -330,16 +327,10 @@ async function buildGolden(output: string, beforeComplete?: () => Promise<void>)
 }
 
 describe("golden OCI layout", () => {
-  let dir: string;
-  before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "mkbase-unit-oci-"));
-  });
-  after(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
+  const scratch = temporaryDirectory("mkbase-unit-oci-");
 
   async function writeLayout(name: string, output: string): Promise<{ digest: string; files: string[] }> {
-    const dest = join(dir, name);
+    const dest = join(scratch.path, name);
     const digest = await buildGolden(`type=oci,dest=${dest},tar=false,${output}`);
     return { digest, files: (await readdir(join(dest, "blobs", "sha256"))).sort() };
   }
@@ -348,7 +339,7 @@ describe("golden OCI layout", () => {
     const { digest, files } = await writeLayout("none", "compression=none");
     assert.equal(digest, "sha256:20fd514421b05aefe945651a2a0947ed8113edb0ad28dee4ba23b6b921d87618");
     assert.equal(files.length, 3);
-    const index = JSON.parse(await readFile(join(dir, "none", "index.json"), "utf8")) as {
+    const index = JSON.parse(await readFile(join(scratch.path, "none", "index.json"), "utf8")) as {
       manifests: { digest: string; annotations: Record<string, string> }[];
     };
     assert.equal(index.manifests[0]?.digest, digest);
@@ -362,13 +353,7 @@ describe("golden OCI layout", () => {
 });
 
 describe("an OCI output as the store of its own layers", () => {
-  let dir: string;
-  before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "mkbase-unit-archive-"));
-  });
-  after(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
+  const scratch = temporaryDirectory("mkbase-unit-archive-");
 
   /** `tar -tf` of an archive, and the sha256 of every blob checked against its name. */
   function listChecked(archive: string): string[] {
@@ -382,7 +367,7 @@ describe("an OCI output as the store of its own layers", () => {
 
   /** Builds the golden image into `output` with TMPDIR set to an empty directory, which must stay empty. */
   async function buildUnspooled(output: string): Promise<string> {
-    const spoolParent = await mkdtemp(join(dir, "tmp-"));
+    const spoolParent = await mkdtemp(join(scratch.path, "tmp-"));
     const savedTmpdir = process.env.TMPDIR;
     process.env.TMPDIR = spoolParent;
     try {
@@ -397,7 +382,7 @@ describe("an OCI output as the store of its own layers", () => {
   }
 
   it("compresses the layer straight into the archive: no spool, and the same image as a layout", async () => {
-    const dest = join(dir, "image.oci.tar");
+    const dest = join(scratch.path, "image.oci.tar");
     // The golden layout's manifest: the archive holds the very same image.
     assert.equal(
       await buildUnspooled(`type=oci,dest=${dest},compression=none`),
@@ -408,14 +393,14 @@ describe("an OCI output as the store of its own layers", () => {
     assert.deepEqual(names.slice(-2), ["index.json", "oci-layout"]);
     assert.equal(names.length, 7, names.join("\n"));
     assert.deepEqual(
-      (await readdir(dir)).filter((name) => name.startsWith(TEMP_PREFIX)),
+      (await readdir(scratch.path)).filter((name) => name.startsWith(TEMP_PREFIX)),
       [],
       "no temporary file left",
     );
   });
 
   it("renames the layer into a layout directory's blobs, with no spool and no temporary file left", async () => {
-    const dest = join(dir, "layout");
+    const dest = join(scratch.path, "layout");
     assert.equal(
       await buildUnspooled(`type=oci,dest=${dest},tar=false,compression=none`),
       "sha256:20fd514421b05aefe945651a2a0947ed8113edb0ad28dee4ba23b6b921d87618",
@@ -428,7 +413,7 @@ describe("an OCI output as the store of its own layers", () => {
   });
 
   it("holds a layer that comes twice (one program for two platforms) once", async () => {
-    const dest = join(dir, "twice.tar");
+    const dest = join(scratch.path, "twice.tar");
     const archive = new ArchiveFile(dest);
     const data = Buffer.from("the same layer bytes");
     const digest = `sha256:${createHash("sha256").update(data).digest("hex")}`;
@@ -449,13 +434,7 @@ describe("an OCI output as the store of its own layers", () => {
 });
 
 describe("a build that fails", () => {
-  let dir: string;
-  before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "mkbase-unit-failed-"));
-  });
-  after(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
+  const scratch = temporaryDirectory("mkbase-unit-failed-");
 
   /** A source whose second entry cannot be read. */
   const failing: EntrySource = {
@@ -480,7 +459,7 @@ describe("a build that fails", () => {
           epoch: { kind: "fixed", seconds: 1_700_000_000 },
           platform: parsePlatform("linux/amd64"),
           config: {},
-          createdBy: "mkbase dir",
+          createdBy: "mkbase scratch.path",
           sinks: outputs.sinksForBuild(undefined, () => undefined),
           signal: new AbortController().signal,
           onProgress: () => undefined,
@@ -493,14 +472,14 @@ describe("a build that fails", () => {
   }
 
   it("leaves no layout, archive or context directory where there was none", async () => {
-    await failInto(`type=oci,dest=${join(dir, "layout")},tar=false`);
-    await failInto(`type=oci,dest=${join(dir, "image.tar")}`);
-    await failInto(`type=context,dest=${join(dir, "context")}`);
-    assert.deepEqual(await readdir(dir), []);
+    await failInto(`type=oci,dest=${join(scratch.path, "layout")},tar=false`);
+    await failInto(`type=oci,dest=${join(scratch.path, "image.tar")}`);
+    await failInto(`type=context,dest=${join(scratch.path, "context")}`);
+    assert.deepEqual(await readdir(scratch.path), []);
   });
 
   it("keeps what an existing directory held", async () => {
-    const existing = join(dir, "mine");
+    const existing = join(scratch.path, "mine");
     await mkdir(existing);
     await writeFile(join(existing, "notes.txt"), "my file");
     await failInto(`type=oci,dest=${existing},tar=false`);
