@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
@@ -152,6 +152,37 @@ describe("tar header encoding", () => {
     }
     assert.ok(copied.length > 3, "the archive spans several chunks");
     assert.deepEqual(Buffer.concat(copied), await packToBuffer(entries));
+  });
+
+  it("closes the file it is reading and ends its source when the consumer stops early", async () => {
+    const onDisk = join(work, "large-for-early-stop");
+    writeFileSync(onDisk, Buffer.alloc(3_000_000, 7));
+    const openFiles = (): number => readdirSync("/proc/self/fd").length;
+    let sourceEnded = false;
+    async function* source(): AsyncGenerator<TarEntry> {
+      try {
+        yield {
+          ...base,
+          path: Buffer.from("large"),
+          type: "file",
+          size: 3_000_000,
+          content: { kind: "path", path: Buffer.from(onDisk) },
+        };
+        yield { ...base, path: Buffer.from("never"), type: "directory" };
+      } finally {
+        sourceEnded = true;
+      }
+    }
+    const before = openFiles();
+    let chunks = 0;
+    for await (const chunk of packTar(source(), { signal: new AbortController().signal })) {
+      assert.ok(chunk.length > 0);
+      chunks += 1;
+      // Mid-file: the first chunk is full, two more megabytes are still to be read.
+      if (chunks === 1) break;
+    }
+    assert.equal(openFiles(), before, "no descriptor left open");
+    assert.equal(sourceEnded, true, "the source was ended");
   });
 
   it("is read back by GNU tar with the same names", async () => {
