@@ -1,5 +1,6 @@
 /** Content digests and canonical JSON: the two things every image identity is made of. */
 import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
 
 /** `sha256:<hex>` of `data`. */
 export function sha256Digest(data: Buffer | string): string {
@@ -17,6 +18,16 @@ export class RunningDigest {
   digest(): string {
     return `sha256:${this.hash.digest("hex")}`;
   }
+}
+
+/** The digest of the `size` bytes of the file at `path` that start at `start`. */
+export async function fileRangeDigest(path: string, start: number, size: number): Promise<string> {
+  const hash = new RunningDigest();
+  if (size > 0) {
+    const range = createReadStream(path, { start, end: start + size - 1, highWaterMark: 4 * 1024 * 1024 });
+    for await (const chunk of range) hash.update(chunk as Buffer);
+  }
+  return hash.digest();
 }
 
 /** The hex part of a `sha256:<hex>` digest. */

@@ -7,7 +7,7 @@
  * shows as a short stream and a non-zero exit.
  */
 import { randomBytes } from "node:crypto";
-import { mkdir, open, realpath, rename, rm, stat } from "node:fs/promises";
+import { mkdir, open, realpath, rename, rm, stat, type FileHandle } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { SinkError, errnoCode } from "../errors.js";
 
@@ -99,12 +99,25 @@ function standardOutput(): Output {
 }
 
 /**
+ * A descriptor appending to an {@link AtomicFile}, through which another process (a compressor) writes
+ * the next bytes itself.
+ */
+export interface Appender {
+  readonly fd: number;
+  /** Closes the descriptor and counts what was appended as written; returns where those bytes are. */
+  close(): Promise<{ readonly path: string; readonly start: number; readonly size: number }>;
+  /** The error for a failed write through the descriptor (`cause` carries the errno), as for {@link AtomicFile.write}. */
+  error(cause: unknown): Error;
+}
+
+/**
  * A file being written under a temporary name; {@link commit} renames it into place. One opened with
  * {@link AtomicFile.direct} writes straight into its destination: nothing to rename, nothing to remove.
  */
 export class AtomicFile {
   private bytes = 0;
   private done = false;
+  private appending: FileHandle | undefined;
 
   private constructor(
     /** The temporary path the bytes go to (for a direct file, the destination). */
@@ -190,6 +203,38 @@ export class AtomicFile {
     }
   }
 
+  /**
+   * Opens a second descriptor on the temporary file that appends at its end, so that another process can
+   * write the next bytes itself; nothing else may write until it is closed. Undefined for a direct
+   * destination (a FIFO, stdout), which takes bytes in order through {@link write} only.
+   */
+  async openAppender(): Promise<Appender | undefined> {
+    if (this.isDirect) return undefined;
+    let handle: FileHandle;
+    try {
+      handle = await open(this.tempPath, "a");
+    } catch (error) {
+      throw fileWriteError(this.what, error);
+    }
+    this.appending = handle;
+    const start = this.bytes;
+    return {
+      fd: handle.fd,
+      close: async () => {
+        this.appending = undefined;
+        try {
+          this.bytes = (await handle.stat()).size;
+        } catch (error) {
+          throw fileWriteError(this.what, error);
+        } finally {
+          await handle.close();
+        }
+        return { path: this.tempPath, start, size: this.bytes - start };
+      },
+      error: (cause) => fileWriteError(this.what, cause),
+    };
+  }
+
   /** Closes the file and returns the size of what was written (still under the temp name). */
   async finish(): Promise<{ size: number }> {
     try {
@@ -214,6 +259,8 @@ export class AtomicFile {
 
   /** Removes the temporary file (after a failure); never throws. */
   async discard(): Promise<void> {
+    await this.appending?.close().catch(() => undefined);
+    this.appending = undefined;
     if (!this.done) await this.handle.close().catch(() => undefined);
     this.done = true;
     if (!this.isDirect) await rm(this.tempPath, { force: true }).catch(() => undefined);

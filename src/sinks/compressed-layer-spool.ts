@@ -7,16 +7,18 @@
  */
 import { createReadStream } from "node:fs";
 import type { Readable } from "node:stream";
-import { createCompressor, type Compressor } from "../compress/compressor.js";
+import { createCompressor, writesFiles, type Compressor } from "../compress/compressor.js";
 import { layerMediaType, type Compression } from "../compress/compression.js";
-import { RunningDigest } from "../image/digest.js";
+import { RunningDigest, fileRangeDigest } from "../image/digest.js";
 import type { CompressedLayer } from "../image/image-blobs.js";
-import { AtomicFile, temporaryFileError } from "./atomic-file.js";
+import { AtomicFile, temporaryFileError, type Appender } from "./atomic-file.js";
 import type { LayerConsumer } from "./sink.js";
 
 /** Where one compressed layer's bytes are written. */
 export interface LayerTarget {
   write(chunk: Buffer): Promise<void>;
+  /** For a compressor that writes the file itself (see {@link AtomicFile.openAppender}). */
+  openAppender(): Promise<Appender | undefined>;
   /** Every byte is in; `digest` and `size` are the blob's. Resolves with a way to read it back. */
   complete(digest: string, size: number): Promise<() => Readable>;
 }
@@ -47,6 +49,12 @@ export class TemporaryLayerFiles implements LayerStore {
         file.write(chunk).catch((error: unknown) => {
           throw spoolError(error);
         }),
+      openAppender: async () => {
+        const appender = await file.openAppender().catch((error: unknown) => {
+          throw spoolError(error);
+        });
+        return appender && { ...appender, error: spoolError };
+      },
       complete: async () => {
         await file.finish();
         return () => createReadStream(file.tempPath, { highWaterMark: 4 * 1024 * 1024 });
@@ -78,10 +86,12 @@ export class CompressedLayerSpool {
     const opened = this.store.open();
     opened.catch(() => undefined);
     let compressor: Compressor | undefined;
-    // The blob's digest: hashed on the way to the store, not read back.
+    let appender: Appender | undefined;
+    // The blob's digest: hashed on the way to the store, unless the compressor wrote the store itself.
     const hash = new RunningDigest();
     let size = 0;
-    const compressorReady = opened.then((target) => {
+    const compressorReady = opened.then(async (target) => {
+      if (writesFiles(this.compression)) appender = await target.openAppender();
       compressor = createCompressor(
         this.compression,
         (chunk) => {
@@ -89,7 +99,7 @@ export class CompressedLayerSpool {
           size += chunk.length;
           return target.write(chunk);
         },
-        { signal },
+        { signal, appendTo: appender },
       );
       return compressor;
     });
@@ -105,9 +115,16 @@ export class CompressedLayerSpool {
       const target = await opened;
       const active = await compressorReady;
       await end;
+      if (appender === undefined) {
+        await active.end();
+        const digest = hash.digest();
+        return { digest, size, open: await target.complete(digest, size) };
+      }
       await active.end();
-      const digest = hash.digest();
-      return { digest, size, open: await target.complete(digest, size) };
+      const written = await appender.close();
+      // Read back from the page cache: ~60 ms for the bookworm tree's layer, a fraction of passing it.
+      const digest = await fileRangeDigest(written.path, written.start, written.size);
+      return { digest, size: written.size, open: await target.complete(digest, written.size) };
     })();
     this.pending.catch(() => undefined);
     return {

@@ -80,6 +80,7 @@ export class ArchiveFile implements LayerStore {
     await file.write(Buffer.alloc(BLOCK));
     return {
       write: (chunk) => file.write(chunk),
+      openAppender: () => file.openAppender(),
       complete: async (digest, size) => {
         const first = this.layers.get(digest);
         if (first === undefined) {

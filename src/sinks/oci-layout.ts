@@ -251,6 +251,7 @@ export class LayoutLayerFiles implements LayerStore {
     this.files.push(file);
     return {
       write: (chunk) => file.write(chunk),
+      openAppender: () => file.openAppender(),
       complete: async (digest) => {
         await file.finish();
         const path = join(dest, blobPath(digest));

@@ -3,12 +3,12 @@
  * while it is packed and renamed into place once complete. The same bytes as the image's layer (before
  * compression), so `sha256sum` of the uncompressed file is the layer's DiffID.
  */
-import { createCompressor, type Compressor } from "../compress/compressor.js";
+import { createCompressor, writesFiles, type Compressor } from "../compress/compressor.js";
 import { describeCompression, type Compression } from "../compress/compression.js";
 import { SinkError } from "../errors.js";
 import type { Image } from "../image/image.js";
 import type { ProgressListener } from "../progress.js";
-import { openDestination, shownDest, type AtomicFile } from "./atomic-file.js";
+import { openDestination, shownDest, type Appender, type AtomicFile } from "./atomic-file.js";
 import type { LayerConsumer, Sink, SinkResult } from "./sink.js";
 
 export interface RootfsTarSinkOptions {
@@ -36,8 +36,13 @@ export class RootfsTarSink implements Sink {
     const opened = openDestination(dest, `the rootfs tar ${shownDest(dest)}`);
     opened.catch(() => undefined);
     let compressor: Compressor | undefined;
-    const ready = opened.then(({ file }) => {
-      compressor = createCompressor(compression, (chunk) => file.write(chunk), { signal });
+    let appender: Appender | undefined;
+    const ready = opened.then(async ({ file }) => {
+      if (writesFiles(compression)) appender = await file.openAppender();
+      compressor = createCompressor(compression, (chunk) => file.write(chunk), {
+        signal,
+        appendTo: appender,
+      });
       return compressor;
     });
     ready.catch(() => undefined);
@@ -54,6 +59,7 @@ export class RootfsTarSink implements Sink {
         const active = await ready;
         await end;
         await active.end();
+        await appender?.close();
         await destination.file.finish();
         return destination;
       } catch (error) {

@@ -6,6 +6,9 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { createCipheriv } from "node:crypto";
+import { mkdtemp, open, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, it } from "node:test";
 import { gunzipSync } from "node:zlib";
 import { createCompressor, type CompressorOptions } from "../../src/compress/compressor.js";
@@ -17,7 +20,7 @@ import {
   type Compression,
 } from "../../src/compress/compression.js";
 import { GZIP_OS_BYTE } from "../../src/compress/gzip-member.js";
-import { UsageError } from "../../src/errors.js";
+import { UsageError, errnoCode } from "../../src/errors.js";
 
 /** Half incompressible, half text: both kinds of deflate blocks. */
 function sample(size: number): Buffer {
@@ -132,6 +135,55 @@ describe("zstd", () => {
     const decoded = spawnSync("zstd", ["-dc"], { input: a, maxBuffer: 64 * 1024 * 1024 });
     assert.equal(decoded.status, 0, decoded.stderr.toString());
     assert.ok(decoded.stdout.equals(input));
+  });
+});
+
+describe("zstd writing the output file itself", () => {
+  const input = sample(3 * 1024 * 1024);
+  const zstd3: Compression = { algorithm: "zstd", level: 3 };
+
+  async function compressInto(path: string, mapError: (cause: unknown) => Error): Promise<Buffer[]> {
+    const passed: Buffer[] = [];
+    const file = await open(path, "a");
+    try {
+      const compressor = createCompressor(
+        zstd3,
+        async (chunk) => {
+          passed.push(chunk);
+        },
+        { signal: new AbortController().signal, appendTo: { fd: file.fd, error: mapError } },
+      );
+      for (let offset = 0; offset < input.length; offset += 100_000) {
+        await compressor.write(input.subarray(offset, offset + 100_000));
+      }
+      await compressor.end();
+    } finally {
+      await file.close();
+    }
+    return passed;
+  }
+
+  it("appends the same bytes as through the pipe, and passes none back", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "mkbase-zstd-test-"));
+    try {
+      const path = join(dir, "out.zst");
+      await writeFile(path, "head");
+      const passed = await compressInto(path, (cause) => cause as Error);
+      assert.deepEqual(passed, []);
+      const written = await readFile(path);
+      assert.equal(written.subarray(0, 4).toString(), "head", "appended after what was there");
+      assert.ok(written.subarray(4).equals(await compress(zstd3, input, 1_000_000)));
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("reports a full disk as the file's own error, with the errno", async () => {
+    // /dev/full fails every write with ENOSPC, as a full filesystem does.
+    await assert.rejects(
+      compressInto("/dev/full", (cause) => new Error(`the file's words: ${errnoCode(cause)}`)),
+      /the file's words: ENOSPC/,
+    );
   });
 });
 
