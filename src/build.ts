@@ -132,6 +132,7 @@ export async function build(request: BuildRequest): Promise<BuildResult> {
     const spoolPath = tempDir === undefined ? undefined : join(tempDir, "layer.tar");
     let packed: PackedLayer;
     try {
+      await Promise.all(consumers.map((consumer) => consumer.ready));
       packed = await packLayer(tracked, consumers, spoolPath);
       throwIfAborted(request.signal);
     } catch (error) {

@@ -1,6 +1,6 @@
 /** Content digests and canonical JSON: the two things every image identity is made of. */
 import { createHash } from "node:crypto";
-import { createReadStream } from "node:fs";
+import { fstatSync, readSync } from "node:fs";
 
 /** `sha256:<hex>` of `data`. */
 export function sha256Digest(data: Buffer | string): string {
@@ -20,14 +20,38 @@ export class RunningDigest {
   }
 }
 
-/** The digest of the `size` bytes of the file at `path` that start at `start`. */
-export async function fileRangeDigest(path: string, start: number, size: number): Promise<string> {
-  const hash = new RunningDigest();
-  if (size > 0) {
-    const range = createReadStream(path, { start, end: start + size - 1, highWaterMark: 4 * 1024 * 1024 });
-    for await (const chunk of range) hash.update(chunk as Buffer);
+/**
+ * The digest of what another process appends to a file from `start` on, hashed as the file grows: each
+ * {@link catchUp} reads (from the page cache) and hashes what was appended since the one before, so that
+ * little is left to hash when the writer is done. `fd` must be open for reading.
+ */
+export class AppendedDigest {
+  private readonly hash = new RunningDigest();
+  private readonly buffer = Buffer.allocUnsafe(1024 * 1024);
+
+  constructor(
+    private readonly fd: number,
+    private position: number,
+  ) {}
+
+  /** Hashes what was appended up to the file's current size. */
+  catchUp(): void {
+    // The kernel moves a file's size only once the bytes are in place, so everything before it is readable.
+    const end = fstatSync(this.fd).size;
+    while (this.position < end) {
+      const length = Math.min(this.buffer.length, end - this.position);
+      const n = readSync(this.fd, this.buffer, 0, length, this.position);
+      if (n === 0) throw new Error("the file shrank while it was being hashed");
+      this.hash.update(this.buffer.subarray(0, n));
+      this.position += n;
+    }
   }
-  return hash.digest();
+
+  /** The digest of everything appended, once the writer is done. */
+  digest(): string {
+    this.catchUp();
+    return this.hash.digest();
+  }
 }
 
 /** The hex part of a `sha256:<hex>` digest. */

@@ -103,9 +103,12 @@ function standardOutput(): Output {
  * the next bytes itself.
  */
 export interface Appender {
+  /** Open for reading too, so that what was appended can be hashed through it. */
   readonly fd: number;
-  /** Closes the descriptor and counts what was appended as written; returns where those bytes are. */
-  close(): Promise<{ readonly path: string; readonly start: number; readonly size: number }>;
+  /** Where the appended bytes start in the file. */
+  readonly start: number;
+  /** Closes the descriptor and counts what was appended as written; returns how many bytes that was. */
+  close(): Promise<number>;
   /** The error for a failed write through the descriptor (`cause` carries the errno), as for {@link AtomicFile.write}. */
   error(cause: unknown): Error;
 }
@@ -212,7 +215,7 @@ export class AtomicFile {
     if (this.isDirect) return undefined;
     let handle: FileHandle;
     try {
-      handle = await open(this.tempPath, "a");
+      handle = await open(this.tempPath, "a+");
     } catch (error) {
       throw fileWriteError(this.what, error);
     }
@@ -220,6 +223,7 @@ export class AtomicFile {
     const start = this.bytes;
     return {
       fd: handle.fd,
+      start,
       close: async () => {
         this.appending = undefined;
         try {
@@ -229,7 +233,7 @@ export class AtomicFile {
         } finally {
           await handle.close();
         }
-        return { path: this.tempPath, start, size: this.bytes - start };
+        return this.bytes - start;
       },
       error: (cause) => fileWriteError(this.what, cause),
     };

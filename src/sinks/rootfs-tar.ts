@@ -69,6 +69,7 @@ export class RootfsTarSink implements Sink {
     })();
     this.written.catch(() => undefined);
     return {
+      ready: ready.then(() => undefined),
       write: async (chunk) => (await ready).write(chunk),
       end: () => ended?.(),
       abort: (error) => {

@@ -6,6 +6,12 @@ import type { Image } from "../image/image.js";
 
 /** Takes the layer bytes while they are packed (for sinks that stream, like the engine's import). */
 export interface LayerConsumer {
+  /**
+   * Settles once the consumer's own set-up is done (its file opened, its compressor started). The build
+   * waits for it before packing: packing holds the event loop for milliseconds at a time, and set-up
+   * behind it took ~40 ms to get through its few steps.
+   */
+  readonly ready?: Promise<void>;
   /** Takes one chunk; resolves when the next one may be written (backpressure). */
   write(chunk: Buffer): Promise<void>;
   /** The layer is complete and verified by the source. */

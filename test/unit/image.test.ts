@@ -1,8 +1,11 @@
 import assert from "node:assert/strict";
+import { appendFileSync, closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, it } from "node:test";
 import { UsageError } from "../../src/errors.js";
 import { applyChange, configToInstructions, parseCommand, parsePort } from "../../src/image/config.js";
-import { canonicalJson } from "../../src/image/digest.js";
+import { AppendedDigest, canonicalJson, sha256Digest } from "../../src/image/digest.js";
 import { configJson, imageId, type Image } from "../../src/image/image.js";
 import { formatReference, parseReference, parseTagReference } from "../../src/image/reference.js";
 
@@ -116,5 +119,39 @@ describe("image identity", () => {
   // The golden value was computed independently: sha256 of the same document written by Python json.dumps(sort_keys).
   it("pins the image ID of a fixed image (golden digest)", () => {
     assert.equal(imageId(image), "sha256:45889b8a2224c027d09535e2c86cbf8b990748fe9055aee9775dbe7e5358fb5f");
+  });
+});
+
+describe("digest of what another writer appends", () => {
+  it("hashes only the appended bytes, however the appends and the catching up interleave", () => {
+    const dir = mkdtempSync(join(tmpdir(), "mkbase-digest-test-"));
+    try {
+      const path = join(dir, "file");
+      writeFileSync(path, "header bytes that are not part of the blob");
+      const start = "header bytes that are not part of the blob".length;
+      const fd = openSync(path, "a+");
+      try {
+        const appended = new AppendedDigest(fd, start);
+        const pieces = [
+          Buffer.alloc(3_000_000, 1),
+          Buffer.from("x"),
+          Buffer.alloc(0),
+          Buffer.alloc(1_500_000, 2),
+        ];
+        for (const piece of pieces) {
+          appendFileSync(path, piece);
+          appended.catchUp();
+        }
+        appendFileSync(path, "tail written after the last catch-up");
+        assert.equal(
+          appended.digest(),
+          sha256Digest(Buffer.concat([...pieces, Buffer.from("tail written after the last catch-up")])),
+        );
+      } finally {
+        closeSync(fd);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
