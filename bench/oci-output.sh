@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark: `mkbase dir DIR -o type=oci` (gzip and zstd) against `tar -C DIR -c . | pigz`, `| gzip` and
 # `| zstd -T0`, all writing a file, on the bookworm minbase rootfs. No engine is involved, so no idle
-# protocol: the commands alternate, the order rotates every round, and medians are compared.
+# protocol: a sync before every run (no run pays for the previous one's writeback), the commands
+# alternate, the order rotates every round, and medians are compared.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -64,6 +65,9 @@ measure() {
   local key=$1 out="$work/out"
   local -a cmd
   rm -f -- "$out"
+  # The previous run's output (~90 MB) is still being written back to disk: let it finish first, so no
+  # run pays for the one before it.
+  sync
   # The single-quoted scripts are expanded by the inner shell, from its arguments.
   # shellcheck disable=SC2016
   case "$key" in
