@@ -86,15 +86,15 @@ export class CompressedLayerSpool {
     const opened = this.store.open();
     opened.catch(() => undefined);
     let compressor: Compressor | undefined;
-    let appender: Appender | undefined;
     // The blob's digest: hashed on the way to the store, or, when the compressor writes the store itself,
     // read back as it grows (after each packed chunk), so that little is left once it is done.
     const hash = new RunningDigest();
-    let appended: AppendedDigest | undefined;
     let size = 0;
+    let direct: { readonly appender: Appender; readonly digest: AppendedDigest } | undefined;
     const compressorReady = opened.then(async (target) => {
-      if (writesFiles(this.compression)) appender = await target.openAppender();
-      if (appender !== undefined) appended = new AppendedDigest(appender.fd, appender.start);
+      const appender = writesFiles(this.compression) ? await target.openAppender() : undefined;
+      if (appender !== undefined)
+        direct = { appender, digest: new AppendedDigest(appender.fd, appender.start) };
       compressor = createCompressor(
         this.compression,
         (chunk) => {
@@ -102,7 +102,7 @@ export class CompressedLayerSpool {
           size += chunk.length;
           return target.write(chunk);
         },
-        { signal, appendTo: appender },
+        { signal, appendTo: direct?.appender },
       );
       return compressor;
     });
@@ -118,14 +118,13 @@ export class CompressedLayerSpool {
       const target = await opened;
       const active = await compressorReady;
       await end;
-      if (appender === undefined) {
-        await active.end();
+      await active.end();
+      if (direct === undefined) {
         const digest = hash.digest();
         return { digest, size, open: await target.complete(digest, size) };
       }
-      await active.end();
-      const digest = (appended as AppendedDigest).digest();
-      const written = await appender.close();
+      const digest = direct.digest.digest();
+      const written = await direct.appender.close();
       return { digest, size: written, open: await target.complete(digest, written) };
     })();
     this.pending.catch(() => undefined);
@@ -133,7 +132,7 @@ export class CompressedLayerSpool {
       ready: compressorReady.then(() => undefined),
       write: async (chunk) => {
         await (await compressorReady).write(chunk);
-        appended?.catchUp();
+        direct?.digest.catchUp();
       },
       end: () => ended?.(),
       abort: (error) => {
