@@ -27,6 +27,8 @@ const EMPTY = Buffer.alloc(0);
 const SLASH = Buffer.from("/");
 /** ustar's magic and version: "ustar", NUL, "00". */
 const USTAR_MAGIC = Buffer.from("ustar\u000000", "latin1");
+const ZERO_BLOCK = Buffer.alloc(BLOCK);
+const CHECKSUM_SPACES = Buffer.from("        ");
 
 /** Largest values the ustar octal fields can hold (digits = field width - 1). */
 const MAX_OCTAL_7 = 0o7777777;
@@ -94,8 +96,10 @@ function ustarBlock(fields: {
   devmajor: number;
   devminor: number;
 }): Buffer {
-  // From the shared pool (a fresh zeroed allocation per entry cost a third of the header's time).
-  const block = Buffer.allocUnsafe(BLOCK).fill(0);
+  // From the shared pool (a fresh zeroed allocation per entry cost a third of the header's time), zeroed by
+  // a copy: fill would be one more function for V8 to optimise.
+  const block = Buffer.allocUnsafe(BLOCK);
+  ZERO_BLOCK.copy(block);
   // Copies bounded by the field widths; longer values travel in the PAX header instead.
   fields.name.copy(block, 0, 0, Math.min(fields.name.length, 100));
   writeOctal(block, 100, 8, fields.mode);
@@ -111,7 +115,7 @@ function ustarBlock(fields: {
   writeOctal(block, 337, 8, fields.devminor);
   fields.prefix.copy(block, 345, 0, Math.min(fields.prefix.length, 155));
   // The checksum is computed with its own field read as eight spaces.
-  block.fill(0x20, 148, 156);
+  CHECKSUM_SPACES.copy(block, 148);
   let sum = 0;
   for (let i = 0; i < BLOCK; i++) sum += block[i] ?? 0;
   writeOctal(block, 148, 7, sum);

@@ -17,6 +17,7 @@ import { unreadablePathError } from "./walk.js";
 const CHUNK_SIZE = 1024 * 1024;
 const PROGRESS_EVERY_ENTRIES = 500;
 const EMPTY = Buffer.alloc(0);
+const ZEROS = Buffer.alloc(512);
 
 export interface PackOptions {
   readonly signal: AbortSignal;
@@ -68,20 +69,24 @@ class ChunkWriter {
     this.used += bytes.length;
   }
 
+  /** Appends `count` (< 512) zero bytes: a block's padding. */
   zeros(count: number): void {
     if (this.used + count > this.buffer.length) this.flush();
-    this.buffer.fill(0, this.used, this.used + count);
+    // Copied rather than filled: fill is one more function for V8 to optimise, and copy is optimised anyway.
+    ZEROS.copy(this.buffer, this.used, 0, count);
     this.used += count;
   }
 
-  /**
-   * Reads up to `length` bytes of `fd` into the current chunk (flushing it first when full) and returns
-   * how many were read.
-   */
-  readFrom(fd: number, length: number): number {
+  /** Free bytes at the end of the current chunk, flushing it first when it is full. */
+  room(): number {
     if (this.used === this.buffer.length) this.flush();
-    const n = readSync(fd, this.buffer, this.used, Math.min(this.buffer.length - this.used, length), null);
-    this.used += n;
+    return this.buffer.length - this.used;
+  }
+
+  /** Reads up to `max` (≤ {@link room}) bytes of `fd` into the current chunk, keeps at most `keep` of them. */
+  readFrom(fd: number, max: number, keep: number): number {
+    const n = readSync(fd, this.buffer, this.used, max, null);
+    this.used += Math.min(n, keep);
     return n;
   }
 
@@ -94,8 +99,6 @@ class ChunkWriter {
     this.used = 0;
   }
 }
-
-const probe = Buffer.alloc(1);
 
 function openForReading(path: Buffer): number {
   try {
@@ -163,14 +166,20 @@ class EntryPacker {
    * it). A file that changed size while being read is an error, never a silently different archive.
    */
   copy(): void {
-    while (this.remaining > 0) {
-      const n = this.writer.readFrom(this.fd, this.remaining);
-      if (n === 0) throw changedWhileRead(this.path, "shrank", this.size);
+    for (;;) {
+      // One byte more than the file should still hold, when there is room: a read that comes back short
+      // then shows the file ended where it should, without a read of its own (one syscall per file less).
+      const max = Math.min(this.writer.room(), this.remaining + 1);
+      const n = this.writer.readFrom(this.fd, max, this.remaining);
+      if (n > this.remaining) throw changedWhileRead(this.path, "grew", this.size);
+      if (n === 0 && this.remaining > 0) throw changedWhileRead(this.path, "shrank", this.size);
       this.remaining -= n;
+      if (this.remaining === 0 && n < max) {
+        this.close();
+        return;
+      }
       if (this.writer.hasReady) return;
     }
-    if (readSync(this.fd, probe, 0, 1, null) !== 0) throw changedWhileRead(this.path, "grew", this.size);
-    this.close();
   }
 
   /** Pads the entry's content to a block boundary and counts the entry. */

@@ -13,8 +13,6 @@ import { SourceError, errnoCode, throwIfAborted } from "../errors.js";
 import { displayPath, type TarEntry } from "./entry.js";
 import type { PathFilter } from "./exclude.js";
 
-const SLASH = Buffer.from("/");
-
 /** Top-level directories of a live system whose contents are runtime state, not part of an image. */
 export const SYSTEM_RUNTIME_DIRS: readonly string[] = ["proc", "sys", "dev", "run", "tmp"];
 
@@ -108,6 +106,15 @@ export function unreadablePathError(full: Buffer, error: unknown): SourceError {
   });
 }
 
+/** `dir/name`. By hand: Buffer.concat, twice an entry, was one more function for V8 to optimise. */
+function joinPath(dir: Buffer, name: Buffer): Buffer {
+  const path = Buffer.allocUnsafe(dir.length + 1 + name.length);
+  dir.copy(path, 0);
+  path[dir.length] = 0x2f;
+  name.copy(path, dir.length + 1);
+  return path;
+}
+
 function lstatOrFail(full: Buffer): Stats {
   try {
     return lstatSync(full);
@@ -192,8 +199,8 @@ export function* walkTree(root: string, options: WalkOptions): Generator<TarEntr
       continue;
     }
     throwIfAborted(options.signal);
-    const full = Buffer.concat([frame.full, SLASH, name]);
-    const rel = frame.rel.length === 0 ? name : Buffer.concat([frame.rel, SLASH, name]);
+    const full = joinPath(frame.full, name);
+    const rel = frame.rel.length === 0 ? name : joinPath(frame.rel, name);
     const st = lstatOrFail(full);
     const isDir = st.isDirectory();
     // Decoding the path costs more than the rest of an entry; only matching needs it.

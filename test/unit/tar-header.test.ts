@@ -185,6 +185,33 @@ describe("tar header encoding", () => {
     assert.equal(sourceEnded, true, "the source was ended");
   });
 
+  it("fails on a file that is longer or shorter than the walk saw, also where a chunk ends", async () => {
+    const fileOf = (name: string, actual: number, announced: number): TarEntry => {
+      const onDisk = join(work, name);
+      writeFileSync(onDisk, Buffer.alloc(actual, 5));
+      return {
+        ...base,
+        path: Buffer.from(name),
+        type: "file",
+        size: announced,
+        content: { kind: "path", path: Buffer.from(onDisk) },
+      };
+    };
+    // After its 512-byte header, a file of 1 MiB - 512 bytes fills the first chunk exactly: whether it
+    // goes on is only seen by a read into the next one.
+    const chunkFill = 1024 * 1024 - 512;
+    for (const [name, actual, announced, how] of [
+      ["small-grew", 10, 5, /grew while being read \(expected 5 bytes\)/],
+      ["small-shrank", 10, 20, /shrank while being read \(expected 20 bytes\)/],
+      ["fill-grew", chunkFill + 1, chunkFill, /grew while being read/],
+      ["large-shrank", 3_000_000, 3_000_001, /shrank while being read/],
+    ] as const) {
+      await assert.rejects(packToBuffer([fileOf(name, actual, announced)]), how, name);
+    }
+    const exact = await packToBuffer([fileOf("fill-exact", chunkFill, chunkFill)]);
+    assert.equal(exact.length, 512 + chunkFill + 1024, "header, content and the end-of-archive blocks");
+  });
+
   it("is read back by GNU tar with the same names", async () => {
     const file = join(work, "gnu.tar");
     const entries: TarEntry[] = [
