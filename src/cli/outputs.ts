@@ -4,7 +4,7 @@
  * and registry outputs are made once and take each build's image (one per platform), then `complete`
  * writes what covers them all (OCI index, archive, push) and the `--metadata-file`.
  */
-import { mkdtemp, rm, stat } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { BuildResult } from "../build.js";
@@ -22,7 +22,7 @@ import type { ProgressEvent, ProgressListener } from "../progress.js";
 import type { CompressedLayerSpool, LayerStore } from "../sinks/compressed-layer-spool.js";
 import type { Sink, SinkResult } from "../sinks/sink.js";
 import type { ImageFlags } from "./image-options.js";
-import { writeFileAtomically } from "../sinks/atomic-file.js";
+import { destinationKind, writeFileAtomically } from "../sinks/atomic-file.js";
 
 export type OutputSpec =
   /** The Docker Engine (no dest) or a docker-archive file. */
@@ -267,9 +267,7 @@ async function outputsOwningTheirLayers(specs: readonly OutputSpec[]): Promise<S
       owning.add(spec);
       continue;
     }
-    if (spec.dest === "-") continue;
-    const existing = await stat(spec.dest).catch(() => undefined);
-    if (existing === undefined || existing.isFile()) owning.add(spec);
+    if ((await destinationKind(spec.dest)) === "file") owning.add(spec);
   }
   return owning;
 }

@@ -281,18 +281,33 @@ export async function openDestination(
   what: string,
   mode = 0o644,
 ): Promise<{ file: AtomicFile; path: string }> {
-  if (dest === "-") return { file: AtomicFile.stdout(what), path: dest };
+  switch (await destinationKind(dest)) {
+    case "stdout":
+      return { file: AtomicFile.stdout(what), path: dest };
+    case "directory":
+      throw new SinkError(`cannot write ${what}: ${dest} is a directory`, {
+        hint: "Name a file there (dest=DIR/NAME), or choose another dest.",
+      });
+    case "in place":
+      return { file: await AtomicFile.direct(dest, what), path: dest };
+    default: {
+      // A symlink's target is replaced, not the link; a new name has nothing to resolve.
+      const path = await realpath(dest).catch(() => dest);
+      return { file: await AtomicFile.create(dirname(path), what, mode), path };
+    }
+  }
+}
+
+/**
+ * How {@link openDestination} writes `dest`: `file` (new, or a regular file) under a temporary name it
+ * renames into place, so it can also go back and write at any position; `in place` (a device, a FIFO,
+ * a terminal) and `stdout` only in order; a `directory` not at all.
+ */
+export async function destinationKind(dest: string): Promise<"file" | "in place" | "stdout" | "directory"> {
+  if (dest === "-") return "stdout";
   const existing = await stat(dest).catch(() => undefined);
-  if (existing?.isDirectory() === true) {
-    throw new SinkError(`cannot write ${what}: ${dest} is a directory`, {
-      hint: "Name a file there (dest=DIR/NAME), or choose another dest.",
-    });
-  }
-  if (existing !== undefined && !existing.isFile()) {
-    return { file: await AtomicFile.direct(dest, what), path: dest };
-  }
-  const path = existing === undefined ? dest : await realpath(dest);
-  return { file: await AtomicFile.create(dirname(path), what, mode), path };
+  if (existing === undefined || existing.isFile()) return "file";
+  return existing.isDirectory() ? "directory" : "in place";
 }
 
 /**
