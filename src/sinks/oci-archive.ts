@@ -10,6 +10,7 @@
 import { createReadStream } from "node:fs";
 import { throwIfAborted } from "../errors.js";
 import type { Image } from "../image/image.js";
+import type { ContentBlob } from "../image/image-blobs.js";
 import { bytesEntry, directoryEntry, type TarEntry } from "../tar/entry.js";
 import { BLOCK, encodeHeader, paddingFor } from "../tar/header.js";
 import { packTar } from "../tar/pack.js";
@@ -124,6 +125,16 @@ async function* lazily(open: () => AsyncIterable<Buffer>): AsyncIterable<Buffer>
   yield* open();
 }
 
+/** The tar entry of `blob`, read from its spool when the packer reaches it. */
+function contentEntry(blob: ContentBlob, mtime: number): TarEntry {
+  return blobEntry(
+    blob.descriptor.digest,
+    blob.descriptor.size,
+    mtime,
+    lazily(() => blob.open()),
+  );
+}
+
 /**
  * The tar entries of an OCI layout holding `files`, all with `mtime`, after the two directories: every
  * blob but those `written` already holds (the layers an {@link ArchiveFile} took), then `index.json`
@@ -137,14 +148,7 @@ function layoutEntries(
   return [
     ...files.blobs
       .filter((blob) => !written.has(blob.descriptor.digest))
-      .map((blob) =>
-        blobEntry(
-          blob.descriptor.digest,
-          blob.descriptor.size,
-          mtime,
-          lazily(() => blob.open()),
-        ),
-      ),
+      .map((blob) => contentEntry(blob, mtime)),
     bytesEntry("index.json", indexJson(files), 0o644, mtime),
     bytesEntry("oci-layout", OCI_LAYOUT_FILE, 0o644, mtime),
   ];
@@ -181,7 +185,18 @@ export class OciArchiveSink implements Sink {
     onProgress({ kind: "phase", message: `writing the OCI archive ${shownDest(dest)}` });
     const files = ociLayoutFiles(this.collected.images, tags, annotations);
     if (this.archive === undefined) {
-      const entries = [...layoutDirectories(this.created), ...layoutEntries(files, this.created)];
+      // The order of an ArchiveFile's, so that a dest gives the same bytes whichever way it is written:
+      // the layers as the builds made them, then the other blobs.
+      const layers = new Map(
+        this.collected.images
+          .flatMap((image) => image.layers)
+          .map((layer) => [layer.descriptor.digest, layer]),
+      );
+      const entries = [
+        ...layoutDirectories(this.created),
+        ...[...layers.values()].map((layer) => contentEntry(layer, this.created)),
+        ...layoutEntries(files, this.created, layers),
+      ];
       await writeFileAtomically(dest, `the OCI archive ${shownDest(dest)}`, packTar(entries, { signal }));
     } else {
       const rest = layoutEntries(files, this.created, this.archive.layers);

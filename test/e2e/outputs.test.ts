@@ -200,6 +200,17 @@ describe("dest=- (stdout), in a pipeline", () => {
     assert.equal(`sha256:${result.stdout.split(" ")[0] ?? ""}`, written["mkbase.outputs"][0]?.id);
   });
 
+  test("type=oci,dest=- gives the same bytes as the archive written to a file", async () => {
+    // A file takes its layer straight in; stdout gets the archive from the spool at the end. The demo
+    // tree (fixed bytes, fixed epoch) has a layer whose digest sorts after the config's.
+    const tree = join(repositoryRoot, "fixtures", "demo-rootfs");
+    const file = join(scratch, "same-bytes.oci.tar");
+    await mkbaseOk(["dir", tree, ...epochArgs, "-o", `type=oci,dest=${file}`]);
+    const result = await pipeline(["dir", tree, ...epochArgs, "-o", "type=oci,dest=-"], "sha256sum");
+    assert.equal(result.code, 0, describeResult(result));
+    assert.equal(`sha256:${result.stdout.split(" ")[0] ?? ""}`, await sha256File(file));
+  });
+
   test("a reader that stops early fails the build (exit 5, saying why) and leaves no temporary file", async () => {
     const tmp = await mkdtemp(join(scratch, "tmp-"));
     const result = await pipeline(["dir", minimal.root, "-o", "type=oci,dest=-"], "head -c 100 >/dev/null", {
