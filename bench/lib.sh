@@ -279,10 +279,13 @@ bench_target() {
 
 # What the numbers depend on: engine, storage driver, cores, Node, kernel.
 bench_environment() {
-  printf 'engine:  Docker %s (API %s), storage driver %s\n' \
-    "$(docker version --format '{{.Server.Version}}' 2>/dev/null || echo '?')" \
-    "$(docker version --format '{{.Server.APIVersion}}' 2>/dev/null || echo '?')" \
-    "$(docker info --format '{{.Driver}}' 2>/dev/null || echo '?')"
+  local version
+  # Without a running engine `docker version` still prints its client half (an empty field here) and fails.
+  if version=$(docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})' 2>/dev/null); then
+    printf 'engine:  Docker %s, storage driver %s\n' "$version" "$(docker info --format '{{.Driver}}' 2>/dev/null)"
+  else
+    printf 'engine:  none running\n'
+  fi
   printf 'host:    nproc %s, %s, kernel %s, node %s\n' "$(nproc)" \
     "$(awk '/MemTotal/ { printf "%.1f GiB RAM", $2 / 1048576 }' /proc/meminfo)" "$(uname -r)" \
     "$(node --version 2>/dev/null || echo '?')"
