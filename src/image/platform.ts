@@ -84,6 +84,14 @@ const defaultVariants = new Map<string, string>([
  */
 export function parsePlatform(text: string): Platform {
   const hint = "write the platform as os/arch[/variant], e.g. linux/amd64, linux/arm64 or linux/arm/v7";
+  // buildx takes `--platform linux/amd64,linux/arm64`; here one image is one platform.
+  if (text.includes(",")) {
+    throw new UsageError(`${JSON.stringify(text)} lists several platforms where one is expected`, {
+      hint:
+        "an image built from a rootfs or by a bootstrapper has one platform: run mkbase once per platform. " +
+        "mkbase scratch builds a multi-platform index from one --platform OS/ARCH=BINARY per binary",
+    });
+  }
   const parts = text.trim().toLowerCase().split("/");
   if (parts.some((part) => part === "") || parts.length > 3) {
     throw new UsageError(`invalid platform ${JSON.stringify(text)}`, { hint });

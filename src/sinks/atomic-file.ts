@@ -139,6 +139,14 @@ export class AtomicFile {
     try {
       return new AtomicFile(tempPath, await open(tempPath, "wx", mode), what);
     } catch (error) {
+      const code = errnoCode(error);
+      // Said of the directory: the system's message would name the temporary file, which the user never chose.
+      if (code === "ENOENT" || code === "ENOTDIR") {
+        throw new SinkError(`cannot write ${what}: there is no directory ${dir}`, {
+          cause: error,
+          hint: "Create it first (mkdir -p), or choose another dest.",
+        });
+      }
       throw fileWriteError(what, error);
     }
   }

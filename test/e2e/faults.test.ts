@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import {
   describeResult,
+  escapeRegExp,
   mkbaseLauncher,
   runChecked,
   runCommand,
@@ -91,8 +92,6 @@ async function expectFailure(command: readonly string[], expected: ExpectedFailu
 
 /** A run that takes longer has hung; it is killed and fails its test instead of stalling the suite. */
 const hangLimitMs = 120_000;
-
-const escapeRegExp = (text: string): string => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 
 describe("the source", () => {
   test("a missing path", async () => {

@@ -14,6 +14,7 @@ import { gunzipSync } from "node:zlib";
 import { TEMP_PREFIX } from "../../src/sinks/atomic-file.js";
 import {
   describeResult,
+  escapeRegExp,
   mkbaseLauncher,
   repositoryRoot,
   runChecked,
@@ -56,7 +57,7 @@ async function sha256File(path: string): Promise<string> {
 
 /** What `docker load` prints for `tag`. */
 function loadedPattern(tag: string): RegExp {
-  return new RegExp(`Loaded image: ${tag.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}`);
+  return new RegExp(`Loaded image: ${escapeRegExp(tag)}`);
 }
 
 /** Every file below `dir`, relative paths. */
@@ -239,6 +240,26 @@ describe("dest=- (stdout), in a pipeline", () => {
       const refused = await runMkbase(["dir", minimal.root, ...args]);
       assert.equal(refused.code, 2, describeResult(refused));
       assert.match(refused.stderr, /dest=-/);
+    }
+  });
+});
+
+describe("a dest in a directory that does not exist", () => {
+  test("fails (exit 5) naming the directory, not a temporary file, and creates nothing", async () => {
+    const missing = join(scratch, "no-such-dir");
+    for (const output of [
+      `type=oci,dest=${missing}/image.tar`,
+      `type=docker,dest=${missing}/image.tar`,
+      `type=tar,dest=${missing}/rootfs.tar`,
+    ]) {
+      const result = await runMkbase(["dir", minimal.root, ...epochArgs, "-o", output]);
+      assert.equal(result.code, 5, describeResult(result));
+      assert.match(
+        result.stderr,
+        new RegExp(`there is no directory ${escapeRegExp(missing)}\\b.*Create it first`, "s"),
+      );
+      assert.doesNotMatch(result.stderr, new RegExp(escapeRegExp(TEMP_PREFIX)));
+      await assert.rejects(readdir(missing), { code: "ENOENT" });
     }
   });
 });

@@ -509,6 +509,18 @@ describe("parsePlatform", () => {
     }
   });
 
+  test("a buildx-style list of platforms gets its own message", () => {
+    assert.throws(
+      () => parsePlatform("linux/amd64,linux/arm64"),
+      (error: unknown) => {
+        assert.ok(error instanceof UsageError);
+        assert.match(error.message, /lists several platforms where one is expected/);
+        assert.match(error.hint ?? "", /once per platform/);
+        return true;
+      },
+    );
+  });
+
   test("platformsMatch treats a missing variant as the default one", () => {
     const arm64 = { os: "linux", architecture: "arm64" } as const;
     assert.ok(platformsMatch(arm64, { ...arm64, variant: "v8" }));

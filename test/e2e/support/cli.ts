@@ -141,6 +141,11 @@ export async function runChecked(
   return result.stdout;
 }
 
+/** `text` as a regular expression that matches exactly it (paths in expected messages). */
+export function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+}
+
 /** One readable block for assertion messages: status, signal, stdout and stderr. */
 export function describeResult(result: RunResult): string {
   const status = result.timedOut
