@@ -76,7 +76,7 @@ async function packLayer(
     const entries = normalizer.apply(request.source.entries(request.signal));
     // The hash and the awaited spool write are done with a chunk before the next one is asked for; a
     // streaming consumer (an HTTP body) may still hold it, so buffers are reused only without those.
-    const reuseBuffers = consumers.length === 0;
+    const reuseBuffers = consumers.every((consumer) => !consumer.keepsChunks);
     for await (const chunk of packTar(entries, {
       signal: request.signal,
       onProgress: request.onProgress,

@@ -23,7 +23,7 @@ import { gzipMember, type MemberRequest, type MemberResult } from "./gzip-member
 
 /** Takes uncompressed bytes and produces compressed ones through the output callback. */
 export interface Compressor {
-  /** Takes one chunk (the compressor may keep it); resolves when the next one may be written. */
+  /** Takes one chunk (the compressor may keep it, see {@link keepsChunks}); resolves when the next one may be written. */
   write(chunk: Buffer): Promise<void>;
   /** No more input: resolves when every compressed byte was handed to the output callback. */
   end(): Promise<void>;
@@ -65,6 +65,15 @@ export function writesFiles(compression: Compression): boolean {
 }
 
 /**
+ * Whether the compressor for `compression` may still read a chunk after its write resolved. gzip copies
+ * every chunk into its members before that; zstd's stdin queues it, and the caller's output (without
+ * compression) may too.
+ */
+export function keepsChunks(compression: Compression): boolean {
+  return compression.algorithm !== "gzip";
+}
+
+/**
  * 1 MiB members: large enough that the ratio is within a fraction of a percent of one deflate stream
  * (deflate's window is 32 KiB), small enough that two workers start early and stay busy.
  */
@@ -102,6 +111,8 @@ class GzipWorkerPool {
   private readonly queue: MemberRequest[] = [];
   private readonly jobs = new Map<number, Job>();
   private readonly busy = new Map<Worker, number>();
+  /** Inputs the threads gave back once compressed, to be filled with later members. */
+  private readonly returned: ArrayBuffer[] = [];
   private failure: unknown;
   private closed = false;
 
@@ -114,6 +125,13 @@ class GzipWorkerPool {
     this.queue.push(request);
     this.schedule();
     return result;
+  }
+
+  /** A buffer of `size` bytes for the next member: an input a thread gave back, or a new one. */
+  memberBuffer(size: number): Buffer {
+    const reused = this.returned.pop();
+    // allocUnsafeSlow: a buffer that owns its ArrayBuffer, so it can be transferred without a copy.
+    return reused?.byteLength === size ? Buffer.from(reused) : Buffer.allocUnsafeSlow(size);
   }
 
   private schedule(): void {
@@ -134,7 +152,8 @@ class GzipWorkerPool {
       this.busy.delete(worker);
       const job = this.jobs.get(result.id);
       this.jobs.delete(result.id);
-      job?.resolve(Buffer.from(result.output));
+      job?.resolve(Buffer.from(result.output, 0, result.length));
+      this.returned.push(result.input);
       this.idle.push(worker);
       this.schedule();
     });
@@ -195,7 +214,7 @@ class ParallelGzipCompressor implements Compressor {
       offset += n;
       if (this.used === this.memberSize) {
         this.dispatch(this.member, this.used);
-        this.member = Buffer.allocUnsafeSlow(this.memberSize);
+        this.member = this.pool?.memberBuffer(this.memberSize) ?? Buffer.allocUnsafeSlow(this.memberSize);
         this.used = 0;
         // Two members per thread in flight keep every worker busy while memory stays bounded.
         while (this.inFlight.length >= 2 * this.threads) await this.inFlight.shift();
@@ -211,7 +230,7 @@ class ParallelGzipCompressor implements Compressor {
       compressed = Promise.resolve().then(() => gzipMember(buffer.subarray(0, length), this.level));
     } else {
       this.pool ??= new GzipWorkerPool(this.threads);
-      // allocUnsafeSlow buffers own their ArrayBuffer, so it can be transferred without a copy.
+      // Member buffers own their ArrayBuffer, so it can be transferred without a copy.
       const whole = buffer.buffer as ArrayBuffer;
       const input = length === buffer.length ? whole : whole.slice(0, length);
       compressed = this.pool.compress({ id, input, level: this.level });

@@ -7,7 +7,7 @@
  */
 import { createReadStream } from "node:fs";
 import type { Readable } from "node:stream";
-import { createCompressor, writesFiles, type Compressor } from "../compress/compressor.js";
+import { createCompressor, keepsChunks, writesFiles, type Compressor } from "../compress/compressor.js";
 import { layerMediaType, type Compression } from "../compress/compression.js";
 import { AppendedDigest, RunningDigest } from "../image/digest.js";
 import type { CompressedLayer } from "../image/image-blobs.js";
@@ -130,6 +130,7 @@ export class CompressedLayerSpool {
     this.pending.catch(() => undefined);
     return {
       ready: compressorReady.then(() => undefined),
+      keepsChunks: keepsChunks(this.compression),
       write: async (chunk) => {
         await (await compressorReady).write(chunk);
         direct?.digest.catchUp();

@@ -116,6 +116,7 @@ class LayerImport {
     const closed = once(body, "close").then(() => "closed" as const);
     closed.catch(() => undefined);
     this.consumer = {
+      keepsChunks: true,
       write: async (chunk) => {
         if (body.write(chunk)) return;
         if ((await Promise.race([once(body, "drain"), closed, failed])) !== "closed") return;
@@ -206,6 +207,7 @@ export class DockerLoadSink implements Sink {
     let heldBytes = 0;
     this.held = held;
     return {
+      keepsChunks: true,
       write: async (chunk) => {
         if (this.upload !== undefined) return this.upload.consumer.write(chunk);
         held.push(chunk);

@@ -3,7 +3,7 @@
  * while it is packed and renamed into place once complete. The same bytes as the image's layer (before
  * compression), so `sha256sum` of the uncompressed file is the layer's DiffID.
  */
-import { createCompressor, writesFiles, type Compressor } from "../compress/compressor.js";
+import { createCompressor, keepsChunks, writesFiles, type Compressor } from "../compress/compressor.js";
 import { describeCompression, type Compression } from "../compress/compression.js";
 import { SinkError } from "../errors.js";
 import type { Image } from "../image/image.js";
@@ -70,6 +70,7 @@ export class RootfsTarSink implements Sink {
     this.written.catch(() => undefined);
     return {
       ready: ready.then(() => undefined),
+      keepsChunks: keepsChunks(compression),
       write: async (chunk) => (await ready).write(chunk),
       end: () => ended?.(),
       abort: (error) => {

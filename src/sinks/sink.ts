@@ -14,6 +14,12 @@ export interface LayerConsumer {
   readonly ready?: Promise<void>;
   /** Takes one chunk; resolves when the next one may be written (backpressure). */
   write(chunk: Buffer): Promise<void>;
+  /**
+   * Whether the consumer may still read a chunk after its write resolved (a request or a pipe that
+   * queues it). When no consumer does, the packer fills the same few buffers again instead of a new
+   * megabyte for every chunk, which otherwise stays allocated until the garbage collector gets to it.
+   */
+  readonly keepsChunks: boolean;
   /** The layer is complete and verified by the source. */
   end(): void;
   /** The build failed: drop everything, destroying rather than ending any request. */

@@ -79,6 +79,14 @@ describe("parallel gzip", () => {
     assert.deepEqual(gunzipSync(output), input);
   });
 
+  it("stays correct over many members, as the threads give their input buffers back to be refilled", async () => {
+    const long = sample(40 * 16 * 1024 + 5);
+    const threaded = await compress(gzip6, long, 5_000, { memberSize: 16 * 1024, threads: 2 });
+    const single = await compress(gzip6, long, 5_000, { memberSize: 16 * 1024, threads: 1 });
+    assert.deepEqual(gunzipSync(threaded), long);
+    assert.ok(threaded.equals(single), "2 threads and 1 thread differ");
+  });
+
   it("gives the same bytes whatever the chunking and the number of threads", async () => {
     const a = await compress(gzip6, input, 7_777, { memberSize: 64 * 1024, threads: 2 });
     const b = await compress(gzip6, input, 300_000, { memberSize: 64 * 1024, threads: 1 });

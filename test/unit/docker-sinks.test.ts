@@ -18,6 +18,7 @@ import { SinkError } from "../../src/errors.js";
 import { parseTagReference } from "../../src/image/reference.js";
 import type { ProgressEvent } from "../../src/progress.js";
 import { DockerImportSink, DockerLoadSink } from "../../src/sinks/docker-engine.js";
+import type { LayerConsumer, Sink } from "../../src/sinks/sink.js";
 import type { EntrySource, TarEntry } from "../../src/tar/entry.js";
 
 /** A narrow fake of the engine: records calls, answers with scripted ndjson. */
@@ -344,5 +345,67 @@ describe("DockerImportSink", () => {
     await assert.rejects(build(request(sink)), /differs from the one mkbase packed/);
     assert.ok(engine.calls.includes(`remove ${id}`));
     assert.ok(!engine.calls.some((c) => c.startsWith("tag")));
+  });
+});
+
+/** 40 files of 100 KiB, each with its own bytes: the tar spans several 1 MiB chunks. */
+const manyFileEntries: TarEntry[] = Array.from({ length: 40 }, (_, i) => ({
+  path: Buffer.from(`file-${String(i).padStart(2, "0")}`),
+  type: "file",
+  mode: 0o644,
+  uid: 0,
+  gid: 0,
+  mtime: 100,
+  size: 100 * 1024,
+  content: { kind: "bytes", data: Buffer.alloc(100 * 1024, i + 1) },
+}));
+const manyFiles: EntrySource = { description: "40 files", entries: () => manyFileEntries };
+
+/**
+ * A sink that takes the layer as it is packed and keeps what it was given: the chunks themselves when it
+ * says it keeps them, else copies (as a consumer that does not keep them must, to read them later).
+ */
+class RecordingSink implements Sink {
+  readonly destination = "recording";
+  readonly needsLayerFile = false;
+  readonly received: Buffer[] = [];
+  /** The ArrayBuffers the chunks lived in, one per chunk. */
+  readonly backing: ArrayBufferLike[] = [];
+
+  constructor(private readonly keepsChunks: boolean) {}
+
+  streamLayer(): LayerConsumer {
+    return {
+      keepsChunks: this.keepsChunks,
+      write: async (chunk) => {
+        this.backing.push(chunk.buffer);
+        this.received.push(this.keepsChunks ? chunk : Buffer.from(chunk));
+      },
+      end: () => undefined,
+      abort: () => undefined,
+    };
+  }
+
+  async write() {
+    return { destination: this.destination, id: "", tags: [] };
+  }
+}
+
+describe("the packer's buffers", () => {
+  it("are new for every chunk when a consumer keeps chunks: what it kept is the whole layer", async () => {
+    const sink = new RecordingSink(true);
+    const result = await build(request(sink, manyFiles));
+    assert.ok(sink.received.length > 3, `expected several chunks, got ${sink.received.length}`);
+    assert.equal(new Set(sink.backing).size, sink.backing.length, "a buffer was filled twice");
+    assert.equal(sha(Buffer.concat(sink.received)), result.diffId);
+  });
+
+  it("are filled again when no consumer keeps chunks, and the layer is still the same", async () => {
+    const keeping = await build(request(new RecordingSink(true), manyFiles));
+    const sink = new RecordingSink(false);
+    const result = await build(request(sink, manyFiles));
+    assert.ok(new Set(sink.backing).size < sink.backing.length, "no buffer was reused");
+    assert.equal(result.diffId, keeping.diffId);
+    assert.equal(sha(Buffer.concat(sink.received)), result.diffId);
   });
 });
