@@ -31,7 +31,7 @@ export interface Compressor {
   destroy(): void;
 }
 
-/** Receives compressed bytes in order; the compressor waits for it before handing on more. */
+/** Receives compressed bytes in order, done with them once it resolves; the compressor waits for it. */
 export type CompressedOutput = (chunk: Buffer) => Promise<void>;
 
 export interface CompressorOptions {
@@ -65,12 +65,12 @@ export function writesFiles(compression: Compression): boolean {
 }
 
 /**
- * Whether the compressor for `compression` may still read a chunk after its write resolved. gzip copies
- * every chunk into its members before that; zstd's stdin queues it, and the caller's output (without
- * compression) may too.
+ * Whether the compressor for `compression` may still read a chunk after its write resolved: zstd's stdin
+ * queues it. gzip copies every chunk into its members first, and without compression the chunk goes to
+ * the output, which is done with it when it resolves.
  */
 export function keepsChunks(compression: Compression): boolean {
-  return compression.algorithm !== "gzip";
+  return compression.algorithm === "zstd";
 }
 
 /**
