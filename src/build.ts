@@ -75,7 +75,8 @@ async function packLayer(
     request.onProgress({ kind: "phase", message: `packing ${request.source.description}` });
     const entries = normalizer.apply(request.source.entries(request.signal));
     // The hash and the awaited spool write are done with a chunk before the next one is asked for; a
-    // streaming consumer (an HTTP body) may still hold it, so buffers are reused only without those.
+    // consumer that queues it (an HTTP body, a pipe) may still hold it, so buffers are reused only when
+    // no consumer keeps chunks.
     const reuseBuffers = consumers.every((consumer) => !consumer.keepsChunks);
     for await (const chunk of packTar(entries, {
       signal: request.signal,

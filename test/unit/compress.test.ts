@@ -10,6 +10,7 @@ import { mkdtemp, open, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { Worker } from "node:worker_threads";
 import { gunzipSync } from "node:zlib";
 import { createCompressor, type CompressorOptions } from "../../src/compress/compressor.js";
 import {
@@ -19,7 +20,7 @@ import {
   parseCompressionAlgorithm,
   type Compression,
 } from "../../src/compress/compression.js";
-import { GZIP_OS_BYTE } from "../../src/compress/gzip-member.js";
+import { GZIP_OS_BYTE, type MemberRequest, type MemberResult } from "../../src/compress/gzip-member.js";
 import { UsageError, errnoCode } from "../../src/errors.js";
 
 /** Half incompressible, half text: both kinds of deflate blocks. */
@@ -85,6 +86,25 @@ describe("parallel gzip", () => {
     const single = await compress(gzip6, long, 5_000, { memberSize: 16 * 1024, threads: 1 });
     assert.deepEqual(gunzipSync(threaded), long);
     assert.ok(threaded.equals(single), "2 threads and 1 thread differ");
+  });
+
+  it("a worker thread survives many small members (whose buffers lie in node's shared pool)", async () => {
+    const worker = new Worker(new URL("../../src/compress/gzip-worker.js", import.meta.url));
+    try {
+      for (let id = 0; id < 50; id++) {
+        const input = Buffer.from(`member ${id} `.repeat(id + 1));
+        const request: MemberRequest = { id, input: new Uint8Array(input).buffer, level: 6 };
+        const result = await new Promise<MemberResult>((resolve, reject) => {
+          worker.once("message", resolve);
+          worker.once("error", reject);
+          worker.postMessage(request, [request.input]);
+        });
+        assert.equal(result.id, id);
+        assert.deepEqual(gunzipSync(Buffer.from(result.output, 0, result.length)), input);
+      }
+    } finally {
+      await worker.terminate();
+    }
   });
 
   it("gives the same bytes whatever the chunking and the number of threads", async () => {
