@@ -12,7 +12,7 @@ import { layerMediaType, type Compression } from "../compress/compression.js";
 import { AppendedDigest, RunningDigest } from "../image/digest.js";
 import type { CompressedLayer } from "../image/image-blobs.js";
 import { AtomicFile, temporaryFileError, type Appender } from "./atomic-file.js";
-import type { LayerConsumer } from "./sink.js";
+import { EndOfLayer, type LayerConsumer } from "./sink.js";
 
 /** Where one compressed layer's bytes are written. */
 export interface LayerTarget {
@@ -107,17 +107,11 @@ export class CompressedLayerSpool {
       return compressor;
     });
     compressorReady.catch(() => undefined);
-    let ended: (() => void) | undefined;
-    let aborted: ((error: unknown) => void) | undefined;
-    const end = new Promise<void>((resolve, reject) => {
-      ended = resolve;
-      aborted = reject;
-    });
-    end.catch(() => undefined);
+    const endOfLayer = new EndOfLayer();
     this.pending = (async () => {
       const target = await opened;
       const active = await compressorReady;
-      await end;
+      await endOfLayer.reached;
       await active.end();
       if (direct === undefined) {
         const digest = hash.digest();
@@ -135,10 +129,10 @@ export class CompressedLayerSpool {
         await (await compressorReady).write(chunk);
         direct?.digest.catchUp();
       },
-      end: () => ended?.(),
+      end: () => endOfLayer.end(),
       abort: (error) => {
         compressor?.destroy();
-        aborted?.(error);
+        endOfLayer.fail(error);
       },
     };
   }

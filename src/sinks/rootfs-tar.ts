@@ -9,7 +9,7 @@ import { SinkError } from "../errors.js";
 import type { Image } from "../image/image.js";
 import type { ProgressListener } from "../progress.js";
 import { openDestination, shownDest, type Appender, type AtomicFile } from "./atomic-file.js";
-import type { LayerConsumer, Sink, SinkResult } from "./sink.js";
+import { EndOfLayer, type LayerConsumer, type Sink, type SinkResult } from "./sink.js";
 
 export interface RootfsTarSinkOptions {
   readonly dest: string;
@@ -46,18 +46,12 @@ export class RootfsTarSink implements Sink {
       return compressor;
     });
     ready.catch(() => undefined);
-    let ended: (() => void) | undefined;
-    let failed: ((error: unknown) => void) | undefined;
-    const end = new Promise<void>((resolve, reject) => {
-      ended = resolve;
-      failed = reject;
-    });
-    end.catch(() => undefined);
+    const endOfLayer = new EndOfLayer();
     this.written = (async () => {
       const destination = await opened;
       try {
         const active = await ready;
-        await end;
+        await endOfLayer.reached;
         await active.end();
         await appender?.close();
         await destination.file.finish();
@@ -72,10 +66,10 @@ export class RootfsTarSink implements Sink {
       ready: ready.then(() => undefined),
       keepsChunks: keepsChunks(compression),
       write: async (chunk) => (await ready).write(chunk),
-      end: () => ended?.(),
+      end: () => endOfLayer.end(),
       abort: (error) => {
         compressor?.destroy();
-        failed?.(error);
+        endOfLayer.fail(error);
       },
     };
   }

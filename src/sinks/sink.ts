@@ -26,6 +26,25 @@ export interface LayerConsumer {
   abort(error: unknown): void;
 }
 
+/**
+ * What an output that takes the layer as it is packed waits for before it finishes the file:
+ * {@link LayerConsumer.end} calls `end`, {@link LayerConsumer.abort} calls `fail`. A failure that nothing
+ * awaits yet is not reported as unhandled.
+ */
+export class EndOfLayer {
+  readonly reached: Promise<void>;
+  end: () => void = () => undefined;
+  fail: (error: unknown) => void = () => undefined;
+
+  constructor() {
+    this.reached = new Promise<void>((resolve, reject) => {
+      this.end = resolve;
+      this.fail = reject;
+    });
+    this.reached.catch(() => undefined);
+  }
+}
+
 export interface SinkResult {
   /** Short name of the destination, e.g. `docker (load)`. */
   readonly destination: string;
