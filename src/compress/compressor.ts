@@ -23,7 +23,10 @@ import { gzipMember, type MemberRequest, type MemberResult } from "./gzip-member
 
 /** Takes uncompressed bytes and produces compressed ones through the output callback. */
 export interface Compressor {
-  /** Takes one chunk (the compressor may keep it, see {@link keepsChunks}); resolves when the next one may be written. */
+  /**
+   * Takes one chunk (the compressor may keep it, see {@link keepsChunks}); resolves when the next one may
+   * be written.
+   */
   write(chunk: Buffer): Promise<void>;
   /** No more input: resolves when every compressed byte was handed to the output callback. */
   end(): Promise<void>;

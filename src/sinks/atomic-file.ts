@@ -140,7 +140,7 @@ export class AtomicFile {
       return new AtomicFile(tempPath, await open(tempPath, "wx", mode), what);
     } catch (error) {
       const code = errnoCode(error);
-      // Said of the directory: the system's message would name the temporary file, which the user never chose.
+      // Said of the directory: the system's message names the temporary file, not one the user chose.
       if (code === "ENOENT" || code === "ENOTDIR") {
         throw new SinkError(`cannot write ${what}: there is no directory ${dir}`, {
           cause: error,

@@ -80,7 +80,7 @@ describe("parallel gzip", () => {
     assert.deepEqual(gunzipSync(output), input);
   });
 
-  it("stays correct over many members, as the threads give their input buffers back to be refilled", async () => {
+  it("stays correct over many members, as the threads give their inputs back to be refilled", async () => {
     const long = sample(40 * 16 * 1024 + 5);
     const threaded = await compress(gzip6, long, 5_000, { memberSize: 16 * 1024, threads: 2 });
     const single = await compress(gzip6, long, 5_000, { memberSize: 16 * 1024, threads: 1 });
