@@ -44,7 +44,7 @@ export interface CompressorOptions {
   /** gzip only: worker threads (default: the number of cores). */
   readonly threads?: number;
   /**
-   * The file the output goes to, as a descriptor that appends to it (see {@link writesFiles}). zstd, which
+   * The file the output goes to, as a descriptor that appends to it (see {@link startCompressor}). zstd, which
    * runs as another process, then writes there itself and the output callback sees none of its bytes:
    * passing them back through mkbase (a pipe, a stream, a promise and a file write per 64 KiB) cost ~0.3 s
    * of CPU for the bookworm tree, taken from zstd's own threads.
@@ -60,11 +60,18 @@ export interface OutputFile {
 }
 
 /**
- * Whether the compressor for `compression` runs as another process that can write the output file
- * itself, given {@link CompressorOptions.appendTo}.
+ * Starts the compressor for `compression`, writing through `output`. zstd, which runs as another process,
+ * writes the file itself through a descriptor of its own from `openAppender`, when the file has one (a
+ * direct destination such as stdout has none); the descriptor is returned for the caller to close.
  */
-export function writesFiles(compression: Compression): boolean {
-  return compression.algorithm === "zstd";
+export async function startCompressor<A extends OutputFile>(
+  compression: Compression,
+  output: CompressedOutput,
+  openAppender: () => Promise<A | undefined>,
+  signal: AbortSignal,
+): Promise<{ readonly compressor: Compressor; readonly appender: A | undefined }> {
+  const appender = compression.algorithm === "zstd" ? await openAppender() : undefined;
+  return { compressor: createCompressor(compression, output, { signal, appendTo: appender }), appender };
 }
 
 /**

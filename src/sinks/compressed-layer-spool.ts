@@ -7,7 +7,7 @@
  */
 import { createReadStream } from "node:fs";
 import type { Readable } from "node:stream";
-import { createCompressor, keepsChunks, writesFiles, type Compressor } from "../compress/compressor.js";
+import { keepsChunks, startCompressor, type Compressor } from "../compress/compressor.js";
 import { layerMediaType, type Compression } from "../compress/compression.js";
 import { AppendedDigest, RunningDigest } from "../image/digest.js";
 import type { CompressedLayer } from "../image/image-blobs.js";
@@ -92,18 +92,20 @@ export class CompressedLayerSpool {
     let size = 0;
     let direct: { readonly appender: Appender; readonly digest: AppendedDigest } | undefined;
     const compressorReady = opened.then(async (target) => {
-      const appender = writesFiles(this.compression) ? await target.openAppender() : undefined;
-      if (appender !== undefined)
-        direct = { appender, digest: new AppendedDigest(appender.fd, appender.start) };
-      compressor = createCompressor(
+      const started = await startCompressor(
         this.compression,
         (chunk) => {
           hash.update(chunk);
           size += chunk.length;
           return target.write(chunk);
         },
-        { signal, appendTo: direct?.appender },
+        () => target.openAppender(),
+        signal,
       );
+      const appender = started.appender;
+      if (appender !== undefined)
+        direct = { appender, digest: new AppendedDigest(appender.fd, appender.start) };
+      compressor = started.compressor;
       return compressor;
     });
     compressorReady.catch(() => undefined);

@@ -3,7 +3,7 @@
  * while it is packed and renamed into place once complete. The same bytes as the image's layer (before
  * compression), so `sha256sum` of the uncompressed file is the layer's DiffID.
  */
-import { createCompressor, keepsChunks, writesFiles, type Compressor } from "../compress/compressor.js";
+import { keepsChunks, startCompressor, type Compressor } from "../compress/compressor.js";
 import { describeCompression, type Compression } from "../compress/compression.js";
 import { SinkError } from "../errors.js";
 import type { Image } from "../image/image.js";
@@ -38,11 +38,12 @@ export class RootfsTarSink implements Sink {
     let compressor: Compressor | undefined;
     let appender: Appender | undefined;
     const ready = opened.then(async ({ file }) => {
-      if (writesFiles(compression)) appender = await file.openAppender();
-      compressor = createCompressor(compression, (chunk) => file.write(chunk), {
+      ({ compressor, appender } = await startCompressor(
+        compression,
+        (chunk) => file.write(chunk),
+        () => file.openAppender(),
         signal,
-        appendTo: appender,
-      });
+      ));
       return compressor;
     });
     ready.catch(() => undefined);

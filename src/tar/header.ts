@@ -27,7 +27,8 @@ const EMPTY = Buffer.alloc(0);
 const SLASH = Buffer.from("/");
 /** ustar's magic and version: "ustar", NUL, "00". */
 const USTAR_MAGIC = Buffer.from("ustar\u000000", "latin1");
-const ZERO_BLOCK = Buffer.alloc(BLOCK);
+/** A block of zeros: padding and blank headers are copied from it. */
+export const ZERO_BLOCK = Buffer.alloc(BLOCK);
 const CHECKSUM_SPACES = Buffer.from("        ");
 
 /** Largest values the ustar octal fields can hold (digits = field width - 1). */

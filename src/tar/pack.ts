@@ -10,14 +10,13 @@ import { closeSync, constants, openSync, readSync } from "node:fs";
 import { SourceError, throwIfAborted } from "../errors.js";
 import type { ProgressListener } from "../progress.js";
 import { displayPath, type TarEntry } from "./entry.js";
-import { END_OF_ARCHIVE, encodeHeader, paddingFor } from "./header.js";
+import { END_OF_ARCHIVE, ZERO_BLOCK, encodeHeader, paddingFor } from "./header.js";
 import { unreadablePathError } from "./walk.js";
 
 /** 1 MiB: large enough that per-chunk costs vanish (the design measured 1 MiB+ reads as fast), small enough to keep memory flat. */
 const CHUNK_SIZE = 1024 * 1024;
 const PROGRESS_EVERY_ENTRIES = 500;
 const EMPTY = Buffer.alloc(0);
-const ZEROS = Buffer.alloc(512);
 
 export interface PackOptions {
   readonly signal: AbortSignal;
@@ -73,7 +72,7 @@ class ChunkWriter {
   zeros(count: number): void {
     if (this.used + count > this.buffer.length) this.flush();
     // Copied rather than filled: fill is one more function for V8 to optimise, and copy is optimised anyway.
-    ZEROS.copy(this.buffer, this.used, 0, count);
+    ZERO_BLOCK.copy(this.buffer, this.used, 0, count);
     this.used += count;
   }
 
