@@ -17,7 +17,7 @@ import { temporaryFileError } from "./sinks/atomic-file.js";
 import type { LayerConsumer, Sink, SinkResult } from "./sinks/sink.js";
 import type { EntrySource } from "./tar/entry.js";
 import { EntryNormalizer } from "./tar/normalize.js";
-import { packTar } from "./tar/pack.js";
+import { ChunkBuffers, packTar } from "./tar/pack.js";
 
 /** How the image's `created` time (and the mtime clamp) is chosen. */
 export type EpochChoice =
@@ -74,14 +74,11 @@ async function packLayer(
   try {
     request.onProgress({ kind: "phase", message: `packing ${request.source.description}` });
     const entries = normalizer.apply(request.source.entries(request.signal));
-    // The hash and the awaited spool write are done with a chunk before the next one is asked for; a
-    // consumer that queues it (an HTTP body, a pipe) may still hold it, so buffers are reused only when
-    // no consumer keeps chunks.
-    const reuseBuffers = consumers.every((consumer) => !consumer.keepsChunks);
+    const buffers = new ChunkBuffers();
     for await (const chunk of packTar(entries, {
       signal: request.signal,
       onProgress: request.onProgress,
-      reuseBuffers,
+      buffers,
     })) {
       hash.update(chunk);
       size += chunk.length;
@@ -90,7 +87,10 @@ async function packLayer(
       } catch (error) {
         throw temporaryFileError("the layer", "the layer needs as much room as the tar", error);
       }
-      await Promise.all(consumers.map((consumer) => consumer.write(chunk)));
+      // The hash and the awaited spool write are done with the chunk; the consumers say when they are.
+      await Promise.all(
+        buffers.share(chunk, consumers).map(([consumer, release]) => consumer.write(chunk, release)),
+      );
       // A turn of the event loop, not just the microtasks of a write that was merely queued: sockets and
       // pipes (the engine, zstd) are only refilled and drained there, and packing the next chunk is
       // milliseconds of synchronous work, in which they would otherwise run dry.

@@ -24,10 +24,10 @@ import { gzipMember, type MemberRequest, type MemberResult } from "./gzip-member
 /** Takes uncompressed bytes and produces compressed ones through the output callback. */
 export interface Compressor {
   /**
-   * Takes one chunk (the compressor may keep it, see {@link keepsChunks}); resolves when the next one may
-   * be written.
+   * Takes one chunk; resolves when the next one may be written. zstd's stdin queues the chunk, so it may
+   * be read after that: `release` is called once the compressor is done with it.
    */
-  write(chunk: Buffer): Promise<void>;
+  write(chunk: Buffer, release?: () => void): Promise<void>;
   /** No more input: resolves when every compressed byte was handed to the output callback. */
   end(): Promise<void>;
   /** Stops at once and releases threads and processes (after a failure elsewhere). */
@@ -75,15 +75,6 @@ export async function startCompressor<A extends OutputFile>(
 }
 
 /**
- * Whether the compressor for `compression` may still read a chunk after its write resolved: zstd's stdin
- * queues it. gzip copies every chunk into its members first, and without compression the chunk goes to
- * the output, which is done with it when it resolves.
- */
-export function keepsChunks(compression: Compression): boolean {
-  return compression.algorithm === "zstd";
-}
-
-/**
  * 1 MiB members: large enough that the ratio is within a fraction of a percent of one deflate stream
  * (deflate's window is 32 KiB), small enough that two workers start early and stay busy.
  */
@@ -102,7 +93,10 @@ export function createCompressor(
       return new ZstdCompressor(compression.level, output, options.signal, options.appendTo);
     default:
       return {
-        write: (chunk) => output(chunk),
+        write: async (chunk, release) => {
+          await output(chunk);
+          release?.();
+        },
         end: () => Promise.resolve(),
         destroy: () => undefined,
       };
@@ -215,7 +209,7 @@ class ParallelGzipCompressor implements Compressor {
     this.member = Buffer.allocUnsafeSlow(this.memberSize);
   }
 
-  async write(chunk: Buffer): Promise<void> {
+  async write(chunk: Buffer, release?: () => void): Promise<void> {
     let offset = 0;
     while (offset < chunk.length) {
       const n = Math.min(chunk.length - offset, this.memberSize - this.used);
@@ -230,6 +224,8 @@ class ParallelGzipCompressor implements Compressor {
         while (this.inFlight.length >= 2 * this.threads) await this.inFlight.shift();
       }
     }
+    // Every byte was copied into a member.
+    release?.();
   }
 
   private dispatch(buffer: Buffer, length: number): void {
@@ -344,13 +340,16 @@ class ZstdCompressor implements Compressor {
     return new ToolError(`cannot start zstd: ${(error as Error).message}`, { cause: error });
   }
 
-  async write(chunk: Buffer): Promise<void> {
+  async write(chunk: Buffer, release?: () => void): Promise<void> {
     // A pipe's stream says "full" at 16 KiB; waiting then would make packing and compressing take turns
     // (the packer yields 1 MiB chunks). Keep up to 8 MiB queued so that both cores stay busy.
     const stdin = this.child.stdin;
     // A broken pipe (zstd exited: a full disk, say) is reported by how zstd exited, not as EPIPE.
     if (stdin.destroyed) await this.exitedEarly(new Error("zstd's input is closed"));
-    stdin.write(chunk);
+    // Written into the pipe: done with the chunk. After an error (zstd gone) it may still be queued.
+    stdin.write(chunk, (error) => {
+      if (error === null || error === undefined) release?.();
+    });
     if (stdin.writableLength < ZSTD_QUEUE_BYTES) return;
     // zstd stopped reading: either drain, or its exit (or the output failing) explains why.
     await Promise.race([once(stdin, "drain"), this.finished.then(() => this.stoppedEarly())]).catch(

@@ -5,7 +5,7 @@
  * request, for endpoints we never call. Sinks depend on the {@link EngineClient} interface, so unit
  * tests can fake it; end-to-end tests use the real engine.
  */
-import type { Readable } from "node:stream";
+import type { Readable, Writable } from "node:stream";
 import { DaemonUnavailableError, InterruptedError, SinkError, errnoCode } from "../errors.js";
 import {
   resolveEndpoint,
@@ -14,6 +14,12 @@ import {
   type EngineEndpoint,
 } from "./connection.js";
 import { EngineStatusError, openTransport, readText, type Query, type Transport } from "./transport.js";
+
+/** A request body being written, and the engine's reply once its status is 2xx. */
+export interface EngineUpload {
+  readonly body: Writable;
+  readonly response: Promise<Readable>;
+}
 
 /** Highest API version mkbase speaks; the engine's own is used when it is lower. */
 const CLIENT_MAX_API = "1.47";
@@ -43,6 +49,11 @@ export interface EngineClient {
    * The request is destroyed, never ended, when `signal` aborts or `body` errors.
    */
   postTar(path: string, query: Query, body: Readable, signal: AbortSignal): Promise<Readable>;
+  /**
+   * Starts a POST of a tar to `path` that the caller writes into `body` (see {@link Upload}); `response`
+   * is as for {@link postTar}. Aborting `signal` or destroying `body` destroys the request.
+   */
+  uploadTar(path: string, query: Query, signal: AbortSignal): EngineUpload;
   inspectImage(id: string): Promise<ImageSummary | undefined>;
   tagImage(id: string, repository: string, tag: string): Promise<void>;
   removeImage(id: string): Promise<void>;
@@ -124,8 +135,22 @@ class HttpEngine implements EngineClient {
       body.destroy();
       throw new InterruptedError("interrupted");
     }
+    return this.awaitReply(
+      path,
+      this.transport.send({ method: "POST", path: this.prefix + path, query, body, signal }),
+      signal,
+    );
+  }
+
+  uploadTar(path: string, query: Query, signal: AbortSignal): EngineUpload {
+    const upload = this.transport.upload({ method: "POST", path: this.prefix + path, query, signal });
+    return { body: upload.body, response: this.awaitReply(path, upload.response, signal) };
+  }
+
+  /** Waits for the reply to a POST of a tar; a failure is worded for the user. */
+  private async awaitReply(path: string, reply: Promise<Readable>, signal: AbortSignal): Promise<Readable> {
     try {
-      return await this.transport.send({ method: "POST", path: this.prefix + path, query, body, signal });
+      return await reply;
     } catch (error) {
       if (signal.aborted) throw new InterruptedError("interrupted", { cause: error });
       if (error instanceof EngineStatusError) throw engineFailure(`POST ${path}`, error);

@@ -7,7 +7,7 @@ import { spawn } from "node:child_process";
 import { Agent, request as httpRequest, type IncomingMessage } from "node:http";
 import type { RequestOptions } from "node:https";
 import type { Socket } from "node:net";
-import { Duplex, type Readable } from "node:stream";
+import { Duplex, type Readable, type Writable } from "node:stream";
 import type { EngineAddress } from "./connection.js";
 
 /** Query values as the engine reads them: a list becomes a repeated key. */
@@ -24,16 +24,34 @@ export class EngineStatusError extends Error {
   }
 }
 
+export interface EngineRequest {
+  readonly method: string;
+  readonly path: string;
+  readonly query?: Query;
+  readonly signal?: AbortSignal;
+}
+
+/** A request whose body (a tar) the caller writes. */
+export interface Upload {
+  /**
+   * The request: a write's callback runs once its bytes are on their way (handed to the socket). End it
+   * when the tar is complete; to give up, destroy it (or abort the signal), never end it.
+   */
+  readonly body: Writable;
+  /** Resolves once the reply's status is 2xx, rejects with the engine's words if not. */
+  readonly response: Promise<IncomingMessage>;
+}
+
 export interface Transport {
   /** Sends one request; resolves once the reply's status is 2xx, rejects with the engine's words if not. */
-  send(options: {
-    readonly method: string;
-    readonly path: string;
-    readonly query?: Query;
-    /** A tar to stream as the body; the request is destroyed, never ended, if it errors. */
-    readonly body?: Readable;
-    readonly signal?: AbortSignal;
-  }): Promise<IncomingMessage>;
+  send(
+    options: EngineRequest & {
+      /** A tar to stream as the body; the request is destroyed, never ended, if it errors. */
+      readonly body?: Readable;
+    },
+  ): Promise<IncomingMessage>;
+  /** Starts a request with a tar body, for the caller to write. */
+  upload(options: EngineRequest): Upload;
   /** Closes the connections kept for later requests (ssh ones are processes). */
   close(): void;
 }
@@ -178,39 +196,53 @@ export async function openTransport(address: EngineAddress): Promise<Transport> 
       base = { agent: sshAgent };
       break;
   }
-  return {
-    close: () => sshAgent?.destroy(),
-    send: ({ method, path, query, body, signal }) =>
-      new Promise((resolve, reject) => {
-        const req = request({
-          ...base,
-          method,
-          path: withQuery(path, query),
-          headers: body === undefined ? {} : { "Content-Type": "application/x-tar" },
-          signal,
-        });
-        req.once("error", (error) => {
-          body?.destroy();
-          reject(error);
-        });
-        req.once("response", (response) => {
-          const status = response.statusCode ?? 0;
-          if (status >= 200 && status < 300) {
-            resolve(response);
-            return;
-          }
-          body?.destroy();
-          readText(response).then(
-            (text) => reject(new EngineStatusError(status, messageOf(status, text))),
-            reject,
-          );
-        });
-        if (body === undefined) {
-          req.end();
+  /** Starts a request; `stop` (a body's producer) is called at once when it fails or is refused. */
+  const start = (
+    { method, path, query, signal }: EngineRequest,
+    hasBody: boolean,
+    stop = () => {},
+  ): Upload => {
+    const req = request({
+      ...base,
+      method,
+      path: withQuery(path, query),
+      headers: hasBody ? { "Content-Type": "application/x-tar" } : {},
+      signal,
+    });
+    const response = new Promise<IncomingMessage>((resolve, reject) => {
+      // `on`, not `once`: a request that fails while writing may report more than one error.
+      req.on("error", (error) => {
+        stop();
+        reject(error);
+      });
+      req.once("response", (reply) => {
+        const status = reply.statusCode ?? 0;
+        if (status >= 200 && status < 300) {
+          resolve(reply);
           return;
         }
-        body.once("error", (error) => req.destroy(error));
-        body.pipe(req);
-      }),
+        stop();
+        readText(reply).then(
+          (text) => reject(new EngineStatusError(status, messageOf(status, text))),
+          reject,
+        );
+      });
+    });
+    return { body: req, response };
+  };
+  return {
+    close: () => sshAgent?.destroy(),
+    upload: (options) => start(options, true),
+    send: (options) => {
+      const { body } = options;
+      const { body: req, response } = start(options, body !== undefined, () => body?.destroy());
+      if (body === undefined) {
+        req.end();
+        return response;
+      }
+      body.once("error", (error) => req.destroy(error));
+      body.pipe(req);
+      return response;
+    },
   };
 }

@@ -7,7 +7,7 @@
  */
 import { createReadStream } from "node:fs";
 import type { Readable } from "node:stream";
-import { keepsChunks, startCompressor, type Compressor } from "../compress/compressor.js";
+import { startCompressor, type Compressor } from "../compress/compressor.js";
 import { layerMediaType, type Compression } from "../compress/compression.js";
 import { AppendedDigest, RunningDigest } from "../image/digest.js";
 import type { CompressedLayer } from "../image/image-blobs.js";
@@ -126,9 +126,8 @@ export class CompressedLayerSpool {
     this.pending.catch(() => undefined);
     return {
       ready: compressorReady.then(() => undefined),
-      keepsChunks: keepsChunks(this.compression),
-      write: async (chunk) => {
-        await (await compressorReady).write(chunk);
+      write: async (chunk, release) => {
+        await (await compressorReady).write(chunk, release);
         direct?.digest.catchUp();
       },
       end: () => endOfLayer.end(),

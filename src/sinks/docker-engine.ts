@@ -9,8 +9,7 @@
  * Every path creates the image untagged, checks it, and only then tags it, so a failure never leaves a
  * tag pointing at a half-made image.
  */
-import { once } from "node:events";
-import { PassThrough, Readable } from "node:stream";
+import { Readable } from "node:stream";
 import { SinkError } from "../errors.js";
 import type { EngineClient } from "../docker/engine.js";
 import type { Query } from "../docker/transport.js";
@@ -94,6 +93,10 @@ class LayerImport {
   private readonly controller = new AbortController();
   private readonly response: Promise<Readable>;
   readonly consumer: LayerConsumer;
+  /** Bytes written into the request and not yet handed to the socket. */
+  private queued = 0;
+  /** Wakes a writer waiting for {@link queued} to fall. */
+  private sent: () => void = () => undefined;
 
   constructor(
     private readonly engine: EngineClient,
@@ -101,30 +104,38 @@ class LayerImport {
     signal: AbortSignal,
     private readonly onProgress: ProgressListener,
   ) {
-    // The engine takes the layer at tens of MB/s: two packer chunks queued keep it fed, and a pass-through
-    // holds up to twice its mark, so a larger one only adds to the peak memory (8 MiB cost 20 MiB of RSS).
-    const body = new PassThrough({ highWaterMark: 2 * 1024 * 1024 });
     const linked = AbortSignal.any([signal, this.controller.signal]);
-    const response = engine.postTar("/images/create", { ...query, fromSrc: "-" }, body, linked);
-    // A refusal (bad request, engine gone) must also stop the writer waiting for 'drain'.
+    const { body, response } = engine.uploadTar("/images/create", { ...query, fromSrc: "-" }, linked);
+    // A refusal (bad request, engine gone) must also stop the writer waiting for the socket.
     const failed = response.then(
       () => new Promise<never>(() => {}),
       (error: unknown) => Promise.reject(error),
     );
     failed.catch(() => undefined);
     this.response = response;
-    const closed = once(body, "close").then(() => "closed" as const);
-    closed.catch(() => undefined);
+    // Not `once(body, "close")`, which rejects with the socket's raw error: the reply words that one.
+    const closed = new Promise<"closed">((resolve) => body.once("close", () => resolve("closed")));
+    // The request is gone (the engine hung up or refused): its reply says why, in the engine's words.
+    const stopped = async (): Promise<never> => {
+      await readEngineMessages(await response, "importing the image");
+      throw new SinkError("the Docker Engine stopped reading the import before the layer was complete", {
+        hint: "Check that the engine is still running (`docker version`) and run again.",
+      });
+    };
     this.consumer = {
-      keepsChunks: true,
-      write: async (chunk) => {
-        if (body.write(chunk)) return;
-        if ((await Promise.race([once(body, "drain"), closed, failed])) !== "closed") return;
-        // The engine stopped reading: its reply says why (it throws with the engine's own words).
-        await readEngineMessages(await response, "importing the image");
-        throw new SinkError("the Docker Engine stopped reading the import before the layer was complete", {
-          hint: "Check that the engine is still running (`docker version`) and run again.",
+      write: async (chunk, release) => {
+        if (body.destroyed) await stopped();
+        this.queued += chunk.length;
+        body.write(chunk, (error) => {
+          this.queued -= chunk.length;
+          // On the socket: the chunk's buffer may be filled again. Not after an error: it may still be queued.
+          if (error === null || error === undefined) release();
+          this.sent();
         });
+        while (this.queued > UPLOAD_QUEUE_BYTES) {
+          const sent = new Promise<"sent">((resolve) => (this.sent = () => resolve("sent")));
+          if ((await Promise.race([sent, closed, failed])) === "closed") await stopped();
+        }
       },
       end: () => body.end(),
       abort: (error) => {
@@ -171,6 +182,13 @@ class LayerImport {
 }
 
 /**
+ * Bytes queued for the engine's socket before a write waits. The engine takes the layer at tens of MB/s:
+ * two or three packer chunks queued keep it fed while the next is packed; more only add to the peak
+ * memory (8 MiB cost 20 MiB of RSS).
+ */
+const UPLOAD_QUEUE_BYTES = 2 * 1024 * 1024;
+
+/**
  * Layers up to this size are held in memory and sent inside the archive, in one request. For a small
  * layer the import path's extra requests (import, inspect, remove) cost more than the engine's copy of
  * the archive: a static binary of 1 MB loads in 110 ms this way, 140 ms the other.
@@ -207,9 +225,9 @@ export class DockerLoadSink implements Sink {
     let heldBytes = 0;
     this.held = held;
     return {
-      keepsChunks: true,
-      write: async (chunk) => {
-        if (this.upload !== undefined) return this.upload.consumer.write(chunk);
+      // A held chunk is never released: it goes into the archive, or once, early, into the import.
+      write: async (chunk, release) => {
+        if (this.upload !== undefined) return this.upload.consumer.write(chunk, release);
         held.push(chunk);
         heldBytes += chunk.length;
         if (heldBytes <= SMALL_LAYER_BYTES) return;
@@ -217,7 +235,7 @@ export class DockerLoadSink implements Sink {
         this.held = undefined;
         // The engine's lines about the imported image would name an ID the user never gets: not shown.
         this.upload = new LayerImport(engine, {}, signal, () => undefined);
-        for (const early of held.splice(0)) await this.upload.consumer.write(early);
+        for (const early of held.splice(0)) await this.upload.consumer.write(early, () => undefined);
       },
       end: () => this.upload?.consumer.end(),
       abort: (error) => this.upload?.consumer.abort(error),

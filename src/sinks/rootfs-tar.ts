@@ -3,7 +3,7 @@
  * while it is packed and renamed into place once complete. The same bytes as the image's layer (before
  * compression), so `sha256sum` of the uncompressed file is the layer's DiffID.
  */
-import { keepsChunks, startCompressor, type Compressor } from "../compress/compressor.js";
+import { startCompressor, type Compressor } from "../compress/compressor.js";
 import { describeCompression, type Compression } from "../compress/compression.js";
 import { SinkError } from "../errors.js";
 import type { Image } from "../image/image.js";
@@ -65,8 +65,7 @@ export class RootfsTarSink implements Sink {
     this.written.catch(() => undefined);
     return {
       ready: ready.then(() => undefined),
-      keepsChunks: keepsChunks(compression),
-      write: async (chunk) => (await ready).write(chunk),
+      write: async (chunk, release) => (await ready).write(chunk, release),
       end: () => endOfLayer.end(),
       abort: (error) => {
         compressor?.destroy();

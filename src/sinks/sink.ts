@@ -12,14 +12,12 @@ export interface LayerConsumer {
    * behind it took ~40 ms to get through its few steps.
    */
   readonly ready?: Promise<void>;
-  /** Takes one chunk; resolves when the next one may be written (backpressure). */
-  write(chunk: Buffer): Promise<void>;
   /**
-   * Whether the consumer may still read a chunk after its write resolved (a request or a pipe that
-   * queues it). When no consumer does, the packer fills the same few buffers again instead of a new
-   * megabyte for every chunk, which otherwise stays allocated until the garbage collector gets to it.
+   * Takes one chunk; resolves when the next one may be written (backpressure). `release` is to be called
+   * once the consumer will not read the chunk again (a request or a pipe that queues it: when the bytes
+   * were written out), so that its buffer can be filled again; never, if that time does not come.
    */
-  readonly keepsChunks: boolean;
+  write(chunk: Buffer, release: () => void): Promise<void>;
   /** The layer is complete and verified by the source. */
   end(): void;
   /** The build failed: drop everything, destroying rather than ending any request. */

@@ -15,6 +15,13 @@ import { unreadablePathError } from "./walk.js";
 
 /** 1 MiB: large enough that per-chunk costs vanish (the design measured 1 MiB+ reads as fast), small enough to keep memory flat. */
 const CHUNK_SIZE = 1024 * 1024;
+/**
+ * The first chunk is cut at 16 KiB and each next one at twice the size, up to {@link CHUNK_SIZE}: the
+ * consumer gets the first bytes as soon as a few entries are packed, not after the first megabyte of
+ * small files (~40 ms). The engine only creates the layer and starts its unpacking process once the
+ * first bytes of an import arrive.
+ */
+const FIRST_CHUNK_SIZE = 16 * 1024;
 const PROGRESS_EVERY_ENTRIES = 500;
 const EMPTY = Buffer.alloc(0);
 
@@ -22,37 +29,81 @@ export interface PackOptions {
   readonly signal: AbortSignal;
   readonly onProgress?: ProgressListener;
   /**
-   * The consumer is done with a chunk by the time it asks for the next one (it hashes it and awaits a
-   * file write, say), so its buffer may be filled again. Saves an allocation per chunk and the garbage
-   * collection that follows. Never set it for a consumer that queues chunks (an HTTP request body).
+   * Where the packer takes its buffers, and gets them back once the chunks cut from them are done with
+   * (see {@link ChunkBuffers.share}). Without it every chunk is a new buffer the consumer may keep.
    */
-  readonly reuseBuffers?: boolean;
+  readonly buffers?: ChunkBuffers;
+}
+
+const noRelease = (): void => undefined;
+
+/**
+ * Buffers a packer fills, which come back to be filled again once every reader of a chunk cut from one
+ * has let go of it. Without them every chunk is a new megabyte: it stays allocated until the garbage
+ * collector gets to it, and the kernel clears its pages again on first use (~0.08 s of CPU and 25 MiB
+ * of peak memory for the bookworm tree into the engine).
+ */
+export class ChunkBuffers {
+  private readonly spare: Buffer[] = [];
+  /** Chunks handed on, with the buffer each was cut from, until {@link share} takes them. */
+  private readonly sources = new WeakMap<Buffer, Buffer>();
+
+  /** A buffer to fill: one given back, or a new one. */
+  take(): Buffer {
+    return this.spare.pop() ?? Buffer.allocUnsafe(CHUNK_SIZE);
+  }
+
+  /** Records that `chunk`, about to be handed on, was cut from `buffer`. */
+  handOn(chunk: Buffer, buffer: Buffer): void {
+    this.sources.set(chunk, buffer);
+  }
+
+  /**
+   * Pairs each of `holders` (the readers of `chunk`) with a release function, to be called when that
+   * reader is done with the chunk (or never: the buffer is then left to the garbage collector). Once all
+   * were called, the buffer the chunk was cut from is filled again; with no holders, at once. A chunk
+   * the packer did not cut from its own buffers (a large input passed through) is never refilled.
+   */
+  share<T>(chunk: Buffer, holders: readonly T[]): [T, () => void][] {
+    const buffer = this.sources.get(chunk);
+    this.sources.delete(chunk);
+    if (buffer === undefined) return holders.map((holder) => [holder, noRelease]);
+    if (holders.length === 0) this.spare.push(buffer);
+    let left = holders.length;
+    return holders.map((holder) => {
+      let released = false;
+      const release = (): void => {
+        // Once per holder: a second call must not count for another holder still reading the chunk.
+        if (released) return;
+        released = true;
+        left -= 1;
+        if (left === 0) this.spare.push(buffer);
+      };
+      return [holder, release];
+    });
+  }
 }
 
 class ChunkWriter {
-  private buffer: Buffer = Buffer.allocUnsafe(CHUNK_SIZE);
+  private buffer: Buffer;
   private used = 0;
-  /** Filled chunks waiting to be handed on, with the buffer they live in when it is ours to reuse. */
+  /** Where the current chunk is cut (see {@link FIRST_CHUNK_SIZE}). */
+  private limit = FIRST_CHUNK_SIZE;
+  /** Filled chunks waiting to be handed on, with the buffer they live in when it is the packer's own. */
   private readonly ready: { readonly chunk: Buffer; readonly owned: Buffer | undefined }[] = [];
-  /** Buffers handed on and given back, ready to be filled again. */
-  private readonly spare: Buffer[] = [];
-  /** The buffer of the chunk handed on last, while the consumer may still be reading it. */
-  private lent: Buffer | undefined;
 
-  constructor(private readonly reuse: boolean) {}
+  constructor(private readonly buffers: ChunkBuffers | undefined) {
+    this.buffer = this.newBuffer();
+  }
 
   get hasReady(): boolean {
     return this.ready.length > 0;
   }
 
-  /**
-   * The next full chunk, or undefined. Called once the consumer asks for more, so with reuse the chunk
-   * handed on before is done with and its buffer may be filled again.
-   */
+  /** The next full chunk, or undefined. */
   next(): Buffer | undefined {
-    if (this.lent !== undefined) this.spare.push(this.lent);
     const next = this.ready.shift();
-    this.lent = this.reuse ? next?.owned : undefined;
+    if (next?.owned !== undefined) this.buffers?.handOn(next.chunk, next.owned);
     return next?.chunk;
   }
 
@@ -63,14 +114,14 @@ class ChunkWriter {
       this.ready.push({ chunk: bytes, owned: undefined });
       return;
     }
-    if (this.used + bytes.length > this.buffer.length) this.flush();
+    if (this.used + bytes.length > this.limit) this.flush();
     bytes.copy(this.buffer, this.used);
     this.used += bytes.length;
   }
 
   /** Appends `count` (< 512) zero bytes: a block's padding. */
   zeros(count: number): void {
-    if (this.used + count > this.buffer.length) this.flush();
+    if (this.used + count > this.limit) this.flush();
     // Copied rather than filled: fill is one more function for V8 to optimise, and copy is optimised anyway.
     ZERO_BLOCK.copy(this.buffer, this.used, 0, count);
     this.used += count;
@@ -78,8 +129,9 @@ class ChunkWriter {
 
   /** Free bytes at the end of the current chunk, flushing it first when it is full. */
   room(): number {
-    if (this.used === this.buffer.length) this.flush();
-    return this.buffer.length - this.used;
+    // An in-memory content larger than an early chunk's limit may have gone past it.
+    if (this.used >= this.limit) this.flush();
+    return this.limit - this.used;
   }
 
   /** Reads up to `max` (≤ {@link room}) bytes of `fd` into the current chunk, keeps at most `keep` of them. */
@@ -92,10 +144,13 @@ class ChunkWriter {
   flush(): void {
     if (this.used === 0) return;
     this.ready.push({ chunk: this.buffer.subarray(0, this.used), owned: this.buffer });
-    // Without reuse, a new buffer every time: the consumer may still hold the previous one (a pending
-    // socket write).
-    this.buffer = this.spare.pop() ?? Buffer.allocUnsafe(CHUNK_SIZE);
+    this.buffer = this.newBuffer();
     this.used = 0;
+    this.limit = Math.min(2 * this.limit, CHUNK_SIZE);
+  }
+
+  private newBuffer(): Buffer {
+    return this.buffers?.take() ?? Buffer.allocUnsafe(CHUNK_SIZE);
   }
 }
 
@@ -232,7 +287,7 @@ async function* copyStream(entry: TarEntry, chunks: AsyncIterable<Buffer>, write
 
 /**
  * Packs `entries` into a tar archive, yielding chunks of up to 1 MiB (larger streamed content passes
- * through as it comes). Unless `reuseBuffers` is set, the chunks are fresh buffers the consumer may keep.
+ * through as it comes). Without {@link PackOptions.buffers} the chunks are fresh buffers the consumer may keep.
  * Stops with an {@link InterruptedError} when `signal` is aborted.
  */
 export async function* packTar(
@@ -240,7 +295,7 @@ export async function* packTar(
   options: PackOptions,
 ): AsyncGenerator<Buffer> {
   const { signal } = options;
-  const writer = new ChunkWriter(options.reuseBuffers === true);
+  const writer = new ChunkWriter(options.buffers);
   const packer = new EntryPacker(writer, options.onProgress);
   // A synchronous source (the directory walk) is read without a promise and a microtask per entry.
   const sync = Symbol.iterator in entries ? entries[Symbol.iterator]() : undefined;

@@ -4,7 +4,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Readable } from "node:stream";
+import { PassThrough, Readable } from "node:stream";
 import { describe, it } from "node:test";
 import { build, type BuildRequest } from "../../src/build.js";
 import {
@@ -43,6 +43,10 @@ class FakeEngine implements EngineClient {
     this.received = Buffer.concat(chunks);
     this.bodies.set(path, this.received);
     return Readable.from(this.reply(this.received, path).map((line) => `${JSON.stringify(line)}\n`));
+  }
+  uploadTar(path: string, query: Record<string, unknown>) {
+    const body = new PassThrough();
+    return { body, response: this.postTar(path, query, body) };
   }
   async inspectImage(id: string) {
     this.calls.push(`inspect ${id}`);
@@ -362,28 +366,44 @@ const manyFileEntries: TarEntry[] = Array.from({ length: 40 }, (_, i) => ({
 const manyFiles: EntrySource = { description: "40 files", entries: () => manyFileEntries };
 
 /**
- * A sink that takes the layer as it is packed and keeps what it was given: the chunks themselves when it
- * says it keeps them, else copies (as a consumer that does not keep them must, to read them later).
+ * A sink that takes the layer as it is packed, as a consumer that holds chunks does: it keeps up to
+ * `holds` chunks (all of them when undefined) before releasing the oldest. Before each release it checks
+ * that the chunk still holds the bytes it was given, i.e. that no buffer was filled again too early.
  */
 class RecordingSink implements Sink {
   readonly destination = "recording";
   readonly needsLayerFile = false;
+  /** Copies of the chunks as they came. */
   readonly received: Buffer[] = [];
   /** The ArrayBuffers the chunks lived in, one per chunk. */
   readonly backing: ArrayBufferLike[] = [];
+  /** Chunks held, with their copy and release. */
+  private readonly held: { chunk: Buffer; copy: Buffer; release: () => void }[] = [];
+  overwritten = 0;
 
-  constructor(private readonly keepsChunks: boolean) {}
+  constructor(private readonly holds?: number) {}
 
   streamLayer(): LayerConsumer {
     return {
-      keepsChunks: this.keepsChunks,
-      write: async (chunk) => {
+      write: async (chunk, release) => {
+        const copy = Buffer.from(chunk);
         this.backing.push(chunk.buffer);
-        this.received.push(this.keepsChunks ? chunk : Buffer.from(chunk));
+        this.received.push(copy);
+        this.held.push({ chunk, copy, release });
+        while (this.held.length > (this.holds ?? Infinity)) this.releaseOldest();
       },
-      end: () => undefined,
+      end: () => {
+        while (this.held.length > 0) this.releaseOldest();
+      },
       abort: () => undefined,
     };
+  }
+
+  private releaseOldest(): void {
+    const oldest = this.held.shift();
+    if (oldest === undefined) return;
+    if (!oldest.chunk.equals(oldest.copy)) this.overwritten += 1;
+    oldest.release();
   }
 
   async write() {
@@ -392,20 +412,24 @@ class RecordingSink implements Sink {
 }
 
 describe("the packer's buffers", () => {
-  it("are new for every chunk when a consumer keeps chunks: what it kept is the whole layer", async () => {
-    const sink = new RecordingSink(true);
+  it("are new for every chunk a consumer still holds: what it held is the whole layer", async () => {
+    const sink = new RecordingSink();
     const result = await build(request(sink, manyFiles));
     assert.ok(sink.received.length > 3, `expected several chunks, got ${sink.received.length}`);
     assert.equal(new Set(sink.backing).size, sink.backing.length, "a buffer was filled twice");
+    assert.equal(sink.overwritten, 0);
     assert.equal(sha(Buffer.concat(sink.received)), result.diffId);
   });
 
-  it("are filled again when no consumer keeps chunks, and the layer is still the same", async () => {
-    const keeping = await build(request(new RecordingSink(true), manyFiles));
-    const sink = new RecordingSink(false);
-    const result = await build(request(sink, manyFiles));
-    assert.ok(new Set(sink.backing).size < sink.backing.length, "no buffer was reused");
-    assert.equal(result.diffId, keeping.diffId);
-    assert.equal(sha(Buffer.concat(sink.received)), result.diffId);
+  it("are filled again once released, never before, and the layer is still the same", async () => {
+    const holding = await build(request(new RecordingSink(), manyFiles));
+    for (const holds of [0, 1]) {
+      const sink = new RecordingSink(holds);
+      const result = await build(request(sink, manyFiles));
+      assert.ok(new Set(sink.backing).size < sink.backing.length, `holding ${holds}: no buffer was reused`);
+      assert.equal(sink.overwritten, 0, `holding ${holds}: a chunk was overwritten while held`);
+      assert.equal(result.diffId, holding.diffId);
+      assert.equal(sha(Buffer.concat(sink.received)), result.diffId);
+    }
   });
 });

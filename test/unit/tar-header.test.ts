@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import type { TarEntry } from "../../src/tar/entry.js";
 import { encodeHeader } from "../../src/tar/header.js";
-import { packTar } from "../../src/tar/pack.js";
+import { ChunkBuffers, packTar } from "../../src/tar/pack.js";
 
 const work = mkdtempSync(join(tmpdir(), "mkbase-header-test-"));
 after(() => rmSync(work, { recursive: true, force: true }));
@@ -143,14 +143,16 @@ describe("tar header encoding", () => {
       }),
     ];
     const copied: Buffer[] = [];
-    // A consumer that is done with each chunk before asking for the next, as the option requires.
-    for await (const chunk of packTar(entries, {
-      signal: new AbortController().signal,
-      reuseBuffers: true,
-    })) {
+    const backing = new Set<ArrayBufferLike>();
+    const buffers = new ChunkBuffers();
+    for await (const chunk of packTar(entries, { signal: new AbortController().signal, buffers })) {
       copied.push(Buffer.from(chunk));
+      backing.add(chunk.buffer);
+      // No one else reads the chunk: its buffer is given back at once.
+      buffers.share(chunk, []);
     }
     assert.ok(copied.length > 3, "the archive spans several chunks");
+    assert.ok(backing.size < copied.length, "no buffer was filled again");
     assert.deepEqual(Buffer.concat(copied), await packToBuffer(entries));
   });
 
