@@ -118,9 +118,11 @@ export async function runBuild(
   try {
     // Only outputs that need the engine pay for loading its client and the round trip to it.
     // It connects before the source opens, so a stopped daemon fails at once, not after a bootstrap.
-    engine = outputSet.wantsEngine
-      ? await (await import("../docker/engine.js")).connectEngine(context.signal)
-      : undefined;
+    if (outputSet.wantsEngine) {
+      const { connectEngine } = await import("../docker/engine.js");
+      const { systemDiscovery } = await import("../docker/connection.js");
+      engine = await connectEngine(context.signal, systemDiscovery, { imageStore: flags.via === "load" });
+    }
     const source = await openSource(renderer.onProgress);
     if (typeof overrides === "function") prepared = { ...prepared, ...overrides() };
     const common = { engine, tags: prepared.tags, onProgress: renderer.onProgress, message: flags.message };

@@ -43,7 +43,8 @@ export type ImageStore = "classic" | "containerd";
 export interface EngineClient {
   readonly endpoint: string;
   readonly apiVersion: string;
-  readonly imageStore: ImageStore;
+  /** Undefined unless asked for when connecting ({@link ConnectOptions.imageStore}). */
+  readonly imageStore: ImageStore | undefined;
   /**
    * POSTs `body` (a tar) to `path` and resolves with the streamed response once the headers say 2xx.
    * The request is destroyed, never ended, when `signal` aborts or `body` errors.
@@ -123,7 +124,7 @@ class HttpEngine implements EngineClient {
     private readonly prefix: string,
     readonly endpoint: string,
     readonly apiVersion: string,
-    readonly imageStore: ImageStore,
+    readonly imageStore: ImageStore | undefined,
   ) {}
 
   close(): void {
@@ -207,27 +208,37 @@ class HttpEngine implements EngineClient {
 /**
  * Connects to the engine and negotiates the API version (the lower of the engine's and mkbase's), so
  * engines from API 1.41 (Docker 20.10) to current ones, which refuse old versions, both work. Also learns
- * which image store the engine uses, which decides how an image is loaded.
+ * which image store the engine uses, which decides how an image is loaded, when asked.
  */
 export async function connectEngine(
   signal: AbortSignal,
   discovery: DiscoveryEnvironment = systemDiscovery,
+  options: ConnectOptions = { imageStore: true },
 ): Promise<EngineClient> {
   const endpoint = resolveEndpoint(discovery);
   const transport = await openTransport(endpoint.address);
   try {
-    return await negotiate(transport, endpoint, signal);
+    return await negotiate(transport, endpoint, signal, options);
   } catch (error) {
     transport.close();
     throw error;
   }
 }
 
-/** Asks for the engine's API version and image store (see {@link connectEngine}). */
+export interface ConnectOptions {
+  /**
+   * Whether to learn the image store, which only the load path needs: `/info` costs the engine ~10 ms
+   * of gathering, which an import would wait for before its first byte.
+   */
+  readonly imageStore: boolean;
+}
+
+/** Asks for the engine's API version and, if asked, its image store (see {@link connectEngine}). */
 async function negotiate(
   transport: Transport,
   endpoint: EngineEndpoint,
   signal: AbortSignal,
+  options: ConnectOptions,
 ): Promise<EngineClient> {
   const send = (path: string): ReturnType<Transport["send"]> =>
     transport.send({
@@ -237,9 +248,11 @@ async function negotiate(
     });
   // Both requests go out at once. An engine (or an authorization plugin) may refuse /info: the
   // full-archive load then works on any store.
-  const info = send("/info")
-    .then(async (response) => JSON.parse(await readText(response)) as InfoResponse)
-    .catch((): InfoResponse => ({ DriverStatus: [["driver-type", "unknown"]] }));
+  const info = options.imageStore
+    ? send("/info")
+        .then(async (response) => JSON.parse(await readText(response)) as InfoResponse)
+        .catch((): InfoResponse => ({ DriverStatus: [["driver-type", "unknown"]] }))
+    : undefined;
   let engineApi: string | undefined;
   try {
     // As the docker CLI negotiates: /_ping costs the engine nothing, unlike /version, and its header
@@ -263,6 +276,6 @@ async function negotiate(
     `/v${apiVersion}`,
     endpoint.description,
     apiVersion,
-    imageStoreOf(await info),
+    info === undefined ? undefined : imageStoreOf(await info),
   );
 }

@@ -214,7 +214,8 @@ export class DockerLoadSink implements Sink {
   private held: Buffer[] | undefined;
 
   constructor(private readonly options: DockerEngineSinkOptions) {
-    this.needsLayerFile = options.engine.imageStore === "containerd";
+    // Only a store known to be the classic one finds a layer by its DiffID; any other needs the blob.
+    this.needsLayerFile = options.engine.imageStore !== "classic";
   }
 
   streamLayer(signal: AbortSignal): LayerConsumer | undefined {

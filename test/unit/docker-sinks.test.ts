@@ -33,7 +33,7 @@ class FakeEngine implements EngineClient {
     private readonly reply: (body: Buffer, path: string) => object[],
     private readonly inspected: (id: string) => ImageSummary | undefined = () => undefined,
     private readonly failTagAt = -1,
-    readonly imageStore: ImageStore = "containerd",
+    readonly imageStore: ImageStore | undefined = "containerd",
   ) {}
 
   async postTar(path: string, _query: Record<string, unknown>, body: Readable): Promise<Readable> {
@@ -270,24 +270,34 @@ describe("the image store", () => {
     assert.equal(imageStoreOf({ DriverStatus: null }), "classic");
   });
 
-  /** Connects to a fake engine on a unix socket whose /info answers with `infoStatus` and `info`. */
-  async function storeOfFakeEngine(infoStatus: number, info: object): Promise<ImageStore> {
+  /**
+   * Connects to a fake engine on a unix socket whose /info answers with `infoStatus` and `info`, asking
+   * for the image store or not; returns the store and the paths the engine was asked for.
+   */
+  async function storeOfFakeEngine(
+    infoStatus: number,
+    info: object,
+    imageStore = true,
+  ): Promise<{ store: ImageStore | undefined; asked: string[] }> {
     const dir = await mkdtemp(join(tmpdir(), "mkbase-unit-"));
     const socket = join(dir, "engine.sock");
+    const asked: string[] = [];
     const server = createServer((req, res) => {
+      asked.push(req.url ?? "");
       if (req.url === "/_ping") res.writeHead(200, { "Api-Version": "1.41" }).end("OK");
       else res.writeHead(infoStatus, { "Content-Type": "application/json" }).end(JSON.stringify(info));
     });
     await new Promise<void>((resolve) => server.listen(socket, resolve));
     try {
-      const engine = await connectEngine(new AbortController().signal, {
+      const discovery = {
         env: { DOCKER_HOST: `unix://${socket}` },
         exists: () => false,
         readFile: () => Buffer.alloc(0),
         home: dir,
-      });
+      };
+      const engine = await connectEngine(new AbortController().signal, discovery, { imageStore });
       assert.equal(engine.apiVersion, "1.41");
-      return engine.imageStore;
+      return { store: engine.imageStore, asked };
     } finally {
       server.close();
       await rm(dir, { recursive: true, force: true });
@@ -295,18 +305,27 @@ describe("the image store", () => {
   }
 
   it("is read from /info when the engine connects", async () => {
-    assert.equal(
-      await storeOfFakeEngine(200, { DriverStatus: [["Backing Filesystem", "extfs"]] }),
-      "classic",
-    );
-    assert.equal(
-      await storeOfFakeEngine(200, { DriverStatus: [["driver-type", "io.containerd.snapshotter.v1"]] }),
-      "containerd",
-    );
+    const extfs = await storeOfFakeEngine(200, { DriverStatus: [["Backing Filesystem", "extfs"]] });
+    assert.equal(extfs.store, "classic");
+    assert.deepEqual(extfs.asked.sort(), ["/_ping", "/info"]);
+    const snapshotter = await storeOfFakeEngine(200, {
+      DriverStatus: [["driver-type", "io.containerd.snapshotter.v1"]],
+    });
+    assert.equal(snapshotter.store, "containerd");
   });
 
   it("falls back to the full-archive load when /info is refused", async () => {
-    assert.equal(await storeOfFakeEngine(403, { message: "authorization denied by plugin" }), "containerd");
+    const refused = await storeOfFakeEngine(403, { message: "authorization denied by plugin" });
+    assert.equal(refused.store, "containerd");
+  });
+
+  it("is not asked for unless wanted, and a load then sends the whole archive", async () => {
+    const unasked = await storeOfFakeEngine(200, { DriverStatus: [["Backing Filesystem", "extfs"]] }, false);
+    assert.equal(unasked.store, undefined);
+    assert.deepEqual(unasked.asked, ["/_ping"]);
+    // (Not through the constructor, whose default store would stand in for an undefined one.)
+    const engine = Object.assign(new FakeEngine(() => []), { imageStore: undefined });
+    assert.equal(new DockerLoadSink({ engine, tags, onProgress: () => {} }).needsLayerFile, true);
   });
 });
 
