@@ -181,73 +181,95 @@ interface Frame {
  * as a `hardlink` to that first path afterwards.
  */
 export function* walkTree(root: string, options: WalkOptions): Generator<TarEntry> {
-  const rootFull = Buffer.from(root);
-  const rootStat = lstatOrFail(rootFull);
-  const hardlinks = new Map<string, Buffer>();
-  const contentsExcluded = new Set(options.contentsExcluded ?? []);
-  // Matching costs ~5 µs an entry even with no patterns; skip it entirely when there are none.
-  const filter = options.filter?.isEmpty === false ? options.filter : undefined;
-  const stack: Frame[] = [
-    { full: rootFull, rel: Buffer.alloc(0), names: readdirOrFail(rootFull).sort(Buffer.compare), index: 0 },
-  ];
+  const walker = new TreeWalker(root, options);
+  for (let entry = walker.next(); entry !== undefined; entry = walker.next()) yield entry;
+}
 
-  while (stack.length > 0) {
-    const frame = stack[stack.length - 1] as Frame;
-    const name = frame.names[frame.index++];
-    if (name === undefined) {
-      stack.pop();
-      continue;
-    }
-    throwIfAborted(options.signal);
-    const full = joinPath(frame.full, name);
-    const rel = frame.rel.length === 0 ? name : joinPath(frame.rel, name);
-    const st = lstatOrFail(full);
-    const isDir = st.isDirectory();
-    // Decoding the path costs more than the rest of an entry; only matching needs it.
-    const relText = filter !== undefined || frame.rel.length === 0 ? rel.toString("utf8") : "";
-    if (filter?.excludes(relText)) {
-      // An exception pattern (`!keep`) may re-include something below: descend without emitting the dir.
-      if (isDir && filter.mayIncludeUnder(relText)) {
-        stack.push({ full, rel, names: readdirOrFail(full).sort(Buffer.compare), index: 0 });
-      }
-      continue;
-    }
+/**
+ * The walk itself, an entry per call. A plain method, not the generator's own body: V8 took ~30 ms of a
+ * helper thread, every run, to optimise a generator that held all of it; this way the CLI compiles ~12 ms
+ * less in all and uses ~2% less CPU on the bookworm tree.
+ */
+class TreeWalker {
+  private readonly rootStat: Stats;
+  private readonly hardlinks = new Map<string, Buffer>();
+  private readonly contentsExcluded: Set<string>;
+  private readonly filter: WalkOptions["filter"];
+  private readonly stack: Frame[];
 
-    if (isDir) {
-      yield walkEntry(rel, st, { type: "directory", xattrs: readXattrs(full, false) });
-      const topLevelRuntime = frame.rel.length === 0 && contentsExcluded.has(relText);
-      if (topLevelRuntime) continue;
-      if (st.dev !== rootStat.dev && !options.crossMounts) {
-        options.onSkip?.("mount", displayPath(rel));
+  constructor(
+    root: string,
+    private readonly options: WalkOptions,
+  ) {
+    const rootFull = Buffer.from(root);
+    this.rootStat = lstatOrFail(rootFull);
+    this.contentsExcluded = new Set(options.contentsExcluded ?? []);
+    // Matching costs ~5 µs an entry even with no patterns; skip it entirely when there are none.
+    this.filter = options.filter?.isEmpty === false ? options.filter : undefined;
+    this.stack = [
+      { full: rootFull, rel: Buffer.alloc(0), names: readdirOrFail(rootFull).sort(Buffer.compare), index: 0 },
+    ];
+  }
+
+  /** The next entry, or undefined when the walk is over. */
+  next(): TarEntry | undefined {
+    const { stack, filter, options } = this;
+    while (stack.length > 0) {
+      const frame = stack[stack.length - 1] as Frame;
+      const name = frame.names[frame.index++];
+      if (name === undefined) {
+        stack.pop();
         continue;
       }
-      stack.push({ full, rel, names: readdirOrFail(full).sort(Buffer.compare), index: 0 });
-    } else if (st.isFile()) {
-      if (st.nlink > 1) {
-        const key = `${st.dev}:${st.ino}`;
-        const first = hardlinks.get(key);
-        if (first !== undefined) {
-          yield walkEntry(rel, st, { type: "hardlink", linkname: first });
-          continue;
+      throwIfAborted(options.signal);
+      const full = joinPath(frame.full, name);
+      const rel = frame.rel.length === 0 ? name : joinPath(frame.rel, name);
+      const st = lstatOrFail(full);
+      const isDir = st.isDirectory();
+      // Decoding the path costs more than the rest of an entry; only matching needs it.
+      const relText = filter !== undefined || frame.rel.length === 0 ? rel.toString("utf8") : "";
+      if (filter?.excludes(relText)) {
+        // An exception pattern (`!keep`) may re-include something below: descend without emitting the dir.
+        if (isDir && filter.mayIncludeUnder(relText)) {
+          stack.push({ full, rel, names: readdirOrFail(full).sort(Buffer.compare), index: 0 });
         }
-        hardlinks.set(key, rel);
+        continue;
       }
-      yield walkEntry(rel, st, {
-        type: "file",
-        size: st.size,
-        xattrs: readXattrs(full, true),
-        content: { kind: "path", path: full },
-      });
-    } else if (st.isSymbolicLink()) {
-      yield walkEntry(rel, st, { type: "symlink", linkname: readlinkSync(full, { encoding: "buffer" }) });
-    } else if (st.isCharacterDevice() || st.isBlockDevice()) {
-      const type = st.isCharacterDevice() ? "char" : "block";
-      yield walkEntry(rel, st, { type, ...deviceNumbers(st.rdev) });
-    } else if (st.isFIFO()) {
-      yield walkEntry(rel, st, { type: "fifo" });
-    } else {
+
+      if (isDir) {
+        const entry = walkEntry(rel, st, { type: "directory", xattrs: readXattrs(full, false) });
+        const topLevelRuntime = frame.rel.length === 0 && this.contentsExcluded.has(relText);
+        if (topLevelRuntime) return entry;
+        if (st.dev !== this.rootStat.dev && !options.crossMounts) {
+          options.onSkip?.("mount", displayPath(rel));
+          return entry;
+        }
+        stack.push({ full, rel, names: readdirOrFail(full).sort(Buffer.compare), index: 0 });
+        return entry;
+      } else if (st.isFile()) {
+        if (st.nlink > 1) {
+          const key = `${st.dev}:${st.ino}`;
+          const first = this.hardlinks.get(key);
+          if (first !== undefined) return walkEntry(rel, st, { type: "hardlink", linkname: first });
+          this.hardlinks.set(key, rel);
+        }
+        return walkEntry(rel, st, {
+          type: "file",
+          size: st.size,
+          xattrs: readXattrs(full, true),
+          content: { kind: "path", path: full },
+        });
+      } else if (st.isSymbolicLink()) {
+        return walkEntry(rel, st, { type: "symlink", linkname: readlinkSync(full, { encoding: "buffer" }) });
+      } else if (st.isCharacterDevice() || st.isBlockDevice()) {
+        const type = st.isCharacterDevice() ? "char" : "block";
+        return walkEntry(rel, st, { type, ...deviceNumbers(st.rdev) });
+      } else if (st.isFIFO()) {
+        return walkEntry(rel, st, { type: "fifo" });
+      }
       // Sockets exist only while a process listens on them; an image cannot carry one.
       options.onSkip?.("socket", displayPath(rel));
     }
+    return undefined;
   }
 }
