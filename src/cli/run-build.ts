@@ -120,8 +120,7 @@ export async function runBuild(
     // It connects before the source opens, so a stopped daemon fails at once, not after a bootstrap.
     if (outputSet.wantsEngine) {
       const { connectEngine } = await import("../docker/engine.js");
-      const { systemDiscovery } = await import("../docker/connection.js");
-      engine = await connectEngine(context.signal, systemDiscovery, { imageStore: flags.via === "load" });
+      engine = await connectEngine(context.signal, { imageStore: flags.via === "load" });
     }
     const source = await openSource(renderer.onProgress);
     if (typeof overrides === "function") prepared = { ...prepared, ...overrides() };

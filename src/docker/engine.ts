@@ -212,10 +212,9 @@ class HttpEngine implements EngineClient {
  */
 export async function connectEngine(
   signal: AbortSignal,
-  discovery: DiscoveryEnvironment = systemDiscovery,
-  options: ConnectOptions = { imageStore: true },
+  options: ConnectOptions = {},
 ): Promise<EngineClient> {
-  const endpoint = resolveEndpoint(discovery);
+  const endpoint = resolveEndpoint(options.discovery ?? systemDiscovery);
   const transport = await openTransport(endpoint.address);
   try {
     return await negotiate(transport, endpoint, signal, options);
@@ -227,10 +226,12 @@ export async function connectEngine(
 
 export interface ConnectOptions {
   /**
-   * Whether to learn the image store, which only the load path needs: `/info` costs the engine ~10 ms
-   * of gathering, which an import would wait for before its first byte.
+   * Whether to learn the image store (default: yes), which only the load path needs: `/info` costs the
+   * engine ~10 ms of gathering, which an import would wait for before its first byte.
    */
-  readonly imageStore: boolean;
+  readonly imageStore?: boolean;
+  /** Where to look for the engine (default: this process's environment and files). */
+  readonly discovery?: DiscoveryEnvironment;
 }
 
 /** Asks for the engine's API version and, if asked, its image store (see {@link connectEngine}). */
@@ -248,11 +249,12 @@ async function negotiate(
     });
   // Both requests go out at once. An engine (or an authorization plugin) may refuse /info: the
   // full-archive load then works on any store.
-  const info = options.imageStore
-    ? send("/info")
-        .then(async (response) => JSON.parse(await readText(response)) as InfoResponse)
-        .catch((): InfoResponse => ({ DriverStatus: [["driver-type", "unknown"]] }))
-    : undefined;
+  const info =
+    options.imageStore !== false
+      ? send("/info")
+          .then(async (response) => JSON.parse(await readText(response)) as InfoResponse)
+          .catch((): InfoResponse => ({ DriverStatus: [["driver-type", "unknown"]] }))
+      : undefined;
   let engineApi: string | undefined;
   try {
     // As the docker CLI negotiates: /_ping costs the engine nothing, unlike /version, and its header

@@ -238,13 +238,14 @@ class TreeWalker {
 
       if (isDir) {
         const entry = walkEntry(rel, st, { type: "directory", xattrs: readXattrs(full, false) });
+        // A top-level runtime directory (/proc, /tmp…) is kept empty, without a word; another mount too,
+        // unless asked to cross it.
         const topLevelRuntime = frame.rel.length === 0 && this.contentsExcluded.has(relText);
-        if (topLevelRuntime) return entry;
-        if (st.dev !== this.rootStat.dev && !options.crossMounts) {
-          options.onSkip?.("mount", displayPath(rel));
-          return entry;
+        const otherMount = st.dev !== this.rootStat.dev && !options.crossMounts;
+        if (otherMount && !topLevelRuntime) options.onSkip?.("mount", displayPath(rel));
+        if (!topLevelRuntime && !otherMount) {
+          stack.push({ full, rel, names: readdirOrFail(full).sort(Buffer.compare), index: 0 });
         }
-        stack.push({ full, rel, names: readdirOrFail(full).sort(Buffer.compare), index: 0 });
         return entry;
       } else if (st.isFile()) {
         if (st.nlink > 1) {

@@ -295,7 +295,7 @@ describe("the image store", () => {
         readFile: () => Buffer.alloc(0),
         home: dir,
       };
-      const engine = await connectEngine(new AbortController().signal, discovery, { imageStore });
+      const engine = await connectEngine(new AbortController().signal, { discovery, imageStore });
       assert.equal(engine.apiVersion, "1.41");
       return { store: engine.imageStore, asked };
     } finally {

@@ -81,10 +81,9 @@ describe("the engine's HTTP client", () => {
     const fake = new FakeEngine(join(scratch.path, `${name}.sock`), engineReplies(apiVersion, rest));
     await fake.start();
     try {
-      const engine = await connectEngine(
-        new AbortController().signal,
-        discovery(`unix://${fake.socket}`, scratch.path),
-      );
+      const engine = await connectEngine(new AbortController().signal, {
+        discovery: discovery(`unix://${fake.socket}`, scratch.path),
+      });
       await use(engine, fake);
     } finally {
       await fake.stop();
@@ -183,10 +182,9 @@ describe("the engine's HTTP client", () => {
 
   it("names the socket and what to do when nothing listens", async () => {
     await assert.rejects(
-      connectEngine(
-        new AbortController().signal,
-        discovery(`unix://${join(scratch.path, "none.sock")}`, scratch.path),
-      ),
+      connectEngine(new AbortController().signal, {
+        discovery: discovery(`unix://${join(scratch.path, "none.sock")}`, scratch.path),
+      }),
       (error: unknown) =>
         error instanceof DaemonUnavailableError &&
         error.message.includes("none.sock (ENOENT)") &&
@@ -256,7 +254,9 @@ describe("DOCKER_HOST=ssh://", () => {
         `const s = require("node:net").connect(socket); process.stdin.pipe(s); s.pipe(process.stdout);`,
       ].join("\n"),
     );
-    const engine = await connectEngine(new AbortController().signal, discovery("ssh://me@box:2222", dir));
+    const engine = await connectEngine(new AbortController().signal, {
+      discovery: discovery("ssh://me@box:2222", dir),
+    });
     assert.equal(engine.apiVersion, "1.43");
     await engine.tagImage("sha256:abc", "r", "t");
     assert.equal(fake.received.at(-1)?.url, "/v1.43/images/sha256%3Aabc/tag?repo=r&tag=t");
@@ -307,7 +307,7 @@ describe("DOCKER_HOST=ssh://", () => {
       `process.stderr.write("me@box: Permission denied (publickey).\\n"); process.exit(255);`,
     );
     await assert.rejects(
-      connectEngine(new AbortController().signal, discovery("ssh://me@box", dir)),
+      connectEngine(new AbortController().signal, { discovery: discovery("ssh://me@box", dir) }),
       (error: unknown) =>
         error instanceof DaemonUnavailableError &&
         error.message.includes("ssh box exited with 255: me@box: Permission denied (publickey).") &&
@@ -318,7 +318,7 @@ describe("DOCKER_HOST=ssh://", () => {
   it("says so when ssh is not installed", async () => {
     process.env.PATH = join(dir, "empty");
     await assert.rejects(
-      connectEngine(new AbortController().signal, discovery("ssh://box", dir)),
+      connectEngine(new AbortController().signal, { discovery: discovery("ssh://box", dir) }),
       (error: unknown) => error instanceof DaemonUnavailableError && /spawn ssh ENOENT/.test(error.message),
     );
   });
