@@ -22,7 +22,8 @@ export function registerTarCommand(
         "their first bytes. The archive is read as a stream and re-packed through the same normaliser as `mkbase " +
         "dir`; it is never extracted on this machine. Entries with `..` components, hardlinks to missing targets, " +
         "entries under a symlinked parent, duplicate paths and overlay whiteouts (.wh.*) are refused; absolute " +
-        "paths are made relative with a warning. A URL needs --sha256 (or --insecure).",
+        "paths are made relative with a warning. GNU sparse files (tar -S) become whole files, zeros in their " +
+        "holes. A URL needs --sha256 (or --insecure).",
     )
     .option(
       "--sha256 <hex>",

@@ -54,7 +54,10 @@ const TYPEFLAG_OFFSET = 156;
  * Paths and link names are raw bytes with leading `./` and trailing `/` removed; they are not checked
  * for safety here (see {@link ArchiveEntryChecker}).
  *
- * @throws SourceError for a truncated or corrupt archive, GNU sparse files and unknown entry types.
+ * A GNU sparse file (`tar -S`, in any of GNU tar's four formats) becomes a regular file of its real
+ * size: its holes read as zeros, as when GNU tar or Go's archive/tar (`docker import`) extract it.
+ *
+ * @throws SourceError for a truncated or corrupt archive and unknown entry types.
  */
 export async function* readTar(chunks: AsyncIterable<Buffer>, signal: AbortSignal): AsyncGenerator<TarEntry> {
   const input = new TarInput(chunks[Symbol.asyncIterator]());
@@ -98,6 +101,7 @@ export async function* readTar(chunks: AsyncIterable<Buffer>, signal: AbortSigna
       headers++;
       const header = parseHeader(block, headerOffset);
       const flag = header.typeflag;
+      if (flag === "S") pending.oldGnuSparse = await readOldGnuSparseMap(block, input);
 
       if (flag === "x" || flag === "g" || flag === "L" || flag === "K") {
         if (header.size > MAX_METADATA_SIZE) {
@@ -125,13 +129,26 @@ export async function* readTar(chunks: AsyncIterable<Buffer>, signal: AbortSigna
         continue;
       }
 
-      const { entry, dataSize } = buildEntry(header, pending, globals);
+      const { entry, dataSize, sparse, where } = buildEntry(header, pending, globals);
       pending = emptyPending();
       if (entry.type === "file" && entry.size > 0) {
-        const content = new EntryContentStream(input, entry.size, signal);
-        yield { ...entry, content: { kind: "stream", chunks: content } };
+        let stored = dataSize;
+        let regions = sparse?.regions;
+        if (sparse !== undefined && regions === undefined) {
+          const map = await readSparseMapInData(input, dataSize, where);
+          regions = map.regions;
+          stored -= map.size;
+        }
+        const content = new EntryContentStream(input, stored, signal);
+        let chunks: AsyncIterable<Buffer> = content;
+        if (sparse !== undefined && regions !== undefined) {
+          checkSparseRegions(regions, sparse.realSize, stored, where);
+          chunks = expandSparse(content, { realSize: sparse.realSize, regions }, signal);
+        }
+        yield { ...entry, content: { kind: "stream", chunks } };
         await content.finish();
-        await input.skip(padding(entry.size));
+        // A sparse map in the data fills whole blocks: the padding is that of the stored bytes.
+        await input.skip(padding(stored));
       } else {
         yield entry;
         // GNU tar skips the data of every non-directory entry by its size field (a pax hardlink may carry
@@ -150,10 +167,18 @@ interface PendingMetadata {
   pax: Map<string, Buffer>;
   longName: Buffer | undefined;
   longLink: Buffer | undefined;
+  /** The map of an old GNU sparse header (type `S`), read from it and its extension blocks. */
+  oldGnuSparse: Sparse | undefined;
 }
 
 function emptyPending(): PendingMetadata {
-  return { started: false, pax: new Map(), longName: undefined, longLink: undefined };
+  return {
+    started: false,
+    pax: new Map(),
+    longName: undefined,
+    longLink: undefined,
+    oldGnuSparse: undefined,
+  };
 }
 
 interface RawHeader {
@@ -201,6 +226,8 @@ const TYPES: Readonly<Record<string, EntryType>> = {
   "0": "file",
   "\0": "file",
   "7": "file",
+  // An old GNU sparse file; its map is read with the header.
+  S: "file",
   "1": "hardlink",
   "2": "symlink",
   "3": "char",
@@ -209,32 +236,24 @@ const TYPES: Readonly<Record<string, EntryType>> = {
   "6": "fifo",
 };
 
-/** Applies the header, then GNU long names, then global PAX records, then per-entry PAX records. */
+/**
+ * Applies the header, then GNU long names, then global PAX records, then per-entry PAX records. For a
+ * sparse file, `dataSize` is what the archive stores and the entry's size is the file's real size.
+ */
 function buildEntry(
   header: RawHeader,
   pending: PendingMetadata,
   globals: ReadonlyMap<string, Buffer>,
-): { entry: TarEntry; dataSize: number } {
+): { entry: TarEntry; dataSize: number; sparse: Sparse | undefined; where: (what: string) => string } {
   const pax = new Map(globals);
   for (const [key, value] of pending.pax) {
     // An empty value in an `x` record cancels a global record and the header field is used again.
     if (value.length === 0) pax.delete(key);
     else pax.set(key, value);
   }
-  const rawName = pax.get("path") ?? pending.longName ?? header.name;
+  // The PAX sparse formats keep the real name apart, and put a made-up one in the header.
+  const rawName = pax.get("GNU.sparse.name") ?? pax.get("path") ?? pending.longName ?? header.name;
   const rawLink = pax.get("linkpath") ?? pending.longLink ?? header.linkname;
-
-  const sparseKey = [...pax.keys()].find((key) => key.startsWith("GNU.sparse."));
-  if (header.typeflag === "S" || sparseKey !== undefined) {
-    const shown = pax.get("GNU.sparse.name") ?? rawName;
-    throw new SourceError(
-      `"${displayPath(stripPath(shown))}" is a GNU sparse file, which mkbase does not read`,
-      {
-        path: displayPath(stripPath(shown)),
-        hint: "recreate the archive without --sparse (-S)",
-      },
-    );
-  }
 
   let type = TYPES[header.typeflag];
   if (type === undefined) {
@@ -256,7 +275,9 @@ function buildEntry(
   const path = stripPath(rawName);
   const where = (what: string): string =>
     `${what} of "${displayPath(path)}" (header at byte ${header.offset})`;
-  const size = paxInteger(pax, "size", where) ?? header.size;
+  const dataSize = paxInteger(pax, "size", where) ?? header.size;
+  const sparse = type === "file" ? (pending.oldGnuSparse ?? paxSparse(pax, where)) : undefined;
+  const size = sparse?.realSize ?? dataSize;
   const entry: {
     -readonly [K in keyof TarEntry]: TarEntry[K];
   } = {
@@ -278,7 +299,7 @@ function buildEntry(
   const xattrs = paxXattrs(pax, where);
   if (xattrs.size > 0) entry.xattrs = xattrs;
   // The data blocks follow the PAX size when there is one.
-  return { entry, dataSize: size };
+  return { entry, dataSize, sparse, where };
 }
 
 /** Removes leading `./` and trailing `/`; the result is a copy that does not pin an input chunk. */
@@ -292,6 +313,213 @@ function stripPath(raw: Buffer): Buffer {
   }
   if (start === end) return Buffer.from(".");
   return Buffer.from(raw.subarray(start, end));
+}
+
+/** A run of bytes a sparse file's entry stores, at `offset` in the file; the rest of the file is holes. */
+interface SparseRegion {
+  readonly offset: number;
+  readonly length: number;
+}
+
+/** A sparse file's real size and stored regions; `regions` is undefined when they head its data (1.0). */
+interface Sparse {
+  readonly realSize: number;
+  readonly regions: readonly SparseRegion[] | undefined;
+}
+
+/**
+ * Where an old GNU sparse header (type `S`) keeps its map: four regions of two 12-byte numbers from byte
+ * 386, then a flag saying that an extension block follows, then the real size. Each extension block
+ * holds 21 more regions and a flag of its own.
+ */
+const OLD_GNU_SPARSE = { regions: 386, slots: 4, extended: 482, realSize: [483, 495] } as const;
+const OLD_GNU_SPARSE_EXTENSION = { regions: 0, slots: 21, extended: 504 } as const;
+
+/** Reads the map of an old GNU sparse header and of the extension blocks that follow it. */
+async function readOldGnuSparseMap(block: Buffer, input: TarInput): Promise<Sparse> {
+  const headerOffset = input.offset - BLOCK;
+  const regions: SparseRegion[] = [];
+  const readSlots = (
+    from: Buffer,
+    layout: typeof OLD_GNU_SPARSE_EXTENSION | typeof OLD_GNU_SPARSE,
+    at: number,
+  ) => {
+    for (let slot = 0; slot < layout.slots; slot++) {
+      const start = layout.regions + 24 * slot;
+      // An unused slot starts with a NUL; GNU tar and libarchive stop at the first one too.
+      if (from[start] === 0) break;
+      regions.push({
+        offset: parseNumeric(from, start, start + 12, "sparse offset", at),
+        length: parseNumeric(from, start + 12, start + 24, "sparse length", at),
+      });
+    }
+    return from[layout.extended] !== 0;
+  };
+  let extended = readSlots(block, OLD_GNU_SPARSE, headerOffset);
+  while (extended) {
+    const at = input.offset;
+    const extension = await input.readBlock();
+    if (extension === undefined) throw truncated("it ends inside the map of a sparse file");
+    extended = readSlots(extension, OLD_GNU_SPARSE_EXTENSION, at);
+  }
+  const [start, end] = OLD_GNU_SPARSE.realSize;
+  return { realSize: parseNumeric(block, start, end, "sparse real size", headerOffset), regions };
+}
+
+/**
+ * The sparse map of the PAX formats: 0.0 (`GNU.sparse.offset`/`numbytes` pairs, turned into a map by
+ * {@link parsePaxRecords}), 0.1 (`GNU.sparse.map`) and 1.0 (the map heads the data).
+ */
+function paxSparse(pax: ReadonlyMap<string, Buffer>, where: (what: string) => string): Sparse | undefined {
+  const major = pax.get("GNU.sparse.major")?.toString("latin1");
+  const minor = pax.get("GNU.sparse.minor")?.toString("latin1");
+  const map = pax.get("GNU.sparse.map");
+  const requiredInteger = (key: string): number => {
+    const value = paxInteger(pax, key, where);
+    if (value === undefined) throw corruptHeader(`a sparse file without the PAX ${key}`, where);
+    return value;
+  };
+  if (major === "1" && minor === "0")
+    return { realSize: requiredInteger("GNU.sparse.realsize"), regions: undefined };
+  if (map !== undefined && (major ?? "0") === "0") {
+    const text = map.toString("latin1");
+    const regions = sparseRegions(text === "" ? [] : text.split(","), where);
+    const count = paxInteger(pax, "GNU.sparse.numblocks", where);
+    if (count !== undefined && count !== regions.length) {
+      throw corruptHeader(`the sparse map has ${regions.length} regions, not the ${count} announced`, where);
+    }
+    return { realSize: requiredInteger("GNU.sparse.size"), regions };
+  }
+  if (major !== undefined || minor !== undefined) {
+    throw new SourceError(
+      `${where("entry")} is a GNU sparse file of format ${major ?? "?"}.${minor ?? "?"}, which mkbase does not read`,
+      {
+        hint: "recreate the archive with GNU tar's default sparse format (--sparse-version=1.0) or without --sparse (-S)",
+      },
+    );
+  }
+  if ([...pax.keys()].some((key) => key.startsWith("GNU.sparse."))) {
+    throw corruptHeader("a sparse file without its map", where);
+  }
+  return undefined;
+}
+
+/** Regions from their numbers in order: offset, length, offset, length… */
+function sparseRegions(numbers: readonly string[], where: (what: string) => string): SparseRegion[] {
+  if (numbers.length % 2 !== 0) throw corruptHeader("the sparse map has an offset without a length", where);
+  const values = numbers.map((text) => {
+    const value = Number(text);
+    if (!DECIMAL.test(text) || !Number.isSafeInteger(value)) {
+      throw corruptHeader(`the sparse map holds "${text}", which is not a valid number`, where);
+    }
+    return value;
+  });
+  const regions: SparseRegion[] = [];
+  for (let i = 0; i < values.length; i += 2)
+    regions.push({ offset: values[i] ?? 0, length: values[i + 1] ?? 0 });
+  return regions;
+}
+
+/**
+ * Reads the map that heads the data of a format 1.0 sparse file: decimal numbers, one a line (the count
+ * of regions, then offset and length of each), padded with NULs to a whole block.
+ */
+async function readSparseMapInData(
+  input: TarInput,
+  dataSize: number,
+  where: (what: string) => string,
+): Promise<{ regions: SparseRegion[]; size: number }> {
+  const numbers: string[] = [];
+  let wanted = 1;
+  let partial = "";
+  let size = 0;
+  while (numbers.length < wanted) {
+    if (size + BLOCK > Math.min(dataSize, MAX_METADATA_SIZE)) {
+      throw corruptHeader("the sparse map runs past the entry's data", where);
+    }
+    const block = await input.readBlock();
+    if (block === undefined) throw truncated("it ends inside the map of a sparse file");
+    size += BLOCK;
+    const lines = (partial + block.toString("latin1")).split("\n");
+    partial = lines.pop() ?? "";
+    for (const line of lines) {
+      if (numbers.length === wanted) break;
+      numbers.push(line);
+      if (numbers.length === 1) {
+        const count = Number(line);
+        if (!DECIMAL.test(line) || !Number.isSafeInteger(count)) {
+          throw corruptHeader(`the sparse map starts with "${line}", not a count of regions`, where);
+        }
+        wanted = 1 + 2 * count;
+      }
+    }
+  }
+  return { regions: sparseRegions(numbers.slice(1), where), size };
+}
+
+/** Checks that the regions are in order, inside the file, and cover exactly the bytes stored. */
+function checkSparseRegions(
+  regions: readonly SparseRegion[],
+  realSize: number,
+  stored: number,
+  where: (what: string) => string,
+): void {
+  let end = 0;
+  let covered = 0;
+  for (const { offset, length } of regions) {
+    if (offset < end || offset + length > realSize) {
+      throw corruptHeader(
+        `the sparse map has a region out of order or past the file's ${realSize} bytes`,
+        where,
+      );
+    }
+    end = offset + length;
+    covered += length;
+  }
+  if (covered !== stored) {
+    throw corruptHeader(`the sparse map covers ${covered} bytes, but the archive stores ${stored}`, where);
+  }
+}
+
+/**
+ * Zeros for the holes of sparse files. Shared: every reader of content chunks (the packer, hashes,
+ * compressors, sockets) only reads them, as they do the slices of the input.
+ */
+const ZEROS = Buffer.alloc(1024 * 1024);
+
+/** The whole content of a sparse file: `stored` (its regions, in order) with the holes between as zeros. */
+async function* expandSparse(
+  stored: AsyncIterable<Buffer>,
+  sparse: { readonly realSize: number; readonly regions: readonly SparseRegion[] },
+  signal: AbortSignal,
+): AsyncGenerator<Buffer> {
+  const data = stored[Symbol.asyncIterator]();
+  let pending: Buffer = EMPTY;
+  let position = 0;
+  const zeros = function* (count: number): Generator<Buffer> {
+    for (let left = count; left > 0; left -= ZEROS.length) {
+      throwIfAborted(signal);
+      yield ZEROS.subarray(0, Math.min(left, ZEROS.length));
+    }
+  };
+  for (const { offset, length } of sparse.regions) {
+    yield* zeros(offset - position);
+    let left = length;
+    while (left > 0) {
+      if (pending.length === 0) {
+        const next = await data.next();
+        // Cannot happen: the regions were checked to cover exactly the stored bytes.
+        if (next.done === true) throw new Error("a sparse file's data ended before its map");
+        pending = next.value;
+      }
+      const part = pending.subarray(0, left);
+      pending = pending.subarray(part.length);
+      left -= part.length;
+      yield part;
+    }
+    position = offset + length;
+  }
+  yield* zeros(sparse.realSize - position);
 }
 
 const DECIMAL = /^\d+$/;
@@ -367,6 +595,7 @@ function parsePaxRecords(data: Buffer, headerOffset: number): Map<string, Buffer
     new SourceError(`corrupt tar archive: the PAX header at byte ${headerOffset} has a malformed record`, {
       hint: "the file is damaged; download or create it again",
     });
+  const sparsePairs: string[] = [];
   let position = 0;
   while (position < data.length) {
     // Some writers pad the record block with NULs.
@@ -381,9 +610,16 @@ function parsePaxRecords(data: Buffer, headerOffset: number): Map<string, Buffer
     }
     const equals = data.indexOf(0x3d, space + 1);
     if (equals < 0 || equals >= end - 1) throw corrupt();
-    records.set(data.toString("utf8", space + 1, equals), data.subarray(equals + 1, end - 1));
+    const key = data.toString("utf8", space + 1, equals);
+    const value = data.subarray(equals + 1, end - 1);
+    if (key === "GNU.sparse.offset" || key === "GNU.sparse.numbytes")
+      sparsePairs.push(value.toString("latin1"));
+    else records.set(key, value);
     position = end;
   }
+  // Sparse format 0.0 repeats these two keys, once per data region, in order: the same list as the
+  // `GNU.sparse.map` of format 0.1.
+  if (sparsePairs.length > 0) records.set("GNU.sparse.map", Buffer.from(sparsePairs.join(","), "latin1"));
   return records;
 }
 

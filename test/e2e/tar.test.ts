@@ -15,6 +15,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { describeResult, runChecked, runMkbase, type RunOptions, type RunResult } from "./support/cli.js";
 import {
+  dockerRun,
   failureLabel,
   imageIds,
   imageInspect,
@@ -22,7 +23,7 @@ import {
   removeImages,
   uniqueTag,
 } from "./support/docker.js";
-import { makeEveryKindTree, type FixtureTree } from "./support/fixture-tree.js";
+import { makeEveryKindTree, makeMinimalTree, type FixtureTree } from "./support/fixture-tree.js";
 import { containerRuntimePaths, diffListings, inspectHostTree, inspectImage } from "./support/inspect.js";
 import { writeSelfSignedCertificate } from "../support/certificate.js";
 
@@ -113,6 +114,33 @@ test("stdin (-)", async () => {
   const { id } = await mkbaseTar("-", tag, [], { input: createReadStream(plainTar) });
   assert.equal(id, plainId);
   await assertImageHoldsTree(tag);
+});
+
+test("a GNU sparse archive (tar -S): the container reads each file whole, zeros in its holes", async () => {
+  const minimal = await makeMinimalTree();
+  try {
+    // Data at the start, in the middle and at the end of 8 MiB, holes between.
+    const holes = join(minimal.root, "holes");
+    await writeFile(holes, "");
+    for (const offset of [0, 3 * 1024 * 1024, 8 * 1024 * 1024 - 4096]) {
+      const fill = `dd if=/dev/urandom of="$1" bs=4096 count=1 seek=${offset} oflag=seek_bytes conv=notrunc status=none`;
+      await runChecked("sh", ["-c", fill, "sh", holes]);
+    }
+    const archive = join(work, "sparse.tar");
+    // The old GNU format, which `docker import` also reads; the PAX ones are covered by the reader's tests.
+    await runChecked("tar", ["--format=gnu", "--sparse", "-C", minimal.root, "-cf", archive, "."]);
+    assert.ok(
+      (await readFile(archive)).length < 4 * 1024 * 1024,
+      "the archive does not store the file sparse",
+    );
+    const tag = uniqueTag("tar-sparse");
+    await mkbaseTar(archive, tag);
+    const run = await dockerRun(tag, ["sha256sum", "/holes"], { entrypoint: "/bin/busybox" });
+    assert.equal(run.code, 0, describeResult(run));
+    assert.equal(run.stdout.split(" ")[0], sha256Of(await readFile(holes)));
+  } finally {
+    await minimal.cleanup();
+  }
 });
 
 describe("a URL", () => {

@@ -136,6 +136,19 @@ function pax(type: "x" | "g", records: [string, string | Buffer][]): Buffer {
   return member({ name: "PaxHeader", type }, paxRecords(records));
 }
 
+/** An old GNU sparse member (type `S`, GNU magic) with its map in the header: up to 4 regions. */
+function oldGnuSparse(name: string, realSize: number, regions: [number, number][], data: Buffer): Buffer {
+  const block = header({ name, type: "S", size: data.length });
+  block.write("ustar  \0", 257, "latin1");
+  block.fill(0, 345, 500);
+  regions.forEach(([offset, length], slot) => {
+    octal(block, 386 + 24 * slot, 12, offset);
+    octal(block, 398 + 24 * slot, 12, length);
+  });
+  octal(block, 483, 12, realSize);
+  return Buffer.concat([withChecksum(block), padded(data)]);
+}
+
 const END = Buffer.alloc(1024);
 
 function archive(...members: Buffer[]): Buffer {
@@ -382,20 +395,51 @@ describe("readTar on archives written by GNU tar and bsdtar", () => {
     }
   });
 
-  test("GNU sparse files are refused, naming the file", async () => {
+  test("GNU sparse files, in each of GNU tar's formats and bsdtar's, become whole files with zeros in the holes", async () => {
     const dir = join(work, "sparse");
     mkdirSync(dir);
-    writeFileSync(join(dir, "holes"), "");
-    run("truncate", ["-s", "4M", join(dir, "holes")]);
-    run("sh", ["-c", `printf x >> ${join(dir, "holes")}`]);
-    for (const format of ["gnu", "posix"]) {
-      const file = join(work, `sparse-${format}.tar`);
-      run("tar", ["-S", `--format=${format}`, "-C", dir, "-cf", file, "."]);
-      await assert.rejects(readArchive(file), (error: unknown) => {
-        assert.ok(error instanceof SourceError);
-        assert.match(error.message, /"holes" is a GNU sparse file/);
-        return true;
-      });
+    // 30 regions: more than an old GNU header's 4 and its first extension block's 21. The first starts
+    // the file, the others follow holes, and a hole ends it.
+    const many = join(dir, "many");
+    writeFileSync(many, "");
+    for (let i = 0; i < 30; i++) {
+      const offset = i * 65536 + (i === 0 ? 0 : 1000);
+      run("dd", [
+        "if=/dev/urandom",
+        `of=${many}`,
+        "bs=3000",
+        "count=1",
+        `seek=${offset}`,
+        "oflag=seek_bytes",
+        "conv=notrunc",
+        "status=none",
+      ]);
+    }
+    run("truncate", ["-s", String(30 * 65536 + 500000), many]);
+    // A file that is one hole, and a normal file after both.
+    run("truncate", ["-s", "3000000", join(dir, "hole")]);
+    writeFileSync(join(dir, "plain"), "plain\n");
+    const archives: [string, string[]][] = [
+      ["gnu", ["tar", "--format=gnu", "-S"]],
+      ["0.0", ["tar", "--format=posix", "--sparse-version=0.0", "-S"]],
+      ["0.1", ["tar", "--format=posix", "--sparse-version=0.1", "-S"]],
+      ["1.0", ["tar", "--format=posix", "--sparse-version=1.0", "-S"]],
+      ["bsdtar", ["bsdtar", "--format=pax"]],
+    ];
+    for (const [label, [command, ...flags]] of archives) {
+      const file = join(work, `sparse-${label}.tar`);
+      run(command as string, [...flags, "-C", dir, "-cf", file, "."]);
+      // The archive really stores the files sparse: far less than their 5 MB.
+      assert.ok(readFileSync(file).length < 300_000, `${label}: ${readFileSync(file).length} bytes`);
+      const entries = byPath(await readArchive(file, 700));
+      assert.deepEqual([...entries.keys()].sort(), [".", "hole", "many", "plain"], label);
+      for (const name of ["many", "hole", "plain"]) {
+        const read = entries.get(name);
+        const content = readFileSync(join(dir, name));
+        assert.equal(read?.entry.type, "file", `${label} ${name}`);
+        assert.equal(read?.entry.size, content.length, `${label} ${name}`);
+        assert.ok(read?.data?.equals(content), `${label} ${name}: content differs`);
+      }
     }
   });
 });
@@ -622,7 +666,45 @@ describe("readTar on hand-written archives", () => {
         /zero block/,
       ],
       ["unknown type", archive(member({ name: "weird", type: "X" })), /"weird" has the entry type 'X'/],
-      ["GNU sparse", archive(member({ name: "sparse", type: "S" })), /"sparse" is a GNU sparse file/],
+      [
+        "sparse region past the real size",
+        archive(oldGnuSparse("holes", 10, [[8, 5]], Buffer.from("01234"))),
+        /sparse map has a region out of order or past the file's 10 bytes/,
+      ],
+      [
+        "sparse map covering less than is stored",
+        archive(
+          pax("x", [
+            ["GNU.sparse.map", "0,2"],
+            ["GNU.sparse.size", "10"],
+          ]),
+          member({ name: "holes" }, Buffer.from("012")),
+        ),
+        /sparse map covers 2 bytes, but the archive stores 3/,
+      ],
+      [
+        "sparse map in the data past the data",
+        archive(
+          pax("x", [
+            ["GNU.sparse.major", "1"],
+            ["GNU.sparse.minor", "0"],
+            ["GNU.sparse.realsize", "10"],
+          ]),
+          member({ name: "holes" }, Buffer.from("5\n0\n")),
+        ),
+        /sparse map runs past the entry's data/,
+      ],
+      [
+        "sparse format of an unknown version",
+        archive(
+          pax("x", [
+            ["GNU.sparse.major", "2"],
+            ["GNU.sparse.minor", "0"],
+          ]),
+          member({ name: "holes" }),
+        ),
+        /"holes" .* is a GNU sparse file of format 2\.0/,
+      ],
       [
         "bad PAX record",
         archive(pax("x", [["path", "p"]]).fill(0x41, 512, 514), member({ name: "a" })),
