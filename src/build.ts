@@ -12,7 +12,7 @@ import { RunningDigest } from "./image/digest.js";
 import { formatCreated, imageId, type Image } from "./image/image.js";
 import { fileLayer, type Layer } from "./image/layer.js";
 import type { Platform } from "./image/platform.js";
-import type { ProgressEvent, ProgressListener } from "./progress.js";
+import type { ProgressListener } from "./progress.js";
 import { temporaryFileError } from "./sinks/atomic-file.js";
 import type { LayerConsumer, Sink, SinkResult } from "./sinks/sink.js";
 import type { EntrySource } from "./tar/entry.js";
@@ -51,7 +51,6 @@ export interface BuildResult {
   readonly entries: number;
   readonly epoch: number;
   readonly results: readonly SinkResult[];
-  readonly warnings: readonly string[];
 }
 
 interface PackedLayer {
@@ -115,12 +114,6 @@ function chooseEpoch(choice: EpochChoice, newestMtime: number | undefined): numb
 
 /** Builds the image and delivers it to every sink. Temporary files are removed whatever happens. */
 export async function build(request: BuildRequest): Promise<BuildResult> {
-  const warnings: string[] = [];
-  const onProgress = (event: ProgressEvent): void => {
-    if (event.kind === "warning") warnings.push(event.message);
-    request.onProgress(event);
-  };
-  const tracked: BuildRequest = { ...request, onProgress };
   const needsFile = request.sinks.some((sink) => sink.needsLayerFile);
   // Private (0700) directory: the spooled layer holds every file of the tree, secrets included.
   const tempDir = needsFile ? await mkdtemp(join(tmpdir(), "mkbase-")) : undefined;
@@ -134,7 +127,7 @@ export async function build(request: BuildRequest): Promise<BuildResult> {
     let packed: PackedLayer;
     try {
       await Promise.all(consumers.map((consumer) => consumer.ready));
-      packed = await packLayer(tracked, consumers, spoolPath);
+      packed = await packLayer(request, consumers, spoolPath);
       throwIfAborted(request.signal);
     } catch (error) {
       for (const consumer of consumers) consumer.abort(error);
@@ -168,7 +161,6 @@ export async function build(request: BuildRequest): Promise<BuildResult> {
       entries: packed.entries,
       epoch,
       results,
-      warnings,
     };
   } finally {
     if (tempDir !== undefined) await rm(tempDir, { recursive: true, force: true });

@@ -58,6 +58,7 @@ async function writeFileAtomic(path: string, text: string): Promise<void> {
 
 function printResult(
   result: BuildResult,
+  warnings: readonly string[],
   flags: ImageFlags,
   stdout: NodeJS.WritableStream,
   results: readonly SinkResult[] = result.results,
@@ -75,7 +76,7 @@ function printResult(
         epoch: result.epoch,
         platform: formatPlatform(result.image.platform),
         destinations: results.map((r) => r.destination),
-        warnings: result.warnings,
+        warnings,
       })}\n`,
     );
   } else {
@@ -113,6 +114,12 @@ export async function runBuild(
   // Only some commands (the bootstrappers) have --verbose.
   const verbose = (flags as ImageFlags & { readonly verbose?: boolean }).verbose === true;
   const renderer = await makeRenderer({ quiet: flags.quiet === true, verbose });
+  // Every warning of the build, whichever part reports it (source, sinks, outputs), for --json.
+  const warnings: string[] = [];
+  const onProgress: ProgressListener = (event) => {
+    if (event.kind === "warning") warnings.push(event.message);
+    renderer.onProgress(event);
+  };
   let ok = false;
   let engine: EngineClient | undefined;
   try {
@@ -122,12 +129,12 @@ export async function runBuild(
       const { connectEngine } = await import("../docker/engine.js");
       engine = await connectEngine(context.signal, { imageStore: flags.via === "load" });
     }
-    const source = await openSource(renderer.onProgress);
+    const source = await openSource(onProgress);
     if (typeof overrides === "function") prepared = { ...prepared, ...overrides() };
-    const common = { engine, tags: prepared.tags, onProgress: renderer.onProgress, message: flags.message };
+    const common = { engine, tags: prepared.tags, onProgress, message: flags.message };
     const platform = formatPlatform(prepared.platform);
     if (engine !== undefined && flags.via === "import" && platform !== formatPlatform(hostPlatform())) {
-      renderer.onProgress({
+      onProgress({
         kind: "warning",
         message: `--via import: engines before API 1.32 ignore the platform and record the host's; use --via load to be sure ${platform} is recorded`,
       });
@@ -153,19 +160,19 @@ export async function runBuild(
       createdBy,
       comment: flags.message,
       annotations: annotationsFor(outputSet.annotations, "manifest", prepared.platform),
-      sinks: outputSet.sinksForBuild(sink, renderer.onProgress),
+      sinks: outputSet.sinksForBuild(sink, onProgress),
       signal: context.signal,
-      onProgress: renderer.onProgress,
+      onProgress,
     });
     outputSet.recordBuild(result);
     const results =
-      outputs === undefined ? await outputSet.complete(context.signal, renderer.onProgress) : result.results;
+      outputs === undefined ? await outputSet.complete(context.signal, onProgress) : result.results;
     ok = true;
     renderer.stop(true);
     const id = results[0]?.id ?? result.imageId;
     if (flags.iidfile !== undefined) await writeFileAtomic(flags.iidfile, id);
     // With dest=- stdout holds the archive; --iidfile and --metadata-file still give the result.
-    if (!outputSet.writesStdout) printResult(result, flags, context.stdout, results);
+    if (!outputSet.writesStdout) printResult(result, warnings, flags, context.stdout, results);
     return 0;
   } finally {
     engine?.close();

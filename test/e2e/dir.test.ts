@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -355,6 +356,23 @@ describe("output for scripts", () => {
     assert.equal(output.size, layer.bytes.length);
     assert.equal(output.diffId, `sha256:${createHash("sha256").update(layer.bytes).digest("hex")}`);
     assert.equal(output.entries, layer.names.length);
+  });
+
+  test("--json lists the warnings of the source too: a skipped socket", async () => {
+    const withSocket = await makeMinimalTree();
+    const server = createServer();
+    try {
+      await new Promise<void>((resolve) => server.listen(join(withSocket.root, "listening.sock"), resolve));
+      const { result } = await mkbaseDir(withSocket.root, uniqueTag("dir-json-warning"), ["--json"]);
+      const output = JSON.parse(result.stdout) as { warnings: string[] };
+      assert.equal(output.warnings.length, 1, result.stdout);
+      assert.match(output.warnings[0] ?? "", /^skipped 1 socket .*listening\.sock/);
+      // The same line the progress shows on stderr.
+      assert.ok(result.stderr.includes(output.warnings[0] ?? ""), result.stderr);
+    } finally {
+      server.close();
+      await withSocket.cleanup();
+    }
   });
 
   test("--iidfile holds the image ID", async () => {
