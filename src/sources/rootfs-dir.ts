@@ -82,6 +82,7 @@ export class RootfsDirSource implements EntrySource {
       contentsExcluded: this.isSystemCapture ? SYSTEM_RUNTIME_DIRS : [],
       crossMounts: this.options.crossMounts,
       onSkip: (kind, path) => (kind === "socket" ? sockets : mounts).push(path),
+      onWarning: (message) => this.options.onProgress({ kind: "warning", message }),
     });
     if (sockets.length > 0) {
       this.options.onProgress({

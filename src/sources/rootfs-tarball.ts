@@ -115,7 +115,7 @@ export class RootfsTarballSource implements EntrySource {
     let raw = this.rawChunks(signal);
     if (this.sha256 !== undefined) raw = verifySha256(raw, this.sha256, this.description);
     const checker = new ArchiveEntryChecker((message) => this.warn(message));
-    for await (const entry of readTar(decompress(raw, signal), signal)) {
+    for await (const entry of readTar(decompress(raw, signal), signal, (message) => this.warn(message))) {
       const checked = checker.check(entry);
       if (checked !== undefined) yield checked;
     }

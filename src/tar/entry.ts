@@ -3,6 +3,7 @@
  * content. Sources produce these; the normaliser and the packer consume them. Every field a tar header
  * carries is set here, so no library default ever decides an mtime, a mode or an owner.
  */
+import { formatBytes } from "../progress.js";
 
 export type EntryType = "file" | "directory" | "symlink" | "hardlink" | "char" | "block" | "fifo";
 
@@ -51,6 +52,26 @@ export function displayPath(path: Buffer): string {
   return [...path]
     .map((b) => (b >= 0x20 && b < 0x7f ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, "0")}`))
     .join("");
+}
+
+/** Files from this size on that are mostly holes get {@link sparseFileWarning}. */
+const LARGE_SPARSE_FILE = 1024 * 1024 * 1024;
+
+/**
+ * The warning for a large file that is mostly holes, or undefined. A layer cannot hold holes: every zero
+ * is packed, hashed, compressed and unpacked again. The classic case is /var/log/lastlog or faillog
+ * after `useradd` with a large uid, which makes them hundreds of gigabytes of holes.
+ *
+ * @param data the bytes the file really holds: allocated on disk, or stored in a sparse archive entry
+ */
+export function sparseFileWarning(path: Buffer, size: number, data: number): string | undefined {
+  if (size < LARGE_SPARSE_FILE || 2 * data > size) return undefined;
+  const shown = displayPath(path);
+  return (
+    `${shown} is a sparse file of ${formatBytes(size)} holding ${formatBytes(data)} of data: the image stores ` +
+    `it whole, its holes as zeros. If it is not needed (a lastlog or faillog after useradd with a large uid ` +
+    `often is not), leave it out with --exclude ${shown}`
+  );
 }
 
 /** A root-owned regular file whose content is already in memory (generated files, JSON documents). */

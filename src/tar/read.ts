@@ -8,7 +8,7 @@
  * and every PAX value stays a Buffer from the input bytes to the entry.
  */
 import { InterruptedError, SourceError, throwIfAborted } from "../errors.js";
-import { displayPath, type EntryType, type TarEntry } from "./entry.js";
+import { displayPath, sparseFileWarning, type EntryType, type TarEntry } from "./entry.js";
 
 const BLOCK = 512;
 const EMPTY = Buffer.alloc(0);
@@ -55,11 +55,16 @@ const TYPEFLAG_OFFSET = 156;
  * for safety here (see {@link ArchiveEntryChecker}).
  *
  * A GNU sparse file (`tar -S`, in any of GNU tar's four formats) becomes a regular file of its real
- * size: its holes read as zeros, as when GNU tar or Go's archive/tar (`docker import`) extract it.
+ * size: its holes read as zeros, as when GNU tar or Go's archive/tar (`docker import`) extract it. A
+ * large one that is mostly holes is reported to `onWarning`.
  *
  * @throws SourceError for a truncated or corrupt archive and unknown entry types.
  */
-export async function* readTar(chunks: AsyncIterable<Buffer>, signal: AbortSignal): AsyncGenerator<TarEntry> {
+export async function* readTar(
+  chunks: AsyncIterable<Buffer>,
+  signal: AbortSignal,
+  onWarning?: (message: string) => void,
+): AsyncGenerator<TarEntry> {
   const input = new TarInput(chunks[Symbol.asyncIterator]());
   const globals = new Map<string, Buffer>();
   let pending = emptyPending();
@@ -143,6 +148,8 @@ export async function* readTar(chunks: AsyncIterable<Buffer>, signal: AbortSigna
         let chunks: AsyncIterable<Buffer> = content;
         if (sparse !== undefined && regions !== undefined) {
           checkSparseRegions(regions, sparse.realSize, stored, where);
+          const warning = sparseFileWarning(entry.path, sparse.realSize, stored);
+          if (warning !== undefined) onWarning?.(warning);
           chunks = expandSparse(content, { realSize: sparse.realSize, regions }, signal);
         }
         yield { ...entry, content: { kind: "stream", chunks } };

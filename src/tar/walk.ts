@@ -10,7 +10,7 @@ import { isUtf8 } from "node:buffer";
 import { constants, closeSync, lstatSync, openSync, readdirSync, readlinkSync, type Stats } from "node:fs";
 import { createRequire } from "node:module";
 import { SourceError, errnoCode, throwIfAborted } from "../errors.js";
-import { displayPath, type TarEntry } from "./entry.js";
+import { displayPath, sparseFileWarning, type TarEntry } from "./entry.js";
 import type { PathFilter } from "./exclude.js";
 
 /** Top-level directories of a live system whose contents are runtime state, not part of an image. */
@@ -32,6 +32,8 @@ export interface WalkOptions {
   readonly crossMounts?: boolean;
   /** Called once per skipped socket and per mount point not crossed. */
   readonly onSkip?: (kind: "socket" | "mount", path: string) => void;
+  /** Called with {@link sparseFileWarning}'s message for a large file that is mostly holes. */
+  readonly onWarning?: (message: string) => void;
 }
 
 /** Linux `dev_t` encoding (glibc's gnu_dev_major/minor). */
@@ -254,6 +256,9 @@ class TreeWalker {
           if (first !== undefined) return walkEntry(rel, st, { type: "hardlink", linkname: first });
           this.hardlinks.set(key, rel);
         }
+        // st.blocks counts 512-byte units, whatever the filesystem's block size.
+        const sparse = sparseFileWarning(rel, st.size, st.blocks * 512);
+        if (sparse !== undefined) options.onWarning?.(sparse);
         return walkEntry(rel, st, {
           type: "file",
           size: st.size,

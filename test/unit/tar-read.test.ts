@@ -19,7 +19,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { InterruptedError, SourceError } from "../../src/errors.js";
-import type { EntryType, TarEntry } from "../../src/tar/entry.js";
+import { sparseFileWarning, type EntryType, type TarEntry } from "../../src/tar/entry.js";
 import { ArchiveEntryChecker, readTar } from "../../src/tar/read.js";
 
 const signal = new AbortController().signal;
@@ -445,6 +445,44 @@ describe("readTar on archives written by GNU tar and bsdtar", () => {
 });
 
 describe("readTar on hand-written archives", () => {
+  test("a large sparse file that is mostly holes is reported, a small or mostly full one is not", async () => {
+    const gib = 1024 * 1024 * 1024;
+    const sparseMember = (name: string, size: number, data: Buffer): Buffer[] => [
+      pax("x", [
+        ["GNU.sparse.map", `0,${data.length}`],
+        ["GNU.sparse.size", String(size)],
+      ]),
+      member({ name }, data),
+    ];
+    const data = archive(
+      ...sparseMember("var/log/lastlog", 3 * gib, Buffer.from("x")),
+      ...sparseMember("small", 1024 * 1024, Buffer.from("x")),
+    );
+    const warnings: string[] = [];
+    const seen: [string, number][] = [];
+    // The contents are not read: 3 GiB of zeros are skipped, not produced.
+    for await (const entry of readTar(chunksOf(data, 512), signal, (message) => warnings.push(message))) {
+      seen.push([entry.path.toString(), entry.size]);
+    }
+    assert.deepEqual(seen, [
+      ["var/log/lastlog", 3 * gib],
+      ["small", 1024 * 1024],
+    ]);
+    assert.equal(warnings.length, 1, warnings.join("\n"));
+    assert.match(
+      warnings[0] ?? "",
+      /^var\/log\/lastlog is a sparse file of 3\.00 GiB holding 1 B of data.*--exclude var\/log\/lastlog$/,
+    );
+    // The thresholds: from 1 GiB, with at most half of it data.
+    const path = Buffer.from("f");
+    assert.equal(sparseFileWarning(path, gib - 1, 0), undefined);
+    assert.equal(sparseFileWarning(path, 2 * gib, gib + 1), undefined);
+    assert.match(
+      sparseFileWarning(path, 2 * gib, gib) ?? "",
+      /^f is a sparse file of 2\.00 GiB holding 1\.00 GiB/,
+    );
+  });
+
   test("PAX records: binary and base64 xattrs, global records, fractional and negative mtimes", async () => {
     const capability = Buffer.from(CAPABILITY_HEX, "hex");
     const data = archive(

@@ -112,6 +112,24 @@ describe("walkTree", () => {
     assert.ok(!entries.includes("b/dangling"));
   });
 
+  it("warns about a large file that is mostly holes, and only about that one", () => {
+    const dir = mkdtempSync(join(tmpdir(), "mkbase-walk-sparse-"));
+    try {
+      // Holes only: no disk space is used. 8 GiB stands for a lastlog after useradd with a large uid.
+      execFileSync("truncate", ["-s", "8G", join(dir, "lastlog")]);
+      execFileSync("truncate", ["-s", "1M", join(dir, "small-holes")]);
+      // Large but not sparse would need gigabytes of disk; the size check alone is in tar-read's tests.
+      const warnings: string[] = [];
+      const entries = [...walkTree(dir, { signal, onWarning: (message) => warnings.push(message) })];
+      assert.deepEqual(names(entries), ["lastlog", "small-holes"]);
+      assert.equal(warnings.length, 1, warnings.join("\n"));
+      assert.match(warnings[0] ?? "", /^lastlog is a sparse file of 8\.00 GiB holding 0 B of data/);
+      assert.match(warnings[0] ?? "", /--exclude lastlog$/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("fails with a SourceError naming a path that vanished", () => {
     assert.throws(
       () => [...walkTree(join(root, "missing"), { signal })],
