@@ -22,7 +22,7 @@ import type { ProgressEvent, ProgressListener } from "../progress.js";
 import type { CompressedLayerSpool, LayerStore } from "../sinks/compressed-layer-spool.js";
 import type { Sink, SinkResult } from "../sinks/sink.js";
 import type { ImageFlags } from "./image-options.js";
-import { destinationKind, writeFileAtomically } from "../sinks/atomic-file.js";
+import { checkDestination, destinationKind, writeFileAtomically } from "../sinks/atomic-file.js";
 
 export type OutputSpec =
   /** The Docker Engine (no dest) or a docker-archive file. */
@@ -529,7 +529,7 @@ export function annotationsFromFlags(flags: ImageFlags): Annotation[] {
 }
 
 /** The outputs of a command from its flags; `images` is how many images it builds (one per platform). */
-export function openOutputs(
+export async function openOutputs(
   flags: ImageFlags,
   options: {
     readonly tags: readonly (Reference & { readonly tag: string })[];
@@ -542,6 +542,12 @@ export function openOutputs(
     throw new UsageError("--json prints to stdout, which carries the archive (dest=-)", {
       hint: "Use --metadata-file FILE or --iidfile FILE for the result, or give dest=FILE.",
     });
+  }
+  // Written once the image exists: a wrong path must fail now, before anything is made or tagged.
+  if (flags.iidfile !== undefined)
+    await checkDestination(flags.iidfile, `the image ID file ${flags.iidfile}`);
+  if (flags.metadataFile !== undefined) {
+    await checkDestination(flags.metadataFile, `the metadata file ${flags.metadataFile}`);
   }
   return OutputSet.open(specs, {
     ...options,

@@ -2,8 +2,6 @@
  * What every building command does once its source is ready: check all flags, connect to the engine,
  * build, and print the result. Loaded only when a command runs (it pulls in the engine client).
  */
-import { rename, writeFile } from "node:fs/promises";
-import { dirname, join } from "node:path";
 import { build, type BuildResult } from "../build.js";
 import { UsageError } from "../errors.js";
 import type { EngineClient } from "../docker/engine.js";
@@ -11,6 +9,7 @@ import { configToInstructions } from "../image/config.js";
 import { DockerBuildSink, DockerImportSink, DockerLoadSink } from "../sinks/docker-engine.js";
 import { formatPlatform, hostPlatform } from "../image/platform.js";
 import type { ProgressListener } from "../progress.js";
+import { writeFileAtomically } from "../sinks/atomic-file.js";
 import type { Sink, SinkResult } from "../sinks/sink.js";
 import type { EntrySource } from "../tar/entry.js";
 import {
@@ -47,13 +46,6 @@ export function prepareImageFlags(flags: ImageFlags, env: CommandContext["env"])
     });
   }
   return { tags, config, platform, epoch };
-}
-
-/** Writes `text` to `path` atomically (temp file + rename), so a reader never sees half a file. */
-async function writeFileAtomic(path: string, text: string): Promise<void> {
-  const temp = join(dirname(path), `.${process.pid}.mkbase-tmp`);
-  await writeFile(temp, text);
-  await rename(temp, path);
 }
 
 function printResult(
@@ -170,7 +162,9 @@ export async function runBuild(
     ok = true;
     renderer.stop(true);
     const id = results[0]?.id ?? result.imageId;
-    if (flags.iidfile !== undefined) await writeFileAtomic(flags.iidfile, id);
+    if (flags.iidfile !== undefined) {
+      await writeFileAtomically(flags.iidfile, `the image ID file ${flags.iidfile}`, [Buffer.from(id)]);
+    }
     // With dest=- stdout holds the archive; --iidfile and --metadata-file still give the result.
     if (!outputSet.writesStdout) printResult(result, warnings, flags, context.stdout, results);
     return 0;

@@ -307,6 +307,20 @@ export async function openDestination(
 }
 
 /**
+ * Fails now if `dest` could not be written later. For files written only once the image exists
+ * (`--iidfile`, `--metadata-file`), which would otherwise fail after the image was made and tagged.
+ */
+export async function checkDestination(dest: string, what: string): Promise<void> {
+  // A FIFO or a terminal is opened only when written: opening it now could end its reader.
+  const kind = await destinationKind(dest);
+  if (kind === "in place" || kind === "stdout") return;
+  // The real test (a directory, permissions, a read-only or special filesystem): the temporary file the
+  // write will make beside it, made and removed at once.
+  const { file } = await openDestination(dest, what);
+  await file.discard();
+}
+
+/**
  * How {@link openDestination} writes `dest`: `file` (new, or a regular file) under a temporary name it
  * renames into place, so it can also go back and write at any position; `in place` (a device, a FIFO,
  * a terminal) and `stdout` only in order; a `directory` not at all.

@@ -186,6 +186,24 @@ describe("the flags", () => {
       await expectFailure(["dir", tree.root], { code: 2, stderr: new RegExp(`"${escapeRegExp(tag)}"`), tag });
     });
   }
+
+  // Both are written once the image exists: a path that cannot be written must fail before that.
+  for (const [flag, what] of [
+    ["--iidfile", "the image ID file"],
+    ["--metadata-file", "the metadata file"],
+  ] as const) {
+    test(`${flag} in a missing directory, or naming a directory`, async () => {
+      const missing = join(work, "missing", "out");
+      await expectFailure(["dir", tree.root, flag, missing], {
+        code: 5,
+        stderr: new RegExp(`${what} ${escapeRegExp(missing)}: there is no directory`),
+      });
+      await expectFailure(["dir", tree.root, flag, work], {
+        code: 5,
+        stderr: new RegExp(`${what} ${escapeRegExp(work)}: .* is a directory`),
+      });
+    });
+  }
 });
 
 describe("no daemon listening: exit 4, naming the address tried", () => {
