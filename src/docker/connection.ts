@@ -22,6 +22,18 @@ export type EngineAddress =
   /** Through the `ssh` command, which runs `docker system dial-stdio` on `host`. */
   | { readonly kind: "ssh"; readonly host: string; readonly port?: number; readonly user?: string };
 
+/**
+ * The `ssh` arguments that name `address` (user, port, host), as mkbase runs them: also what a message
+ * tells the user to try, so that the advice reaches the same host as the same user.
+ */
+export function sshDestination(address: Extract<EngineAddress, { kind: "ssh" }>): string[] {
+  const args: string[] = [];
+  if (address.user !== undefined) args.push("-l", address.user);
+  if (address.port !== undefined) args.push("-p", String(address.port));
+  // `--`: a host that starts with `-` must not be read as an option.
+  return [...args, "--", address.host];
+}
+
 export interface EngineEndpoint {
   /** Where mkbase connects, for messages (`unix:///var/run/docker.sock`, `tcp://host:2376 (TLS)`). */
   readonly description: string;

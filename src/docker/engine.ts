@@ -9,6 +9,7 @@ import type { Readable, Writable } from "node:stream";
 import { DaemonUnavailableError, InterruptedError, SinkError, errnoCode } from "../errors.js";
 import {
   resolveEndpoint,
+  sshDestination,
   systemDiscovery,
   type DiscoveryEnvironment,
   type EngineEndpoint,
@@ -72,9 +73,10 @@ export function compareApiVersions(a: string, b: string): number {
 function unreachable(endpoint: EngineEndpoint, error: unknown): DaemonUnavailableError {
   const code = errnoCode(error);
   const message = error instanceof Error ? error.message : String(error);
-  const overSsh = endpoint.address.kind === "ssh";
+  const address = endpoint.address;
+  const overSsh = address.kind === "ssh";
   const hint = overSsh
-    ? `Check that \`ssh ${endpoint.address.host} docker version\` works without a prompt: ssh installed here, a key or agent that logs in, and docker on the host.`
+    ? `Check that \`ssh ${sshDestination(address).join(" ")} docker version\` works without a prompt: ssh installed here, a key or agent that logs in, and docker on the host.`
     : code === "EACCES"
       ? "Permission denied on the socket: run as root, or add your user to the docker group."
       : "Start the engine (e.g. `sudo systemctl start docker` or `dockerd`), or point DOCKER_HOST at a running one (unix://, tcp:// or ssh://).";

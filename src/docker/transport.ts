@@ -8,7 +8,7 @@ import { Agent, request as httpRequest, type IncomingMessage } from "node:http";
 import type { RequestOptions } from "node:https";
 import type { Socket } from "node:net";
 import { Duplex, type Readable, type Writable } from "node:stream";
-import type { EngineAddress } from "./connection.js";
+import { sshDestination, type EngineAddress } from "./connection.js";
 
 /** Query values as the engine reads them: a list becomes a repeated key. */
 export type Query = Readonly<Record<string, string | number | boolean | readonly string[] | undefined>>;
@@ -97,14 +97,18 @@ class SshStream extends Duplex {
   private readonly handles: readonly { ref(): void; unref(): void }[];
 
   constructor(address: Extract<EngineAddress, { kind: "ssh" }>) {
-    const args = ["-o", "ConnectTimeout=30", "-T"];
-    if (address.user !== undefined) args.push("-l", address.user);
-    if (address.port !== undefined) args.push("-p", String(address.port));
-    args.push("--", address.host, "docker", "system", "dial-stdio");
+    const destination = sshDestination(address);
+    const args = ["-o", "ConnectTimeout=30", "-T", ...destination, "docker", "system", "dial-stdio"];
     const child = spawn("ssh", args, { stdio: ["pipe", "pipe", "pipe"] });
+    let writeError: Error | undefined;
     super({
       read: () => child.stdout.resume(),
-      write: (chunk: Buffer, _encoding, callback) => child.stdin.write(chunk, callback),
+      write: (chunk: Buffer, _encoding, callback) =>
+        child.stdin.write(chunk, (error) => {
+          // A broken pipe means ssh is going away: its exit status, below, says why, not EPIPE.
+          if (error === null || error === undefined) callback();
+          else writeError = error;
+        }),
       final: (callback) => child.stdin.end(callback),
       destroy: (error, callback) => {
         child.kill();
@@ -125,12 +129,16 @@ class SshStream extends Duplex {
     child.once("error", (error) => this.destroy(error));
     // The stream ends only once ssh has exited: the HTTP client must see ssh's failure, not a hang-up.
     child.once("close", (code) => {
-      if (code === 0) {
+      if (code === 0 && writeError === undefined) {
         this.push(null);
         return;
       }
       const said = stderr.trim() === "" ? "" : `: ${stderr.trim()}`;
-      this.destroy(new Error(`ssh ${address.host} exited with ${String(code)}${said}`));
+      this.destroy(
+        code === 0
+          ? writeError
+          : new Error(`ssh ${destination.join(" ")} exited with ${String(code)}${said}`),
+      );
     });
   }
 

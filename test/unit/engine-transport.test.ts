@@ -301,17 +301,22 @@ describe("DOCKER_HOST=ssh://", () => {
     }
   });
 
-  it("reports what ssh said when it cannot connect", async () => {
+  it("reports what ssh said when it cannot connect, and how to try the same login by hand", async () => {
     await standInSsh(
       "refused",
       `process.stderr.write("me@box: Permission denied (publickey).\\n"); process.exit(255);`,
     );
     await assert.rejects(
-      connectEngine(new AbortController().signal, { discovery: discovery("ssh://me@box", dir) }),
-      (error: unknown) =>
-        error instanceof DaemonUnavailableError &&
-        error.message.includes("ssh box exited with 255: me@box: Permission denied (publickey).") &&
-        (error.hint ?? "").includes("`ssh box docker version`"),
+      connectEngine(new AbortController().signal, { discovery: discovery("ssh://me@box:2222", dir) }),
+      (error: unknown) => {
+        assert.ok(error instanceof DaemonUnavailableError, String(error));
+        assert.match(
+          error.message,
+          /\(ssh -l me -p 2222 -- box exited with 255: me@box: Permission denied \(publickey\)\.\)$/,
+        );
+        assert.match(error.hint ?? "", /`ssh -l me -p 2222 -- box docker version`/);
+        return true;
+      },
     );
   });
 
