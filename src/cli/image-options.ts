@@ -8,6 +8,7 @@ import { UsageError } from "../errors.js";
 import type { EpochChoice } from "../build.js";
 import {
   applyChange,
+  checkStopSignal,
   parseCommand,
   parseKeyValue,
   parsePort,
@@ -191,7 +192,9 @@ export function configFromFlags(flags: ImageFlags): ContainerConfig {
   if (flags.label.length > 0) {
     config = { ...config, Labels: Object.fromEntries(flags.label.map((l) => parseKeyValue(l, "--label"))) };
   }
-  if (flags.stopSignal !== undefined) config = { ...config, StopSignal: flags.stopSignal };
+  if (flags.stopSignal !== undefined) {
+    config = { ...config, StopSignal: checkStopSignal(flags.stopSignal, "--stop-signal") };
+  }
   return flags.change.reduce(applyChange, config);
 }
 

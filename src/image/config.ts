@@ -140,6 +140,36 @@ const CHANGE_INSTRUCTIONS = [
 ];
 
 /**
+ * Signal names the engine accepts for STOPSIGNAL on Linux, without the SIG prefix: the kernel's, their
+ * aliases, and the real-time ones counted from either end (RTMIN+3, RTMAX-2).
+ */
+const SIGNAL_NAMES = new Set([
+  ..."ABRT ALRM BUS CHLD CLD CONT FPE HUP ILL INT IO IOT KILL PIPE POLL PROF PWR QUIT SEGV STKFLT STOP SYS TERM TRAP TSTP TTIN TTOU URG USR1 USR2 VTALRM WINCH XCPU XFSZ RTMIN RTMAX".split(
+    " ",
+  ),
+  ...Array.from({ length: 15 }, (_, i) => `RTMIN+${i + 1}`),
+  ...Array.from({ length: 14 }, (_, i) => `RTMAX-${i + 1}`),
+]);
+
+/**
+ * Checks a stop signal the way the engine will read it when the container is stopped: a number from 1
+ * to 255, or a name with or without `SIG`, in any case. Caught now rather than at `docker stop`.
+ */
+export function checkStopSignal(value: string, what: string): string {
+  const number = /^\d+$/.test(value) ? Number(value) : undefined;
+  const known =
+    number !== undefined
+      ? number >= 1 && number <= 255
+      : SIGNAL_NAMES.has(value.toUpperCase().replace(/^SIG/, ""));
+  if (!known) {
+    throw new UsageError(`${what}: "${value}" is not a signal`, {
+      hint: "Give a signal name or number, e.g. SIGTERM, SIGQUIT, SIGRTMIN+3 or 15.",
+    });
+  }
+  return value;
+}
+
+/**
  * Applies one `docker import --change` style Dockerfile instruction to `config` and returns the result.
  * Only the instructions that describe the config (not the filesystem) are accepted, as in `docker import`.
  */
@@ -181,7 +211,7 @@ export function applyChange(config: ContainerConfig, line: string): ContainerCon
     case "WORKDIR":
       return { ...config, WorkingDir: args };
     default:
-      return { ...config, StopSignal: args };
+      return { ...config, StopSignal: checkStopSignal(args, `--change "${line}"`) };
   }
 }
 

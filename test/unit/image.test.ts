@@ -4,7 +4,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { UsageError } from "../../src/errors.js";
-import { applyChange, configToInstructions, parseCommand, parsePort } from "../../src/image/config.js";
+import {
+  applyChange,
+  checkStopSignal,
+  configToInstructions,
+  parseCommand,
+  parsePort,
+} from "../../src/image/config.js";
 import { AppendedDigest, canonicalJson, sha256Digest } from "../../src/image/digest.js";
 import { configJson, imageId, type Image } from "../../src/image/image.js";
 import { formatReference, parseReference, parseTagReference } from "../../src/image/reference.js";
@@ -77,6 +83,24 @@ describe("container config", () => {
     assert.deepEqual(config.Cmd, ["/bin/sh"]);
     assert.throws(() => applyChange({}, "RUN apt-get update"), UsageError);
     assert.throws(() => applyChange({}, "USER"), UsageError);
+  });
+
+  it("takes a stop signal the engine can read, as written, and refuses others", () => {
+    for (const signal of ["SIGTERM", "TERM", "sigquit", "15", "255", "SIGRTMIN+3", "RTMAX-14", "SIGWINCH"]) {
+      assert.equal(checkStopSignal(signal, "--stop-signal"), signal);
+      assert.equal(applyChange({}, `STOPSIGNAL ${signal}`).StopSignal, signal);
+    }
+    for (const signal of ["FOO", "0", "256", "SIGRTMIN+16", "RTMAX-15", "-9", "SIG", "TERM "]) {
+      assert.throws(
+        () => checkStopSignal(signal, "--stop-signal"),
+        /--stop-signal: ".*" is not a signal/,
+        signal,
+      );
+    }
+    assert.throws(
+      () => applyChange({}, "STOPSIGNAL FOO"),
+      /--change "STOPSIGNAL FOO": "FOO" is not a signal/,
+    );
   });
 
   it("round-trips through Dockerfile instructions", () => {
