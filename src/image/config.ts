@@ -2,6 +2,7 @@
  * The runtime part of an image config (what `docker run` uses), and its Dockerfile-instruction form,
  * which `docker import --change`, the engine's import endpoint and a `FROM scratch` Dockerfile all speak.
  */
+import { posix } from "node:path";
 import { UsageError } from "../errors.js";
 
 /** OCI image config `config` object. Absent members are omitted from the JSON. */
@@ -209,7 +210,12 @@ export function applyChange(config: ContainerConfig, line: string): ContainerCon
     case "USER":
       return { ...config, User: args };
     case "WORKDIR":
-      return { ...config, WorkingDir: args };
+      // As the engine's import and build read it: a relative path continues the current one. Kept
+      // relative, the image would not start (the runtime needs an absolute working directory).
+      return {
+        ...config,
+        WorkingDir: args.startsWith("/") ? args : posix.join("/", config.WorkingDir ?? "", args),
+      };
     default:
       return { ...config, StopSignal: checkStopSignal(args, `--change "${line}"`) };
   }

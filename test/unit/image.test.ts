@@ -85,6 +85,13 @@ describe("container config", () => {
     assert.throws(() => applyChange({}, "USER"), UsageError);
   });
 
+  it("resolves a relative WORKDIR against the current one, as the engine's import does", () => {
+    assert.equal(applyChange({}, "WORKDIR relative").WorkingDir, "/relative");
+    assert.equal(applyChange({ WorkingDir: "/srv" }, "WORKDIR app").WorkingDir, "/srv/app");
+    assert.equal(applyChange({ WorkingDir: "/srv" }, "WORKDIR ../x").WorkingDir, "/x");
+    assert.equal(applyChange({ WorkingDir: "/srv" }, "WORKDIR /opt/../app").WorkingDir, "/opt/../app");
+  });
+
   it("takes a stop signal the engine can read, as written, and refuses others", () => {
     for (const signal of ["SIGTERM", "TERM", "sigquit", "15", "255", "SIGRTMIN+3", "RTMAX-14", "SIGWINCH"]) {
       assert.equal(checkStopSignal(signal, "--stop-signal"), signal);
