@@ -84,17 +84,41 @@ export function withEnv(config: ContainerConfig, key: string, value: string): Co
   return { ...config, Env: setEnv(config.Env, key, value) };
 }
 
-/** Splits `text` into words, honouring double and single quotes and backslash escapes. */
-function splitWords(text: string): string[] {
+/** Variables for `$NAME` in a change: the config's `Env` as it stands before the instruction. */
+type Variables = ReadonlyMap<string, string>;
+
+function variablesOf(config: ContainerConfig): Variables {
+  return new Map(
+    (config.Env ?? []).map((line): [string, string] => {
+      const eq = line.indexOf("=");
+      return [line.slice(0, eq), line.slice(eq + 1)];
+    }),
+  );
+}
+
+/**
+ * Reads `text` as the engine's Dockerfile lexer does for the instructions of a change: double and
+ * single quotes, backslash escapes (inside double quotes only before `"`, `$` and `\`), and — outside
+ * single quotes — `$NAME`, `${NAME}`, `${NAME:-word}` and `${NAME:+word}` replaced from `variables`
+ * (unset is empty). With `split`, whitespace outside quotes separates words; without, it is kept and
+ * the result is one word. `docker import -c`, the import endpoint and a Dockerfile all read changes
+ * this way, so the load path must too.
+ */
+function lex(text: string, variables: Variables, split: boolean): string[] {
   const words: string[] = [];
   let current = "";
   let quote: string | undefined;
   let inWord = false;
   for (let i = 0; i < text.length; i++) {
     const c = text[i] as string;
-    if (quote !== undefined) {
+    if (c === "$" && quote !== "'") {
+      const [value, end] = expandVariable(text, i, variables);
+      current += value;
+      i = end;
+      inWord = true;
+    } else if (quote !== undefined) {
       if (c === quote) quote = undefined;
-      else if (c === "\\" && quote === '"' && i + 1 < text.length) current += text[++i];
+      else if (c === "\\" && quote === '"' && '"$\\'.includes(text[i + 1] ?? "x")) current += text[++i];
       else current += c;
     } else if (c === '"' || c === "'") {
       quote = c;
@@ -102,7 +126,7 @@ function splitWords(text: string): string[] {
     } else if (c === "\\" && i + 1 < text.length) {
       current += text[++i];
       inWord = true;
-    } else if (/\s/.test(c)) {
+    } else if (split && /\s/.test(c)) {
       if (inWord) words.push(current);
       current = "";
       inWord = false;
@@ -112,18 +136,52 @@ function splitWords(text: string): string[] {
     }
   }
   if (quote !== undefined) throw new UsageError(`unterminated quote in "${text}"`);
-  if (inWord) words.push(current);
+  if (inWord || !split) words.push(current);
   return words;
 }
 
+const VARIABLE_NAME = /^(?:\d+|[A-Za-z_][A-Za-z0-9_]*)/;
+
+/** The value of the variable reference starting with the `$` at `at`, and the index of its last character. */
+function expandVariable(text: string, at: number, variables: Variables): [string, number] {
+  if (text[at + 1] !== "{") {
+    const name = VARIABLE_NAME.exec(text.slice(at + 1))?.[0];
+    // A `$` that starts no name stays a `$`.
+    if (name === undefined) return ["$", at];
+    return [variables.get(name) ?? "", at + name.length];
+  }
+  // The closing brace, past any nested `${…}` in a default word.
+  let depth = 0;
+  let close = -1;
+  for (let i = at + 2; i < text.length && close < 0; i++) {
+    if (text[i] === "$" && text[i + 1] === "{") depth++;
+    else if (text[i] === "}" && depth-- === 0) close = i;
+  }
+  const body = text.slice(at + 2, close);
+  const match = /^([A-Za-z_][A-Za-z0-9_]*)(?:(:[-+])(.*))?$/s.exec(body);
+  if (close < 0 || match === null) {
+    throw new UsageError(
+      `"${text}": \${${body}${close < 0 ? "" : "}"} is not a variable mkbase can substitute`,
+      {
+        hint: "Use $NAME, ${NAME}, ${NAME:-default} or ${NAME:+alternative}, as a Dockerfile does.",
+      },
+    );
+  }
+  const value = variables.get(match[1] as string) ?? "";
+  const word = (): string => lex(match[3] ?? "", variables, false).join("");
+  const result = match[2] === ":-" ? value || word() : match[2] === ":+" ? (value ? word() : "") : value;
+  return [result, close];
+}
+
 /** `KEY=VALUE ...` pairs, or the legacy `KEY VALUE` form, as ENV and LABEL accept them. */
-function parsePairs(args: string, instruction: string): [string, string][] {
-  const words = splitWords(args);
+function parsePairs(args: string, instruction: string, variables: Variables): [string, string][] {
+  const words = lex(args, variables, true);
   if (words.length === 0) throw new UsageError(`${instruction} needs at least one KEY=VALUE`);
   const first = words[0] as string;
   if (!first.includes("=")) {
     // Legacy `ENV KEY value with spaces`: everything after the key is the value.
-    return [[first, args.trim().slice(first.length).trim()]];
+    const key = /^\s*\S+/.exec(args)?.[0] ?? "";
+    return [[first, lex(args.slice(key.length).trim(), variables, false).join("")]];
   }
   return words.map((word) => parseKeyValue(word, instruction));
 }
@@ -187,38 +245,55 @@ export function applyChange(config: ContainerConfig, line: string): ContainerCon
     );
   }
   if (args === "") throw new UsageError(`--change "${line}": ${instruction} needs an argument`);
+  const variables = variablesOf(config);
+  const word = (): string => lex(args, variables, false).join("");
   switch (instruction) {
     case "CMD":
       return { ...config, Cmd: parseCommand(args, "CMD") };
     case "ENTRYPOINT":
       return { ...config, Entrypoint: parseCommand(args, "ENTRYPOINT") };
     case "ENV":
-      return parsePairs(args, "ENV").reduce((c, [key, value]) => withEnv(c, key, value), config);
+      return parsePairs(args, "ENV", variables).reduce((c, [key, value]) => withEnv(c, key, value), config);
     case "LABEL":
-      return { ...config, Labels: { ...config.Labels, ...Object.fromEntries(parsePairs(args, "LABEL")) } };
+      return {
+        ...config,
+        Labels: { ...config.Labels, ...Object.fromEntries(parsePairs(args, "LABEL", variables)) },
+      };
     case "EXPOSE": {
-      const ports = splitWords(args).flatMap(parsePort);
+      const ports = lex(args, variables, true).flatMap(parsePort);
       return {
         ...config,
         ExposedPorts: { ...config.ExposedPorts, ...Object.fromEntries(ports.map((p) => [p, {}])) },
       };
     }
     case "VOLUME": {
-      const paths = args.startsWith("[") ? parseCommand(args, "VOLUME") : splitWords(args);
+      const paths = args.startsWith("[")
+        ? parseCommand(args, "VOLUME").map((path) => lex(path, variables, false).join(""))
+        : lex(args, variables, true);
       return { ...config, Volumes: { ...config.Volumes, ...Object.fromEntries(paths.map((p) => [p, {}])) } };
     }
     case "USER":
-      return { ...config, User: args };
-    case "WORKDIR":
-      // As the engine's import and build read it: a relative path continues the current one. Kept
+      return { ...config, User: word() };
+    case "WORKDIR": {
+      // A relative path continues the current one, as the engine's import and build read it. Kept
       // relative, the image would not start (the runtime needs an absolute working directory).
+      const path = word();
       return {
         ...config,
-        WorkingDir: args.startsWith("/") ? args : posix.join("/", config.WorkingDir ?? "", args),
+        WorkingDir: path.startsWith("/") ? path : posix.join("/", config.WorkingDir ?? "", path),
       };
+    }
     default:
-      return { ...config, StopSignal: checkStopSignal(args, `--change "${line}"`) };
+      return { ...config, StopSignal: checkStopSignal(word(), `--change "${line}"`) };
   }
+}
+
+/**
+ * `value` in double quotes, read back as it is: the engine substitutes `$NAME` in these instructions, and
+ * a value given as a flag (`--env A=$HOME` in single quotes) or already substituted must stay literal.
+ */
+function quoted(value: string): string {
+  return `"${value.replace(/["$\\]/g, "\\$&")}"`;
 }
 
 /**
@@ -229,20 +304,20 @@ export function configToInstructions(config: ContainerConfig): string[] {
   const lines: string[] = [];
   for (const line of config.Env ?? []) {
     const eq = line.indexOf("=");
-    lines.push(`ENV ${line.slice(0, eq)}=${JSON.stringify(line.slice(eq + 1))}`);
+    lines.push(`ENV ${line.slice(0, eq)}=${quoted(line.slice(eq + 1))}`);
   }
   for (const [key, value] of Object.entries(config.Labels ?? {}).sort(([a], [b]) =>
     a < b ? -1 : a > b ? 1 : 0,
   )) {
-    lines.push(`LABEL ${JSON.stringify(key)}=${JSON.stringify(value)}`);
+    lines.push(`LABEL ${quoted(key)}=${quoted(value)}`);
   }
   const ports = Object.keys(config.ExposedPorts ?? {});
   if (ports.length > 0) lines.push(`EXPOSE ${ports.sort().join(" ")}`);
   const volumes = Object.keys(config.Volumes ?? {});
-  if (volumes.length > 0) lines.push(`VOLUME ${JSON.stringify(volumes.sort())}`);
-  if (config.WorkingDir !== undefined) lines.push(`WORKDIR ${config.WorkingDir}`);
-  if (config.User !== undefined) lines.push(`USER ${config.User}`);
-  if (config.StopSignal !== undefined) lines.push(`STOPSIGNAL ${config.StopSignal}`);
+  if (volumes.length > 0) lines.push(`VOLUME ${volumes.sort().map(quoted).join(" ")}`);
+  if (config.WorkingDir !== undefined) lines.push(`WORKDIR ${quoted(config.WorkingDir)}`);
+  if (config.User !== undefined) lines.push(`USER ${quoted(config.User)}`);
+  if (config.StopSignal !== undefined) lines.push(`STOPSIGNAL ${quoted(config.StopSignal)}`);
   if (config.Entrypoint !== undefined) lines.push(`ENTRYPOINT ${JSON.stringify(config.Entrypoint)}`);
   if (config.Cmd !== undefined) lines.push(`CMD ${JSON.stringify(config.Cmd)}`);
   return lines;

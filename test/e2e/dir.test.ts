@@ -238,18 +238,34 @@ describe("config flags reach the image", () => {
     "53/udp",
     "--volume",
     "/data",
+    // A flag's value is literal; a change substitutes variables, as `docker import -c` does: the same on
+    // every path.
+    "--env",
+    'LITERAL=$GREETING \\ "q"',
     "-c",
-    "ENV FROM_CHANGE=yes",
+    "ENV FROM_CHANGE=yes SUBSTITUTED=${GREETING}-x",
     "-c",
-    "LABEL from.change=yes",
+    "LABEL from.change=yes from.variable=$GREETING",
     "--source-date-epoch",
     String(epoch),
   ];
   const expectedConfig = {
     Entrypoint: ["/bin/sh"],
     Cmd: ["-c", "echo $GREETING from $PWD as $(busybox id -u)"],
-    Env: ["PATH=/bin", "GREETING=hello", "SPACED=two words", "FROM_CHANGE=yes"],
-    Labels: { "org.example.team": "base", "org.example.note": "with space", "from.change": "yes" },
+    Env: [
+      "PATH=/bin",
+      "GREETING=hello",
+      "SPACED=two words",
+      'LITERAL=$GREETING \\ "q"',
+      "FROM_CHANGE=yes",
+      "SUBSTITUTED=hello-x",
+    ],
+    Labels: {
+      "org.example.team": "base",
+      "org.example.note": "with space",
+      "from.change": "yes",
+      "from.variable": "hello",
+    },
     User: "1000:1000",
     WorkingDir: "/srv",
     ExposedPorts: { "8080/tcp": {}, "53/udp": {} },

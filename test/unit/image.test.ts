@@ -85,6 +85,49 @@ describe("container config", () => {
     assert.throws(() => applyChange({}, "USER"), UsageError);
   });
 
+  it("substitutes $NAME in a change as the engine does, from the Env before the instruction", () => {
+    let config = applyChange({}, 'ENV A=1 B="two words"');
+    config = applyChange(config, "ENV PATH=/opt/bin:$A SAME_LINE=$A X=5 Y=$X");
+    config = applyChange(
+      config,
+      String.raw`ENV C=${"${A}"}x D=${"${UNSET:-dflt}"} E=${"${A:+alt}"} F='$A' G=\$A H="$A $B" I=$`,
+    );
+    assert.deepEqual(config.Env, [
+      "A=1",
+      "B=two words",
+      "PATH=/opt/bin:1",
+      "SAME_LINE=1",
+      "X=5",
+      // Y was read before X was set on the same line, as the engine does.
+      "Y=",
+      "C=1x",
+      "D=dflt",
+      "E=alt",
+      "F=$A",
+      "G=$A",
+      "H=1 two words",
+      "I=$",
+    ]);
+    config = [
+      "LABEL q=$A",
+      "USER $A:$X",
+      "WORKDIR /srv/$A",
+      'VOLUME ["/data/$A"]',
+      "EXPOSE 80$A",
+      "ENV LEGACY value of $A",
+    ].reduce(applyChange, config);
+    assert.equal(config.Labels?.q, "1");
+    assert.equal(config.User, "1:5");
+    assert.equal(config.WorkingDir, "/srv/1");
+    assert.deepEqual(Object.keys(config.Volumes ?? {}), ["/data/1"]);
+    assert.deepEqual(Object.keys(config.ExposedPorts ?? {}), ["801/tcp"]);
+    assert.equal(config.Env?.at(-1), "LEGACY=value of 1");
+    // CMD and ENTRYPOINT are not substituted: the shell in the container does that.
+    assert.deepEqual(applyChange(config, "CMD echo $A").Cmd, ["/bin/sh", "-c", "echo $A"]);
+    assert.throws(() => applyChange(config, "ENV Z=${A"), /is not a variable mkbase can substitute/);
+    assert.throws(() => applyChange(config, "ENV Z=${A%x}"), /is not a variable mkbase can substitute/);
+  });
+
   it("resolves a relative WORKDIR against the current one, as the engine's import does", () => {
     assert.equal(applyChange({}, "WORKDIR relative").WorkingDir, "/relative");
     assert.equal(applyChange({ WorkingDir: "/srv" }, "WORKDIR app").WorkingDir, "/srv/app");
@@ -112,15 +155,16 @@ describe("container config", () => {
 
   it("round-trips through Dockerfile instructions", () => {
     const config = {
-      Env: ["A=1", 'Q=say "hi"'],
-      Labels: { b: "2", a: "1" },
+      // Values the engine would read specially, unless quoted: they must come back as they are.
+      Env: ["A=1", 'Q=say "hi"', "LITERAL=$A ${A} \\$ back\\slash 'single'"],
+      Labels: { b: "2", a: "$A", "with space": "x" },
       Cmd: ["/bin/sh", "-c", "echo $A"],
       Entrypoint: ["/tini", "--"],
       User: "1000:1000",
       WorkingDir: "/srv",
       StopSignal: "SIGQUIT",
       ExposedPorts: { "80/tcp": {} },
-      Volumes: { "/data": {} },
+      Volumes: { "/data": {}, "/with space/$A": {} },
     };
     const rebuilt = configToInstructions(config).reduce(applyChange, {});
     assert.deepEqual(rebuilt, config);
