@@ -45,6 +45,17 @@ export function prepareImageFlags(flags: ImageFlags, env: CommandContext["env"])
       hint: "Use the default --via load, or --via build.",
     });
   }
+  // Those two paths carry the config as Dockerfile lines, which have no way to hold a line break.
+  const broken =
+    flags.via === "import" || flags.via === "build"
+      ? configToInstructions(config).find((line) => /[\r\n]/.test(line))
+      : undefined;
+  if (broken !== undefined) {
+    throw new UsageError(
+      `a value with a line break cannot go through the engine's ${flags.via ?? ""} endpoint: ${JSON.stringify(broken)}`,
+      { hint: "Use the default --via load, which carries any value, or remove the line break." },
+    );
+  }
   return { tags, config, platform, epoch };
 }
 

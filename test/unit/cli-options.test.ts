@@ -5,6 +5,7 @@ import { DaemonUnavailableError, UsageError } from "../../src/errors.js";
 import { resolveEndpoint, type DiscoveryEnvironment } from "../../src/docker/connection.js";
 import { compareApiVersions } from "../../src/docker/engine.js";
 import { describeResult, runMkbase } from "../e2e/support/cli.js";
+import { prepareImageFlags } from "../../src/cli/run-build.js";
 import {
   addImageOptions,
   configFromFlags,
@@ -70,6 +71,17 @@ describe("config flags", () => {
     assert.equal(config.WorkingDir, "/w");
     assert.throws(() => configFromFlags(flags(["--workdir", "rel"])), UsageError);
     assert.throws(() => configFromFlags(flags(["--env", "=x"])), UsageError);
+  });
+
+  it("refuses, before any work, a line break that the import and build paths cannot carry", () => {
+    const multiline = ["--env", "A=one\ntwo"];
+    assert.equal(prepareImageFlags(flags(multiline), {}).config.Env?.[0], "A=one\ntwo");
+    for (const via of ["import", "build"]) {
+      assert.throws(
+        () => prepareImageFlags(flags([...multiline, "--via", via]), {}),
+        new RegExp(`a value with a line break cannot go through the engine's ${via} endpoint`),
+      );
+    }
   });
 });
 
