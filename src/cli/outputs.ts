@@ -278,6 +278,8 @@ async function outputsOwningTheirLayers(specs: readonly OutputSpec[]): Promise<S
  */
 export class OutputSet {
   private readonly builds: BuildResult[] = [];
+  /** The `--json` object of each build (one per platform), printed in one by {@link completeOutputs}. */
+  readonly reports: Record<string, unknown>[] = [];
   private readonly sinks: (Sink | "engine")[];
   private lastSinks: Sink[] = [];
 
@@ -581,8 +583,8 @@ export async function completeOutputs(
   if (outputs.writesStdout) return;
   const shown = results.filter((result) => !result.destination.startsWith("docker ("));
   if (flags.json) {
-    for (const r of shown)
-      context.stdout.write(`${JSON.stringify({ id: r.id, tags: r.tags, destination: r.destination })}\n`);
+    const completed = shown.map((r) => ({ id: r.id, tags: r.tags, destination: r.destination }));
+    context.stdout.write(`${JSON.stringify({ platforms: outputs.reports, outputs: completed })}\n`);
   } else {
     for (const line of resultLines(shown)) context.stdout.write(`${line}\n`);
   }

@@ -59,32 +59,32 @@ export function prepareImageFlags(flags: ImageFlags, env: CommandContext["env"])
   return { tags, config, platform, epoch };
 }
 
-function printResult(
+/** The `--json` object of one build. */
+function resultJson(
   result: BuildResult,
   warnings: readonly string[],
-  flags: ImageFlags,
+  results: readonly SinkResult[],
+): Record<string, unknown> {
+  return {
+    id: results[0]?.id ?? result.imageId,
+    tags: results.flatMap((r) => r.tags),
+    diffId: result.diffId,
+    size: result.size,
+    entries: result.entries,
+    epoch: result.epoch,
+    platform: formatPlatform(result.image.platform),
+    destinations: results.map((r) => r.destination),
+    warnings,
+  };
+}
+
+function printResult(
+  result: BuildResult,
   stdout: NodeJS.WritableStream,
-  results: readonly SinkResult[] = result.results,
+  results: readonly SinkResult[],
 ): void {
-  const final = results[0];
-  const id = final?.id ?? result.imageId;
-  if (flags.json) {
-    stdout.write(
-      `${JSON.stringify({
-        id,
-        tags: results.flatMap((r) => r.tags),
-        diffId: result.diffId,
-        size: result.size,
-        entries: result.entries,
-        epoch: result.epoch,
-        platform: formatPlatform(result.image.platform),
-        destinations: results.map((r) => r.destination),
-        warnings,
-      })}\n`,
-    );
-  } else {
-    for (const line of results.length > 0 ? resultLines(results) : [id]) stdout.write(`${line}\n`);
-  }
+  const id = results[0]?.id ?? result.imageId;
+  for (const line of results.length > 0 ? resultLines(results) : [id]) stdout.write(`${line}\n`);
 }
 
 /**
@@ -177,7 +177,12 @@ export async function runBuild(
       await writeFileAtomically(flags.iidfile, `the image ID file ${flags.iidfile}`, [Buffer.from(id)]);
     }
     // With dest=- stdout holds the archive; --iidfile and --metadata-file still give the result.
-    if (!outputSet.writesStdout) printResult(result, warnings, flags, context.stdout, results);
+    if (outputSet.writesStdout) return 0;
+    if (!flags.json) printResult(result, context.stdout, results);
+    // One object for the whole command: with several platforms, the outputs print it once complete.
+    else if (outputs === undefined)
+      context.stdout.write(`${JSON.stringify(resultJson(result, warnings, results))}\n`);
+    else outputs.reports.push(resultJson(result, warnings, results));
     return 0;
   } finally {
     engine?.close();

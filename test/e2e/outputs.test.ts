@@ -393,7 +393,7 @@ describe("multi-platform scratch into an OCI archive", () => {
     await runChecked("gcc", ["-O2", "-static", "-o", join(programs, "hello-amd64"), hello]);
     await runChecked("aarch64-linux-gnu-gcc", ["-O2", "-static", "-o", join(programs, "hello-arm64"), hello]);
     const archive = join(scratch, "multi.oci.tar");
-    const result = await mkbaseOk([
+    const args = [
       "scratch",
       "--platform",
       `linux/amd64=${join(programs, "hello-amd64")}`,
@@ -404,7 +404,8 @@ describe("multi-platform scratch into an OCI archive", () => {
       ...epochArgs,
       "-o",
       `type=oci,dest=${archive}`,
-    ]);
+    ];
+    const result = await mkbaseOk(args);
     const index = JSON.parse(await runChecked("skopeo", ["inspect", "--raw", `oci-archive:${archive}`]));
     assert.equal(index.mediaType, "application/vnd.oci.image.index.v1+json");
     assert.deepEqual(
@@ -416,6 +417,21 @@ describe("multi-platform scratch into an OCI archive", () => {
       .update(await runChecked("skopeo", ["inspect", "--raw", `oci-archive:${archive}`]))
       .digest("hex")}`;
     assert.equal(lines[lines.length - 1], indexDigest);
+
+    // --json: one object for the command (JSON.parse takes no second line), each build and the index.
+    const json = await mkbaseOk([...args, "--json"]);
+    const report = JSON.parse(json.stdout) as {
+      platforms: { platform: string; diffId: string }[];
+      outputs: { id: string; destination: string }[];
+    };
+    assert.deepEqual(
+      report.platforms.map((p) => p.platform),
+      ["linux/amd64", "linux/arm64/v8"],
+    );
+    assert.deepEqual(
+      report.outputs.map((o) => o.id),
+      [indexDigest],
+    );
   });
 });
 
