@@ -16,6 +16,19 @@ import { decompress } from "../tar/decompress.js";
 import type { EntrySource, TarEntry } from "../tar/entry.js";
 import { ArchiveEntryChecker, readTar } from "../tar/read.js";
 
+/**
+ * Whether an archive with these top-level names holds an image (`docker save`: `manifest.json` and
+ * `repositories` or `blobs/`; an OCI layout: `oci-layout`) rather than a root filesystem. Packed as a
+ * rootfs it would give an image of JSON files and layer tarballs, which `docker import` makes silently.
+ */
+function isImageArchive(topLevel: ReadonlySet<string>): boolean {
+  const image =
+    topLevel.has("oci-layout") ||
+    (topLevel.has("manifest.json") && (topLevel.has("repositories") || topLevel.has("blobs")));
+  const rootfs = ["bin", "etc", "lib", "sbin", "usr", "var"].some((name) => topLevel.has(name));
+  return image && !rootfs;
+}
+
 export interface RootfsTarballOptions {
   /** A file path, `-` for stdin, or an `http://` / `https://` URL. */
   input: string;
@@ -115,9 +128,22 @@ export class RootfsTarballSource implements EntrySource {
     let raw = this.rawChunks(signal);
     if (this.sha256 !== undefined) raw = verifySha256(raw, this.sha256, this.description);
     const checker = new ArchiveEntryChecker((message) => this.warn(message));
+    const topLevel = new Set<string>();
     for await (const entry of readTar(decompress(raw, signal), signal, (message) => this.warn(message))) {
       const checked = checker.check(entry);
-      if (checked !== undefined) yield checked;
+      if (checked === undefined) continue;
+      const slash = checked.path.indexOf(0x2f);
+      topLevel.add(checked.path.toString("latin1", 0, slash < 0 ? checked.path.length : slash));
+      yield checked;
+    }
+    // Checked at the end, before the image exists: failing here stops the build like any bad entry.
+    if (isImageArchive(topLevel)) {
+      throw new SourceError(
+        `${this.description} is a container image archive (from docker save, or an OCI layout), not a root filesystem`,
+        {
+          hint: "Load it with `docker load -i FILE` (or copy it with skopeo). To flatten an image into a rootfs tarball, `docker export` a container made from it and give that to mkbase tar.",
+        },
+      );
     }
   }
 

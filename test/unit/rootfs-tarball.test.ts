@@ -322,6 +322,26 @@ describe("inputs and validation", () => {
     }
   });
 
+  test("an image archive (docker save, OCI layout) is refused; a rootfs that holds such names is not", async () => {
+    const scratch = join(work, "image-archive");
+    mkdirSync(join(scratch, "blobs", "sha256"), { recursive: true });
+    writeFileSync(join(scratch, "blobs", "sha256", "0".repeat(64)), "layer");
+    writeFileSync(join(scratch, "manifest.json"), "[]");
+    writeFileSync(join(scratch, "oci-layout"), '{"imageLayoutVersion":"1.0.0"}');
+    writeFileSync(join(scratch, "index.json"), "{}");
+    const image = join(work, "saved-image.tar");
+    run("tar", ["-C", scratch, "-cf", image, "."]);
+    await assert.rejects(
+      summarize({ input: image }),
+      assertSourceError(/saved-image\.tar is a container image archive .*not a root filesystem/),
+    );
+    // The same names beside a root filesystem's own directories are just files.
+    mkdirSync(join(scratch, "etc"));
+    const rootfs = join(work, "rootfs-with-manifest.tar");
+    run("tar", ["-C", scratch, "-cf", rootfs, "."]);
+    assert.ok((await summarize({ input: rootfs })).some((line) => line.startsWith("manifest.json file ")));
+  });
+
   test("absolute paths are made relative with one warning", async () => {
     const file = join(work, "absolute.tar");
     run("tar", ["-P", "-cf", file, join(tree, "etc/hostname"), join(tree, "usr/bin")]);
