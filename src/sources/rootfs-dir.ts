@@ -1,13 +1,14 @@
 /**
  * `mkbase dir PATH`: a directory on disk, including `/` of a live system, as image entries.
  */
-import { stat } from "node:fs/promises";
+import { readdir, stat } from "node:fs/promises";
 import { resolve } from "node:path";
 import { SourceError, errnoCode } from "../errors.js";
 import type { ProgressListener } from "../progress.js";
 import type { EntrySource, TarEntry } from "../tar/entry.js";
 import type { PathFilter } from "../tar/exclude.js";
 import { SYSTEM_RUNTIME_DIRS, walkTree } from "../tar/walk.js";
+import { isImageArchive } from "./image-archive.js";
 
 export interface RootfsDirOptions {
   readonly path: string;
@@ -64,6 +65,16 @@ export class RootfsDirSource implements EntrySource {
         path: options.path,
         hint: "`mkbase dir` takes a root filesystem directory; use `mkbase tar` for a tarball or `mkbase scratch` for a single binary.",
       });
+    }
+    // An unreadable directory is reported by the walk, with its own advice.
+    if (isImageArchive(new Set(await readdir(options.path).catch(() => [])))) {
+      throw new SourceError(
+        `${options.path} is a container image (an OCI layout or an unpacked docker save), not a root filesystem`,
+        {
+          path: options.path,
+          hint: `Load it with \`skopeo copy oci:${options.path} docker-daemon:NAME:TAG\` (an unpacked docker save: \`tar -C ${options.path} -c . | docker load\`). To flatten an image into a rootfs, \`docker export\` a container made from it and give that to mkbase tar.`,
+        },
+      );
     }
     return new RootfsDirSource(options);
   }

@@ -15,19 +15,7 @@ import type { ProgressListener } from "../progress.js";
 import { decompress } from "../tar/decompress.js";
 import type { EntrySource, TarEntry } from "../tar/entry.js";
 import { ArchiveEntryChecker, readTar } from "../tar/read.js";
-
-/**
- * Whether an archive with these top-level names holds an image (`docker save`: `manifest.json` and
- * `repositories` or `blobs/`; an OCI layout: `oci-layout`) rather than a root filesystem. Packed as a
- * rootfs it would give an image of JSON files and layer tarballs, which `docker import` makes silently.
- */
-function isImageArchive(topLevel: ReadonlySet<string>): boolean {
-  const image =
-    topLevel.has("oci-layout") ||
-    (topLevel.has("manifest.json") && (topLevel.has("repositories") || topLevel.has("blobs")));
-  const rootfs = ["bin", "etc", "lib", "sbin", "usr", "var"].some((name) => topLevel.has(name));
-  return image && !rootfs;
-}
+import { isImageArchive } from "./image-archive.js";
 
 export interface RootfsTarballOptions {
   /** A file path, `-` for stdin, or an `http://` / `https://` URL. */
@@ -141,7 +129,7 @@ export class RootfsTarballSource implements EntrySource {
       throw new SourceError(
         `${this.description} is a container image archive (from docker save, or an OCI layout), not a root filesystem`,
         {
-          hint: "Load it with `docker load -i FILE` (or copy it with skopeo). To flatten an image into a rootfs tarball, `docker export` a container made from it and give that to mkbase tar.",
+          hint: "Load it with `docker load -i FILE`, or `skopeo copy oci-archive:FILE docker-daemon:NAME:TAG` for an OCI archive the engine does not load. To flatten an image into a rootfs tarball, `docker export` a container made from it and give that to mkbase tar.",
         },
       );
     }

@@ -110,6 +110,23 @@ describe("the source", () => {
     });
   });
 
+  test("an image instead of a root filesystem: an OCI layout directory, a docker save archive", async () => {
+    const layout = join(work, "layout");
+    const made = await runMkbase(["dir", tree.root, "-o", `type=oci,dest=${layout},tar=false`, "-q"]);
+    assert.equal(made.code, 0, describeResult(made));
+    await expectFailure(["dir", layout], {
+      code: 3,
+      stderr: new RegExp(`${escapeRegExp(layout)} is a container image .*skopeo copy oci:`),
+    });
+    const saved = join(work, "saved.tar");
+    const save = await runMkbase(["dir", tree.root, "-o", `type=docker,dest=${saved}`, "-q"]);
+    assert.equal(save.code, 0, describeResult(save));
+    await expectFailure(["tar", saved], {
+      code: 3,
+      stderr: /saved\.tar is a container image archive .*docker load/,
+    });
+  });
+
   test("an unreadable file", async () => {
     const dir = join(work, "unreadable");
     await runChecked("cp", ["--archive", tree.root, dir]);
