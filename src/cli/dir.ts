@@ -1,6 +1,6 @@
 /** `mkbase dir PATH`: a root filesystem directory (or a live system's `/`) into an image. */
 import type { Command } from "commander";
-import { addImageOptions, type ImageFlags } from "./image-options.js";
+import { addImageOptions, platformFromFlags, type ImageFlags } from "./image-options.js";
 import type { CommandContext } from "./run-build.js";
 
 interface DirFlags extends ImageFlags {
@@ -49,14 +49,27 @@ Examples:
         await runBuild(
           context(),
           flags,
-          (onProgress) =>
-            RootfsDirSource.open({
+          async (onProgress) => {
+            const source = await RootfsDirSource.open({
               path,
               filter,
               system: flags.system,
               crossMounts: flags.crossMounts,
               onProgress,
-            }),
+            });
+            // A tree for another machine, recorded as this one's, fails only when a container starts.
+            const { formatPlatform, platformsMatch } = await import("../image/platform.js");
+            const recorded = platformFromFlags(flags);
+            const shell = await source.shellPlatform();
+            if (shell !== undefined && !platformsMatch(shell, recorded)) {
+              const whose = flags.platform === undefined ? " (this machine's)" : "";
+              onProgress({
+                kind: "warning",
+                message: `${path}/bin/sh is a ${formatPlatform(shell)} program, but the image is recorded as ${formatPlatform(recorded)}${whose}: its containers would fail with "exec format error". Pass --platform ${formatPlatform(shell)} if the tree is for that platform.`,
+              });
+            }
+            return source;
+          },
           "mkbase dir",
         ),
       );

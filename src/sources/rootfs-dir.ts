@@ -2,8 +2,12 @@
  * `mkbase dir PATH`: a directory on disk, including `/` of a live system, as image entries.
  */
 import { readdir, stat } from "node:fs/promises";
-import { resolve } from "node:path";
+import { join, resolve } from "node:path";
+import { platformOfElf } from "../elf/platform.js";
+import { inspectElfFile } from "../elf/read.js";
+import { walkInRoot } from "../elf/resolve.js";
 import { SourceError, errnoCode } from "../errors.js";
+import type { Platform } from "../image/platform.js";
 import type { ProgressListener } from "../progress.js";
 import type { EntrySource, TarEntry } from "../tar/entry.js";
 import type { PathFilter } from "../tar/exclude.js";
@@ -77,6 +81,21 @@ export class RootfsDirSource implements EntrySource {
       );
     }
     return new RootfsDirSource(options);
+  }
+
+  /**
+   * The platform of the tree's `/bin/sh` (symlinks followed inside the tree, as in a container), or
+   * undefined when there is no such program or it is no ELF file mkbase knows.
+   */
+  async shellPlatform(): Promise<Platform | undefined> {
+    const shell = await walkInRoot(this.root, "/bin/sh").catch(() => undefined);
+    if (shell?.kind !== "file") return undefined;
+    try {
+      return platformOfElf(await inspectElfFile(join(this.root, shell.realPath)));
+    } catch {
+      // A shell script, a truncated file, a machine with no OCI platform: nothing to compare with.
+      return undefined;
+    }
   }
 
   /** Whether the walk leaves out the contents of the live-system runtime directories. */

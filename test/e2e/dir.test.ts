@@ -320,13 +320,23 @@ describe("config flags reach the image", () => {
     assert.equal(await imageInspect(tag), undefined);
   });
 
-  test("--platform linux/arm64 is recorded on the load path", async () => {
+  test("--platform linux/arm64 is recorded on the load path, with a warning for the tree's amd64 /bin/sh", async () => {
     const tag = uniqueTag("dir-arm64");
-    await mkbaseDir(tree.root, tag, ["--platform", "linux/arm64", "--source-date-epoch", String(epoch)]);
+    const { result } = await mkbaseDir(tree.root, tag, [
+      "--platform",
+      "linux/arm64",
+      "--source-date-epoch",
+      String(epoch),
+    ]);
     const inspected = await imageInspect(tag);
     assert.ok(inspected, `${tag} is not in the engine`);
     assert.equal(inspected.Architecture, "arm64");
     assert.equal(inspected.Os, "linux");
+    // The minimal tree's /bin/sh is this machine's busybox (the --quiet test shows no warning without the flag).
+    assert.match(
+      result.stderr,
+      /bin\/sh is a linux\/amd64 program, but the image is recorded as linux\/arm64(\/v8)?: .*--platform linux\/amd64/,
+    );
   });
 });
 
