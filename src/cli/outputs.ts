@@ -546,10 +546,17 @@ export async function openOutputs(
     });
   }
   // Written once the image exists: a wrong path must fail now, before anything is made or tagged.
-  if (flags.iidfile !== undefined)
-    await checkDestination(flags.iidfile, `the image ID file ${flags.iidfile}`);
-  if (flags.metadataFile !== undefined) {
-    await checkDestination(flags.metadataFile, `the metadata file ${flags.metadataFile}`);
+  for (const [flag, file, what] of [
+    ["--iidfile", flags.iidfile, "the image ID file"],
+    ["--metadata-file", flags.metadataFile, "the metadata file"],
+  ] as const) {
+    if (file === undefined) continue;
+    if (file === "-") {
+      throw new UsageError(`${flag} - would write to stdout, which already carries the result`, {
+        hint: "Stdout holds the image ID, or with --json the whole result as one object; give the flag a file name.",
+      });
+    }
+    await checkDestination(file, `${what} ${file}`);
   }
   return OutputSet.open(specs, {
     ...options,

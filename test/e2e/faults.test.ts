@@ -209,7 +209,7 @@ describe("the flags", () => {
     ["--iidfile", "the image ID file"],
     ["--metadata-file", "the metadata file"],
   ] as const) {
-    test(`${flag} in a missing directory, or naming a directory`, async () => {
+    test(`${flag} in a missing directory, naming a directory, or stdout`, async () => {
       const missing = join(work, "missing", "out");
       await expectFailure(["dir", tree.root, flag, missing], {
         code: 5,
@@ -219,6 +219,8 @@ describe("the flags", () => {
         code: 5,
         stderr: new RegExp(`${what} ${escapeRegExp(work)}: .* is a directory`),
       });
+      // Stdout carries the result already: the two would mix.
+      await expectFailure(["dir", tree.root, flag, "-"], { code: 2, stderr: /would write to stdout/ });
     });
   }
 });
