@@ -1,5 +1,6 @@
 /** `mkbase dir PATH`: a root filesystem directory (or a live system's `/`) into an image. */
 import type { Command } from "commander";
+import { formatPlatform, platformsMatch } from "../image/platform.js";
 import { addImageOptions, platformFromFlags, type ImageFlags } from "./image-options.js";
 import type { CommandContext } from "./run-build.js";
 
@@ -58,7 +59,6 @@ Examples:
               onProgress,
             });
             // A tree for another machine, recorded as this one's, fails only when a container starts.
-            const { formatPlatform, platformsMatch } = await import("../image/platform.js");
             const recorded = platformFromFlags(flags);
             const shell = await source.shellPlatform();
             if (shell !== undefined && !platformsMatch(shell, recorded)) {

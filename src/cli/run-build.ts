@@ -59,14 +59,15 @@ export function prepareImageFlags(flags: ImageFlags, env: CommandContext["env"])
   return { tags, config, platform, epoch };
 }
 
-/** The `--json` object of one build. */
+/** The `--json` object of one build, whose final ID is `id`. */
 function resultJson(
   result: BuildResult,
+  id: string,
   warnings: readonly string[],
   results: readonly SinkResult[],
 ): Record<string, unknown> {
   return {
-    id: results[0]?.id ?? result.imageId,
+    id,
     tags: results.flatMap((r) => r.tags),
     diffId: result.diffId,
     size: result.size,
@@ -76,15 +77,6 @@ function resultJson(
     destinations: results.map((r) => r.destination),
     warnings,
   };
-}
-
-function printResult(
-  result: BuildResult,
-  stdout: NodeJS.WritableStream,
-  results: readonly SinkResult[],
-): void {
-  const id = results[0]?.id ?? result.imageId;
-  for (const line of results.length > 0 ? resultLines(results) : [id]) stdout.write(`${line}\n`);
 }
 
 /**
@@ -178,11 +170,14 @@ export async function runBuild(
     }
     // With dest=- stdout holds the archive; --iidfile and --metadata-file still give the result.
     if (outputSet.writesStdout) return 0;
-    if (!flags.json) printResult(result, context.stdout, results);
-    // One object for the whole command: with several platforms, the outputs print it once complete.
-    else if (outputs === undefined)
-      context.stdout.write(`${JSON.stringify(resultJson(result, warnings, results))}\n`);
-    else outputs.reports.push(resultJson(result, warnings, results));
+    if (!flags.json) {
+      for (const line of results.length > 0 ? resultLines(results) : [id]) context.stdout.write(`${line}\n`);
+    } else if (outputs === undefined) {
+      context.stdout.write(`${JSON.stringify(resultJson(result, id, warnings, results))}\n`);
+    } else {
+      // One object for the whole command: with several platforms, the outputs print it once complete.
+      outputs.reports.push(resultJson(result, id, warnings, results));
+    }
     return 0;
   } finally {
     engine?.close();

@@ -137,24 +137,18 @@ export async function* readTar(
       const { entry, dataSize, sparse, where } = buildEntry(header, pending, globals);
       pending = emptyPending();
       if (entry.type === "file" && entry.size > 0) {
-        let stored = dataSize;
-        let regions = sparse?.regions;
-        if (sparse !== undefined && regions === undefined) {
-          const map = await readSparseMapInData(input, dataSize, where);
-          regions = map.regions;
-          stored -= map.size;
-        }
+        const layout = sparse === undefined ? undefined : await sparseLayout(input, sparse, dataSize, where);
+        const stored = layout?.stored ?? dataSize;
         const content = new EntryContentStream(input, stored, signal);
-        let chunks: AsyncIterable<Buffer> = content;
-        if (sparse !== undefined && regions !== undefined) {
-          checkSparseRegions(regions, sparse.realSize, stored, where);
-          const warning = sparseFileWarning(entry.path, sparse.realSize, stored);
+        if (layout !== undefined) {
+          const warning = sparseFileWarning(entry.path, layout.realSize, stored);
           if (warning !== undefined) onWarning?.(warning);
-          chunks = expandSparse(content, { realSize: sparse.realSize, regions }, signal);
         }
+        const chunks = layout === undefined ? content : expandSparse(content, layout, signal);
         yield { ...entry, content: { kind: "stream", chunks } };
         await content.finish();
-        // A sparse map in the data fills whole blocks: the padding is that of the stored bytes.
+        // The content ends at a block boundary; a sparse map read from the data filled whole blocks, so
+        // the padding left is that of the stored bytes.
         await input.skip(padding(stored));
       } else {
         yield entry;
@@ -415,10 +409,9 @@ function paxSparse(pax: ReadonlyMap<string, Buffer>, where: (what: string) => st
 function sparseRegions(numbers: readonly string[], where: (what: string) => string): SparseRegion[] {
   if (numbers.length % 2 !== 0) throw corruptHeader("the sparse map has an offset without a length", where);
   const values = numbers.map((text) => {
-    const value = Number(text);
-    if (!DECIMAL.test(text) || !Number.isSafeInteger(value)) {
+    const value = decimal(text);
+    if (value === undefined)
       throw corruptHeader(`the sparse map holds "${text}", which is not a valid number`, where);
-    }
     return value;
   });
   const regions: SparseRegion[] = [];
@@ -453,8 +446,8 @@ async function readSparseMapInData(
       if (numbers.length === wanted) break;
       numbers.push(line);
       if (numbers.length === 1) {
-        const count = Number(line);
-        if (!DECIMAL.test(line) || !Number.isSafeInteger(count)) {
+        const count = decimal(line);
+        if (count === undefined) {
           throw corruptHeader(`the sparse map starts with "${line}", not a count of regions`, where);
         }
         wanted = 1 + 2 * count;
@@ -464,13 +457,24 @@ async function readSparseMapInData(
   return { regions: sparseRegions(numbers.slice(1), where), size };
 }
 
-/** Checks that the regions are in order, inside the file, and cover exactly the bytes stored. */
-function checkSparseRegions(
-  regions: readonly SparseRegion[],
-  realSize: number,
-  stored: number,
+/**
+ * A sparse file's regions and the bytes of them the archive stores, its map read first when it heads the
+ * data (1.0), and checked: in order, inside the file, covering exactly the bytes stored.
+ */
+async function sparseLayout(
+  input: TarInput,
+  sparse: Sparse,
+  dataSize: number,
   where: (what: string) => string,
-): void {
+): Promise<{ realSize: number; regions: readonly SparseRegion[]; stored: number }> {
+  let regions = sparse.regions;
+  let stored = dataSize;
+  if (regions === undefined) {
+    const map = await readSparseMapInData(input, dataSize, where);
+    regions = map.regions;
+    stored -= map.size;
+  }
+  const { realSize } = sparse;
   let end = 0;
   let covered = 0;
   for (const { offset, length } of regions) {
@@ -486,6 +490,7 @@ function checkSparseRegions(
   if (covered !== stored) {
     throw corruptHeader(`the sparse map covers ${covered} bytes, but the archive stores ${stored}`, where);
   }
+  return { realSize, regions, stored };
 }
 
 /**
@@ -531,6 +536,12 @@ async function* expandSparse(
 
 const DECIMAL = /^\d+$/;
 
+/** `text` as a whole decimal number, or undefined when it is not one (or too large to be exact). */
+function decimal(text: string): number | undefined {
+  const value = Number(text);
+  return DECIMAL.test(text) && Number.isSafeInteger(value) ? value : undefined;
+}
+
 function paxInteger(
   pax: ReadonlyMap<string, Buffer>,
   key: string,
@@ -539,10 +550,8 @@ function paxInteger(
   const value = pax.get(key);
   if (value === undefined) return undefined;
   const text = value.toString("latin1");
-  const number = Number(text);
-  if (!DECIMAL.test(text) || !Number.isSafeInteger(number)) {
-    throw corruptHeader(`the PAX ${key} "${text}" is not a valid number`, where);
-  }
+  const number = decimal(text);
+  if (number === undefined) throw corruptHeader(`the PAX ${key} "${text}" is not a valid number`, where);
   return number;
 }
 
