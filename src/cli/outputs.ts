@@ -280,6 +280,8 @@ export class OutputSet {
   private readonly builds: BuildResult[] = [];
   /** The `--json` object of each build (one per platform), printed in one by {@link completeOutputs}. */
   readonly reports: Record<string, unknown>[] = [];
+  /** Warnings about the command as a whole (not one build's), for the same object's `warnings`. */
+  readonly warnings: string[] = [];
   private readonly sinks: (Sink | "engine")[];
   private lastSinks: Sink[] = [];
 
@@ -591,7 +593,9 @@ export async function completeOutputs(
   const shown = results.filter((result) => !result.destination.startsWith("docker ("));
   if (flags.json) {
     const completed = shown.map((r) => ({ id: r.id, tags: r.tags, destination: r.destination }));
-    context.stdout.write(`${JSON.stringify({ platforms: outputs.reports, outputs: completed })}\n`);
+    context.stdout.write(
+      `${JSON.stringify({ platforms: outputs.reports, outputs: completed, warnings: outputs.warnings })}\n`,
+    );
   } else {
     for (const line of resultLines(shown)) context.stdout.write(`${line}\n`);
   }

@@ -42,6 +42,18 @@ function packLine(entries: number, bytes: number, startedAt: number): string {
   return `${entries} ${entries === 1 ? "entry" : "entries"}, ${formatBytes(bytes)} (${rate})`;
 }
 
+/** Prints one warning line, as a renderer does, for a command that has no renderer running. */
+export async function printWarning(
+  message: string,
+  stream: NodeJS.WriteStream = process.stderr,
+): Promise<void> {
+  stream.write(warningLine(await makePainter(process.env, stream), message));
+}
+
+function warningLine(chalk: Painter, message: string): string {
+  return `${chalk.yellow("warning:")} ${message}\n`;
+}
+
 /** A renderer for stderr; `quiet` drops progress but keeps warnings. */
 export async function makeRenderer(options: {
   quiet: boolean;
@@ -53,7 +65,7 @@ export async function makeRenderer(options: {
   const chalk = await makePainter(process.env, stream);
   const warn = (message: string): void => {
     spinner?.clear();
-    stream.write(`${chalk.yellow("warning:")} ${message}\n`);
+    stream.write(warningLine(chalk, message));
     spinner?.render();
   };
   // A terminal that reports no width (a pty nobody sized, as under `script` or before a container's

@@ -302,17 +302,18 @@ async function runScratch(
   const { runBuild } = await import("./run-build.js");
   const host = hostPlatform();
   const hostImage = images.find(({ source }) => platformsMatch(source.platform, host));
-  if (multi && tags.length > 0 && hostImage === undefined && flags.quiet !== true) {
-    process.stderr.write(
-      `warning: no program for this machine's platform (${formatPlatform(host)}): ${tags.length === 1 ? "the plain tag is" : "the plain tags are"} not set\n`,
-    );
-  }
   // Several platforms into OCI or registry outputs make one index: the outputs take every build, then
   // complete once.
   const { openOutputs, completeOutputs } = await import("./outputs.js");
   const outputs = multi
     ? await openOutputs(sharedFlags, { tags, env: context.env, images: images.length })
     : undefined;
+  if (outputs !== undefined && tags.length > 0 && hostImage === undefined) {
+    const warning = `no program for this machine's platform (${formatPlatform(host)}): ${tags.length === 1 ? "the plain tag is" : "the plain tags are"} not set`;
+    outputs.warnings.push(warning);
+    // Like every warning, also under --quiet.
+    await (await import("./render.js")).printWarning(warning);
+  }
   try {
     for (const { source, config } of images) {
       const imageTags: (Reference & { readonly tag: string })[] = multi

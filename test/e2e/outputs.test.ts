@@ -386,12 +386,16 @@ describe("disk full while writing an OCI layout", () => {
 });
 
 describe("multi-platform scratch into an OCI archive", () => {
-  test("writes one index with both platforms", async () => {
-    const programs = join(scratch, "programs");
+  let programs: string;
+  before(async () => {
+    programs = join(scratch, "programs");
     await mkdir(programs, { recursive: true });
     const hello = join(repositoryRoot, "fixtures", "c", "hello.c");
     await runChecked("gcc", ["-O2", "-static", "-o", join(programs, "hello-amd64"), hello]);
     await runChecked("aarch64-linux-gnu-gcc", ["-O2", "-static", "-o", join(programs, "hello-arm64"), hello]);
+  });
+
+  test("writes one index with both platforms", async () => {
     const archive = join(scratch, "multi.oci.tar");
     const args = [
       "scratch",
@@ -423,6 +427,7 @@ describe("multi-platform scratch into an OCI archive", () => {
     const report = JSON.parse(json.stdout) as {
       platforms: { platform: string; diffId: string }[];
       outputs: { id: string; destination: string }[];
+      warnings: string[];
     };
     assert.deepEqual(
       report.platforms.map((p) => p.platform),
@@ -431,6 +436,28 @@ describe("multi-platform scratch into an OCI archive", () => {
     assert.deepEqual(
       report.outputs.map((o) => o.id),
       [indexDigest],
+    );
+    assert.deepEqual(report.warnings, []);
+  });
+
+  test("--json carries the warning that no program is for this machine's platform", async () => {
+    const archive = join(scratch, "arm64-only.oci.tar");
+    const args = [
+      "scratch",
+      "--platform",
+      `linux/arm64=${join(programs, "hello-arm64")}`,
+      "-t",
+      "multi/arm:1",
+    ];
+    const result = await mkbaseOk([...args, ...epochArgs, "-o", `type=oci,dest=${archive}`, "--json", "-q"]);
+    const report = JSON.parse(result.stdout) as { platforms: { platform: string }[]; warnings: string[] };
+    const warning = "no program for this machine's platform (linux/amd64): the plain tag is not set";
+    assert.deepEqual(report.warnings, [warning]);
+    // The same line on stderr, also under --quiet, as every warning.
+    assert.equal(result.stderr, `warning: ${warning}\n`);
+    assert.deepEqual(
+      report.platforms.map((p) => p.platform),
+      ["linux/arm64/v8"],
     );
   });
 });
