@@ -9,6 +9,7 @@ import type { EpochChoice } from "../build.js";
 import {
   applyChange,
   checkStopSignal,
+  checkVolume,
   parseCommand,
   parseKeyValue,
   parsePort,
@@ -66,7 +67,7 @@ export function addImageOptions(command: Command): Command {
     .option("--user <user[:group]>", "user the container runs as")
     .option("--workdir <path>", "working directory of the container")
     .option("--expose <port[/proto]>", "document a port the container listens on; repeatable", collect, [])
-    .option("--volume <path>", "declare a volume mount point; repeatable", collect, [])
+    .option("--volume <path>", "declare a volume mount point (an absolute path); repeatable", collect, [])
     .option("--label <KEY=VALUE>", "set a label; repeatable", collect, [])
     .option("--stop-signal <signal>", "signal that stops the container (e.g. SIGTERM)")
     .option("--platform <os/arch[/variant]>", "platform recorded in the image (default: this machine's)")
@@ -188,7 +189,10 @@ export function configFromFlags(flags: ImageFlags): ContainerConfig {
     };
   }
   if (flags.volume.length > 0)
-    config = { ...config, Volumes: Object.fromEntries(flags.volume.map((v) => [v, {}])) };
+    config = {
+      ...config,
+      Volumes: Object.fromEntries(flags.volume.map((v) => [checkVolume(v, "--volume"), {}])),
+    };
   if (flags.label.length > 0) {
     config = { ...config, Labels: Object.fromEntries(flags.label.map((l) => parseKeyValue(l, "--label"))) };
   }

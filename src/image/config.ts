@@ -229,6 +229,19 @@ export function checkStopSignal(value: string, what: string): string {
 }
 
 /**
+ * Checks a volume's mount point. The engine records a relative one as given, and runc (1.2 on) refuses to
+ * start a container of such an image ("mount destination … not absolute"): caught now, not at `docker run`.
+ */
+export function checkVolume(path: string, what: string): string {
+  if (!path.startsWith("/")) {
+    throw new UsageError(`${what}: the volume "${path}" is not an absolute path`, {
+      hint: `Name the mount point from the container's root, e.g. /${path.replace(/^(\.?\/)+/, "") || "data"}.`,
+    });
+  }
+  return path;
+}
+
+/**
  * Applies one `docker import --change` style Dockerfile instruction to `config` and returns the result.
  * Only the instructions that describe the config (not the filesystem) are accepted, as in `docker import`.
  */
@@ -270,7 +283,11 @@ export function applyChange(config: ContainerConfig, line: string): ContainerCon
       const paths = args.startsWith("[")
         ? parseCommand(args, "VOLUME").map((path) => lex(path, variables, false).join(""))
         : lex(args, variables, true);
-      return { ...config, Volumes: { ...config.Volumes, ...Object.fromEntries(paths.map((p) => [p, {}])) } };
+      const checked = paths.map((path) => checkVolume(path, `--change "${line}"`));
+      return {
+        ...config,
+        Volumes: { ...config.Volumes, ...Object.fromEntries(checked.map((p) => [p, {}])) },
+      };
     }
     case "USER":
       return { ...config, User: word() };

@@ -70,6 +70,7 @@ describe("config flags", () => {
     assert.equal(config.User, "7");
     assert.equal(config.WorkingDir, "/w");
     assert.throws(() => configFromFlags(flags(["--workdir", "rel"])), UsageError);
+    assert.throws(() => configFromFlags(flags(["--volume", "/ok", "--volume", "data"])), UsageError);
     assert.throws(() => configFromFlags(flags(["--env", "=x"])), UsageError);
   });
 

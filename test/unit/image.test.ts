@@ -7,6 +7,7 @@ import { UsageError } from "../../src/errors.js";
 import {
   applyChange,
   checkStopSignal,
+  checkVolume,
   configToInstructions,
   parseCommand,
   parsePort,
@@ -151,6 +152,28 @@ describe("container config", () => {
       () => applyChange({}, "STOPSIGNAL FOO"),
       /--change "STOPSIGNAL FOO": "FOO" is not a signal/,
     );
+  });
+
+  it("refuses a relative volume, which newer runtimes will not mount", () => {
+    assert.deepEqual(applyChange({}, "VOLUME /data /var/lib/x").Volumes, { "/data": {}, "/var/lib/x": {} });
+    assert.deepEqual(applyChange({}, 'VOLUME ["/a", "/b"]').Volumes, { "/a": {}, "/b": {} });
+    assert.throws(
+      () => applyChange({}, "VOLUME /ok data"),
+      (error: unknown) =>
+        error instanceof UsageError &&
+        error.message === '--change "VOLUME /ok data": the volume "data" is not an absolute path' &&
+        error.hint === "Name the mount point from the container's root, e.g. /data.",
+    );
+    assert.throws(
+      () => applyChange({}, 'VOLUME ["./cache"]'),
+      /the volume "\.\/cache" is not an absolute path/,
+    );
+    assert.equal(checkVolume("/srv", "--volume"), "/srv");
+    assert.throws(
+      () => checkVolume("./srv/x", "--volume"),
+      (error: unknown) => error instanceof UsageError && /e\.g\. \/srv\/x\.$/.test(error.hint ?? ""),
+    );
+    assert.throws(() => checkVolume("", "--volume"), /--volume: the volume "" is not an absolute path/);
   });
 
   it("round-trips through Dockerfile instructions", () => {
