@@ -81,7 +81,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   };
   const program = new Command("mkbase")
     .description(
-      "Build container base images without a Dockerfile, from a root filesystem directory, a rootfs tarball or a single static binary, straight into the Docker Engine.",
+      "Build container base images without a Dockerfile, from a root filesystem directory, a rootfs tarball, a bootstrapper run (debootstrap, pacstrap, apk.static) or a single static binary, into the Docker Engine, an OCI layout or archive, a docker-archive, a rootfs tar or a registry (-o, --push).",
     )
     .version(packageVersion())
     .showHelpAfterError("(run with --help for usage)")
