@@ -18,11 +18,15 @@ Exit codes:
   6    an external tool failed, is missing, or needs privileges
   130  interrupted (Ctrl-C or SIGTERM); temporary files were removed`;
 
-/** Capitalised and ending in a full stop, so message and hint read as one paragraph. */
-function sentence(text: string): string {
+/**
+ * Ending in a full stop, so message and hint read as one paragraph. A message keeps its first letter as
+ * written, as after git's "fatal:": it may start with a path or a program (`xz is not installed`, `rootfs
+ * is a container image`), which a capital would change. A hint always starts with a word of its own.
+ */
+function sentence(text: string, capitalise: boolean): string {
   const trimmed = text.trim();
-  const capitalised = trimmed.charAt(0).toUpperCase() + trimmed.slice(1);
-  return /[.!?]$/.test(capitalised) ? capitalised : `${capitalised}.`;
+  const started = capitalise ? trimmed.charAt(0).toUpperCase() + trimmed.slice(1) : trimmed;
+  return /[.!?]$/.test(started) ? started : `${started}.`;
 }
 
 /** Renders an error as one paragraph on stderr and returns its exit code. */
@@ -35,7 +39,7 @@ async function reportError(error: unknown): Promise<number> {
   }
   if (error instanceof MkbaseError) {
     process.stderr.write(
-      `${chalk.red("mkbase: error:")} ${sentence(error.message)}${error.hint === undefined ? "" : ` ${sentence(error.hint)}`}\n`,
+      `${chalk.red("mkbase: error:")} ${sentence(error.message, false)}${error.hint === undefined ? "" : ` ${sentence(error.hint, true)}`}\n`,
     );
     return error.exitCode;
   }

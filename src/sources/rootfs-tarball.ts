@@ -321,7 +321,7 @@ async function* verifySha256(
   }
   const actual = hash.digest("hex");
   if (actual !== expected) {
-    throw new SourceError(`sha256 mismatch for ${what}: expected ${expected}, got ${actual}`, {
+    throw new SourceError(`SHA-256 mismatch for ${what}: expected ${expected}, got ${actual}`, {
       hint: "the file is corrupt or not the one you meant; check the --sha256 value against the publisher's checksums",
     });
   }

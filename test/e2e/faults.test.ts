@@ -102,6 +102,14 @@ describe("the source", () => {
     });
   });
 
+  test("a missing relative path is named as given, not capitalised", async () => {
+    await expectFailure(["dir", "no-such-rootfs"], {
+      code: 3,
+      stderr: /^mkbase: error: no-such-rootfs does not exist\. /m,
+      options: { cwd: work },
+    });
+  });
+
   test("a file instead of a directory", async () => {
     const file = join(tree.root, "hello.txt");
     await expectFailure(["dir", file], {

@@ -249,7 +249,7 @@ describe("inputs and validation", () => {
     );
     await assert.rejects(
       summarize({ input: "-", stdin: Readable.from([readFileSync(gz)]), sha256: "0".repeat(64) }),
-      assertSourceError(/sha256 mismatch/),
+      assertSourceError(/SHA-256 mismatch/),
     );
     const terminal = Object.assign(Readable.from([]), { isTTY: true });
     await assert.rejects(RootfsTarballSource.create({ input: "-", stdin: terminal }), UsageError);
@@ -261,7 +261,7 @@ describe("inputs and validation", () => {
     assert.ok((await summarize({ input: padded, sha256: sha256(padded) })).length > 0);
     await assert.rejects(
       summarize({ input: padded, sha256: sha256(plainTar) }),
-      assertSourceError(/sha256 mismatch/),
+      assertSourceError(/SHA-256 mismatch/),
     );
   });
 
@@ -397,7 +397,7 @@ describe("downloads", () => {
       yielded++;
     }
     assert.ok(outcome instanceof SourceError, String(outcome));
-    assert.match(outcome.message, /sha256 mismatch/);
+    assert.match(outcome.message, /SHA-256 mismatch/);
     assert.ok(yielded > 0);
   });
 
