@@ -108,7 +108,7 @@ describe("mkbase alpine with apk.static on PATH", () => {
       env: env(argsLog, true),
     });
     assert.equal(refused.code, 2, describeResult(refused));
-    assert.match(refused.stderr, /No Alpine signing keys.*--keys-dir/s);
+    assert.match(refused.stderr, /mkbase: error: no Alpine signing keys.*--keys-dir/s);
 
     const tag = uniqueTag("alpine-insecure");
     made.add(tag);
@@ -128,7 +128,7 @@ describe("mkbase alpine with apk.static on PATH", () => {
       env: env(join(scratch, "unused.log"), true),
     });
     assert.equal(result.code, 2, describeResult(result));
-    assert.match(result.stderr, /Unknown Alpine branch "3\.20"/);
+    assert.match(result.stderr, /mkbase: error: unknown Alpine branch "3\.20"/);
   });
 });
 

@@ -242,13 +242,13 @@ describe("mkbase debootstrap refuses bad input before any download", () => {
   test("an unknown suite", async () => {
     const result = await refused(["bookwork"]);
     assert.equal(result.code, 2, describeResult(result));
-    assert.match(result.stderr, /Unknown suite "bookwork".*bookworm/s);
+    assert.match(result.stderr, /mkbase: error: unknown suite "bookwork".*bookworm/s);
   });
 
   test("an unknown architecture", async () => {
     const result = await refused(["bookworm", "--arch", "amd46"]);
     assert.equal(result.code, 2, describeResult(result));
-    assert.match(result.stderr, /Unknown architecture "amd46" for Debian/);
+    assert.match(result.stderr, /mkbase: error: unknown architecture "amd46" for Debian/);
   });
 
   test("a missing tool, named with its package", async () => {
@@ -257,10 +257,10 @@ describe("mkbase debootstrap refuses bad input before any download", () => {
       env: testEnv({ PATH: emptyPath }),
     });
     assert.equal(result.code, 6, describeResult(result));
-    assert.match(result.stderr, /Debootstrap is not installed.*apt-get install debootstrap/s);
+    assert.match(result.stderr, /mkbase: error: debootstrap is not installed.*apt-get install debootstrap/s);
     const neither = await refused(["bookworm"], { env: testEnv({ PATH: emptyPath }) });
     assert.equal(neither.code, 6, describeResult(neither));
-    assert.match(neither.stderr, /Neither mmdebstrap nor debootstrap/);
+    assert.match(neither.stderr, /mkbase: error: neither mmdebstrap nor debootstrap/);
   });
 
   test("a foreign architecture with mmdebstrap but without arch-test", async () => {

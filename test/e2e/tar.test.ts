@@ -261,7 +261,7 @@ describe("an HTTPS URL, and NODE_EXTRA_CA_CERTS", () => {
     delete env.NODE_EXTRA_CA_CERTS;
     const result = await runMkbase(["tar", `${origin}/latest`, "--insecure", "-t", tag], { env });
     assert.equal(result.code, 3, describeResult(result));
-    assert.match(result.stderr, /Could not download .*SELF_SIGNED.*NODE_EXTRA_CA_CERTS/s);
+    assert.match(result.stderr, /mkbase: error: could not download .*SELF_SIGNED.*NODE_EXTRA_CA_CERTS/s);
     assert.equal(await imageInspect(tag), undefined);
   });
 
