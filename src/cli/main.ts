@@ -88,7 +88,10 @@ export async function main(argv: readonly string[]): Promise<number> {
       "Build container base images without a Dockerfile, from a root filesystem directory, a rootfs tarball, a bootstrapper run (debootstrap, pacstrap, apk.static) or a single static binary, into the Docker Engine, an OCI layout or archive, a docker-archive, a rootfs tar or a registry (-o, --push).",
     )
     .version(packageVersion())
-    .showHelpAfterError("(run with --help for usage)")
+    .showHelpAfterError("Run it with --help for usage.")
+    // Commander's own usage errors ("error: unknown option '--frob'") get the prefix of every other
+    // error, so that a script needs to look for one line only.
+    .configureOutput({ outputError: (text, write) => write(`mkbase: ${text}`) })
     .exitOverride()
     // Repeatable flags start from an empty list; "(default: [])" in the help says nothing useful.
     .configureHelp({

@@ -212,6 +212,13 @@ describe("the flags", () => {
     });
   }
 
+  test("an unknown flag, reported by the option parser with the same prefix as every error", async () => {
+    await expectFailure(["dir", tree.root, "--frob"], {
+      code: 2,
+      stderr: /^mkbase: error: unknown option '--frob'\nRun it with --help for usage\.\n$/,
+    });
+  });
+
   // Both are written once the image exists: a path that cannot be written must fail before that.
   for (const [flag, what] of [
     ["--iidfile", "the image ID file"],
