@@ -43,11 +43,8 @@ function packLine(entries: number, bytes: number, startedAt: number): string {
 }
 
 /** Prints one warning line, as a renderer does, for a command that has no renderer running. */
-export async function printWarning(
-  message: string,
-  stream: NodeJS.WriteStream = process.stderr,
-): Promise<void> {
-  stream.write(warningLine(await makePainter(process.env, stream), message));
+export async function printWarning(message: string): Promise<void> {
+  process.stderr.write(warningLine(await makePainter(process.env, process.stderr), message));
 }
 
 function warningLine(chalk: Painter, message: string): string {

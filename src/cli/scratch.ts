@@ -20,6 +20,7 @@ import {
   tagsFromFlags,
   type ImageFlags,
 } from "./image-options.js";
+import { printWarning } from "./render.js";
 import type { CommandContext } from "./run-build.js";
 
 /** What commander collects for `mkbase scratch`; `--platform` is repeatable here. */
@@ -312,7 +313,7 @@ async function runScratch(
     const warning = `no program for this machine's platform (${formatPlatform(host)}): ${tags.length === 1 ? "the plain tag is" : "the plain tags are"} not set`;
     outputs.warnings.push(warning);
     // Like every warning, also under --quiet.
-    await (await import("./render.js")).printWarning(warning);
+    await printWarning(warning);
   }
   try {
     for (const { source, config } of images) {

@@ -388,6 +388,8 @@ describe("disk full while writing an OCI layout", () => {
 
 describe("multi-platform scratch into an OCI archive", () => {
   let programs: string;
+  /** `--platform linux/ARCH=PROGRAM` for the hello program built for `arch`. */
+  const platform = (arch: string): string => `linux/${arch}=${join(programs, `hello-${arch}`)}`;
   before(async () => {
     programs = join(scratch, "programs");
     await mkdir(programs, { recursive: true });
@@ -400,15 +402,8 @@ describe("multi-platform scratch into an OCI archive", () => {
     const archive = join(scratch, "multi.oci.tar");
     const args = [
       "scratch",
-      "--platform",
-      `linux/amd64=${join(programs, "hello-amd64")}`,
-      "--platform",
-      `linux/arm64=${join(programs, "hello-arm64")}`,
-      "-t",
-      "multi/hello:1",
-      ...epochArgs,
-      "-o",
-      `type=oci,dest=${archive}`,
+      ...["--platform", platform("amd64"), "--platform", platform("arm64")],
+      ...["-t", "multi/hello:1", ...epochArgs, "-o", `type=oci,dest=${archive}`],
     ];
     const result = await mkbaseOk(args);
     const index = JSON.parse(await runChecked("skopeo", ["inspect", "--raw", `oci-archive:${archive}`]));
@@ -443,14 +438,11 @@ describe("multi-platform scratch into an OCI archive", () => {
 
   test("--json carries the warning that no program is for this machine's platform", async () => {
     const archive = join(scratch, "arm64-only.oci.tar");
-    const args = [
+    const result = await mkbaseOk([
       "scratch",
-      "--platform",
-      `linux/arm64=${join(programs, "hello-arm64")}`,
-      "-t",
-      "multi/arm:1",
-    ];
-    const result = await mkbaseOk([...args, ...epochArgs, "-o", `type=oci,dest=${archive}`, "--json", "-q"]);
+      ...["--platform", platform("arm64"), "-t", "multi/arm:1", ...epochArgs],
+      ...["-o", `type=oci,dest=${archive}`, "--json", "-q"],
+    ]);
     const report = JSON.parse(result.stdout) as { platforms: { platform: string }[]; warnings: string[] };
     const warning = "no program for this machine's platform (linux/amd64): the plain tag is not set";
     assert.deepEqual(report.warnings, [warning]);
