@@ -532,6 +532,32 @@ export function annotationsFromFlags(flags: ImageFlags): Annotation[] {
   ];
 }
 
+/**
+ * The registry flags, before anything is built: without a registry output they would be ignored (a
+ * forgotten --push), and an auth file that cannot be used would otherwise fail the push only after the
+ * whole layer was packed and compressed.
+ */
+async function checkRegistryFlags(flags: ImageFlags, specs: readonly OutputSpec[]): Promise<void> {
+  const given = [
+    flags.registryAuthFile !== undefined ? "--registry-auth-file" : undefined,
+    flags.insecureRegistry === true ? "--insecure-registry" : undefined,
+  ].filter((flag) => flag !== undefined);
+  if (given.length === 0) return;
+  if (!specs.some((spec) => spec.type === "registry")) {
+    const verb = given.length === 1 ? "is" : "are";
+    throw new UsageError(
+      `${given.join(" and ")} ${verb} only used by a push, and this command pushes nothing`,
+      {
+        hint: "Add --push (or -o type=registry) to push the image, or leave the flag out.",
+      },
+    );
+  }
+  if (flags.registryAuthFile !== undefined) {
+    const { readAuthFile } = await import("../registry/auth.js");
+    await readAuthFile(flags.registryAuthFile);
+  }
+}
+
 /** The outputs of a command from its flags; `images` is how many images it builds (one per platform). */
 export async function openOutputs(
   flags: ImageFlags,
@@ -542,6 +568,7 @@ export async function openOutputs(
   },
 ): Promise<OutputSet> {
   const specs = parseOutputs(flags.output ?? [], flags.push);
+  await checkRegistryFlags(flags, specs);
   if (flags.json === true && specs.some(writesStdout)) {
     throw new UsageError("--json prints to stdout, which carries the archive (dest=-)", {
       hint: "Use --metadata-file FILE or --iidfile FILE for the result, or give dest=FILE.",

@@ -65,7 +65,10 @@ async function readDockerConfig(path: string, explicit: boolean): Promise<Docker
   } catch (error) {
     // A missing discovered file means "not logged in"; a missing file the user named is a mistake.
     if (!explicit && errnoCode(error) === "ENOENT") return undefined;
-    throw new UsageError(`cannot read the registry auth file ${path}`, {
+    const code = errnoCode(error);
+    const why =
+      code === "ENOENT" ? "does not exist" : `cannot be read${code === undefined ? "" : ` (${code})`}`;
+    throw new UsageError(`the registry auth file ${path} ${why}`, {
       cause: error,
       hint: "Pass a readable docker config.json to --registry-auth-file, or log in with `docker login`.",
     });
@@ -85,6 +88,11 @@ async function readDockerConfig(path: string, explicit: boolean): Promise<Docker
     });
   }
   return parsed as DockerConfigFile;
+}
+
+/** Reads and checks a docker config.json the user named, so that a mistake shows before any work. */
+export async function readAuthFile(path: string): Promise<void> {
+  await readDockerConfig(path, true);
 }
 
 function credentialsFromEntry(

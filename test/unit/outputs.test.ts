@@ -23,6 +23,7 @@ import { build } from "../../src/build.js";
 import {
   annotationsFromFlags,
   compressionForName,
+  openOutputs,
   OutputSet,
   parseOutput,
   parseOutputs,
@@ -145,6 +146,54 @@ describe("parseOutputs", () => {
     await assert.rejects(
       OutputSet.open(parseOutputs(["type=docker,dest=d.tar"], false), options),
       UsageError,
+    );
+  });
+});
+
+describe("the registry flags", () => {
+  const scratch = temporaryDirectory("mkbase-unit-registry-flags-");
+  const options = { tags: [], env: {}, images: 1 };
+
+  it("are refused without a registry output: a forgotten --push would push nothing", async () => {
+    for (const flags of [
+      { registryAuthFile: "auth.json" },
+      { insecureRegistry: true },
+      { output: ["type=oci,dest=x.tar"], registryAuthFile: "auth.json", insecureRegistry: true },
+    ] as ImageFlags[]) {
+      await assert.rejects(openOutputs(flags, options), (error: unknown) => {
+        assert.ok(error instanceof UsageError);
+        assert.match(
+          error.message,
+          /^--(registry-auth-file|insecure-registry).* only used by a push, and this command pushes nothing$/,
+        );
+        assert.match(error.hint ?? "", /Add --push \(or -o type=registry\)/);
+        return true;
+      });
+    }
+  });
+
+  it("check the auth file of a push before anything is built", async () => {
+    const missing = join(scratch.path, "missing.json");
+    await assert.rejects(openOutputs({ push: true, registryAuthFile: missing } as ImageFlags, options), {
+      name: "UsageError",
+      message: `the registry auth file ${missing} does not exist`,
+    });
+    const broken = join(scratch.path, "broken.json");
+    await writeFile(broken, "{");
+    await assert.rejects(openOutputs({ push: true, registryAuthFile: broken } as ImageFlags, options), {
+      name: "UsageError",
+      message: `${broken} is not valid JSON`,
+    });
+    const good = join(scratch.path, "config.json");
+    await writeFile(good, '{"auths": {}}');
+    const outputs = await openOutputs({ push: true, registryAuthFile: good } as ImageFlags, {
+      ...options,
+      tags: [parseTagReference("localhost:5000/base:1")],
+    });
+    await outputs.close();
+    assert.deepEqual(
+      outputs.specs.map((spec) => spec.type),
+      ["registry"],
     );
   });
 });
