@@ -98,9 +98,11 @@ async function workspacePlanFor(flags: BootstrapFlags): Promise<WorkspacePlan> {
 
 async function outputRows(flags: BootstrapFlags): Promise<[string, string][]> {
   const tags = flags.tag.length === 0 ? "untagged" : `tags ${flags.tag.join(", ")}`;
+  const { describeOutput, parseOutputs } = await import("./outputs.js");
+  const outputs = parseOutputs(flags.output, flags.push).map((spec) => describeOutput(spec, flags.via));
   const rows: [string, string][] = [
     ["work dir", (await workspacePlanFor(flags)).description],
-    ["output", `Docker Engine (--via ${flags.via}), ${tags}`],
+    ["output", `${outputs.join("; ")}, ${tags}`],
   ];
   if (flags.keepRootfs !== undefined) rows.push(["keep rootfs", flags.keepRootfs]);
   if (flags.packageList !== undefined) rows.push(["package list", flags.packageList]);

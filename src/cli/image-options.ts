@@ -36,7 +36,8 @@ export interface ImageFlags {
   readonly message?: string;
   readonly sourceDateEpoch?: string;
   readonly created?: string;
-  readonly via: "load" | "import" | "build";
+  /** Absent: load (no default in the parser, so that a --via without an engine output can be refused). */
+  readonly via?: "load" | "import" | "build";
   readonly quiet?: boolean;
   readonly json?: boolean;
   readonly iidfile?: string;
@@ -86,10 +87,8 @@ export function addImageOptions(command: Command): Command {
     .addOption(
       new Option(
         "--via <path>",
-        "how the image enters the Docker Engine: load (exact config, reproducible ID), import (streamed; the engine sets created and may ignore --platform), build (FROM scratch context; the engine sets created)",
-      )
-        .choices(["load", "import", "build"])
-        .default("load"),
+        "how the image enters the Docker Engine: load (the default: exact config, reproducible ID), import (streamed; the engine sets created and may ignore --platform), build (FROM scratch context; the engine sets created)",
+      ).choices(["load", "import", "build"]),
     )
     .option(
       "--exclude <pattern>",

@@ -226,6 +226,26 @@ export function writesStdout(spec: OutputSpec): boolean {
   return "dest" in spec && spec.dest === "-";
 }
 
+/** What `spec` makes, for a plan: "OCI archive base.tar (zstd-3)". */
+export function describeOutput(spec: OutputSpec, via: ImageFlags["via"]): string {
+  const compressed = (compression: Compression): string =>
+    compression.algorithm === "none" ? "" : ` (${compressionKey(compression)})`;
+  switch (spec.type) {
+    case "docker":
+      return spec.dest === undefined
+        ? `Docker Engine (--via ${via ?? "load"})`
+        : `docker-archive ${spec.dest}`;
+    case "oci":
+      return `OCI ${spec.tar ? "archive" : "layout"} ${spec.dest}${compressed(spec.compression)}`;
+    case "tar":
+      return `rootfs tar ${spec.dest}${compressed(spec.compression)}`;
+    case "context":
+      return `build context ${spec.dest}`;
+    default:
+      return `registry push${compressed(spec.compression)}`;
+  }
+}
+
 /** Whether `specs` include the Docker Engine (a `docker` output without dest). */
 export function wantsEngine(specs: readonly OutputSpec[]): boolean {
   return specs.some((spec) => spec.type === "docker" && spec.dest === undefined);
@@ -533,11 +553,16 @@ export function annotationsFromFlags(flags: ImageFlags): Annotation[] {
 }
 
 /**
- * The registry flags, before anything is built: without a registry output they would be ignored (a
- * forgotten --push), and an auth file that cannot be used would otherwise fail the push only after the
- * whole layer was packed and compressed.
+ * The flags for one kind of output, before anything is built: without that output they would be
+ * ignored (a forgotten --push, a --via with only file outputs), and an auth file that cannot be used
+ * would otherwise fail the push only after the whole layer was packed and compressed.
  */
-async function checkRegistryFlags(flags: ImageFlags, specs: readonly OutputSpec[]): Promise<void> {
+async function checkOutputFlags(flags: ImageFlags, specs: readonly OutputSpec[]): Promise<void> {
+  if (flags.via !== undefined && !wantsEngine(specs)) {
+    throw new UsageError("--via chooses how the image enters the Docker Engine, and no output goes there", {
+      hint: "Add -o type=docker (the engine) to the outputs, or leave --via out.",
+    });
+  }
   const given = [
     flags.registryAuthFile !== undefined ? "--registry-auth-file" : undefined,
     flags.insecureRegistry === true ? "--insecure-registry" : undefined,
@@ -568,7 +593,7 @@ export async function openOutputs(
   },
 ): Promise<OutputSet> {
   const specs = parseOutputs(flags.output ?? [], flags.push);
-  await checkRegistryFlags(flags, specs);
+  await checkOutputFlags(flags, specs);
   if (flags.json === true && specs.some(writesStdout)) {
     throw new UsageError("--json prints to stdout, which carries the archive (dest=-)", {
       hint: "Use --metadata-file FILE or --iidfile FILE for the result, or give dest=FILE.",

@@ -23,6 +23,7 @@ import { build } from "../../src/build.js";
 import {
   annotationsFromFlags,
   compressionForName,
+  describeOutput,
   openOutputs,
   OutputSet,
   parseOutput,
@@ -150,9 +151,22 @@ describe("parseOutputs", () => {
   });
 });
 
-describe("the registry flags", () => {
-  const scratch = temporaryDirectory("mkbase-unit-registry-flags-");
+describe("flags for one kind of output", () => {
+  const scratch = temporaryDirectory("mkbase-unit-output-flags-");
   const options = { tags: [], env: {}, images: 1 };
+
+  it("refuse --via without the Docker Engine among the outputs", async () => {
+    await assert.rejects(
+      openOutputs(
+        { via: "import", output: ["type=oci,dest=x.tar", "type=docker,dest=d.tar"] } as ImageFlags,
+        options,
+      ),
+      {
+        name: "UsageError",
+        message: "--via chooses how the image enters the Docker Engine, and no output goes there",
+      },
+    );
+  });
 
   it("are refused without a registry output: a forgotten --push would push nothing", async () => {
     for (const flags of [
@@ -195,6 +209,32 @@ describe("the registry flags", () => {
       outputs.specs.map((spec) => spec.type),
       ["registry"],
     );
+  });
+});
+
+describe("describeOutput", () => {
+  it("names what each output makes, for a dry run's plan", () => {
+    const described = parseOutputs(
+      [
+        "type=docker",
+        "type=docker,dest=d.tar",
+        "type=oci,dest=o,tar=false,compression=zstd",
+        "type=tar,dest=r.tar.gz",
+        "type=tar,dest=r.tar",
+        "type=context,dest=ctx",
+      ],
+      true,
+    ).map((spec) => describeOutput(spec, "import"));
+    assert.deepEqual(described, [
+      "Docker Engine (--via import)",
+      "docker-archive d.tar",
+      "OCI layout o (zstd-3)",
+      "rootfs tar r.tar.gz (gzip-6)",
+      "rootfs tar r.tar",
+      "build context ctx",
+      "registry push (gzip-6)",
+    ]);
+    assert.equal(describeOutput({ type: "docker" }, undefined), "Docker Engine (--via load)");
   });
 });
 
