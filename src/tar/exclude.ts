@@ -8,16 +8,78 @@ import dockerignore from "@balena/dockerignore";
 import { SourceError, UsageError, errnoCode } from "../errors.js";
 import { displayPath, type TarEntry } from "./entry.js";
 
+/**
+ * The matcher turns a pattern into a regular expression: it translates `*`, `?` and `\\`, escapes `.` and
+ * `$`, and copies every other character (so `[a-z]` stays a class). Docker matches with Go's
+ * `filepath.Match`, where `( ) + | { } ^` outside a class are plain characters; escaped here, they stay
+ * plain: `c++` names a directory instead of making an expression that does not compile.
+ */
+function escapeRegExpOnly(pattern: string): string {
+  let out = "";
+  let inClass = false;
+  for (let i = 0; i < pattern.length; i++) {
+    const c = pattern[i] as string;
+    if (c === "\\") {
+      out += pattern.slice(i, i + 2);
+      i++;
+    } else if (inClass) {
+      if (c === "]") inClass = false;
+      out += c;
+    } else if (c === "[") {
+      inClass = true;
+      // `[^a]` negates in Go as in a regular expression: skip the `^` so it is not escaped.
+      if (pattern[i + 1] === "^") {
+        out += "[^";
+        i++;
+        continue;
+      }
+      out += c;
+    } else {
+      out += "()+|{}^".includes(c) ? `\\${c}` : c;
+    }
+  }
+  return out;
+}
+
+/** A matcher for `lines`, case-sensitive as Docker's (the package ignores case unless told not to). */
+function matcherFor(lines: readonly string[]): ReturnType<typeof dockerignore.default> {
+  // The package is CommonJS; under Node ESM its function is the `default` member.
+  return dockerignore.default({ ignorecase: false }).add(lines.map(escapeRegExpOnly));
+}
+
+/**
+ * Checks each pattern now: the matcher compiles a pattern only when it first matches a path, so a bad
+ * one (`[`, an unclosed class) would otherwise fail in the middle of the walk.
+ */
+function checkPatterns(lines: readonly string[]): void {
+  for (const line of lines) {
+    try {
+      matcherFor([line]).ignores("x");
+    } catch (error) {
+      throw new UsageError(
+        `--exclude pattern ${JSON.stringify(line)} is not valid: ${(error as Error).message}`,
+        {
+          cause: error,
+          hint: "Close every [ with ], or escape a literal [ as \\[ (the syntax is .dockerignore's).",
+        },
+      );
+    }
+  }
+}
+
 export class PathFilter {
   private readonly matcher: ReturnType<typeof dockerignore.default>;
   private readonly exceptions: readonly string[];
 
   /** @param patterns dockerignore lines; blank lines and `#` comments are ignored. */
   constructor(readonly patterns: readonly string[]) {
-    const lines = patterns.map((p) => p.trim()).filter((p) => p !== "" && !p.startsWith("#"));
-    // The package is CommonJS; under Node ESM its function is the `default` member.
-    this.matcher = dockerignore.default().add(lines.map((p) => p.replace(/^\/+/, "")));
-    this.exceptions = lines.filter((p) => p.startsWith("!")).map((p) => p.slice(1).replace(/^\/+/, ""));
+    const lines = patterns
+      .map((p) => p.trim())
+      .filter((p) => p !== "" && !p.startsWith("#"))
+      .map((p) => p.replace(/^(!?)\/+/, "$1"));
+    checkPatterns(lines);
+    this.matcher = matcherFor(lines);
+    this.exceptions = lines.filter((p) => p.startsWith("!")).map((p) => p.slice(1));
   }
 
   /** Whether the entry at `path` (relative, `/`-separated) is left out. */
