@@ -4,10 +4,15 @@
  */
 import { build, type BuildResult } from "../build.js";
 import { UsageError } from "../errors.js";
-import type { EngineClient } from "../docker/engine.js";
+import { compareApiVersions, type EngineClient } from "../docker/engine.js";
 import { configToInstructions } from "../image/config.js";
-import { DockerBuildSink, DockerImportSink, DockerLoadSink } from "../sinks/docker-engine.js";
-import { formatPlatform, hostPlatform } from "../image/platform.js";
+import {
+  DockerBuildSink,
+  DockerImportSink,
+  DockerLoadSink,
+  IMPORT_PLATFORM_HINT,
+} from "../sinks/docker-engine.js";
+import { formatPlatform, platformsMatch, type Platform } from "../image/platform.js";
 import type { ProgressListener } from "../progress.js";
 import { writeFileAtomically } from "../sinks/atomic-file.js";
 import type { Sink, SinkResult } from "../sinks/sink.js";
@@ -59,6 +64,23 @@ export function prepareImageFlags(flags: ImageFlags, env: CommandContext["env"])
   return { tags, config, platform, epoch };
 }
 
+/**
+ * Before an import into an engine whose import endpoint records its own architecture (before API 1.42,
+ * Docker 23), a different platform is refused at once rather than after the upload: the image would be
+ * removed again by the check of what the engine made.
+ */
+async function checkImportPlatform(engine: EngineClient, platform: Platform): Promise<void> {
+  if (compareApiVersions(engine.apiVersion, "1.42") >= 0) return;
+  const own = await engine.enginePlatform();
+  // The endpoint keeps the OS it is given; only the architecture (and variant) are its own.
+  const recorded = { os: platform.os, architecture: own.architecture };
+  if (platformsMatch(recorded, platform)) return;
+  throw new UsageError(
+    `the Docker Engine at ${engine.endpoint} (API ${engine.apiVersion}) records its own architecture on import: the image would claim ${formatPlatform(recorded)}, not ${formatPlatform(platform)}`,
+    { hint: IMPORT_PLATFORM_HINT },
+  );
+}
+
 /** The `--json` object of one build, whose final ID is `id`. */
 function resultJson(
   result: BuildResult,
@@ -68,7 +90,8 @@ function resultJson(
 ): Record<string, unknown> {
   return {
     id,
-    tags: results.flatMap((r) => r.tags),
+    // Outputs that hold the same references (the engine and an archive) each report them: list them once.
+    tags: [...new Set(results.flatMap((r) => r.tags))],
     diffId: result.diffId,
     size: result.size,
     entries: result.entries,
@@ -128,12 +151,7 @@ export async function runBuild(
     if (typeof overrides === "function") prepared = { ...prepared, ...overrides() };
     const common = { engine, tags: prepared.tags, onProgress, message: flags.message };
     const platform = formatPlatform(prepared.platform);
-    if (engine !== undefined && flags.via === "import" && platform !== formatPlatform(hostPlatform())) {
-      onProgress({
-        kind: "warning",
-        message: `--via import: engines before API 1.32 ignore the platform and record the host's; use --via load to be sure ${platform} is recorded`,
-      });
-    }
+    if (engine !== undefined && flags.via === "import") await checkImportPlatform(engine, prepared.platform);
     const sink: Sink | undefined =
       engine === undefined
         ? undefined

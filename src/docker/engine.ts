@@ -14,6 +14,7 @@ import {
   type DiscoveryEnvironment,
   type EngineEndpoint,
 } from "./connection.js";
+import type { Platform } from "../image/platform.js";
 import { EngineStatusError, openTransport, readText, type Query, type Transport } from "./transport.js";
 
 /** A request body being written, and the engine's reply once its status is 2xx. */
@@ -30,7 +31,8 @@ export interface ImageSummary {
   readonly id: string;
   /** DiffIDs of the image's layers (`RootFS.Layers`). */
   readonly diffIds: readonly string[];
-  readonly architecture: string;
+  /** The platform the engine recorded (`Os`, `Architecture`, `Variant`). */
+  readonly platform: Platform;
   readonly repoTags: readonly string[];
 }
 
@@ -57,6 +59,8 @@ export interface EngineClient {
    */
   uploadTar(path: string, query: Query, signal: AbortSignal): EngineUpload;
   inspectImage(id: string): Promise<ImageSummary | undefined>;
+  /** The engine's own platform (`GET /version`). */
+  enginePlatform(): Promise<Platform>;
   tagImage(id: string, repository: string, tag: string): Promise<void>;
   removeImage(id: string): Promise<void>;
   /** Closes the connections kept open for later requests. */
@@ -100,7 +104,10 @@ function statusOf(error: unknown): number | undefined {
 
 interface InspectResponse {
   readonly Id: string;
+  readonly Os: string;
   readonly Architecture: string;
+  /** Absent on engines before API 1.40, empty when the image has none. */
+  readonly Variant?: string;
   readonly RepoTags?: string[] | null;
   readonly RootFS?: { readonly Layers?: string[] };
 }
@@ -180,12 +187,25 @@ class HttpEngine implements EngineClient {
       return {
         id: info.Id,
         diffIds: info.RootFS?.Layers ?? [],
-        architecture: info.Architecture,
+        platform: {
+          os: info.Os,
+          architecture: info.Architecture,
+          ...(info.Variant !== undefined && info.Variant !== "" ? { variant: info.Variant } : {}),
+        },
         repoTags: info.RepoTags ?? [],
       };
     } catch (error) {
       if (statusOf(error) === 404) return undefined;
       throw engineFailure(`to inspect image ${id}`, error);
+    }
+  }
+
+  async enginePlatform(): Promise<Platform> {
+    try {
+      const version = JSON.parse(await this.call("GET", "/version")) as { Os: string; Arch: string };
+      return { os: version.Os, architecture: version.Arch };
+    } catch (error) {
+      throw engineFailure("to report its version", error);
     }
   }
 

@@ -3,7 +3,8 @@
  * - load (default): our own config in a docker-archive loaded by `POST /images/load`; exact `created`,
  *   platform and a reproducible image ID (on the classic store, the layer goes ahead by import);
  * - import: the layer streamed into `POST /images/create?fromSrc=-` while it is packed; the engine stamps
- *   `created` itself and older engines ignore the platform;
+ *   `created` itself and engines before API 1.42 record their own architecture (refused, see
+ *   {@link IMPORT_PLATFORM_HINT});
  * - build: a `FROM scratch` context posted to `POST /build`.
  *
  * Every path creates the image untagged, checks it, and only then tags it, so a failure never leaves a
@@ -16,6 +17,7 @@ import type { Query } from "../docker/transport.js";
 import { messageText, readEngineMessages, type EngineMessage } from "../docker/ndjson.js";
 import { configToInstructions } from "../image/config.js";
 import { imageId, type Image } from "../image/image.js";
+import { formatPlatform, platformsMatch, type Platform } from "../image/platform.js";
 import type { Layer } from "../image/layer.js";
 import { formatReference, repositoryOf, type Reference } from "../image/reference.js";
 import type { ProgressListener } from "../progress.js";
@@ -147,9 +149,10 @@ class LayerImport {
 
   /**
    * Waits for the engine to finish and returns the ID of the image it made, once its only layer is
-   * known to be `diffId`; otherwise the image is removed again.
+   * known to be `diffId` and its platform `platform` (when the image is the result, not a carrier of
+   * its layer); otherwise the image is removed again.
    */
-  async finish(diffId: string | undefined): Promise<string> {
+  async finish(diffId: string | undefined, platform?: Platform): Promise<string> {
     let messages: EngineMessage[];
     try {
       messages = await readEngineMessages(
@@ -175,6 +178,15 @@ class LayerImport {
       throw new SinkError(
         `the Docker Engine imported a layer ${made?.diffIds.join(",") ?? "(none)"} that differs from the one mkbase packed (${diffId}); the image was removed`,
         { hint: "Run again; if it repeats, the engine or a proxy in between altered the upload." },
+      );
+    }
+    // Engines before API 1.42 (Docker 23) take only the OS from the platform and record their own
+    // architecture: an image that claims the wrong one is worse than none.
+    if (platform !== undefined && !platformsMatch(made.platform, platform)) {
+      await this.engine.removeImage(id).catch(() => undefined);
+      throw new SinkError(
+        `the Docker Engine recorded the imported image as ${formatPlatform(made.platform)}, not ${formatPlatform(platform)}; the image was removed`,
+        { hint: IMPORT_PLATFORM_HINT },
       );
     }
     return id;
@@ -311,6 +323,10 @@ export class DockerLoadSink implements Sink {
   }
 }
 
+/** What to do when the import endpoint cannot record the image's platform. */
+export const IMPORT_PLATFORM_HINT =
+  "Use the default --via load, which records any platform (the import endpoint follows --platform from Docker 23 on).";
+
 /** `docker import`: the layer goes to the engine while it is packed. */
 export class DockerImportSink implements Sink {
   readonly destination = "docker (import)";
@@ -333,7 +349,7 @@ export class DockerImportSink implements Sink {
 
   async write(image: Image, signal: AbortSignal): Promise<SinkResult> {
     if (this.upload === undefined) throw new Error("import sink written before its layer was streamed");
-    const id = await this.upload.finish(image.layers[0]?.diffId);
+    const id = await this.upload.finish(image.layers[0]?.diffId, image.platform);
     signal.throwIfAborted();
     return {
       destination: this.destination,

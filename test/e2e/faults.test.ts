@@ -238,6 +238,43 @@ describe("the flags", () => {
       await expectFailure(["dir", tree.root, flag, "-"], { code: 2, stderr: /would write to stdout/ });
     });
   }
+
+  test("--via import for another architecture: refused where the engine would record its own", async () => {
+    const api = (await runChecked("docker", ["version", "--format", "{{.Server.APIVersion}}"])).trim();
+    const [major = 0, minor = 0] = api.split(".").map(Number);
+    const host = process.arch === "arm64" ? "arm64" : "amd64";
+    const wanted = host === "arm64" ? "amd64" : "arm64";
+    const args = ["dir", tree.root, "--via", "import", "--platform", `linux/${wanted}`];
+    if (major > 1 || minor >= 42) {
+      // From API 1.42 the endpoint records the platform it is given, and so must the image.
+      const tag = uniqueTag("fault-import-platform");
+      requested.add(tag);
+      const result = await runMkbase([...args, "-t", tag, "-q"]);
+      assert.equal(result.code, 0, describeResult(result));
+      assert.equal((await imageInspect(tag))?.Architecture, wanted);
+      return;
+    }
+    await expectFailure(args, {
+      code: 2,
+      stderr: new RegExp(
+        `\\(API ${escapeRegExp(api)}\\) records its own architecture on import: the image would claim linux/${host}, not linux/${wanted}.*Use the default --via load`,
+      ),
+    });
+  });
+
+  test("--via without an engine output, and registry flags without a push", async () => {
+    await expectFailure(
+      ["dir", tree.root, "--via", "import", "-o", `type=oci,dest=${join(work, "via.tar")}`],
+      {
+        code: 2,
+        stderr: /--via chooses how the image enters the Docker Engine, and no output goes there/,
+      },
+    );
+    await expectFailure(["dir", tree.root, "--registry-auth-file", join(work, "config.json")], {
+      code: 2,
+      stderr: /--registry-auth-file is only used by a push, and this command pushes nothing/,
+    });
+  });
 });
 
 describe("no daemon listening: exit 4, naming the address tried", () => {

@@ -21,6 +21,8 @@ import { DockerImportSink, DockerLoadSink } from "../../src/sinks/docker-engine.
 import type { LayerConsumer, Sink } from "../../src/sinks/sink.js";
 import type { EntrySource, TarEntry } from "../../src/tar/entry.js";
 
+const AMD64 = { os: "linux", architecture: "amd64" };
+
 /** A narrow fake of the engine: records calls, answers with scripted ndjson. */
 class FakeEngine implements EngineClient {
   readonly endpoint = "fake://engine";
@@ -59,6 +61,9 @@ class FakeEngine implements EngineClient {
   }
   async removeImage(id: string) {
     this.calls.push(`remove ${id}`);
+  }
+  async enginePlatform() {
+    return AMD64;
   }
   close() {
     this.calls.push("close");
@@ -187,7 +192,7 @@ describe("DockerLoadSink on the classic image store", () => {
         return [{ stream: `Loaded image ID: ${loaded()}\n` }];
       },
       (asked) =>
-        held.has(asked) ? { id: asked, diffIds: [diffId], architecture: "amd64", repoTags: [] } : undefined,
+        held.has(asked) ? { id: asked, diffIds: [diffId], platform: AMD64, repoTags: [] } : undefined,
       -1,
       "classic",
     );
@@ -339,7 +344,7 @@ describe("DockerImportSink", () => {
         diffId = sha(body);
         return [{ status: "Importing" }, { status: id }];
       },
-      (asked) => ({ id: asked, diffIds: [diffId], architecture: "amd64", repoTags: [] }),
+      (asked) => ({ id: asked, diffIds: [diffId], platform: AMD64, repoTags: [] }),
     );
     const sink = new DockerImportSink({
       engine,
@@ -356,7 +361,7 @@ describe("DockerImportSink", () => {
   it("removes the image and tags nothing when the layer differs", async () => {
     const engine = new FakeEngine(
       () => [{ status: id }],
-      (asked) => ({ id: asked, diffIds: [`sha256:${"c".repeat(64)}`], architecture: "amd64", repoTags: [] }),
+      (asked) => ({ id: asked, diffIds: [`sha256:${"c".repeat(64)}`], platform: AMD64, repoTags: [] }),
     );
     const sink = new DockerImportSink({
       engine,
@@ -366,6 +371,32 @@ describe("DockerImportSink", () => {
       platform: "linux/amd64",
     });
     await assert.rejects(build(request(sink)), /differs from the one mkbase packed/);
+    assert.ok(engine.calls.includes(`remove ${id}`));
+    assert.ok(!engine.calls.some((c) => c.startsWith("tag")));
+  });
+
+  it("removes the image and tags nothing when the engine recorded another platform", async () => {
+    let diffId = "";
+    const engine = new FakeEngine(
+      (body) => {
+        diffId = sha(body);
+        return [{ status: id }];
+      },
+      (asked) => ({ id: asked, diffIds: [diffId], platform: AMD64, repoTags: [] }),
+    );
+    const sink = new DockerImportSink({
+      engine,
+      tags,
+      onProgress: () => {},
+      changes: [],
+      platform: "linux/arm64",
+    });
+    const arm64 = { ...request(sink), platform: { os: "linux", architecture: "arm64" } };
+    await assert.rejects(build(arm64), {
+      name: "SinkError",
+      message:
+        "the Docker Engine recorded the imported image as linux/amd64, not linux/arm64; the image was removed",
+    });
     assert.ok(engine.calls.includes(`remove ${id}`));
     assert.ok(!engine.calls.some((c) => c.startsWith("tag")));
   });
