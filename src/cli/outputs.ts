@@ -6,7 +6,7 @@
  */
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import type { BuildResult } from "../build.js";
 import {
   makeCompression,
@@ -76,8 +76,18 @@ function parseBool(value: string, key: string, origin: string): boolean {
 /** The compression a rootfs tar gets from its file name when `compression=` is not given. */
 export function compressionForName(dest: string): CompressionAlgorithm {
   if (/\.(tar\.gz|tgz|gz)$/i.test(dest)) return "gzip";
-  if (/\.(tar\.zst|tzst|zst)$/i.test(dest)) return "zstd";
+  if (/\.(tar\.zst|tzst|zst|zstd)$/i.test(dest)) return "zstd";
   return "none";
+}
+
+/**
+ * The compression a file name promises that mkbase does not write (`xz` for `rootfs.tar.xz`): without
+ * `compression=`, such a file would hold a plain tar that `tar -xJf` cannot read.
+ */
+function foreignCompressionOf(dest: string): string | undefined {
+  const match = /\.(?:tar\.)?(xz|txz|bz2|tbz2?|lz4|lzma|tlz|lz|z)$/i.exec(dest)?.[1]?.toLowerCase();
+  if (match === undefined) return undefined;
+  return match === "txz" ? "xz" : match.startsWith("tbz") ? "bz2" : match === "tlz" ? "lzma" : match;
 }
 
 /**
@@ -167,6 +177,12 @@ export function parseOutput(text: string): OutputSpec {
     }
     case "tar": {
       const path = requireDest();
+      const foreign = values.has("compression") ? undefined : foreignCompressionOf(path);
+      if (foreign !== undefined) {
+        throw new UsageError(`${origin}: mkbase compresses a rootfs tar with gzip or zstd, not ${foreign}`, {
+          hint: `Name it .tar, .tar.gz or .tar.zst, or compress the stream yourself: -o type=tar,dest=- | ${foreign === "bz2" ? "bzip2" : foreign} > ${path}.`,
+        });
+      }
       return { type: spec, dest: path, compression: compression(compressionForName(path)) };
     }
     case "context":
@@ -207,7 +223,11 @@ export function parseOutputs(outputs: readonly string[], push: boolean | undefin
   }
   const places = new Set<string>();
   for (const spec of specs) {
-    const place = "dest" in spec && spec.dest !== undefined ? `file ${spec.dest}` : spec.type;
+    // Resolved: `same.tar` and `./same.tar` are one file, and the second output would replace the first.
+    const place =
+      "dest" in spec && spec.dest !== undefined
+        ? `file ${spec.dest === "-" ? "-" : resolve(spec.dest)}`
+        : spec.type;
     if (places.has(place)) {
       throw new UsageError(
         `two outputs go to the same ${place.startsWith("file") ? "dest" : "place"} (${place})`,

@@ -112,6 +112,41 @@ describe("parseOutput", () => {
   });
 });
 
+describe("a rootfs tar's compression from its name", () => {
+  it("is gzip or zstd by the extension, and a name promising another is refused", () => {
+    assert.equal(compressionForName("r.tar.zstd"), "zstd");
+    for (const [name, format, tool] of [
+      ["r.tar.xz", "xz", "xz"],
+      ["r.txz", "xz", "xz"],
+      ["r.tar.bz2", "bz2", "bzip2"],
+      ["r.tbz2", "bz2", "bzip2"],
+      ["r.tar.lz4", "lz4", "lz4"],
+    ] as const) {
+      assert.throws(
+        () => parseOutput(`type=tar,dest=${name}`),
+        (error: unknown) => {
+          assert.ok(error instanceof UsageError);
+          assert.equal(
+            error.message,
+            `--output type=tar,dest=${name}: mkbase compresses a rootfs tar with gzip or zstd, not ${format}`,
+          );
+          assert.match(
+            error.hint ?? "",
+            new RegExp(`dest=- \\| ${tool} > ${name.replaceAll(".", "\\.")}\\.$`),
+          );
+          return true;
+        },
+      );
+    }
+    // Asked for explicitly, the name is the user's business.
+    assert.deepEqual(parseOutput("type=tar,dest=r.tar.xz,compression=none"), {
+      type: "tar",
+      dest: "r.tar.xz",
+      compression: makeCompression("none", undefined, "test"),
+    });
+  });
+});
+
 describe("dest=- (stdout)", () => {
   it("takes the archives and the rootfs tar, once, and marks them as writing stdout", () => {
     const specs = parseOutputs(["type=tar,dest=-"], undefined);
@@ -138,6 +173,11 @@ describe("parseOutputs", () => {
     );
     assert.equal(parseOutputs(["type=registry"], true).length, 1);
     assert.throws(() => parseOutputs(["type=oci,dest=a", "type=docker,dest=a"], false), UsageError);
+    // One file, spelled two ways: the second output would replace the first.
+    assert.throws(() => parseOutputs(["type=tar,dest=same.tar", "type=oci,dest=./same.tar"], false), {
+      name: "UsageError",
+      message: `two outputs go to the same dest (file ${join(process.cwd(), "same.tar")})`,
+    });
     assert.throws(() => parseOutputs(["type=docker", "type=docker"], false), UsageError);
   });
 
