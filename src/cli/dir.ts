@@ -1,6 +1,6 @@
 /** `mkbase dir PATH`: a root filesystem directory (or a live system's `/`) into an image. */
 import type { Command } from "commander";
-import { formatPlatform, platformsMatch } from "../image/platform.js";
+import { formatPlatform } from "../image/platform.js";
 import { addImageOptions, platformFromFlags, type ImageFlags } from "./image-options.js";
 import type { CommandContext } from "./run-build.js";
 
@@ -59,9 +59,11 @@ Examples:
               onProgress,
             });
             // A tree for another machine, recorded as this one's, fails only when a container starts.
+            // Only the architecture decides: a program does not say which amd64 level (v2, v3) or
+            // arm64 version it needs, and the kernel runs it whatever variant the image claims.
             const recorded = platformFromFlags(flags);
             const shell = await source.shellPlatform();
-            if (shell !== undefined && !platformsMatch(shell, recorded)) {
+            if (shell !== undefined && shell.architecture !== recorded.architecture) {
               const whose = flags.platform === undefined ? " (this machine's)" : "";
               onProgress({
                 kind: "warning",

@@ -498,3 +498,39 @@ test("a debootstrap bookworm minbase rootfs becomes an image where apt-get runs"
   assert.ok(expected.length > 5000, `a minbase rootfs has thousands of entries, got ${expected.length}`);
   assert.equal(diffListings(expected, actual), "", "the image differs from the rootfs");
 });
+
+test("a tree whose /bin/sh is for another architecture is warned about; another variant is not", async () => {
+  const tree = await makeMinimalTree();
+  try {
+    const host = process.arch === "arm64" ? "arm64" : "amd64";
+    const other = host === "arm64" ? "amd64" : "arm64";
+    // A program does not say which amd64 level or arm64 version it needs: no warning for those.
+    const variant = host === "arm64" ? "linux/arm64/v9" : "linux/amd64/v3";
+    const warnings = async (platform: string): Promise<string[]> => {
+      const dest = join(tree.root, "..", `${tree.root.split("/").pop() ?? "tree"}-${other}.tar`);
+      const result = await runMkbase([
+        "dir",
+        tree.root,
+        "--platform",
+        platform,
+        "-o",
+        `type=tar,dest=${dest}`,
+        "--json",
+      ]);
+      await rm(dest, { force: true });
+      assert.equal(result.code, 0, describeResult(result));
+      return (JSON.parse(result.stdout) as { warnings: string[] }).warnings;
+    };
+    assert.deepEqual(await warnings(variant), []);
+    const [warning, ...rest] = await warnings(`linux/${other}`);
+    assert.deepEqual(rest, []);
+    assert.match(
+      warning ?? "",
+      new RegExp(
+        `/bin/sh is a linux/${host} program, but the image is recorded as linux/${other}.*exec format error`,
+      ),
+    );
+  } finally {
+    await tree.cleanup();
+  }
+});
