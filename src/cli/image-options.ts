@@ -86,8 +86,8 @@ export function addImageOptions(command: Command): Command {
     .option("--created <now>", "use the current time as the image's created time (not reproducible)")
     .addOption(
       new Option(
-        "--via <path>",
-        "how the image enters the Docker Engine: load (the default: exact config, reproducible ID), import (streamed; the engine sets created and may ignore --platform), build (FROM scratch context; the engine sets created)",
+        "--via <method>",
+        "how the image enters the Docker Engine: load (the default: exact config, reproducible ID), import (streamed; the engine sets created, and before Docker 23 records only its own architecture), build (FROM scratch context; the engine sets created)",
       ).choices(["load", "import", "build"]),
     )
     .option(
@@ -107,7 +107,7 @@ export function addImageOptions(command: Command): Command {
     .option("--iidfile <file>", "write the image ID to a file")
     .option(
       "-o, --output <type=…,dest=…>",
-      "where the image goes (repeatable, one walk feeds all): type=docker[,dest=FILE] (engine, or a docker-archive file), type=oci,dest=FILE[,tar=false] (OCI archive or layout directory), type=tar,dest=FILE (the rootfs only), type=context,dest=DIR, type=registry; dest=- writes an archive to stdout (-o - the rootfs tar); compression=gzip|zstd|none, compression-level=N (default: the Docker Engine)",
+      "where the image goes (default: the Docker Engine; repeatable, one walk feeds all): type=docker[,dest=FILE] (engine, or a docker-archive file), type=oci,dest=FILE[,tar=false] (OCI archive or layout directory), type=tar,dest=FILE (the rootfs only), type=context,dest=DIR, type=registry; dest=- writes an archive to stdout (-o - the rootfs tar); compression=gzip|zstd|none, compression-level=N",
       collect,
       [],
     )
