@@ -277,6 +277,23 @@ async function* gunzip(input: AsyncIterable<Buffer>, signal: AbortSignal): Async
   }
 }
 
+/**
+ * What a decompressor says went wrong, in one line: the first line it printed, without its own name and
+ * the input's (`xz: (stdin): Unexpected end of input` → `Unexpected end of input`). The first line is
+ * the reason; bzip2 follows it with paragraphs of advice, and its last line was what got shown.
+ */
+function firstComplaint(stderr: string, command: string): string | undefined {
+  const line = stderr
+    .split("\n")
+    .map((text) => text.trim())
+    .find((text) => text !== "");
+  if (line === undefined) return undefined;
+  return line
+    .replace(new RegExp(`^${command}: `), "")
+    .replace(/^(\(stdin\)|\/\*stdin\*\\)\s*:\s*/, "")
+    .replace(/;$/, "");
+}
+
 /** Runs `TOOL -dc` with the input on its stdin and yields its stdout. */
 async function* decompressWithTool(
   tool: { command: string; package: string },
@@ -317,7 +334,7 @@ async function* decompressWithTool(
       throw new ToolError(`could not run ${tool.command}`, { cause: spawnError });
     }
     if (status.code !== 0) {
-      const detail = stderr.trim().split("\n").pop();
+      const detail = firstComplaint(stderr, tool.command);
       throw corruptArchive(
         undefined,
         `${tool.command}: ${detail || `exit status ${status.code ?? status.signal}`}`,

@@ -190,6 +190,24 @@ describe("compression", () => {
     }
   });
 
+  test("a truncated archive is reported with the decompressor's reason in one line", async () => {
+    const reasons: [string, string][] = [
+      ["rootfs.tar.xz", "xz: Unexpected end of input"],
+      ["rootfs.tar.bz2", "bzip2: Compressed file ends unexpectedly"],
+      ["rootfs.tar.zst", "zstd: Read error (39) : premature end"],
+    ];
+    for (const [name, reason] of reasons) {
+      const data = readFileSync(join(work, name));
+      const file = join(work, "cut");
+      writeFileSync(file, data.subarray(0, data.length >> 1));
+      await assert.rejects(summarize({ input: file }), (error: unknown) => {
+        assert.ok(error instanceof SourceError, `${name}: ${String(error)}`);
+        assert.equal(error.message, `the archive is corrupt or truncated (${reason})`, name);
+        return true;
+      });
+    }
+  });
+
   test("gzip of something that is not a tar archive", async () => {
     const file = join(work, "text.gz");
     writeFileSync(join(work, "text"), "hello, this is not an archive\n".repeat(100));
