@@ -75,6 +75,18 @@ export function compareApiVersions(a: string, b: string): number {
 }
 
 function unreachable(endpoint: EngineEndpoint, error: unknown): DaemonUnavailableError {
+  if (error instanceof EngineStatusError) {
+    // Something answered, but not as an engine does: a web server's error page says nothing useful.
+    const said = error.message.trim();
+    const shown = said === "" || said.startsWith("<") || said.length > 200 ? "" : `: ${said.split("\n")[0]}`;
+    return new DaemonUnavailableError(
+      `${endpoint.description} answered /_ping with HTTP ${error.statusCode}${shown}: it is not a working Docker Engine`,
+      {
+        cause: error,
+        hint: "Point DOCKER_HOST at a Docker Engine (unix://, tcp:// or ssh://), and check it with `docker version`.",
+      },
+    );
+  }
   const code = errnoCode(error);
   const message = error instanceof Error ? error.message : String(error);
   const address = endpoint.address;

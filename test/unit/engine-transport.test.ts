@@ -126,6 +126,37 @@ describe("the engine's HTTP client", () => {
     );
   });
 
+  it("refuses a server that answers the ping with an error page, without the page", async () => {
+    const page = "<!DOCTYPE HTML>\n<html><body><h1>Error response</h1></body></html>\n";
+    for (const [body, said] of [
+      [page, ""],
+      ["Service Unavailable\nretry later", ": Service Unavailable"],
+    ]) {
+      // A socket of its own each time: the client may still hold a connection to the one before.
+      const socket = join(scratch.path, `web-${said === "" ? "page" : "text"}.sock`);
+      const fake = new FakeEngine(socket, (_req, res) => res.writeHead(503).end(body));
+      await fake.start();
+      try {
+        await assert.rejects(
+          connectEngine(new AbortController().signal, {
+            discovery: discovery(`unix://${fake.socket}`, scratch.path),
+          }),
+          (error: unknown) => {
+            assert.ok(error instanceof DaemonUnavailableError);
+            assert.equal(
+              error.message,
+              `unix://${fake.socket} answered /_ping with HTTP 503${said}: it is not a working Docker Engine`,
+            );
+            assert.match(error.hint ?? "", /check it with `docker version`/);
+            return true;
+          },
+        );
+      } finally {
+        await fake.stop();
+      }
+    }
+  });
+
   it("turns an error status into the engine's own words, and a missing image into undefined", async () => {
     await withEngine(
       "errors",
