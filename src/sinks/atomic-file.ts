@@ -46,11 +46,11 @@ export function fileWriteError(what: string, error: unknown): SinkError {
   const code = errnoCode(error);
   const hint =
     code === "ENOSPC" || code === "EDQUOT"
-      ? "The disk is full: free space there or choose another dest; nothing partial was left behind."
+      ? "The disk is full: free space there or choose another path; nothing partial was left behind."
       : code === "EACCES" || code === "EPERM" || code === "EROFS"
-        ? "Choose a dest you can write to."
+        ? "Choose a path you can write to."
         : code === "ENOENT" || code === "ENOTDIR"
-          ? "Create the parent directory first, or choose another dest."
+          ? "Create the parent directory first, or choose another path."
           : code === "EPIPE"
             ? "The program reading stdout exited before the archive was complete; its own message says why."
             : undefined;
@@ -144,7 +144,7 @@ export class AtomicFile {
       if (code === "ENOENT" || code === "ENOTDIR") {
         throw new SinkError(`cannot write ${what}: there is no directory ${dir}`, {
           cause: error,
-          hint: "Create it first (mkdir -p), or choose another dest.",
+          hint: "Create it first (mkdir -p), or choose another path.",
         });
       }
       throw fileWriteError(what, error);
@@ -294,7 +294,7 @@ export async function openDestination(
       return { file: AtomicFile.stdout(what), path: dest };
     case "directory":
       throw new SinkError(`cannot write ${what}: ${dest} is a directory`, {
-        hint: "Name a file there (dest=DIR/NAME), or choose another dest.",
+        hint: "Name a file in it (DIR/NAME), or choose another path.",
       });
     case "in place":
       return { file: await AtomicFile.direct(dest, what), path: dest };
