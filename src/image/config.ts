@@ -179,9 +179,16 @@ function parsePairs(args: string, instruction: string, variables: Variables): [s
   if (words.length === 0) throw new UsageError(`${instruction} needs at least one KEY=VALUE`);
   const first = words[0] as string;
   if (!first.includes("=")) {
-    // Legacy `ENV KEY value with spaces`: everything after the key is the value.
+    // Legacy `ENV KEY value with spaces`: everything after the key is the value; there must be one, as
+    // Docker's parser requires (`ENV KEY` alone is an error there, not an empty value).
     const key = /^\s*\S+/.exec(args)?.[0] ?? "";
-    return [[first, lex(args.slice(key.length).trim(), variables, false).join("")]];
+    const value = args.slice(key.length).trim();
+    if (value === "") {
+      throw new UsageError(`${instruction} ${first} has no value`, {
+        hint: `Write ${instruction} ${first}=VALUE, or ${first}= for an empty value.`,
+      });
+    }
+    return [[first, lex(value, variables, false).join("")]];
   }
   return words.map((word) => parseKeyValue(word, instruction));
 }

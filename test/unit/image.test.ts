@@ -84,6 +84,13 @@ describe("container config", () => {
     assert.deepEqual(config.Cmd, ["/bin/sh"]);
     assert.throws(() => applyChange({}, "RUN apt-get update"), UsageError);
     assert.throws(() => applyChange({}, "USER"), UsageError);
+    // Docker's parser refuses a legacy ENV or LABEL without a value rather than take an empty one.
+    for (const line of ["ENV A", "LABEL org.x"]) {
+      assert.throws(() => applyChange({}, line), {
+        name: "UsageError",
+        message: `${line} has no value`,
+      });
+    }
   });
 
   it("substitutes $NAME in a change as the engine does, from the Env before the instruction", () => {
