@@ -24,25 +24,32 @@ export interface ContainerConfig {
  */
 export function parseCommand(text: string, flag: string): string[] {
   const trimmed = text.trim();
-  if (trimmed.startsWith("[")) {
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(trimmed);
-    } catch (error) {
-      throw new UsageError(`${flag}: ${text} looks like a JSON array but is not valid JSON`, {
-        cause: error,
-        hint: `Write the exec form as ${flag} '["/bin/app","--flag"]', or a plain string for the shell form.`,
-      });
-    }
-    if (!Array.isArray(parsed) || !parsed.every((item) => typeof item === "string")) {
-      throw new UsageError(`${flag}: the exec form must be a JSON array of strings`, {
-        hint: `For example ${flag} '["/bin/app","--flag"]'.`,
-      });
-    }
-    return parsed;
-  }
+  if (trimmed.startsWith("[")) return parseJsonArray(trimmed, flag);
   if (trimmed === "") return [];
   return ["/bin/sh", "-c", trimmed];
+}
+
+/** The JSON form of an instruction (`CMD ["/bin/app"]`, `VOLUME ["/data"]`), with an example of its own. */
+export function parseJsonArray(text: string, flag: string): string[] {
+  const volume = flag === "VOLUME";
+  const example = volume ? '["/data","/cache"]' : '["/bin/app","--flag"]';
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (error) {
+    throw new UsageError(`${flag}: ${text} looks like a JSON array but is not valid JSON`, {
+      cause: error,
+      hint: volume
+        ? `Write ${flag} '${example}', or the paths separated by spaces.`
+        : `Write the exec form as ${flag} '${example}', or a plain string for the shell form.`,
+    });
+  }
+  if (!Array.isArray(parsed) || !parsed.every((item) => typeof item === "string")) {
+    throw new UsageError(`${flag}: the ${volume ? "JSON" : "exec"} form must be a JSON array of strings`, {
+      hint: `For example ${flag} '${example}'.`,
+    });
+  }
+  return parsed;
 }
 
 /** Whether a command array is the shell form produced by {@link parseCommand}. */
@@ -288,7 +295,7 @@ export function applyChange(config: ContainerConfig, line: string): ContainerCon
     }
     case "VOLUME": {
       const paths = args.startsWith("[")
-        ? parseCommand(args, "VOLUME").map((path) => lex(path, variables, false).join(""))
+        ? parseJsonArray(args, "VOLUME").map((path) => lex(path, variables, false).join(""))
         : lex(args, variables, true);
       const checked = paths.map((path) => checkVolume(path, `--change "${line}"`));
       return {
