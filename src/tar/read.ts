@@ -885,15 +885,26 @@ class EntryContentStream implements AsyncIterable<Buffer> {
  * their paths canonical (relative, no `.` or empty components).
  *
  * Refused, with a {@link SourceError} naming the entry: `..` components; an entry below an earlier
- * symlink or non-directory (extracting it would write through the link); a hard link whose target is
- * not an earlier entry, is absolute, contains `..` or is a directory; a path that appears twice;
- * overlay whiteouts (`.wh.` names). Absolute paths are made relative with one warning per archive. The
- * root entry (`.`) is dropped. A hard link's absolute target is refused, unless the archive's paths
- * are absolute too (`tar -P`): then it is made relative like them.
+ * symlink or non-directory (extracting it would write through the link); a non-directory at a path that
+ * earlier entries lie below (extracting it would drop them, or send a later hard link through it); a
+ * hard link whose target is not an earlier entry, is absolute, contains `..` or is a directory; a path
+ * that appears twice. Absolute paths are made relative with one warning per archive. The root entry
+ * (`.`) is dropped. A hard link's absolute target is refused, unless the archive's paths are absolute
+ * too (`tar -P`): then it is made relative like them.
+ *
+ * Overlay whiteouts (`.wh.` names) pass here: the normaliser refuses them, for every source alike, once
+ * `--exclude` has had its chance to leave them out.
  */
 export class ArchiveEntryChecker {
   /** Canonical path (as latin1, so byte-exact) → type, for every entry seen so far. */
   private readonly seen = new Map<string, EntryType>();
+  /**
+   * Directories that entries lie below but that have no entry yet. GNU tar with `--no-recursion`, and
+   * some other tools, list a directory after its contents, so its own entry may still come; anything
+   * else at that path would replace the directory on extraction. An archive that lists parents first
+   * (almost all do) leaves this empty.
+   */
+  private readonly implicitDirs = new Set<string>();
   private warnedAbsolute = false;
 
   /** @param warn called at most once, when the first absolute path is met. */
@@ -924,22 +935,16 @@ export class ArchiveEntryChecker {
         `the archive holds absolute paths (first: "${shown()}"); they were made relative to the image root`,
       );
     }
-    const last = components[components.length - 1] ?? "";
-    if (last.startsWith(".wh.")) {
-      throw new SourceError(
-        `"${shown()}" is an overlay whiteout (a ".wh." name), not a file of a root filesystem`,
-        {
-          path: shown(),
-          hint: "whiteouts belong to image layers; remove it from the archive or give a flattened root filesystem",
-        },
-      );
-    }
 
     let ancestor = "";
     for (let i = 0; i < components.length - 1; i++) {
       ancestor = i === 0 ? (components[0] ?? "") : `${ancestor}/${components[i] ?? ""}`;
       const type = this.seen.get(ancestor);
-      if (type === undefined || type === "directory") continue;
+      if (type === "directory") continue;
+      if (type === undefined) {
+        this.implicitDirs.add(ancestor);
+        continue;
+      }
       const ancestorShown = displayPath(Buffer.from(ancestor, "latin1"));
       if (type === "symlink") {
         throw new SourceError(
@@ -950,10 +955,13 @@ export class ArchiveEntryChecker {
           },
         );
       }
-      throw new SourceError(`"${shown()}" is below "${ancestorShown}", which is a ${type}, not a directory`, {
-        path: shown(),
-        hint: "the archive does not describe a valid tree; recreate it from a directory",
-      });
+      throw new SourceError(
+        `"${shown()}" is below "${ancestorShown}", which is a ${typeName(type)}, not a directory`,
+        {
+          path: shown(),
+          hint: "the archive does not describe a valid tree; recreate it from a directory",
+        },
+      );
     }
 
     const canonical = components.join("/");
@@ -963,6 +971,9 @@ export class ArchiveEntryChecker {
         hint: "an image layer holds each path once; recreate the archive without the duplicate (an appended archive, tar -r, repeats paths)",
       });
     }
+    if (this.implicitDirs.size > 0 && this.implicitDirs.delete(canonical) && entry.type !== "directory") {
+      this.refuseReplacedDirectory(entry, canonical, shown);
+    }
 
     let linkname = entry.linkname;
     if (entry.type === "hardlink") linkname = this.checkHardlinkTarget(entry, shown);
@@ -971,6 +982,34 @@ export class ArchiveEntryChecker {
     const path = canonical === raw ? entry.path : Buffer.from(canonical, "latin1");
     if (path === entry.path && linkname === entry.linkname) return entry;
     return { ...entry, path, ...(linkname === undefined ? {} : { linkname }) };
+  }
+
+  /**
+   * Refuses `entry`, a non-directory at `canonical`, which earlier entries lie below. Extracted, it
+   * replaces their directory: a file or device leaves them out of the image, and a symlink sends a later
+   * hard link to one of them through the link.
+   */
+  private refuseReplacedDirectory(entry: TarEntry, canonical: string, shown: () => string): never {
+    // Only this error needs the entry below: looking it up here keeps every other entry's cost flat.
+    const prefix = `${canonical}/`;
+    let below = prefix;
+    for (const path of this.seen.keys()) {
+      if (path.startsWith(prefix)) {
+        below = path;
+        break;
+      }
+    }
+    const belowShown = displayPath(Buffer.from(below, "latin1"));
+    throw new SourceError(
+      `"${shown()}" is a ${typeName(entry.type)}, but the earlier entry "${belowShown}" is below it in the archive`,
+      {
+        path: shown(),
+        hint:
+          entry.type === "symlink"
+            ? "extracting it would hide the entries below it, and a later hard link to one of them would go through the link; recreate the archive without the link or without the entries below it"
+            : "extracting it would replace their directory and drop them; recreate the archive from a directory",
+      },
+    );
   }
 
   private checkHardlinkTarget(entry: TarEntry, shown: () => string): Buffer {
@@ -1005,5 +1044,23 @@ export class ArchiveEntryChecker {
       });
     }
     return canonical === raw ? target : Buffer.from(canonical, "latin1");
+  }
+}
+
+/** An entry type as messages name it. */
+function typeName(type: EntryType): string {
+  switch (type) {
+    case "symlink":
+      return "symbolic link";
+    case "hardlink":
+      return "hard link";
+    case "char":
+      return "character device";
+    case "block":
+      return "block device";
+    case "fifo":
+      return "FIFO";
+    default:
+      return type;
   }
 }

@@ -485,6 +485,34 @@ test("--system keeps proc, sys, dev, run and tmp as empty directories", async ()
   }
 });
 
+test("overlay whiteouts in the tree are refused, naming the path, until --exclude leaves them out", async () => {
+  const tree = await makeMinimalTree();
+  try {
+    // Packed as they are, the engine would take them for deletions and drop them without a word.
+    await writeFile(join(tree.root, "etc", ".wh.keep"), "");
+    await mkdir(join(tree.root, "opq"));
+    await writeFile(join(tree.root, "opq", ".wh..wh..opq"), "");
+    await writeFile(join(tree.root, "opq", "kept"), "kept\n");
+    const tag = uniqueTag("dir-whiteout");
+    made.add(tag);
+    const refused = await runMkbase(["dir", tree.root, "-t", tag]);
+    assert.equal(refused.code, 3, describeResult(refused));
+    assert.match(
+      refused.stderr,
+      /"etc\/\.wh\.keep" is an overlay whiteout \(a "\.wh\." name\)[^]*--exclude 'etc\/\.wh\.keep'/,
+    );
+    assert.equal(await imageInspect(tag), undefined, "a refused tree leaves no image");
+
+    await mkbaseDir(tree.root, tag, ["--exclude", "etc/.wh.keep", "--exclude", "opq/.wh..wh..opq"]);
+    // /etc is left alone: the engine mounts hosts, hostname and resolv.conf there.
+    const run = await dockerRun(tag, ["busybox", "ls", "-A", "/opq"]);
+    assert.equal(run.code, 0, describeResult(run));
+    assert.equal(run.stdout, "kept\n");
+  } finally {
+    await tree.cleanup();
+  }
+});
+
 test("a debootstrap bookworm minbase rootfs becomes an image where apt-get runs", async () => {
   const rootfs = await debianRootfs();
   const tag = uniqueTag("dir-bookworm");

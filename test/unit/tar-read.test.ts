@@ -20,6 +20,8 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { InterruptedError, SourceError } from "../../src/errors.js";
 import { sparseFileWarning, type EntryType, type TarEntry } from "../../src/tar/entry.js";
+import { PathFilter, excludeEntries } from "../../src/tar/exclude.js";
+import { EntryNormalizer } from "../../src/tar/normalize.js";
 import { ArchiveEntryChecker, readTar } from "../../src/tar/read.js";
 
 const signal = new AbortController().signal;
@@ -889,8 +891,135 @@ describe("ArchiveEntryChecker", () => {
       /"etc\/" appears more than once/,
       "etc/",
     );
-    assertRefused([entry("var/.wh.cache")], /overlay whiteout/, "var/.wh.cache");
-    assertRefused([entry("var/.wh..wh..opq")], /overlay whiteout/, "var/.wh..wh..opq");
     assertRefused([entry(".", "file")], /root entry/, ".");
+  });
+
+  test("refuses a non-directory at a path that earlier entries lie below, naming both", () => {
+    // Extracted, the file replaces the directory: "a/secret" would be missing from the image.
+    assertRefused(
+      [entry("a/secret"), entry("a")],
+      /^"a" is a file, but the earlier entry "a\/secret" is below it in the archive$/,
+      "a",
+    );
+    // The hard link's target would be reached through the symlink, outside the image.
+    assertRefused(
+      [entry("a/b"), entry("a", "symlink", "/etc"), entry("h", "hardlink", "a/b")],
+      /^"a" is a symbolic link, but the earlier entry "a\/b" is below it in the archive$/,
+      "a",
+    );
+    assertRefused(
+      [entry("x"), entry("./a/b"), entry("a/", "hardlink", "x")],
+      /^"a\/" is a hard link, but the earlier entry "a\/b" is below it/,
+      "a/",
+    );
+    assertRefused(
+      [entry("dev", "directory"), entry("dev/d/e/f"), entry("dev/d/e", "char")],
+      /^"dev\/d\/e" is a character device, but the earlier entry "dev\/d\/e\/f" is below it/,
+      "dev/d/e",
+    );
+    assertRefused(
+      [entry("d/e/f"), entry("d/e", "directory"), entry("d", "fifo")],
+      /^"d" is a FIFO, but the earlier entry "d\/e\/f" is below it/,
+      "d",
+    );
+    assertRefused(
+      [entry("/abs/f"), entry("/abs", "block")],
+      /^"\/abs" is a block device, but the earlier entry "abs\/f" is below it/,
+      "/abs",
+    );
+  });
+
+  test("accepts directories listed after their contents (tar --no-recursion), once each", () => {
+    const listedLate = [
+      entry("a/b/c"),
+      entry("a/b/d", "symlink", "c"),
+      entry("a/b", "directory"),
+      entry("a", "directory"),
+      entry("a/e", "hardlink", "a/b/c"),
+    ];
+    assert.deepEqual(check(listedLate), ["a/b/c", "a/b/d -> c", "a/b", "a", "a/e -> a/b/c"]);
+    // Once the directory has its entry, another entry at its path is a duplicate, whatever its type.
+    assertRefused([...listedLate, entry("a/b")], /"a\/b" appears more than once/, "a/b");
+    // An implicit directory stays one until its own entry comes, however many entries lie below it.
+    assertRefused(
+      [entry("a/b/c"), entry("a/b", "directory"), entry("a/x"), entry("a", "symlink", "/")],
+      /^"a" is a symbolic link, but the earlier entry "a\/b\/c" is below it/,
+      "a",
+    );
+  });
+
+  test("passes overlay whiteouts on: the normaliser refuses them after --exclude", () => {
+    assert.deepEqual(check([entry("var/.wh.cache"), entry("var/.wh..wh..opq")]), [
+      "var/.wh.cache",
+      "var/.wh..wh..opq",
+    ]);
+  });
+});
+
+describe("an archive's entries through the checker, --exclude and the normaliser", () => {
+  /** What `mkbase tar` does with an archive's entries before they are packed. */
+  async function build(data: Buffer, patterns: string[] = []): Promise<string[]> {
+    const checker = new ArchiveEntryChecker(() => {});
+    async function* checked(): AsyncGenerator<TarEntry> {
+      for await (const read of readTar(chunksOf(data, 4096), signal)) {
+        const entry = checker.check(read);
+        if (entry !== undefined) yield entry;
+      }
+    }
+    const normalizer = new EntryNormalizer(undefined);
+    const paths: string[] = [];
+    for await (const entry of normalizer.apply(excludeEntries(checked(), new PathFilter(patterns)))) {
+      paths.push(entry.path.toString("latin1"));
+    }
+    return paths;
+  }
+
+  const withWhiteouts = archive(
+    member({ name: "etc/", type: "5", mode: 0o755 }),
+    member({ name: "etc/.wh.keep" }),
+    member({ name: "etc/hosts" }, Buffer.from("127.0.0.1 localhost\n")),
+    member({ name: "opq/", type: "5", mode: 0o755 }),
+    member({ name: "opq/.wh..wh..opq" }),
+  );
+
+  test("a whiteout is refused, with the --exclude that leaves it out", async () => {
+    await assert.rejects(build(withWhiteouts), (error: unknown) => {
+      assert.ok(error instanceof SourceError);
+      assert.equal(
+        error.message,
+        '"etc/.wh.keep" is an overlay whiteout (a ".wh." name), not a file of a root filesystem',
+      );
+      assert.equal(error.path, "etc/.wh.keep");
+      assert.match(error.hint ?? "", /leave it out with --exclude 'etc\/\.wh\.keep'/);
+      return true;
+    });
+    await assert.rejects(
+      build(withWhiteouts, ["etc/.wh.keep"]),
+      (error: unknown) => error instanceof SourceError && error.path === "opq/.wh..wh..opq",
+    );
+  });
+
+  test("--exclude leaves whiteouts out, and the rest of the archive is packed", async () => {
+    assert.deepEqual(await build(withWhiteouts, ["etc/.wh.keep", "opq/.wh..wh..opq"]), [
+      "etc",
+      "etc/hosts",
+      "opq",
+    ]);
+    assert.deepEqual(await build(withWhiteouts, ["**/.wh.*"]), ["etc", "etc/hosts", "opq"]);
+  });
+
+  test("a file that a later entry replaces with a symlink is refused before the hard link to it", async () => {
+    const replaced = archive(
+      member({ name: "a/b" }, Buffer.from("b")),
+      member({ name: "a", type: "2", linkname: "/etc" }),
+      member({ name: "h", type: "1", linkname: "a/b" }),
+    );
+    await assert.rejects(
+      build(replaced),
+      (error: unknown) =>
+        error instanceof SourceError &&
+        error.path === "a" &&
+        /the earlier entry "a\/b" is below it/.test(error.message),
+    );
   });
 });

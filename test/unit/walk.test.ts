@@ -17,6 +17,7 @@ import { after, before, describe, it } from "node:test";
 import { SourceError } from "../../src/errors.js";
 import type { TarEntry } from "../../src/tar/entry.js";
 import { PathFilter } from "../../src/tar/exclude.js";
+import { EntryNormalizer } from "../../src/tar/normalize.js";
 import { walkTree } from "../../src/tar/walk.js";
 
 const signal = new AbortController().signal;
@@ -143,5 +144,119 @@ describe("walkTree", () => {
     iterator.next();
     controller.abort();
     assert.throws(() => iterator.next(), { name: "InterruptedError" });
+  });
+});
+
+describe("a tree with overlay whiteouts, walked and normalised as mkbase dir does", () => {
+  let tree: string;
+
+  before(() => {
+    tree = mkdtempSync(join(tmpdir(), "mkbase-walk-whiteout-"));
+    const files = [
+      "!bang/.wh.y",
+      "#top/.wh.x",
+      ".wh.dir/inside",
+      "etc/.wh.keep",
+      "etc/hosts",
+      "odd/.wh.a*[b]?",
+      "odd/.wh.ab",
+      "opq/.wh..wh..opq",
+      "opq/kept",
+      "q/.wh.it's ",
+    ];
+    for (const file of files) {
+      mkdirSync(join(tree, file, ".."), { recursive: true });
+      writeFileSync(join(tree, file), "x");
+    }
+    mkdirSync(join(tree, "raw"));
+    writeFileSync(Buffer.concat([Buffer.from(join(tree, "raw/.wh.")), Buffer.from([0xff])]), "x");
+  });
+  after(() => rmSync(tree, { recursive: true, force: true }));
+
+  function packed(patterns: string[]): string[] {
+    const normalizer = new EntryNormalizer(undefined);
+    const walked = walkTree(tree, { signal, filter: new PathFilter(patterns) });
+    return names([...(normalizer.apply(walked) as Iterable<TarEntry>)]);
+  }
+
+  function refusal(patterns: string[]): SourceError {
+    let refused: SourceError | undefined;
+    assert.throws(
+      () => packed(patterns),
+      (error: unknown) => {
+        assert.ok(error instanceof SourceError, String(error));
+        refused = error;
+        return true;
+      },
+    );
+    return refused as SourceError;
+  }
+
+  /** The pattern of the hint's `--exclude '…'`, unquoted as a POSIX shell would. */
+  function hintedPattern(error: SourceError): string {
+    const quoted = /--exclude '((?:[^']|'\\'')*)'/.exec(error.hint ?? "")?.[1];
+    assert.ok(quoted !== undefined, `no --exclude in the hint: ${error.hint}`);
+    return quoted.replaceAll("'\\''", "'");
+  }
+
+  it("refuses a whiteout, naming it, with the --exclude that leaves it out", () => {
+    const error = refusal(["?bang", "?top", ".wh.dir"]);
+    assert.equal(
+      error.message,
+      '"etc/.wh.keep" is an overlay whiteout (a ".wh." name), not a file of a root filesystem',
+    );
+    assert.equal(error.path, "etc/.wh.keep");
+    assert.equal(hintedPattern(error), "etc/.wh.keep");
+  });
+
+  it("each hinted pattern leaves out that whiteout alone, until the rest of the tree is packed", () => {
+    const patterns: string[] = [];
+    const refused: string[] = [];
+    for (let round = 0; round < 20; round++) {
+      let error: SourceError | undefined;
+      try {
+        packed(patterns);
+        break;
+      } catch (caught) {
+        if (!(caught instanceof SourceError)) throw caught;
+        error = caught;
+      }
+      refused.push(error.path ?? "");
+      patterns.push(hintedPattern(error));
+    }
+    // In walk order; a glob character in a name must not leave out a neighbour (odd/.wh.ab).
+    assert.deepEqual(refused, [
+      "!bang/.wh.y",
+      "#top/.wh.x",
+      ".wh.dir",
+      "etc/.wh.keep",
+      "odd/.wh.a*[b]?",
+      "odd/.wh.ab",
+      "opq/.wh..wh..opq",
+      "q/.wh.it's ",
+      "raw/.wh.\\xff",
+    ]);
+    assert.deepEqual(patterns, [
+      "\\!bang/.wh.y",
+      "\\#top/.wh.x",
+      ".wh.dir",
+      "etc/.wh.keep",
+      "odd/.wh.a\\*\\[b]\\?",
+      "odd/.wh.ab",
+      "opq/.wh..wh..opq",
+      "q/.wh.it's?",
+      "raw/.wh.?",
+    ]);
+    assert.deepEqual(packed(patterns), [
+      "!bang",
+      "#top",
+      "etc",
+      "etc/hosts",
+      "odd",
+      "opq",
+      "opq/kept",
+      "q",
+      "raw",
+    ]);
   });
 });
