@@ -3,11 +3,13 @@
  * blobs under `blobs/sha256/`. This module computes the layout's files for one or more images and writes
  * it as a directory (`-o type=oci,tar=false`); `oci-archive.ts` writes the same files into a tar.
  *
- * One image: `index.json` lists its manifest once per tag, with `org.opencontainers.image.ref.name`.
- * Several (one per platform): an image index blob lists the manifests, and `index.json` points at it.
+ * One image: `index.json` lists its manifest once per reference, as buildx and containerd write it: the
+ * tag in `org.opencontainers.image.ref.name` (what skopeo's `oci:DIR:TAG` looks up) and the full name in
+ * `io.containerd.image.name` (what `ctr import` and `docker load` name the image by). Several (one per
+ * platform): an image index blob lists the manifests, and `index.json` points at it.
  */
 import { createReadStream } from "node:fs";
-import { readFile, stat } from "node:fs/promises";
+import { readFile, readdir, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { SinkError, errnoCode, throwIfAborted } from "../errors.js";
 import { annotationsFor, type Annotation } from "../image/annotations.js";
@@ -23,9 +25,15 @@ import {
   type ImageBlobs,
 } from "../image/image-blobs.js";
 import { INDEX_MEDIA_TYPE, type Blob, type Descriptor } from "../image/manifest.js";
-import { formatReference, type Reference } from "../image/reference.js";
+import { formatReference, parseReference, type Reference } from "../image/reference.js";
 import type { ProgressListener } from "../progress.js";
-import { AtomicFile, OutputDirectory, fileWriteError, writeFileAtomically } from "./atomic-file.js";
+import {
+  AtomicFile,
+  OutputDirectory,
+  TEMP_PREFIX,
+  fileWriteError,
+  writeFileAtomically,
+} from "./atomic-file.js";
 import type { CompressedLayerSpool, LayerStore, LayerTarget } from "./compressed-layer-spool.js";
 import type { LayerConsumer, Sink, SinkResult } from "./sink.js";
 
@@ -68,19 +76,47 @@ export interface LayoutFiles {
   readonly indexAnnotations: Readonly<Record<string, string>>;
 }
 
-/** The tag part of each reference, once each: what `org.opencontainers.image.ref.name` holds. */
-function refNames(tags: readonly Reference[]): { refName: string; name: string }[] {
-  const seen = new Map<string, string>();
-  for (const tag of tags) {
-    const refName = tag.tag ?? "latest";
-    if (!seen.has(refName)) seen.set(refName, formatReference({ ...tag, tag: refName, digest: undefined }));
-  }
-  return [...seen].map(([refName, name]) => ({ refName, name }));
+/**
+ * The name `io.containerd.image.name` holds: `reference` normalised as distribution's
+ * `ParseNormalizedNamed` and `TagNameOnly` do for buildx's and containerd's exporters (`docker.io/` when
+ * no registry is named, `library/` before a single-component name there, `index.docker.io` as
+ * `docker.io`, `:latest` when there is neither tag nor digest). Two spellings of one image, `x:1` and
+ * `docker.io/library/x:1`, get the same name.
+ */
+export function containerdImageName(reference: Reference): string {
+  const domain =
+    reference.domain === undefined || reference.domain === "index.docker.io" ? "docker.io" : reference.domain;
+  const path =
+    domain === "docker.io" && !reference.path.includes("/") ? `library/${reference.path}` : reference.path;
+  const tag = reference.tag ?? (reference.digest === undefined ? "latest" : undefined);
+  return formatReference({ domain, path, tag, digest: reference.digest });
 }
 
-/** The names the tags are listed under in `index.json` (one per distinct tag). */
+/** One `index.json` entry's names: the tag, the full name, and the reference as the user wrote it. */
+interface EntryNames {
+  readonly refName: string;
+  readonly fullName: string;
+  readonly shown: string;
+}
+
+/** The names of each distinct reference among `tags` (by full name), in the order given. */
+function entryNames(tags: readonly Reference[]): EntryNames[] {
+  const seen = new Map<string, EntryNames>();
+  for (const tag of tags) {
+    const named = { ...tag, tag: tag.tag ?? "latest", digest: undefined };
+    const fullName = containerdImageName(named);
+    if (!seen.has(fullName))
+      seen.set(fullName, { refName: named.tag, fullName, shown: formatReference(named) });
+  }
+  return [...seen.values()];
+}
+
+/**
+ * The references an output names its image by, once each and as the user wrote them (`review/x:1`, not
+ * `docker.io/review/x:1`), so that the results of several outputs read alike.
+ */
 export function refNamesOf(tags: readonly Reference[]): string[] {
-  return refNames(tags).map(({ name }) => name);
+  return entryNames(tags).map(({ shown }) => shown);
 }
 
 /** Computes the layout files for `images` (in platform order) tagged with `tags`. */
@@ -114,13 +150,13 @@ export function ociLayoutFiles(
     top = index.descriptor;
     own = annotationsFor(annotations, "index-descriptor");
   }
-  const names = refNames(tags);
+  const names = entryNames(tags);
   const manifests: Descriptor[] =
     names.length === 0
       ? [{ ...top, annotations: Object.keys(own).length > 0 ? own : undefined }]
-      : names.map(({ refName, name }) => ({
+      : names.map(({ refName, fullName }) => ({
           ...top,
-          annotations: { ...own, [CONTAINERD_NAME_ANNOTATION]: name, [REF_NAME_ANNOTATION]: refName },
+          annotations: { ...own, [CONTAINERD_NAME_ANNOTATION]: fullName, [REF_NAME_ANNOTATION]: refName },
         }));
   const sorted = [...blobs.values()].sort((a, b) => (a.descriptor.digest < b.descriptor.digest ? -1 : 1));
   return {
@@ -131,15 +167,36 @@ export function ociLayoutFiles(
   };
 }
 
-/** The `index.json` document. `previous` descriptors are kept unless a new one takes their tag. */
+/**
+ * The full name of an `index.json` entry, normalised, when it has one. Other tools (and earlier mkbase)
+ * may have written it unnormalised (`review/x:1`); one that does not parse is compared as it is.
+ */
+function fullNameOf(entry: Descriptor): string | undefined {
+  const name = entry.annotations?.[CONTAINERD_NAME_ANNOTATION];
+  if (name === undefined) return undefined;
+  try {
+    return containerdImageName(parseReference(name));
+  } catch {
+    return name;
+  }
+}
+
+/**
+ * The `index.json` document. `previous` descriptors are kept unless a new one names the same image: the
+ * same full name, or, for an entry with only a tag (skopeo's `oci:DIR:TAG` writes no full name), the
+ * same tag, which `oci:DIR:TAG` would otherwise find twice.
+ */
 export function indexJson(files: LayoutFiles, previous: readonly Descriptor[] = []): Buffer {
-  const taken = new Set(files.manifests.map((d) => d.annotations?.[REF_NAME_ANNOTATION]));
+  const fullNames = new Set(files.manifests.map(fullNameOf));
+  const refNames = new Set(files.manifests.map((d) => d.annotations?.[REF_NAME_ANNOTATION]));
   const kept = previous.filter((d) => {
+    const fullName = fullNameOf(d);
+    if (fullName !== undefined) return !fullNames.has(fullName);
     const refName = d.annotations?.[REF_NAME_ANNOTATION];
     // An untagged entry is replaced by the new untagged one only if it is the same content.
     return refName === undefined
-      ? d.digest !== files.top.digest || !taken.has(undefined)
-      : !taken.has(refName);
+      ? d.digest !== files.top.digest || !refNames.has(undefined)
+      : !refNames.has(refName);
   });
   return canonicalJson({
     schemaVersion: 2,
@@ -174,49 +231,138 @@ export class CollectedImages {
   }
 }
 
-async function readPreviousIndex(dir: string): Promise<Descriptor[]> {
+/** Whether `value` is a JSON object (not an array, not null). */
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/**
+ * The entries of the `index.json` of the layout in `dir`, none when it has no `index.json`. One that is
+ * not an image index (schema version 2, `manifests` a list of descriptors) is refused: rewriting it would
+ * lose what it held.
+ */
+async function readLayoutIndex(dir: string): Promise<Descriptor[]> {
   let text: string;
   try {
     text = await readFile(join(dir, "index.json"), "utf8");
   } catch (error) {
     if (errnoCode(error) === "ENOENT") return [];
-    throw fileWriteError(`${dir}/index.json`, error);
+    throw fileWriteError(`the OCI layout ${dir}`, error);
   }
+  let parsed: unknown;
   try {
-    const parsed = JSON.parse(text) as { manifests?: Descriptor[] };
-    return Array.isArray(parsed.manifests) ? parsed.manifests : [];
+    parsed = JSON.parse(text);
   } catch (error) {
     throw new SinkError(`${dir}/index.json is not valid JSON: mkbase will not add to a broken layout`, {
       cause: error,
       hint: "Choose a new dest, or remove the directory.",
     });
   }
+  // Go tools write an empty list as null (encoding/json marshals a nil slice so).
+  const manifests = isObject(parsed) && parsed.schemaVersion === 2 ? (parsed.manifests ?? []) : undefined;
+  if (
+    !Array.isArray(manifests) ||
+    !manifests.every((d) => isObject(d) && typeof d.digest === "string" && typeof d.mediaType === "string")
+  ) {
+    throw new SinkError(`${dir}/index.json is not an OCI image index: mkbase will not add to it`, {
+      hint: "Choose a new dest, or remove the directory.",
+    });
+  }
+  return manifests as Descriptor[];
+}
+
+/** Refuses an `oci-layout` file that does not say image layout version 1, the only one there is. */
+async function checkLayoutVersion(dir: string): Promise<void> {
+  let text: string;
+  try {
+    text = await readFile(join(dir, "oci-layout"), "utf8");
+  } catch (error) {
+    throw fileWriteError(`the OCI layout ${dir}`, error);
+  }
+  let version: unknown;
+  try {
+    version = (JSON.parse(text) as { imageLayoutVersion?: unknown } | null)?.imageLayoutVersion;
+  } catch {
+    version = undefined;
+  }
+  if (typeof version !== "string" || !version.startsWith("1.")) {
+    throw new SinkError(`${dir} holds an oci-layout file of an unknown version`, {
+      hint: "Choose a new dest for the layout.",
+    });
+  }
 }
 
 /**
- * The directory of an OCI layout output: made (or checked to be a layout) once, before any work is
- * spent, and removed again after a failure if this command made it.
+ * Checks what `dest` holds before anything is written there: nothing (or no dest), or an OCI layout whose
+ * `oci-layout` and `index.json` are valid. Anything else is refused, so that a layout is never spread
+ * over a directory of other files (a home directory, a source tree) and a refusal changes nothing.
+ * `blobs/` and temporary files alone are what a layout killed before its `index.json` leaves.
+ * Returns whether the dest has its `oci-layout` file.
+ */
+async function checkLayoutDest(dest: string): Promise<{ readonly hasLayoutFile: boolean }> {
+  let names: string[];
+  try {
+    names = await readdir(dest);
+  } catch (error) {
+    const code = errnoCode(error);
+    if (code === "ENOENT") return { hasLayoutFile: false };
+    if (code === "ENOTDIR" && (await stat(dest).catch(() => undefined)) !== undefined) {
+      throw new SinkError(`cannot write the OCI layout ${dest}: it is not a directory`, {
+        hint: "Give tar=false a new or empty directory or an OCI layout, or drop tar=false for an archive.",
+      });
+    }
+    throw fileWriteError(`the OCI layout ${dest}`, error);
+  }
+  const hasLayoutFile = names.includes("oci-layout");
+  if (hasLayoutFile) await checkLayoutVersion(dest);
+  if (names.includes("index.json")) {
+    await readLayoutIndex(dest);
+  } else if (!hasLayoutFile) {
+    const others = names.filter((name) => name !== "blobs" && !name.startsWith(TEMP_PREFIX)).sort();
+    if (others.length > 0) {
+      const shown =
+        others.length > 3
+          ? `${others.slice(0, 3).join(", ")} and ${others.length - 3} more`
+          : others.join(", ");
+      throw new SinkError(
+        `${dest} is not an OCI image layout (no oci-layout or index.json) and not empty: it holds ${shown}`,
+        { hint: "Give dest a new or empty directory, or an existing OCI layout to add the image to." },
+      );
+    }
+  }
+  return { hasLayoutFile };
+}
+
+/**
+ * The directory of an OCI layout output: checked once, before any work is spent and before anything is
+ * written into it, then made; removed again after a failure if this command made it.
  */
 export class LayoutDirectory {
   private prepared: Promise<void> | undefined;
   private readonly directory: OutputDirectory;
+  private layoutFile = false;
 
   constructor(readonly dest: string) {
     this.directory = new OutputDirectory(join(dest, "blobs", "sha256"), `the OCI layout ${dest}`);
   }
 
-  /** Makes `blobs/sha256/` (and the dest), or checks that an existing dest is a layout of version 1. */
+  /** Checks the dest (see {@link checkLayoutDest}), then makes `blobs/sha256/` (and the dest). */
   prepare(): Promise<void> {
     this.prepared ??= (async () => {
+      this.layoutFile = (await checkLayoutDest(this.dest)).hasLayoutFile;
       await this.directory.make();
-      const layoutFile = await readFile(join(this.dest, "oci-layout"), "utf8").catch(() => undefined);
-      if (layoutFile !== undefined && !/"imageLayoutVersion"\s*:\s*"1\./.test(layoutFile)) {
-        throw new SinkError(`${this.dest} holds an oci-layout file of an unknown version`, {
-          hint: "Choose a new dest for the layout.",
-        });
-      }
     })();
     return this.prepared;
+  }
+
+  /** Whether the dest had an `oci-layout` file when it was checked (it is then left as it is). */
+  get hasLayoutFile(): boolean {
+    return this.layoutFile;
+  }
+
+  /** The entries of the layout's `index.json` now (another command may have added to it meanwhile). */
+  readIndex(): Promise<Descriptor[]> {
+    return readLayoutIndex(this.dest);
   }
 
   /** The layout's `index.json` was written: from now on nothing is removed. */
@@ -282,10 +428,19 @@ export class OciLayoutSink implements Sink {
     this.collected = new CollectedImages(options.spool);
   }
 
-  streamLayer(signal: AbortSignal): LayerConsumer | undefined {
-    // The directory is made (or checked) before any work is spent.
-    this.layout.prepare().catch(() => undefined);
-    return this.collected.streamLayer(signal);
+  streamLayer(signal: AbortSignal): LayerConsumer {
+    // The directory is checked and made before any work is spent: the build waits for `ready` before it
+    // packs, so a refused dest fails it at once. When another output sharing the spool takes the stream,
+    // this consumer is there only for that wait.
+    const prepared = this.layout.prepare();
+    prepared.catch(() => undefined);
+    const consumer = this.collected.streamLayer(signal);
+    return {
+      ready: Promise.all([consumer?.ready, prepared]).then(() => undefined),
+      write: async (chunk, release) => (consumer === undefined ? release() : consumer.write(chunk, release)),
+      end: () => consumer?.end(),
+      abort: (error) => consumer?.abort(error),
+    };
   }
 
   async write(image: Image, signal: AbortSignal): Promise<SinkResult> {
@@ -307,15 +462,18 @@ export class OciLayoutSink implements Sink {
   async finish(signal: AbortSignal): Promise<SinkResult> {
     const { dest, tags, annotations } = this.options;
     const files = ociLayoutFiles(this.collected.images, tags, annotations);
+    // Read (and checked) again before more is written: another command may have added to it meanwhile.
+    const previous = await this.layout.readIndex();
     // The index blob of a multi-platform build is the only blob not written yet.
     for (const blob of files.blobs) {
       throwIfAborted(signal);
       await writeBlob(dest, blob);
     }
-    await writeFileAtomically(join(dest, "oci-layout"), `${dest}/oci-layout`, [OCI_LAYOUT_FILE]);
+    if (!this.layout.hasLayoutFile) {
+      await writeFileAtomically(join(dest, "oci-layout"), `${dest}/oci-layout`, [OCI_LAYOUT_FILE]);
+    }
     // index.json last: until it is replaced, readers see the previous, complete layout.
-    const index = indexJson(files, await readPreviousIndex(dest));
-    await writeFileAtomically(join(dest, "index.json"), `${dest}/index.json`, [index]);
+    await writeFileAtomically(join(dest, "index.json"), `${dest}/index.json`, [indexJson(files, previous)]);
     this.layout.keep();
     return {
       destination: this.destination,

@@ -477,3 +477,93 @@ describe("--push", () => {
     assert.equal(JSON.parse(inspected.stdout).Digest, printed.split("@")[1]);
   });
 });
+
+describe("references in OCI outputs", () => {
+  /** The full name and the tag of each `index.json` entry, with its digest. */
+  function indexEntries(indexText: string): [string, string, string][] {
+    const index = JSON.parse(indexText) as {
+      manifests: { digest: string; annotations: Record<string, string> }[];
+    };
+    return index.manifests.map((d) => [
+      d.digest,
+      d.annotations["io.containerd.image.name"] as string,
+      d.annotations["org.opencontainers.image.ref.name"] as string,
+    ]);
+  }
+
+  test("two repositories with one tag are two entries, and skopeo reads the archive by the tag", async () => {
+    const archive = join(scratch, "two-repositories.oci.tar");
+    const result = await mkbaseOk([
+      ...["dir", minimal.root, "-t", "e2e/x:1", "-t", "e2e/y:1", ...epochArgs],
+      ...["-o", `type=oci,dest=${archive}`, "--json", "-q"],
+    ]);
+    const report = JSON.parse(result.stdout) as { id: string; tags: string[] };
+    assert.deepEqual(report.tags, ["e2e/x:1", "e2e/y:1"]);
+    assert.deepEqual(indexEntries(await runChecked("tar", ["-xOf", archive, "index.json"])), [
+      [report.id, "docker.io/e2e/x:1", "1"],
+      [report.id, "docker.io/e2e/y:1", "1"],
+    ]);
+    const inspected = JSON.parse(await runChecked("skopeo", ["inspect", `oci-archive:${archive}:1`]));
+    assert.equal(inspected.Digest, report.id);
+  });
+
+  test("a new repository with an existing tag is added to a layout beside it", async () => {
+    const layout = join(scratch, "shared-tag-layout");
+    const first = (
+      await mkbaseOk([
+        ...["dir", minimal.root, "-t", "e2e/l:a", ...epochArgs],
+        ...["-o", `type=oci,dest=${layout},tar=false`],
+      ])
+    ).stdout.trim();
+    const second = (
+      await mkbaseOk([
+        ...["dir", minimal.root, "-t", "e2e/other:a", ...epochArgs, "--cmd", '["/bin/busybox","true"]'],
+        ...["-o", `type=oci,dest=${layout},tar=false`],
+      ])
+    ).stdout.trim();
+    assert.notEqual(first, second);
+    assert.deepEqual(indexEntries(await readFile(join(layout, "index.json"), "utf8")), [
+      [first, "docker.io/e2e/l:a", "a"],
+      [second, "docker.io/e2e/other:a", "a"],
+    ]);
+    // skopeo's oci:DIR:TAG takes the first entry of the tag; a copy reads every blob of it.
+    const copied = join(scratch, "shared-tag-copy");
+    await runChecked("skopeo", ["copy", "--preserve-digests", `oci:${layout}:a`, `oci:${copied}:b`]);
+    const inspected = JSON.parse(await runChecked("skopeo", ["inspect", `oci:${copied}:b`]));
+    assert.equal(inspected.Digest, first);
+  });
+
+  test("--json lists a tag the engine and an archive both hold once", async () => {
+    const tag = uniqueTag("oci-json-tags");
+    images.add(tag);
+    const archive = join(scratch, "json-tags.oci.tar");
+    const result = await mkbaseOk([
+      ...["dir", minimal.root, "-t", tag, ...epochArgs, "-q", "--json"],
+      ...["-o", "type=docker", "-o", `type=oci,dest=${archive}`],
+    ]);
+    const report = JSON.parse(result.stdout) as { tags: string[]; destinations: string[] };
+    assert.deepEqual(report.destinations, ["docker (load)", `oci archive ${archive}`]);
+    assert.deepEqual(report.tags, [tag]);
+  });
+
+  test("a directory that is neither empty nor a layout is refused before the build, and left as it was", async () => {
+    const home = join(scratch, "not-a-layout");
+    await mkdir(home);
+    await writeFile(join(home, "notes.txt"), "mine\n");
+    const result = await runMkbase([
+      "dir",
+      minimal.root,
+      ...epochArgs,
+      "-o",
+      `type=oci,dest=${home},tar=false`,
+    ]);
+    assert.equal(result.code, 5, describeResult(result));
+    // The error is all stderr says: no phase of the build was started.
+    assert.equal(
+      result.stderr,
+      `mkbase: error: ${home} is not an OCI image layout (no oci-layout or index.json) and not empty: it holds notes.txt. Give dest a new or empty directory, or an existing OCI layout to add the image to.\n`,
+    );
+    assert.deepEqual(await readdir(home), ["notes.txt"]);
+    assert.equal(await readFile(join(home, "notes.txt"), "utf8"), "mine\n");
+  });
+});
