@@ -2,11 +2,11 @@
  * Wires source → normaliser → tar → layer → image → sinks. One walk of the source feeds every sink:
  * streaming sinks take the layer as it is packed, the others read a private spooled copy afterwards.
  */
-import { mkdtemp, open, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { open } from "node:fs/promises";
 import { join } from "node:path";
 import { setImmediate as nextLoopTurn } from "node:timers/promises";
 import { throwIfAborted } from "./errors.js";
+import { makeTemporaryDirectory } from "./forced-exit.js";
 import type { ContainerConfig } from "./image/config.js";
 import { RunningDigest } from "./image/digest.js";
 import { formatCreated, imageId, type Image } from "./image/image.js";
@@ -116,14 +116,14 @@ function chooseEpoch(choice: EpochChoice, newestMtime: number | undefined): numb
 export async function build(request: BuildRequest): Promise<BuildResult> {
   const needsFile = request.sinks.some((sink) => sink.needsLayerFile);
   // Private (0700) directory: the spooled layer holds every file of the tree, secrets included.
-  const tempDir = needsFile ? await mkdtemp(join(tmpdir(), "mkbase-")) : undefined;
+  const tempDir = needsFile ? await makeTemporaryDirectory("mkbase-") : undefined;
   const consumers: LayerConsumer[] = [];
   try {
     for (const sink of request.sinks) {
       const consumer = sink.streamLayer?.(request.signal);
       if (consumer !== undefined) consumers.push(consumer);
     }
-    const spoolPath = tempDir === undefined ? undefined : join(tempDir, "layer.tar");
+    const spoolPath = tempDir === undefined ? undefined : join(tempDir.path, "layer.tar");
     let packed: PackedLayer;
     try {
       await Promise.all(consumers.map((consumer) => consumer.ready));
@@ -163,6 +163,6 @@ export async function build(request: BuildRequest): Promise<BuildResult> {
       results,
     };
   } finally {
-    if (tempDir !== undefined) await rm(tempDir, { recursive: true, force: true });
+    await tempDir?.remove();
   }
 }

@@ -4,6 +4,7 @@
  * `mkbase --version` before any of this loads).
  */
 import { ExitCode, InterruptedError, MkbaseError, errnoCode } from "../errors.js";
+import { undoForForcedExit } from "../forced-exit.js";
 import type { CommandContext } from "./run-build.js";
 import { packageVersion } from "./version.js";
 
@@ -67,8 +68,17 @@ export async function main(argv: readonly string[]): Promise<number> {
   let interrupts = 0;
   const onSignal = (signal: NodeJS.Signals): void => {
     interrupts += 1;
-    // A second Ctrl-C means "now": give up on cleanup.
-    if (interrupts > 1) process.exit(ExitCode.interrupted);
+    // A second Ctrl-C means "now": stop waiting for tools and the engine, but still remove what this
+    // run made on the host (a bootstrap's tmpfs would otherwise stay mounted, holding memory).
+    if (interrupts > 1) {
+      const left = undoForForcedExit();
+      process.stderr.write(
+        left.length === 0
+          ? `mkbase: error: interrupted again (${signal}): stopped at once; temporary files and mounts were removed.\n`
+          : `mkbase: error: interrupted again (${signal}): stopped at once, but could not remove ${left.join("; ")}. Unmount (umount --lazy PATH) and delete it by hand.\n`,
+      );
+      process.exit(ExitCode.interrupted);
+    }
     controller.abort(new InterruptedError(`received ${signal}`));
   };
   process.on("SIGINT", onSignal);

@@ -4,9 +4,7 @@
  * and registry outputs are made once and take each build's image (one per platform), then `complete`
  * writes what covers them all (OCI index, archive, push) and the `--metadata-file`.
  */
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { resolve } from "node:path";
 import type { BuildResult } from "../build.js";
 import {
   makeCompression,
@@ -15,6 +13,7 @@ import {
   type CompressionAlgorithm,
 } from "../compress/compression.js";
 import { UsageError } from "../errors.js";
+import { makeTemporaryDirectory, type TemporaryDirectory } from "../forced-exit.js";
 import { OCI_ANNOTATION_KEYS, parseAnnotation, type Annotation } from "../image/annotations.js";
 import { uncompressedManifest } from "../image/manifest.js";
 import { formatReference, type Reference } from "../image/reference.js";
@@ -329,7 +328,7 @@ export class OutputSet {
     readonly specs: readonly OutputSpec[],
     private readonly options: OutputSetOptions,
     private readonly relay: { listener: ProgressListener },
-    private readonly spoolDir: string | undefined,
+    private readonly spoolDir: TemporaryDirectory | undefined,
     private readonly spools: CompressedLayerSpool[],
     sinks: (Sink | "engine")[],
   ) {
@@ -359,7 +358,7 @@ export class OutputSet {
       (spec) => (spec.type === "oci" || spec.type === "registry") && !owning.has(spec),
     );
     // Private (0700): the spooled layers hold every file of the tree.
-    const spoolDir = needsSpool ? await mkdtemp(join(tmpdir(), "mkbase-out-")) : undefined;
+    const spoolDir = needsSpool ? await makeTemporaryDirectory("mkbase-out-") : undefined;
     const spools = new Map<string, CompressedLayerSpool>();
     const ownSpools: CompressedLayerSpool[] = [];
     const sinks: (Sink | "engine")[] = [];
@@ -373,7 +372,10 @@ export class OutputSet {
         const key = compressionKey(compression);
         let spool = spools.get(key);
         if (spool === undefined) {
-          spool = new CompressedLayerSpool(compression, new TemporaryLayerFiles(spoolDir as string));
+          spool = new CompressedLayerSpool(
+            compression,
+            new TemporaryLayerFiles((spoolDir as TemporaryDirectory).path),
+          );
           spools.set(key, spool);
         }
         return spool;
@@ -445,7 +447,7 @@ export class OutputSet {
         }
       }
     } catch (error) {
-      if (spoolDir !== undefined) await rm(spoolDir, { recursive: true, force: true });
+      await spoolDir?.remove();
       throw error;
     }
     return new OutputSet(specs, options, relay, spoolDir, [...spools.values(), ...ownSpools], sinks);
@@ -513,7 +515,7 @@ export class OutputSet {
   async close(): Promise<void> {
     for (const sink of this.sinks) if (sink !== "engine") await sink.discard?.();
     for (const spool of this.spools) await spool.discard();
-    if (this.spoolDir !== undefined) await rm(this.spoolDir, { recursive: true, force: true });
+    await this.spoolDir?.remove();
   }
 }
 

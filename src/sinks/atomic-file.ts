@@ -7,9 +7,11 @@
  * shows as a short stream and a non-zero exit.
  */
 import { randomBytes } from "node:crypto";
+import { rmSync } from "node:fs";
 import { mkdir, open, realpath, rename, rm, stat, type FileHandle } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { SinkError, errnoCode } from "../errors.js";
+import { onForcedExit } from "../forced-exit.js";
 
 /** Prefix of every temporary file the outputs write; nothing else starts with it. */
 export const TEMP_PREFIX = ".mkbase-tmp-";
@@ -122,13 +124,20 @@ export class AtomicFile {
   private done = false;
   private appending: FileHandle | undefined;
 
+  /** Forgets the temporary file's removal on a forced exit, once it is renamed or removed. */
+  private readonly forgetUndo: () => void;
+
   private constructor(
     /** The temporary path the bytes go to (for a direct file, the destination). */
     readonly tempPath: string,
     private readonly handle: Output,
     private readonly what: string,
     private readonly isDirect = false,
-  ) {}
+  ) {
+    this.forgetUndo = isDirect
+      ? () => undefined
+      : onForcedExit(tempPath, () => rmSync(tempPath, { force: true }));
+  }
 
   /**
    * Starts writing `what` in `dir` (a temporary name there). `mode` is the final file's mode; spools
@@ -267,6 +276,7 @@ export class AtomicFile {
       await this.discard();
       throw fileWriteError(this.what, error);
     }
+    this.forgetUndo();
   }
 
   /** Removes the temporary file (after a failure); never throws. */
@@ -276,6 +286,7 @@ export class AtomicFile {
     if (!this.done) await this.handle.close().catch(() => undefined);
     this.done = true;
     if (!this.isDirect) await rm(this.tempPath, { force: true }).catch(() => undefined);
+    this.forgetUndo();
   }
 }
 
@@ -340,6 +351,7 @@ export async function destinationKind(dest: string): Promise<"file" | "in place"
 export class OutputDirectory {
   private made: string | undefined;
   private kept = false;
+  private forgetUndo: () => void = () => undefined;
 
   constructor(
     readonly path: string,
@@ -347,8 +359,12 @@ export class OutputDirectory {
   ) {}
 
   async make(): Promise<void> {
+    if (this.made !== undefined) return;
     try {
-      this.made ??= await mkdir(this.path, { recursive: true });
+      const made = await mkdir(this.path, { recursive: true });
+      if (made === undefined) return;
+      this.made = made;
+      this.forgetUndo = onForcedExit(made, () => rmSync(made, { recursive: true, force: true }));
     } catch (error) {
       throw fileWriteError(this.what, error);
     }
@@ -356,10 +372,12 @@ export class OutputDirectory {
 
   keep(): void {
     this.kept = true;
+    this.forgetUndo();
   }
 
   async discard(): Promise<void> {
     if (!this.kept && this.made !== undefined) await rm(this.made, { recursive: true, force: true });
+    this.forgetUndo();
   }
 }
 

@@ -367,3 +367,69 @@ describe("the engine dies or the user interrupts, mid-transfer (private engine)"
     });
   }
 });
+
+describe("a second Ctrl-C stops at once and still removes what mkbase made on the host", () => {
+  /** Names in TMPDIR that start with `mkbase-` and were not there in `before`. */
+  async function newTempDirs(before: ReadonlySet<string>): Promise<string[]> {
+    return (await readdir(tmpdir())).filter((name) => name.startsWith("mkbase-") && !before.has(name));
+  }
+
+  /**
+   * Sends SIGINT and at once SIGTERM, as a CI runner that cancels a job does (two Ctrl-C would do the
+   * same, but two pending SIGINTs may merge into one), and waits for the exit.
+   */
+  async function interruptTwice(child: ReturnType<typeof spawnMkbase>): Promise<RunResult> {
+    child.kill("SIGINT");
+    child.kill("SIGTERM");
+    const result = await waitForExit(child);
+    assert.equal(result.code, 130, describeResult(result));
+    assert.match(
+      result.stderr,
+      /^mkbase: error: interrupted again \(SIGTERM\): stopped at once; temporary files and mounts were removed\.$/m,
+    );
+    return result;
+  }
+
+  test("during a bootstrap: its in-memory workspace is unmounted and removed", async () => {
+    const tempBefore = new Set(await readdir(tmpdir()));
+    const tag = uniqueTag("fault-twice-bootstrap");
+    requested.add(tag);
+    const child = spawnMkbase(
+      ["debootstrap", "bookworm", "--backend", "debootstrap", "--tmpfs", "always", "-t", tag],
+      { timeoutMs: hangLimitMs },
+    );
+    await waitForStderr(child, /I: Retrieving|I: Checking|I: Validating/, hangLimitMs);
+    const [workspace, ...others] = await newTempDirs(tempBefore);
+    assert.deepEqual(others, [], "one workspace");
+    const full = join(tmpdir(), workspace ?? "none");
+    assert.ok((await readFile("/proc/self/mountinfo", "utf8")).includes(` ${full} `), `${full} is a tmpfs`);
+    await interruptTwice(child);
+    assert.ok(!(await readFile("/proc/self/mountinfo", "utf8")).includes(full), `still mounted: ${full}`);
+    await assert.rejects(stat(full), { code: "ENOENT" });
+    assert.equal(await imageInspect(tag), undefined);
+  });
+
+  test("while packing into OCI outputs: no spool, no temporary file, no half-made layout", async () => {
+    const rootfs = await debianRootfs();
+    const dir = join(work, "twice");
+    await mkdir(dir);
+    const tempBefore = new Set(await readdir(tmpdir()));
+    // Two outputs of one compression share a spool in TMPDIR; the archive writes a temporary file in dir.
+    const child = spawnMkbase(
+      [
+        "dir",
+        rootfs,
+        "-o",
+        `type=oci,dest=${join(dir, "image.tar")}`,
+        "-o",
+        `type=oci,dest=${join(dir, "layout")},tar=false`,
+      ],
+      { timeoutMs: hangLimitMs },
+    );
+    await waitForStderr(child, /packing directory/);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    await interruptTwice(child);
+    assert.deepEqual(await readdir(dir), []);
+    assert.deepEqual(await newTempDirs(tempBefore), []);
+  });
+});

@@ -4,11 +4,13 @@
  * them is still mounted deletes the host's files through it. So removal reads the mount table first,
  * unmounts everything below the dir deepest first, and refuses to delete while anything stays mounted.
  */
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
+import { readFileSync, rmSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rename, rm, stat, statfs } from "node:fs/promises";
 import { freemem, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { ToolError, UsageError, errnoCode } from "../../errors.js";
+import { onForcedExit } from "../../forced-exit.js";
 import { formatBytes } from "../../progress.js";
 
 /** The mount points listed in a `/proc/PID/mountinfo` text, octal escapes decoded. */
@@ -77,6 +79,20 @@ export async function unmountUnder(dir: string): Promise<void> {
 export async function removeSafely(dir: string): Promise<void> {
   await unmountUnder(dir);
   await rm(dir, { recursive: true, force: true });
+}
+
+/**
+ * {@link removeSafely} for a forced exit, synchronous: every mount is detached lazily at once (a
+ * bootstrapper killed a moment ago may still hold it), and the dir is deleted only when nothing below it
+ * is mounted any more.
+ */
+function removeSafelyNow(dir: string): void {
+  for (const mountPoint of mountPointsUnder(dir, readFileSync("/proc/self/mountinfo", "utf8"))) {
+    spawnSync("umount", ["--lazy", mountPoint], { stdio: "ignore" });
+  }
+  const remaining = mountPointsUnder(dir, readFileSync("/proc/self/mountinfo", "utf8"));
+  if (remaining.length > 0) throw new Error(`still mounted: ${remaining.join(", ")}`);
+  rmSync(dir, { recursive: true, force: true, maxRetries: 3 });
 }
 
 /** `--tmpfs`: whether the tree is built in memory, on a private tmpfs mounted over the workspace. */
@@ -156,6 +172,7 @@ export class BootstrapWorkspace {
   /** The target root filesystem (`DIR/rootfs`, 0755 as the top of a root filesystem should be). */
   readonly rootfs: string;
   private disposed = false;
+  private readonly forgetUndo: () => void;
 
   private constructor(
     readonly dir: string,
@@ -163,6 +180,7 @@ export class BootstrapWorkspace {
     readonly plan: WorkspacePlan,
   ) {
     this.rootfs = join(dir, "rootfs");
+    this.forgetUndo = onForcedExit(dir, () => removeSafelyNow(dir));
   }
 
   /**
@@ -182,6 +200,7 @@ export class BootstrapWorkspace {
               hint: "Run where mounting is allowed (a container needs CAP_SYS_ADMIN), or use --tmpfs never.",
             });
           }
+          workspace.forgetUndo();
           workspace = new BootstrapWorkspace(dir, diskPlan(" (a tmpfs could not be mounted)"));
         }
       }
@@ -234,6 +253,7 @@ export class BootstrapWorkspace {
     if (this.disposed) return;
     await removeSafely(this.dir);
     this.disposed = true;
+    this.forgetUndo();
   }
 }
 
