@@ -12,7 +12,7 @@ import {
   type Compression,
   type CompressionAlgorithm,
 } from "../compress/compression.js";
-import { UsageError } from "../errors.js";
+import { MkbaseError, SinkError, UsageError } from "../errors.js";
 import { makeTemporaryDirectory, type TemporaryDirectory } from "../forced-exit.js";
 import { OCI_ANNOTATION_KEYS, parseAnnotation, type Annotation } from "../image/annotations.js";
 import { uncompressedManifest } from "../image/manifest.js";
@@ -265,6 +265,19 @@ export function describeOutput(spec: OutputSpec, via: ImageFlags["via"]): string
   }
 }
 
+/**
+ * The error of a result file (`--iidfile`, `--metadata-file`) that could not be written once the image
+ * exists: it is not undone (a tag may have moved from another image), so the message says what was made.
+ */
+export function madeAnyway(error: unknown, results: readonly SinkResult[]): unknown {
+  if (!(error instanceof MkbaseError) || results.length === 0) return error;
+  const made = results.map((r) => `${r.tags.length > 0 ? r.tags.join(", ") : r.id} in ${r.destination}`);
+  return new SinkError(`${error.message}, after the image was made (${made.join("; ")})`, {
+    cause: error,
+    hint: error.hint,
+  });
+}
+
 /** Whether `specs` include the Docker Engine (a `docker` output without dest). */
 export function wantsEngine(specs: readonly OutputSpec[]): boolean {
   return specs.some((spec) => spec.type === "docker" && spec.dest === undefined);
@@ -506,7 +519,7 @@ export class OutputSet {
     if (this.options.metadataFile !== undefined) {
       await writeFileAtomically(this.options.metadataFile, `the metadata file ${this.options.metadataFile}`, [
         Buffer.from(`${JSON.stringify(buildMetadata(this.builds, results, this.options.tags), null, 2)}\n`),
-      ]);
+      ]).catch((error: unknown) => Promise.reject(madeAnyway(error, results)));
     }
     return results;
   }

@@ -25,7 +25,7 @@ import {
   type ImageFlags,
 } from "./image-options.js";
 import { annotationsFor } from "../image/annotations.js";
-import { openOutputs, resultLines, type OutputSet } from "./outputs.js";
+import { madeAnyway, openOutputs, resultLines, type OutputSet } from "./outputs.js";
 import { makeRenderer } from "./render.js";
 
 export interface CommandContext {
@@ -184,7 +184,9 @@ export async function runBuild(
     renderer.stop(true);
     const id = results[0]?.id ?? result.imageId;
     if (flags.iidfile !== undefined) {
-      await writeFileAtomically(flags.iidfile, `the image ID file ${flags.iidfile}`, [Buffer.from(id)]);
+      await writeFileAtomically(flags.iidfile, `the image ID file ${flags.iidfile}`, [Buffer.from(id)]).catch(
+        (error: unknown) => Promise.reject(madeAnyway(error, results)),
+      );
     }
     // With dest=- stdout holds the archive; --iidfile and --metadata-file still give the result.
     if (outputSet.writesStdout) return 0;

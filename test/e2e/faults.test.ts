@@ -239,6 +239,29 @@ describe("the flags", () => {
     });
   }
 
+  test("--iidfile on a full disk, found only once the image exists: the error says what was made", async () => {
+    const full = join(work, "full");
+    await mkdir(full);
+    await runChecked("mount", ["-t", "tmpfs", "-o", "size=64k", "tmpfs", full]);
+    try {
+      // Full to the last block: an empty file can still be made (the early check), no byte written.
+      await runCommand("dd", ["if=/dev/zero", `of=${join(full, "fill")}`, "bs=4k", "count=64"]);
+      const tag = uniqueTag("fault-iidfile-full");
+      requested.add(tag);
+      const result = await runMkbase(["dir", tree.root, "-t", tag, "--iidfile", join(full, "iid")]);
+      assert.equal(result.code, 5, describeResult(result));
+      assert.match(
+        result.stderr,
+        new RegExp(
+          `cannot write the image ID file .*ENOSPC.*, after the image was made \\(${escapeRegExp(tag)} in docker \\(load\\)\\)\\. The disk is full`,
+        ),
+      );
+      assert.notEqual(await imageInspect(tag), undefined, "the image the message names exists");
+    } finally {
+      await runChecked("umount", [full]);
+    }
+  });
+
   test("--via import for another architecture: refused where the engine would record its own", async () => {
     const api = (await runChecked("docker", ["version", "--format", "{{.Server.APIVersion}}"])).trim();
     const [major = 0, minor = 0] = api.split(".").map(Number);
