@@ -123,17 +123,50 @@ export interface ScratchTarget {
   readonly platform: Platform | undefined;
 }
 
+/** The operands of `mkbase scratch`, split where a `--` ended the options. */
+export interface ScratchOperands {
+  readonly beforeDashes: readonly string[];
+  readonly afterDashes: readonly string[];
+}
+
+/**
+ * The operands that followed the `--` in `argv`, which commander's parser drops. Every argument after it is
+ * an operand, in order, so its tail ends `operands`; the first `--` with that property is the one that
+ * ended the options (a `--` taken as an option's value, `--label --`, passes for it only when nothing but
+ * operands follows it).
+ */
+export function operandsAfterDashes(argv: readonly string[], operands: readonly string[]): string[] {
+  for (let at = argv.indexOf("--"); at >= 0; at = argv.indexOf("--", at + 1)) {
+    const tail = argv.slice(at + 1);
+    if (tail.length > operands.length) continue;
+    const end = operands.slice(operands.length - tail.length);
+    if (tail.every((arg, index) => arg === end[index])) return tail;
+  }
+  return [];
+}
+
 /**
  * The programs to package. `--platform os/arch=FILE` (repeatable) names one program per platform, and then
- * every operand is a CMD argument; otherwise the first operand is the program and `--platform` (at most one,
- * without `=`) only states what it must be built for.
+ * the operands after `--` are CMD arguments and any before it a mistake; otherwise the first operand is the
+ * program and `--platform` (at most one, without `=`) only states what it must be built for.
  */
 export function scratchTargets(
-  operands: readonly string[],
+  operands: ScratchOperands,
   platforms: readonly string[],
 ): { targets: ScratchTarget[]; args: string[]; perPlatform: boolean } {
   const perFile = platforms.filter((value) => value.includes("="));
   if (perFile.length > 0) {
+    if (operands.beforeDashes.length > 0) {
+      // Taken as CMD, `mkbase scratch ./app --platform linux/amd64=./app-amd64` would build an image that
+      // runs /app-amd64 with the argument ./app, whether or not that file exists.
+      const given = operands.beforeDashes;
+      throw new UsageError(
+        `the ${given.length === 1 ? "argument" : "arguments"} ${given.join(" ")} and ${perFile.map((value) => `--platform ${value}`).join(" ")} both name a program: the program is given either as the argument or in each --platform os/arch=FILE, not both`,
+        {
+          hint: `Arguments for the program (the image's CMD) go after --, as in mkbase scratch --platform ${perFile[0] ?? ""} -- --port 8080.`,
+        },
+      );
+    }
     if (perFile.length !== platforms.length) {
       throw new UsageError("mix of --platform os/arch=FILE and a plain --platform", {
         hint: "Give every platform its program: --platform linux/amd64=./app-amd64 --platform linux/arm64=./app-arm64.",
@@ -151,14 +184,16 @@ export function scratchTargets(
         throw new UsageError(`--platform ${formatPlatform(target.platform)} is given twice`);
       }
     });
-    return { targets, args: [...operands], perPlatform: true };
+    return { targets, args: [...operands.afterDashes], perPlatform: true };
   }
   if (platforms.length > 1) {
     throw new UsageError("several --platform values for one program", {
       hint: "One program runs on one platform; for several, name a program per platform: --platform linux/arm64=./app-arm64.",
     });
   }
-  const [binary, ...args] = operands;
+  // Commander's top level already drops a `--` that no option precedes (`mkbase scratch ./app -- --port 1`):
+  // here the first operand is the program wherever the `--` was.
+  const [binary, ...args] = [...operands.beforeDashes, ...operands.afterDashes];
   if (binary === undefined) {
     throw new UsageError("no program given", {
       hint: "Run mkbase scratch ./program -t name, or --platform os/arch=FILE for each platform.",
@@ -201,9 +236,9 @@ export function registerScratchCommand(
       "Build a FROM scratch image that holds one program, owned by root with mode 0755, as its ENTRYPOINT. " +
         "The ELF header is read first: the architecture sets the image platform, and a dynamically linked " +
         "program is refused (naming its loader and libraries) unless --bundle-libs copies them in. Scripts, " +
-        "text and other non-ELF files are refused. --cmd and --entrypoint are checked against the image's " +
-        "files. Every file gets the build epoch as mtime; it defaults to the program's mtime, so the same " +
-        "program and flags give the same image ID.",
+        "text, shared libraries and other files that are not programs are refused. --cmd and --entrypoint " +
+        "are checked against the image's files. Every file gets the build epoch as mtime; it defaults to the " +
+        "program's mtime, so the same program and flags give the same image ID.",
     )
     .option(
       "--dest <path>",
@@ -226,6 +261,15 @@ export function registerScratchCommand(
     .option("--chown <uid[:gid]>", "owner of the --add files (numbers, root, or the --user name)")
     .option("--chmod <mode>", "octal mode of the --add files and directories (default: their own)");
   addImageOptions(command);
+  // Commander drops the `--` that ends the options, and with --platform os/arch=FILE only the operands after
+  // it are arguments for the program: note them as the command parses its arguments.
+  let afterDashes: readonly string[] = [];
+  const parseOptions = command.parseOptions.bind(command);
+  command.parseOptions = (argv) => {
+    const parsed = parseOptions(argv);
+    afterDashes = operandsAfterDashes(argv, parsed.operands);
+    return parsed;
+  };
   // Two shared flags mean more here: --platform names a program per platform, --user creates the account.
   sharedOption(command, "--platform").argParser(collect).description =
     "platform the program must be built for (default: the program's own); os/arch=FILE, repeated, builds one image per platform";
@@ -247,14 +291,22 @@ With several --platform os/arch=FILE, each image is loaded into the engine as NA
 stdout then has one image ID (or JSON object) per line.`,
     )
     .action(async (binary: string | undefined, args: string[], flags: ScratchFlags) => {
-      done(await runScratch(context(), binary === undefined ? args : [binary, ...args], flags));
+      const operands = binary === undefined ? args : [binary, ...args];
+      const split = operands.length - afterDashes.length;
+      done(
+        await runScratch(
+          context(),
+          { beforeDashes: operands.slice(0, split), afterDashes: operands.slice(split) },
+          flags,
+        ),
+      );
     });
 }
 
 /** Checks everything, opens every program, then builds one image per program. */
 async function runScratch(
   context: CommandContext,
-  operands: readonly string[],
+  operands: ScratchOperands,
   flags: ScratchFlags,
 ): Promise<number> {
   const { targets, args, perPlatform: multi } = scratchTargets(operands, flags.platform ?? []);

@@ -38,10 +38,18 @@ export interface ElfInfo {
   /** No `PT_INTERP` and no `DT_NEEDED`: the program runs with nothing else in the image. */
   readonly isStatic: boolean;
   /**
-   * Static and `ET_DYN` with a `PT_DYNAMIC` segment: a static-PIE program, which relocates itself. A shared
-   * library without dependencies has the same shape; the caller knows which of the two it asked about.
+   * Static and `ET_DYN`, marked `DF_1_PIE`: a static-PIE program (`gcc -static-pie`, Go, Rust and musl
+   * toolchains), which relocates itself.
    */
   readonly isStaticPie: boolean;
+  /**
+   * `ET_DYN` with neither a `PT_INTERP` nor `DF_1_PIE`: a shared library. Started as a program, it jumps to
+   * an entry point that is usually 0 and dies of SIGSEGV (the dynamic loader has this shape too, and alone
+   * prints only its usage). A dynamic PIE names its interpreter, and linkers mark a PIE, static ones
+   * included, with `DF_1_PIE`; a library that also runs as a program (glibc's `libc.so.6`) carries a
+   * `PT_INTERP` for that.
+   */
+  readonly isSharedLibrary: boolean;
   /**
    * `Tag_CPU_arch` from the `.ARM.attributes` section of a 32-bit ARM file (10 = ARMv7, 6 = ARMv6, …),
    * when the section headers are present; undefined otherwise.
@@ -320,6 +328,7 @@ function* parseElf(size: number, name: string): ElfParse<ElfInfo> {
 
   const hasDynamicSegment = programHeaders.some((ph) => ph.type === PT_DYNAMIC);
   const isStatic = interpreter === undefined && dynamic.needed.length === 0;
+  const markedPie = (dynamic.flags1 & DF_1_PIE) !== 0;
   return {
     class: is64 ? 64 : 32,
     endianness: data === 1 ? "little" : "big",
@@ -336,7 +345,8 @@ function* parseElf(size: number, name: string): ElfParse<ElfInfo> {
     flags1: dynamic.flags1,
     hasDynamicSegment,
     isStatic,
-    isStaticPie: isStatic && type === "DYN" && hasDynamicSegment,
+    isStaticPie: isStatic && type === "DYN" && markedPie,
+    isSharedLibrary: type === "DYN" && interpreter === undefined && !markedPie,
     armCpuArch,
   };
 }

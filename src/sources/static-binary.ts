@@ -6,7 +6,7 @@
  * and so that the image's command can be checked against the files it will really hold. The entry list is
  * small (a program, a few libraries, at most a zoneinfo tree) and is kept in memory, sorted.
  */
-import { stat } from "node:fs/promises";
+import { readlink, realpath, stat } from "node:fs/promises";
 import path from "node:path";
 import { SourceError, UsageError, errnoCode, throwIfAborted } from "../errors.js";
 import { inspectElfFile, type ElfInfo } from "../elf/read.js";
@@ -239,6 +239,84 @@ async function resolveInRoot(root: string, imagePath: string): Promise<string | 
   return walk === undefined ? undefined : path.join(root, walk.realPath);
 }
 
+/**
+ * The file a path given on the command line stands for, every symlink resolved. As Dockerfile COPY does
+ * with its source, a symlink given as the program or as an `--add` source is followed, and the image holds
+ * the target's bytes under the name given. The entry carries the real path because the packer opens files
+ * without following a final symlink (a file swapped for a link during the build must not be read through it).
+ *
+ * @param shown how messages name the path (`./hello`, `--add ./link:/x: ./link`)
+ * @throws SourceError when the path is a symlink that leads to nothing or round in a loop; any other
+ *   failure (a missing or unreadable file) is left to the caller's own check, which names it
+ */
+async function followSourceLinks(file: string, shown: string): Promise<string> {
+  try {
+    return await realpath(file);
+  } catch (error) {
+    const broken = await brokenSymlinkError(file, shown, error);
+    if (broken !== undefined) throw broken;
+    return path.resolve(file);
+  }
+}
+
+/** Symlinks the kernel follows in one lookup before it gives up with ELOOP (MAXSYMLINKS). */
+const MAX_SYMLINKS = 40;
+
+/**
+ * The error for `file` when symlinks make it unreachable: it is a link whose target is missing, or links on
+ * its way go round in a loop. Undefined for anything else, such as a plain file that is missing.
+ */
+async function brokenSymlinkError(
+  file: string,
+  shown: string,
+  error: unknown,
+): Promise<SourceError | undefined> {
+  const code = errnoCode(error);
+  if (code !== "ENOENT" && code !== "ELOOP") return undefined;
+  const target = await readlink(file).catch(() => undefined);
+  const hint = "Point the link at an existing file, or give the file's own path.";
+  if (code === "ELOOP" && target === undefined) {
+    return new SourceError(`${shown} cannot be reached: the symbolic links on its path go round in a loop`, {
+      path: file,
+      cause: error,
+      hint: "Fix the links on the path (namei -l shows each one), or give the file's own path.",
+    });
+  }
+  if (target === undefined) return undefined;
+  if (code === "ELOOP") {
+    return new SourceError(
+      `${shown} is a symbolic link to ${target}, and the links from there go round in a loop`,
+      { path: file, cause: error, hint },
+    );
+  }
+  const direct = await linkTarget(file, target);
+  const end = await endOfLinks(direct);
+  const where = path.isAbsolute(target) ? "" : ` (${direct})`;
+  const rest = end === direct ? "" : `, which leads to ${end}`;
+  return new SourceError(`${shown} is a symbolic link to ${target}${where}${rest}, which does not exist`, {
+    path: file,
+    cause: error,
+    hint,
+  });
+}
+
+/** The absolute path a link's `target` names: relative targets start at the link's real directory. */
+async function linkTarget(link: string, target: string): Promise<string> {
+  const directory = path.dirname(path.resolve(link));
+  return path.resolve(await realpath(directory).catch(() => directory), target);
+}
+
+/** Where a chain of symlinks that starts at `file` ends: the first path that is no symlink, or missing. */
+async function endOfLinks(file: string): Promise<string> {
+  let current = file;
+  for (let links = 0; links < MAX_SYMLINKS; links++) {
+    const target = await readlink(current).catch(() => undefined);
+    if (target === undefined) break;
+    current = await linkTarget(current, target);
+  }
+  return current;
+}
+
 function describeRoot(sysroot: string | undefined): string {
   return sysroot === undefined ? "on this machine" : `under the sysroot ${sysroot}`;
 }
@@ -273,7 +351,9 @@ export class StaticBinarySource implements EntrySource {
    */
   static async open(options: StaticBinaryOptions): Promise<StaticBinarySource> {
     const { binary } = options;
+    const hostBinary = await followSourceLinks(binary, binary);
     const elf = await inspectElfFile(binary);
+    if (elf.isSharedLibrary) throw sharedLibraryError(binary, elf);
     const platform = platformOfElf(elf, binary);
     if (options.platform !== undefined && !platformsMatch(options.platform, platform)) {
       throw new UsageError(
@@ -285,9 +365,10 @@ export class StaticBinarySource implements EntrySource {
     }
     if (!elf.isStatic && options.bundleLibs !== true) throw dynamicProgramError(binary, elf);
 
-    const stats = await stat(binary);
+    const stats = await stat(hostBinary);
     const binaryMtime = Math.floor(stats.mtimeMs / 1000);
     const mtime = options.mtime ?? binaryMtime;
+    // The name given, not the target's: `hello -> hello-static` makes /hello, as COPY names it.
     const binaryImagePath = placeFile(options.dest ?? "/", path.basename(binary));
     if (!posix.isAbsolute(binaryImagePath) || binaryImagePath === "/") {
       throw new UsageError(
@@ -296,10 +377,7 @@ export class StaticBinarySource implements EntrySource {
     }
 
     const tree = new ImageTree(mtime);
-    tree.add(
-      hostFileEntry(entryPath(binaryImagePath), path.resolve(binary), stats.size, 0o755, mtime),
-      binary,
-    );
+    tree.add(hostFileEntry(entryPath(binaryImagePath), hostBinary, stats.size, 0o755, mtime), binary);
     if (!elf.isStatic) await addLibraries(tree, binary, elf, binaryImagePath, options, mtime);
     if (options.caCerts === true) await addCaBundle(tree, options.sysroot, mtime);
     if (options.tzdata === true) await addZoneinfo(tree, options.sysroot, mtime, options.signal);
@@ -446,6 +524,21 @@ function searchPath(config: ContainerConfig): string[] {
   return value.split(":").filter((directory) => posix.isAbsolute(directory));
 }
 
+/**
+ * A shared library given as the program: the image would build, and the container would die of SIGSEGV
+ * (exit 139) at the library's entry point without a word about why.
+ */
+function sharedLibraryError(binary: string, elf: ElfInfo): SourceError {
+  const soname = elf.soname === undefined ? "" : ` (${elf.soname})`;
+  return new SourceError(
+    `${binary} is a shared library${soname}, not a program: it has no program interpreter (PT_INTERP) and no position-independent executable mark (DF_1_PIE)`,
+    {
+      path: binary,
+      hint: "Give mkbase scratch the program that uses the library; --bundle-libs copies the libraries a dynamic program needs, --add SRC:DEST any other file.",
+    },
+  );
+}
+
 function dynamicProgramError(binary: string, elf: ElfInfo): SourceError {
   const parts: string[] = [];
   if (elf.interpreter !== undefined) parts.push(`the program interpreter ${elf.interpreter}`);
@@ -586,10 +679,11 @@ async function addCopy(
   mtime: number,
 ): Promise<void> {
   const origin = `--add ${spec.source}:${spec.dest}`;
+  // COPY follows a symlink given as the source itself; links inside a directory are copied as links.
+  const hostSource = await followSourceLinks(spec.source, `${origin}: ${spec.source}`);
   let stats;
   try {
-    // COPY follows a symlink given as the source itself; links inside a directory are copied as links.
-    stats = await stat(spec.source);
+    stats = await stat(hostSource);
   } catch (error) {
     throw new SourceError(
       `${origin}: ${spec.source} ${errnoCode(error) === "ENOENT" ? "does not exist" : "cannot be read"}`,
@@ -604,13 +698,7 @@ async function addCopy(
   const modeOf = (sourceMode: number): number => options.addMode ?? sourceMode & 0o7777;
   if (stats.isFile()) {
     const imagePath = placeFile(spec.dest, path.basename(spec.source));
-    const entry = hostFileEntry(
-      entryPath(imagePath),
-      path.resolve(spec.source),
-      stats.size,
-      modeOf(stats.mode),
-      mtime,
-    );
+    const entry = hostFileEntry(entryPath(imagePath), hostSource, stats.size, modeOf(stats.mode), mtime);
     tree.add({ ...entry, uid: owner.uid, gid: owner.gid }, origin);
     return;
   }
@@ -627,7 +715,9 @@ async function addCopy(
       origin,
     );
   }
-  for (const walked of walkTree(path.resolve(spec.source), {
+  // The real path as the walk's root: the walk keeps a directory on another filesystem than its root's empty,
+  // as a mount point, and a link on another filesystem than its target would have emptied every subdirectory.
+  for (const walked of walkTree(hostSource, {
     signal: options.signal ?? new AbortController().signal,
   })) {
     const mode = walked.type === "symlink" ? 0o777 : modeOf(walked.mode);

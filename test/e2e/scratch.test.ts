@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { connect, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -13,6 +13,7 @@ import { after, before, describe, test } from "node:test";
 import { createServer as createTlsServer } from "node:tls";
 import {
   describeResult,
+  escapeRegExp,
   mkbaseLauncher,
   repositoryRoot,
   runChecked,
@@ -427,5 +428,132 @@ describe("mkbase scratch", () => {
     assert.equal(arm64?.Id, ids[1]);
     assert.equal(plain?.Id, amd64?.Id);
     assert.match(result.stderr, /linux\/amd64: .*-amd64, .*\(this machine's platform\)/);
+  });
+});
+
+describe("mkbase scratch: symlinks as sources, shared libraries, a program next to --platform os/arch=FILE", () => {
+  let links: string;
+
+  before(async () => {
+    links = join(work, "links");
+    await mkdir(links);
+    await copyFile(programs.hello, join(links, "hello-static"));
+    await chmod(join(links, "hello-static"), 0o755);
+    await symlink("hello-static", join(links, "hello"));
+    await writeFile(join(links, "note.txt"), "a note\n", { mode: 0o644 });
+    await symlink("note.txt", join(links, "note-link"));
+    await mkdir(join(links, "assets"));
+    await writeFile(join(links, "assets", "a.txt"), "a\n", { mode: 0o644 });
+    await symlink("a.txt", join(links, "assets", "inner"));
+    await symlink("assets", join(links, "assets-link"));
+    await symlink("missing-program", join(links, "dangling"));
+  });
+
+  /** `tar -tv` of the image's files, as `docker export` of a created container gives them. */
+  async function exportListing(image: string): Promise<string> {
+    const container = (await runChecked("docker", ["create", image])).trim();
+    try {
+      return await runChecked("sh", ["-c", 'docker export "$1" | tar -tv', "sh", container]);
+    } finally {
+      await runChecked("docker", ["rm", container]);
+    }
+  }
+
+  /** The content of one file of the image. */
+  async function imageFileText(image: string, file: string): Promise<string> {
+    const container = (await runChecked("docker", ["create", image])).trim();
+    try {
+      return await runChecked("sh", ["-c", 'docker export "$1" | tar -xO "$2"', "sh", container, file]);
+    } finally {
+      await runChecked("docker", ["rm", container]);
+    }
+  }
+
+  /** The one line mkbase prints for a refusal: the message and the hint, each ending in a full stop. */
+  function errorLine(message: string, hint: string): RegExp {
+    return new RegExp(`^mkbase: error: ${escapeRegExp(message)}\\. ${escapeRegExp(hint)}\\.\n$`);
+  }
+
+  test("a symlinked program and --add sources are followed, under the names given", async () => {
+    const tag = uniqueTag("scratch-symlinks");
+    await scratch(tag, [
+      join(links, "hello"),
+      "--add",
+      `${join(links, "note-link")}:/etc/note`,
+      "--add",
+      `${join(links, "assets-link")}:/srv/`,
+    ]);
+    const run = await dockerRun(tag, []);
+    assert.equal(run.code, 0, describeResult(run));
+    assert.equal(run.stdout, `${greeting}\n`);
+    assert.deepEqual((await imageInspect(tag))?.Config?.Entrypoint, ["/hello"]);
+    assert.deepEqual(await imageFiles(tag, true), [
+      "/etc",
+      "/etc/note",
+      "/hello",
+      "/srv",
+      "/srv/a.txt",
+      "/srv/inner",
+    ]);
+    assert.equal(await imageFileText(tag, "etc/note"), "a note\n");
+    // A link inside an added directory stays a link, as with COPY.
+    assert.match(await exportListing(tag), /^l\S+ .* srv\/inner -> a\.txt$/m);
+  });
+
+  test("a dangling symlink as the program or an --add source is refused, naming the link and its target", async () => {
+    const dangling = join(links, "dangling");
+    const message = `${dangling} is a symbolic link to missing-program (${join(links, "missing-program")}), which does not exist`;
+    const hint = "Point the link at an existing file, or give the file's own path";
+    await assertRefused([dangling], errorLine(message, hint), 3);
+    await assertRefused(
+      [programs.hello, "--add", `${dangling}:/x`],
+      errorLine(`--add ${dangling}:/x: ${message}`, hint),
+      3,
+    );
+  });
+
+  test("a shared library is refused as not a program; a static PIE runs", async () => {
+    const library = join(work, "libhello.so");
+    await compile("gcc", "hello.c", library, ["-shared", "-fPIC"]);
+    const refusal = errorLine(
+      `${library} is a shared library, not a program: it has no program interpreter (PT_INTERP) and no position-independent executable mark (DF_1_PIE)`,
+      "Give mkbase scratch the program that uses the library; --bundle-libs copies the libraries a dynamic program needs, --add SRC:DEST any other file",
+    );
+    await assertRefused([library, "--bundle-libs"], refusal, 3);
+    await assertRefused([library], refusal, 3);
+
+    const staticPie = join(work, "hello-static-pie");
+    await compile("gcc", "hello.c", staticPie, ["-static-pie"]);
+    const tag = uniqueTag("scratch-static-pie");
+    await scratch(tag, [staticPie]);
+    const run = await dockerRun(tag, []);
+    assert.equal(run.code, 0, describeResult(run));
+    assert.equal(run.stdout, `${greeting}\n`);
+  });
+
+  test("a program next to --platform os/arch=FILE is a usage error; arguments after -- are the CMD", async () => {
+    const platform = `linux/amd64=${programs.hello}`;
+    const hint = `Arguments for the program (the image's CMD) go after --, as in mkbase scratch --platform ${platform} -- --port 8080`;
+    for (const program of [programs.helloDynamic, join(work, "nonexistent")]) {
+      await assertRefused(
+        [program, "--platform", platform],
+        errorLine(
+          `the argument ${program} and --platform ${platform} both name a program: the program is given either as the argument or in each --platform os/arch=FILE, not both`,
+          hint,
+        ),
+        2,
+      );
+    }
+
+    const tag = uniqueTag("scratch-platform-args");
+    const [repository, version] = tag.split(":") as [string, string];
+    made.add(tag);
+    made.add(`${repository}:${version}-amd64`);
+    const result = await runMkbase(["scratch", "--platform", platform, "-t", tag, "--quiet", "--", "--flag"]);
+    assert.equal(result.code, 0, describeResult(result));
+    for (const id of result.stdout.trim().split("\n")) made.add(id);
+    const inspect = await imageInspect(`${repository}:${version}-amd64`);
+    assert.deepEqual(inspect?.Config?.Entrypoint, ["/hello"]);
+    assert.deepEqual(inspect?.Config?.Cmd, ["--flag"]);
   });
 });

@@ -21,6 +21,8 @@ const variants = {
   static: ["gcc", "-static"],
   dynamic: ["gcc"],
   staticPie: ["gcc", "-static-pie"],
+  sharedLibrary: ["gcc", "-shared", "-fPIC"],
+  bareSharedLibrary: ["gcc", "-shared", "-fPIC", "-nostdlib"],
   muslStatic: ["musl-gcc", "-static"],
   arm64Static: ["aarch64-linux-gnu-gcc", "-static"],
   arm64Dynamic: ["aarch64-linux-gnu-gcc"],
@@ -78,6 +80,43 @@ describe("inspectElfFile on compiled programs", () => {
     assert.deepEqual(info.needed, []);
     assert.equal(info.isStatic, true);
     assert.equal(info.isStaticPie, true);
+    assert.equal(info.isSharedLibrary, false);
+  });
+
+  test("programs of every kind are not shared libraries", async () => {
+    for (const variant of [
+      "static",
+      "dynamic",
+      "staticPie",
+      "muslStatic",
+      "arm64Static",
+      "arm64Dynamic",
+    ] as const) {
+      assert.equal((await inspectElfFile(binaries[variant])).isSharedLibrary, false, variant);
+    }
+  });
+
+  test("gcc -shared: ET_DYN without PT_INTERP or DF_1_PIE is a shared library", async () => {
+    const info = await inspectElfFile(binaries.sharedLibrary);
+    assert.equal(info.type, "DYN");
+    assert.equal(info.interpreter, undefined);
+    assert.equal(info.flags1 & DF_1_PIE, 0);
+    assert.equal(info.isStatic, false);
+    assert.equal(info.isSharedLibrary, true);
+    // Without dependencies it has a static PIE's shape, but no DF_1_PIE.
+    const bare = await inspectElfFile(binaries.bareSharedLibrary);
+    assert.equal(bare.isStatic, true);
+    assert.equal(bare.hasDynamicSegment, true);
+    assert.equal(bare.isStaticPie, false);
+    assert.equal(bare.isSharedLibrary, true);
+  });
+
+  test("glibc's libc.so.6 also runs as a program: its PT_INTERP keeps it from counting as a library", async () => {
+    const libc = (await run("gcc", ["-print-file-name=libc.so.6"])).stdout.trim();
+    const info = await inspectElfFile(libc);
+    assert.equal(info.soname, "libc.so.6");
+    assert.notEqual(info.interpreter, undefined);
+    assert.equal(info.isSharedLibrary, false);
   });
 
   test("musl-gcc -static: static", async () => {

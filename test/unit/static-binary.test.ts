@@ -1,18 +1,34 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { chmod, mkdir, mkdtemp, rm, symlink, utimes, writeFile } from "node:fs/promises";
+import {
+  chmod,
+  copyFile,
+  mkdir,
+  mkdtemp,
+  readFile,
+  realpath,
+  rm,
+  stat,
+  symlink,
+  utimes,
+  writeFile,
+} from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
+import { PassThrough } from "node:stream";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import { Command } from "commander";
 import { SourceError, UsageError } from "../../src/errors.js";
 import {
   parseAddSpec,
   parseChmod,
   parseChown,
+  operandsAfterDashes,
   parseScratchUser,
   platformTagSuffix,
+  registerScratchCommand,
   scratchTargets,
 } from "../../src/cli/scratch.js";
 import {
@@ -370,7 +386,10 @@ describe("mkbase scratch flag parsing", () => {
   });
 
   test("--platform os/arch=FILE names one program per platform", () => {
-    const multi = scratchTargets(["--port", "1"], ["linux/amd64=./a", "linux/arm64=./b"]);
+    const multi = scratchTargets({ beforeDashes: [], afterDashes: ["--port", "1"] }, [
+      "linux/amd64=./a",
+      "linux/arm64=./b",
+    ]);
     assert.equal(multi.perPlatform, true);
     assert.deepEqual(multi.args, ["--port", "1"]);
     assert.deepEqual(
@@ -380,14 +399,298 @@ describe("mkbase scratch flag parsing", () => {
         ["./b", "arm64"],
       ],
     );
-    const single = scratchTargets(["./hello", "x"], ["linux/arm64"]);
+    const single = scratchTargets({ beforeDashes: ["./hello", "x"], afterDashes: [] }, ["linux/arm64"]);
     assert.equal(single.perPlatform, false);
     assert.deepEqual(single.args, ["x"]);
     assert.equal(single.targets[0]?.binary, "./hello");
-    assert.throws(() => scratchTargets([], ["linux/amd64=./a", "linux/amd64=./b"]), UsageError);
-    assert.throws(() => scratchTargets([], ["linux/amd64=./a", "linux/arm64"]), UsageError);
-    assert.throws(() => scratchTargets([], []), UsageError);
+    // Without --platform os/arch=FILE the first operand is the program, on either side of --.
+    const dashed = scratchTargets({ beforeDashes: [], afterDashes: ["./hello", "--port", "1"] }, []);
+    assert.equal(dashed.targets[0]?.binary, "./hello");
+    assert.deepEqual(dashed.args, ["--port", "1"]);
+    const none = { beforeDashes: [], afterDashes: [] };
+    assert.throws(() => scratchTargets(none, ["linux/amd64=./a", "linux/amd64=./b"]), UsageError);
+    assert.throws(() => scratchTargets(none, ["linux/amd64=./a", "linux/arm64"]), UsageError);
+    assert.throws(() => scratchTargets(none, []), UsageError);
     assert.equal(platformTagSuffix({ os: "linux", architecture: "arm64", variant: "v8" }), "arm64");
     assert.equal(platformTagSuffix({ os: "linux", architecture: "arm", variant: "v7" }), "arm-v7");
+  });
+});
+
+describe("mkbase scratch operands next to --platform os/arch=FILE", () => {
+  const bothMessage =
+    "the argument ./hello-static and --platform linux/amd64=./hello-musl both name a program: the program is " +
+    "given either as the argument or in each --platform os/arch=FILE, not both";
+
+  test("operandsAfterDashes finds the operands after the -- that ended the options", () => {
+    assert.deepEqual(operandsAfterDashes(["--platform", "linux/amd64=./a", "--", "--flag"], ["--flag"]), [
+      "--flag",
+    ]);
+    assert.deepEqual(operandsAfterDashes(["--platform", "linux/amd64=./a"], ["./b"]), []);
+    // A second -- after the first is an argument for the program.
+    assert.deepEqual(operandsAfterDashes(["-t", "x", "--", "a", "--", "b"], ["a", "--", "b"]), [
+      "a",
+      "--",
+      "b",
+    ]);
+    // A -- given as an option's value is followed by options, so it did not end them.
+    assert.deepEqual(operandsAfterDashes(["--label", "--", "-t", "x", "./a", "--", "b"], ["./a", "b"]), [
+      "b",
+    ]);
+    assert.deepEqual(operandsAfterDashes(["./a", "--"], ["./a"]), []);
+  });
+
+  test("an operand before -- is refused with --platform os/arch=FILE, exactly as the CLI says it", () => {
+    assert.throws(
+      () =>
+        scratchTargets({ beforeDashes: ["./hello-static"], afterDashes: [] }, ["linux/amd64=./hello-musl"]),
+      (error: unknown) => {
+        assert.ok(error instanceof UsageError);
+        assert.equal(error.message, bothMessage);
+        assert.equal(
+          error.hint,
+          "Arguments for the program (the image's CMD) go after --, as in mkbase scratch --platform linux/amd64=./hello-musl -- --port 8080.",
+        );
+        return true;
+      },
+    );
+    assert.throws(
+      () =>
+        scratchTargets({ beforeDashes: ["./x", "y"], afterDashes: ["z"] }, [
+          "linux/amd64=./a",
+          "linux/arm64=./b",
+        ]),
+      {
+        message:
+          "the arguments ./x y and --platform linux/amd64=./a --platform linux/arm64=./b both name a program: " +
+          "the program is given either as the argument or in each --platform os/arch=FILE, not both",
+      },
+    );
+  });
+
+  /** Runs `mkbase scratch ARGV` through commander as main() wires it; resolves with the exit code. */
+  async function runScratchCommand(argv: readonly string[]): Promise<number | undefined> {
+    const program = new Command("mkbase").exitOverride();
+    let code: number | undefined;
+    registerScratchCommand(
+      program,
+      () => ({ signal: new AbortController().signal, env: {}, stdout: new PassThrough() }),
+      (done) => (code = done),
+    );
+    await program.parseAsync(["scratch", ...argv], { from: "user" });
+    return code;
+  }
+
+  test("through commander: a program next to --platform os/arch=FILE is a usage error", async () => {
+    // Refused before any file is opened: these paths need not exist.
+    for (const argv of [
+      ["./hello-static", "--platform", "linux/amd64=./hello-musl", "-t", "x:1"],
+      ["--platform", "linux/amd64=./hello-musl", "./hello-static"],
+      ["--platform", "linux/amd64=./hello-musl", "./hello-static", "--", "--flag"],
+    ]) {
+      await assert.rejects(runScratchCommand(argv), { name: "UsageError", message: bothMessage });
+    }
+    await assert.rejects(runScratchCommand(["./nonexistent", "--platform", "linux/amd64=./hello-musl"]), {
+      name: "UsageError",
+      message: bothMessage.replace("./hello-static", "./nonexistent"),
+    });
+  });
+
+  test("through commander: operands after -- become the CMD, also with --platform os/arch=FILE", async () => {
+    const cases: [string[], string][] = [
+      [["--platform", `linux/amd64=${built.hello}`, "--", "--flag"], '["--flag"]'],
+      [
+        ["--platform", `linux/amd64=${built.hello}`, "--", "./hello-static", "--", "x"],
+        '["./hello-static","--","x"]',
+      ],
+      [[built.hello, "--", "--port", "8080"], '["--port","8080"]'],
+      [["--", built.hello, "--port", "8080"], '["--port","8080"]'],
+    ];
+    for (const [index, [argv, cmd]] of cases.entries()) {
+      const context = path.join(workDir, `context-${index}`);
+      // The options come first: after -- they would be arguments too.
+      const code = await runScratchCommand(["-q", "-o", `type=context,dest=${context}`, ...argv]);
+      assert.equal(code, 0);
+      const dockerfile = await readFile(path.join(context, "Dockerfile"), "utf8");
+      assert.match(dockerfile, /^ENTRYPOINT \["\/hello"\]$/m);
+      assert.ok(dockerfile.includes(`\nCMD ${cmd}\n`), dockerfile);
+    }
+  });
+});
+
+describe("StaticBinarySource: symlinks given as sources", () => {
+  let dir: string;
+  let real: string;
+
+  before(async () => {
+    dir = path.join(workDir, "links");
+    await mkdir(dir);
+    real = path.join(dir, "hello-static");
+    await copyFile(built.hello, real);
+    await chmod(real, 0o755);
+    await symlink("hello-static", path.join(dir, "hello"));
+    await symlink("hello", path.join(dir, "hello-again"));
+    await symlink("missing", path.join(dir, "dangling"));
+    await symlink("dangling", path.join(dir, "to-dangling"));
+    await symlink("loop-b", path.join(dir, "loop-a"));
+    await symlink("loop-a", path.join(dir, "loop-b"));
+  });
+
+  function contentPath(entry: TarEntry): string | undefined {
+    return entry.content?.kind === "path" ? entry.content.path.toString() : undefined;
+  }
+
+  test("a symlinked program is followed, and the image names it as given", async () => {
+    for (const name of ["hello", "hello-again"]) {
+      const source = await open({ binary: path.join(dir, name) });
+      assert.deepEqual(listing(source.entryList), [`${name} file 0755 0:0`]);
+      assert.equal(source.binaryImagePath, `/${name}`);
+      const [entry] = source.entryList;
+      assert.ok(entry !== undefined);
+      // The packer opens with O_NOFOLLOW: the entry must name the file itself, not the link.
+      assert.equal(contentPath(entry), await realpath(real));
+      assert.equal(entry.size, (await stat(real)).size);
+    }
+  });
+
+  test("a dangling or looping symlink is refused, naming the link and its target", async () => {
+    const dangling = path.join(dir, "dangling");
+    await assert.rejects(open({ binary: dangling }), (error: unknown) => {
+      assert.ok(error instanceof SourceError);
+      assert.equal(
+        error.message,
+        `${dangling} is a symbolic link to missing (${path.join(dir, "missing")}), which does not exist`,
+      );
+      assert.equal(error.hint, "Point the link at an existing file, or give the file's own path.");
+      assert.equal(error.path, dangling);
+      return true;
+    });
+    const chained = path.join(dir, "to-dangling");
+    await assert.rejects(open({ binary: chained }), {
+      name: "SourceError",
+      message: `${chained} is a symbolic link to dangling (${dangling}), which leads to ${path.join(dir, "missing")}, which does not exist`,
+    });
+    const loop = path.join(dir, "loop-a");
+    await assert.rejects(open({ binary: loop }), {
+      name: "SourceError",
+      message: `${loop} is a symbolic link to loop-b, and the links from there go round in a loop`,
+    });
+    const throughLoop = path.join(loop, "hello");
+    await assert.rejects(open({ binary: throughLoop }), {
+      name: "SourceError",
+      message: `${throughLoop} cannot be reached: the symbolic links on its path go round in a loop`,
+    });
+    // A path that is no link at all keeps its own message.
+    await assert.rejects(open({ binary: path.join(dir, "nothing") }), {
+      name: "SourceError",
+      message: `${path.join(dir, "nothing")} does not exist`,
+    });
+  });
+
+  test("--add follows a symlinked file or directory; links inside a directory stay links", async () => {
+    const data = path.join(dir, "data.txt");
+    await writeFile(data, "data\n");
+    await chmod(data, 0o640);
+    await symlink("data.txt", path.join(dir, "data-link"));
+    const tree = path.join(dir, "tree");
+    await mkdir(path.join(tree, "sub"), { recursive: true });
+    await writeFile(path.join(tree, "sub", "a.txt"), "a\n");
+    await symlink("sub/a.txt", path.join(tree, "inner-link"));
+    await symlink("tree", path.join(dir, "tree-link"));
+
+    const source = await open({
+      adds: [
+        { source: path.join(dir, "data-link"), dest: "/x" },
+        { source: path.join(dir, "data-link"), dest: "/etc/" },
+        { source: path.join(dir, "tree-link"), dest: "/srv" },
+      ],
+    });
+    assert.deepEqual(listing(source.entryList), [
+      "etc directory 0755 0:0",
+      "etc/data-link file 0640 0:0",
+      "hello file 0755 0:0",
+      "srv directory 0755 0:0",
+      "srv/inner-link symlink 0777 0:0",
+      "srv/sub directory 0755 0:0",
+      "srv/sub/a.txt file 0644 0:0",
+      "x file 0640 0:0",
+    ]);
+    assert.equal(contentPath(entryAt(source, "x")), await realpath(data));
+    assert.equal(contentPath(entryAt(source, "etc/data-link")), await realpath(data));
+    assert.equal(entryAt(source, "srv/inner-link").linkname?.toString(), "sub/a.txt");
+    assert.equal(contentPath(entryAt(source, "srv/sub/a.txt")), path.join(await realpath(tree), "sub/a.txt"));
+
+    const dangling = path.join(dir, "dangling");
+    await assert.rejects(open({ adds: [{ source: dangling, dest: "/x" }] }), {
+      name: "SourceError",
+      message: `--add ${dangling}:/x: ${dangling} is a symbolic link to missing (${path.join(dir, "missing")}), which does not exist`,
+    });
+  });
+
+  test("--add of a symlink to a directory on another filesystem keeps its subdirectories", async (t) => {
+    // The walk keeps a directory on another filesystem than its root's empty, as a mount point.
+    const shm = "/dev/shm";
+    const other = await stat(shm).catch(() => undefined);
+    if (other === undefined || other.dev === (await stat(workDir)).dev) {
+      t.skip(`${shm} is not another filesystem here`);
+      return;
+    }
+    const tree = await mkdtemp(path.join(shm, "mkbase-static-binary-"));
+    try {
+      await mkdir(path.join(tree, "sub"));
+      await writeFile(path.join(tree, "sub", "a.txt"), "a\n");
+      const link = path.join(dir, "shm-link");
+      await symlink(tree, link);
+      const source = await open({ adds: [{ source: link, dest: "/srv" }] });
+      assert.equal(entryAt(source, "srv/sub/a.txt").type, "file");
+    } finally {
+      await rm(tree, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("StaticBinarySource: shared libraries", () => {
+  test("a shared library is refused as not a program, also with --bundle-libs", async () => {
+    const library = path.join(workDir, "libx.so");
+    await run("gcc", ["-shared", "-fPIC", "-o", library, path.join(fixtures, "hello.c")]);
+    for (const bundleLibs of [false, true]) {
+      await assert.rejects(open({ binary: library, bundleLibs }), (error: unknown) => {
+        assert.ok(error instanceof SourceError);
+        assert.equal(
+          error.message,
+          `${library} is a shared library, not a program: it has no program interpreter (PT_INTERP) and no position-independent executable mark (DF_1_PIE)`,
+        );
+        assert.equal(
+          error.hint,
+          "Give mkbase scratch the program that uses the library; --bundle-libs copies the libraries a dynamic program needs, --add SRC:DEST any other file.",
+        );
+        return true;
+      });
+    }
+    const named = path.join(workDir, "libnamed.so.1");
+    await run("gcc", [
+      "-shared",
+      "-fPIC",
+      "-nostdlib",
+      "-Wl,-soname,libnamed.so.1",
+      "-o",
+      named,
+      path.join(fixtures, "hello.c"),
+    ]);
+    await assert.rejects(open({ binary: named }), (error: unknown) => {
+      assert.ok(error instanceof SourceError);
+      assert.ok(
+        error.message.startsWith(`${named} is a shared library (libnamed.so.1), not a program:`),
+        error.message,
+      );
+      return true;
+    });
+  });
+
+  test("a static PIE (ET_DYN without PT_INTERP, marked DF_1_PIE) is a program", async () => {
+    const staticPie = path.join(workDir, "hello-static-pie");
+    await run("gcc", ["-static-pie", "-O2", "-o", staticPie, path.join(fixtures, "hello.c")]);
+    const source = await open({ binary: staticPie });
+    assert.equal(source.elf.type, "DYN");
+    assert.deepEqual(listing(source.entryList), ["hello-static-pie file 0755 0:0"]);
   });
 });
