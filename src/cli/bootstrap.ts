@@ -110,6 +110,21 @@ async function outputRows(flags: BootstrapFlags): Promise<[string, string][]> {
   return rows;
 }
 
+/**
+ * `--package-list FILE` is written once the tree is bootstrapped: a path that cannot be written must
+ * fail now, not after minutes of downloads.
+ */
+async function checkPackageList(file: string | undefined): Promise<void> {
+  if (file === undefined) return;
+  if (file === "-") {
+    throw new UsageError("--package-list - would write to stdout, which already carries the result", {
+      hint: "Stdout holds the image ID, or with --json the whole result as one object; give the flag a file name.",
+    });
+  }
+  const { checkDestination } = await import("../sinks/atomic-file.js");
+  await checkDestination(file, `the package list ${file}`);
+}
+
 /** The image platform is the bootstrapped architecture's; a contradicting --platform is an error. */
 function platformFor(architecturePlatform: Platform, flags: ImageFlags): Platform {
   if (flags.platform !== undefined && !platformsMatch(parsePlatform(flags.platform), architecturePlatform)) {
@@ -152,6 +167,7 @@ async function runBootstrapBuild(
   const { loadPathFilter } = await import("../tar/exclude.js");
   const keepRootfs =
     flags.keepRootfs === undefined ? undefined : await checkKeepRootfsTarget(flags.keepRootfs);
+  await checkPackageList(flags.packageList);
   const filter = await loadPathFilter(flags.exclude, flags.excludeFrom);
   const userEpoch: EpochChoice = parseEpoch(flags, context.env);
   const workspace = await BootstrapWorkspace.create(await workspacePlanFor(flags));
@@ -329,7 +345,10 @@ Examples:
             ],
             ["cache", plan.cacheDir ?? "none"],
             ...(await outputRows(flags)),
-            ["command", `${plan.backend} ${debian.debianCommandLine(plan, "TEMPDIR/rootfs").join(" ")}`],
+            [
+              "command",
+              `${plan.backend} ${debian.debianCommandLine(plan, "TEMPDIR", "TEMPDIR/rootfs").join(" ")}`,
+            ],
           ]),
         );
         done(0);
@@ -346,7 +365,7 @@ Examples:
           platform,
           insecure: plan.insecure,
           run: async (workspace, options, sourceDateEpoch) => {
-            const outcome = await debian.runDebianBootstrap(plan, workspace.rootfs, {
+            const outcome = await debian.runDebianBootstrap(plan, workspace.dir, workspace.rootfs, {
               ...options,
               sourceDateEpoch,
             });

@@ -295,3 +295,122 @@ describe("mkbase debootstrap refuses bad input before any download", () => {
     assert.match(result.stdout, /^mirror: /m);
   });
 });
+
+describe("mkbase debootstrap trusts --keyring alone", () => {
+  const removedKeys = "/usr/share/keyrings/debian-archive-removed-keys.gpg";
+
+  /**
+   * Runs a build that must fail, and checks that it left no image and no workspace (which is removed
+   * only once nothing is mounted below it).
+   */
+  async function failedBuild(args: readonly string[]): Promise<RunResult> {
+    const before = await imageIds();
+    const label = failureLabel();
+    const tag = uniqueTag("debootstrap-untrusted");
+    const tempBefore = new Set(await readdir(tmpdir()));
+    const result = await runMkbase(
+      ["debootstrap", "bookworm", "-t", tag, "--label", label.flag, "--cache-dir", cacheDir, ...args],
+      { env: testEnv(), timeoutMs: 5 * 60_000 },
+    );
+    const created = (await readdir(tmpdir())).filter(
+      (n) => n.startsWith("mkbase-bootstrap-") && !tempBefore.has(n),
+    );
+    assert.deepEqual(created, [], "the workspace was removed");
+    assert.deepEqual(await leftBehind(before, label, tag), []);
+    return result;
+  }
+
+  /** An ASCII-armored keyring of a key made for the test: it signs nothing of Debian's. */
+  async function unrelatedKeyring(): Promise<string> {
+    const home = await mkdtemp(join(scratch, "gnupg-"));
+    const gpg = (args: string[]) => runChecked("gpg", ["--homedir", home, "--batch", ...args]);
+    await gpg([
+      "--passphrase",
+      "",
+      "--quick-gen-key",
+      "mkbase test <test@example.invalid>",
+      "ed25519",
+      "sign",
+      "never",
+    ]);
+    const keyring = join(scratch, "unrelated.asc");
+    await gpg(["--output", keyring, "--armor", "--export"]);
+    await runChecked("gpgconf", ["--homedir", home, "--kill", "all"]);
+    return keyring;
+  }
+
+  // mmdebstrap's own --keyring leaves the host's trusted.gpg.d trusted, and may add a signed-by for
+  // Debian's keyring to the sources: either would let these builds succeed.
+  test("with mmdebstrap, a keyring that does not sign the archive stops the build", async () => {
+    for (const keyring of [removedKeys, await unrelatedKeyring()]) {
+      const result = await failedBuild(["--backend", "mmdebstrap", "--keyring", keyring]);
+      assert.equal(result.code, 6, describeResult(result));
+      assert.match(
+        result.stderr,
+        /mkbase: error: the signatures of the bookworm archive could not be verified with the keyring \S+: the Release file is signed by keys? [0-9A-F]{16}/,
+      );
+      assert.ok(result.stderr.includes(`with the keyring ${keyring}:`), result.stderr);
+      assert.doesNotMatch(result.stderr, /internal error|\n\s+at /);
+    }
+  });
+
+  test("with debootstrap, the same", async () => {
+    const result = await failedBuild(["--backend", "debootstrap", "--keyring", removedKeys]);
+    assert.equal(result.code, 6, describeResult(result));
+    assert.match(
+      result.stderr,
+      /could not be verified with the keyring \S+removed-keys\.gpg: the Release file is signed by key/,
+    );
+  });
+
+  test("a file that is no keyring is refused before any download", async () => {
+    const started = Date.now();
+    const passwd = await failedBuild(["--keyring", "/etc/passwd"]);
+    assert.equal(passwd.code, 2, describeResult(passwd));
+    assert.match(passwd.stderr, /^mkbase: error: --keyring \/etc\/passwd is not an OpenPGP keyring\. /m);
+    const keybox = join(scratch, "keybox.gpg");
+    // What `gpg --keyring NEW-FILE` makes: a keybox, which apt does not read.
+    await runChecked("gpg", [
+      "--homedir",
+      await mkdtemp(join(scratch, "gnupg-")),
+      "--batch",
+      "--no-default-keyring",
+      "--keyring",
+      keybox,
+      "--fingerprint",
+    ]);
+    const kbx = await failedBuild(["--backend", "mmdebstrap", "--keyring", keybox]);
+    assert.equal(kbx.code, 2, describeResult(kbx));
+    assert.match(kbx.stderr, /is a GnuPG keybox, which apt cannot read.*--export/s);
+    assert.ok(Date.now() - started < 20_000, "a refusal must not wait for the network");
+  });
+});
+
+describe("mkbase debootstrap --package-list", () => {
+  test("that cannot be written is refused before any download, in one paragraph", async () => {
+    const tempBefore = new Set(await readdir(tmpdir()));
+    const started = Date.now();
+    const result = await runMkbase(
+      [
+        "debootstrap",
+        "bookworm",
+        "-t",
+        uniqueTag("package-list"),
+        "--package-list",
+        join(scratch, "missing", "p.txt"),
+      ],
+      { env: testEnv(), timeoutMs: 60_000 },
+    );
+    assert.ok(Date.now() - started < 15_000, "a refusal must not wait for the bootstrap");
+    assert.equal(result.code, 5, describeResult(result));
+    assert.match(
+      result.stderr,
+      /^mkbase: error: cannot write the package list \S+missing\/p\.txt: there is no directory/m,
+    );
+    assert.doesNotMatch(result.stderr, /internal error|ENOENT|\n\s+at /);
+    const created = (await readdir(tmpdir())).filter(
+      (n) => n.startsWith("mkbase-bootstrap-") && !tempBefore.has(n),
+    );
+    assert.deepEqual(created, [], "no workspace was made");
+  });
+});

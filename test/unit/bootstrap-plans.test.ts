@@ -1,10 +1,11 @@
 /**
  * Plans and command lines of pacstrap and apk.static, and the Alpine package reader: signatures stay on
- * unless `--insecure`, and a package split into its gzip members is read back exactly.
+ * unless `--insecure`, and a package split into its gzip members is read back exactly. Debian plans
+ * take a `--keyring` only when it is a keyring the chosen tool can read.
  */
 import assert from "node:assert/strict";
 import { generateKeyPairSync, sign } from "node:crypto";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -16,6 +17,13 @@ import {
   splitGzipMembers,
   verifySignedMember,
 } from "../../src/sources/bootstrap/apk-package.js";
+import {
+  keyringFormat,
+  planDebianBootstrap,
+  type DebianBackend,
+  type DebianRequest,
+} from "../../src/sources/bootstrap/debian.js";
+import { hostDpkgArchitecture } from "../../src/sources/bootstrap/host.js";
 import {
   pacmanConfText,
   pacstrapCommandLine,
@@ -129,5 +137,102 @@ describe("pacstrap plans", () => {
     const args = pacstrapCommandLine(plan, "/w/pacman.conf", "/w/rootfs", "/w/cache");
     assert.deepEqual(args.slice(0, 6), ["-C", "/w/pacman.conf", "-c", "-G", "-M", "/w/rootfs"]);
     assert.deepEqual(args.slice(6), ["base", "--ignore", "linux,man-db", "--cachedir", "/w/cache"]);
+  });
+});
+
+describe("Debian keyrings", () => {
+  /** The first bytes of a binary keyring (an old-format public-key packet, 2-byte length) and a keybox. */
+  const binary = Buffer.from([0x99, 0x02, 0x0d, 0x04, 0x63, 0x1b]);
+  const keybox = Buffer.from("000000200101000" + "24b425866", "hex");
+
+  it("tells binary, armored and keybox keyrings from other files by their first bytes", () => {
+    assert.equal(keyringFormat(binary), "binary");
+    assert.equal(keyringFormat(Buffer.from([0x98, 0x33, 0x04])), "binary");
+    assert.equal(keyringFormat(Buffer.from([0xc6, 0x33, 0x04])), "binary");
+    assert.equal(
+      keyringFormat(Buffer.from("\n-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmQINBGPL\n")),
+      "armored",
+    );
+    assert.equal(keyringFormat(keybox), "keybox");
+    assert.equal(keyringFormat(Buffer.from("root:x:0:0:root:/root:/bin/bash\n")), undefined);
+    assert.equal(keyringFormat(Buffer.from("-----BEGIN PGP SIGNATURE-----\n")), undefined);
+    // A secret key (tag 5) and a signature packet (tag 2) are no keyring.
+    assert.equal(keyringFormat(Buffer.from([0x95, 0x01])), undefined);
+    assert.equal(keyringFormat(Buffer.from([0x89, 0x01])), undefined);
+    assert.equal(keyringFormat(Buffer.alloc(0)), undefined);
+  });
+
+  describe("plans", () => {
+    let env: DebianRequest["env"];
+    before(() => {
+      // Stand-ins for the tools: planning only looks them up on PATH.
+      const bin = join(scratch, "debian-bin");
+      mkdirSync(bin);
+      for (const tool of ["mmdebstrap", "debootstrap"]) {
+        writeFileSync(join(bin, tool), "#!/bin/sh\nexit 1\n");
+        chmodSync(join(bin, tool), 0o755);
+      }
+      env = { PATH: bin };
+    });
+
+    function keyringFile(name: string, content: Buffer | string): string {
+      const path = join(scratch, name);
+      writeFileSync(path, content);
+      return path;
+    }
+
+    function plan(keyring: string, backend: DebianBackend = "mmdebstrap") {
+      return planDebianBootstrap({
+        suite: "bookworm",
+        backend,
+        variant: "minbase",
+        architecture: hostDpkgArchitecture(),
+        include: [],
+        exclude: [],
+        mirror: "http://mirror/debian",
+        keyring,
+        insecure: false,
+        env,
+        aptSources: [],
+      });
+    }
+
+    it("refuses a file that is no OpenPGP keyring, and an empty one, before anything runs", async () => {
+      await assert.rejects(
+        plan(keyringFile("passwd", "root:x:0:0:root:/root:/bin/bash\n")),
+        (error: unknown) => {
+          assert.ok(error instanceof UsageError, String(error));
+          assert.match(error.message, /^--keyring .*passwd is not an OpenPGP keyring$/);
+          assert.match(error.hint ?? "", /gpg --export/);
+          return true;
+        },
+      );
+      await assert.rejects(plan(keyringFile("empty.gpg", "")), (error: unknown) => {
+        assert.ok(error instanceof UsageError, String(error));
+        assert.match(error.message, /^--keyring .*empty\.gpg is empty: it holds no keys$/);
+        return true;
+      });
+    });
+
+    it("takes binary and armored keyrings for mmdebstrap, and records which", async () => {
+      const gpg = await plan(keyringFile("k.gpg", binary));
+      assert.deepEqual([gpg.keyring, gpg.keyringFormat], [join(scratch, "k.gpg"), "binary"]);
+      const asc = await plan(keyringFile("k.key", "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmQINBGPL\n"));
+      assert.equal(asc.keyringFormat, "armored");
+    });
+
+    it("refuses a keybox for mmdebstrap and armor for debootstrap, with the command that converts it", async () => {
+      const kbx = keyringFile("k.kbx", keybox);
+      await assert.rejects(plan(kbx), /GnuPG keybox, which apt cannot read/);
+      await assert.rejects(
+        plan(keyringFile("k.asc", "-----BEGIN PGP PUBLIC KEY BLOCK-----\n"), "debootstrap"),
+        (error: unknown) => {
+          assert.ok(error instanceof UsageError);
+          assert.match(error.message, /ASCII-armored, which debootstrap cannot read/);
+          assert.match(error.hint ?? "", /gpg --dearmor/);
+          return true;
+        },
+      );
+    });
   });
 });

@@ -19,11 +19,19 @@ import {
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { UsageError } from "../../src/errors.js";
+import { SinkError, UsageError } from "../../src/errors.js";
 import type { EntrySource, TarEntry } from "../../src/tar/entry.js";
 import { cleanRootfs } from "../../src/sources/bootstrap/cleanup.js";
-import { debianCommandLine, type DebianPlan } from "../../src/sources/bootstrap/debian.js";
+import {
+  aptTrustPaths,
+  debianCommandLine,
+  isSignatureFailure,
+  prepareAptTrust,
+  signatureReason,
+  type DebianPlan,
+} from "../../src/sources/bootstrap/debian.js";
 import { DEV_NODES, DevNodesSource } from "../../src/sources/bootstrap/dev-nodes.js";
+import { finishRootfs } from "../../src/sources/bootstrap/finish.js";
 import {
   formatPackageList,
   newestBuildTime,
@@ -123,6 +131,48 @@ function makeTree(root: string, files: Record<string, string>): void {
     writeFileSync(join(root, path), content);
   }
 }
+
+describe("--package-list", () => {
+  const status = "Package: zlib1g\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1:1.2.13\n";
+  const finish = (root: string, packageListFile: string) =>
+    finishRootfs(root, {
+      distribution: "debian",
+      clean: false,
+      slim: false,
+      insecure: false,
+      packageListFile,
+      onProgress: () => undefined,
+    });
+
+  it("is written in place of the file, with nothing else left beside it", async () => {
+    const root = join(scratch, "list-tree");
+    makeTree(root, { "var/lib/dpkg/status": status });
+    const dir = join(scratch, "list-out");
+    mkdirSync(dir);
+    await finish(root, join(dir, "packages.txt"));
+    assert.equal(readFileSync(join(dir, "packages.txt"), "utf8"), "zlib1g\t1:1.2.13\tamd64\n");
+    assert.deepEqual(readdirSync(dir), ["packages.txt"]);
+  });
+
+  it("that cannot be written is a destination error with a hint, not an internal error", async () => {
+    const root = join(scratch, "list-tree-2");
+    makeTree(root, { "var/lib/dpkg/status": status });
+    await assert.rejects(finish(root, join(scratch, "no-such-dir", "packages.txt")), (error: unknown) => {
+      assert.ok(error instanceof SinkError, String(error));
+      assert.match(
+        error.message,
+        /^cannot write the package list .*no-such-dir\/packages\.txt: there is no directory/,
+      );
+      assert.match(error.hint ?? "", /mkdir -p/);
+      return true;
+    });
+    await assert.rejects(finish(root, scratch), (error: unknown) => {
+      assert.ok(error instanceof SinkError, String(error));
+      assert.match(error.message, /is a directory$/);
+      return true;
+    });
+  });
+});
 
 describe("cleanup profile", () => {
   it("removes runtime state, caches, indexes and logs, and neutralises host files", async () => {
@@ -275,13 +325,14 @@ describe("Debian command lines", () => {
     mirror: "http://mirror/debian",
     mirrorOrigin: "--mirror",
     keyring: "/keys/debian.gpg",
+    keyringFormat: "binary",
     insecure: false,
     cacheDir: "/srv/pkg-cache",
     mergedUsrHooks: undefined,
   };
 
   it("passes debootstrap the keyring, the cache and --foreign for a foreign architecture", () => {
-    assert.deepEqual(debianCommandLine(plan, "/t/rootfs"), [
+    assert.deepEqual(debianCommandLine(plan, "/t", "/t/rootfs"), [
       "--variant=minbase",
       "--arch=arm64",
       "--components=main,contrib",
@@ -298,12 +349,12 @@ describe("Debian command lines", () => {
 
   it("checks no signature only when insecure, and says so to each tool", () => {
     const insecure = { ...plan, keyring: undefined, insecure: true, cacheDir: undefined };
-    assert.ok(debianCommandLine(insecure, "/t").includes("--no-check-gpg"));
-    assert.ok(!debianCommandLine(plan, "/t").includes("--no-check-gpg"));
-    const mm = debianCommandLine({ ...insecure, backend: "mmdebstrap", exclude: [] }, "/t");
+    assert.ok(debianCommandLine(insecure, "/t", "/t/rootfs").includes("--no-check-gpg"));
+    assert.ok(!debianCommandLine(plan, "/t", "/t/rootfs").includes("--no-check-gpg"));
+    const mm = debianCommandLine({ ...insecure, backend: "mmdebstrap", exclude: [] }, "/t", "/t/rootfs");
     assert.ok(mm.some((arg) => arg.includes("AllowUnauthenticated")));
     assert.ok(
-      !debianCommandLine({ ...plan, backend: "mmdebstrap", exclude: [] }, "/t").some((a) =>
+      !debianCommandLine({ ...plan, backend: "mmdebstrap", exclude: [] }, "/t", "/t/rootfs").some((a) =>
         a.includes("AllowUnauthenticated"),
       ),
     );
@@ -312,6 +363,7 @@ describe("Debian command lines", () => {
   it("gives mmdebstrap the cache through hooks that read the path from the environment", () => {
     const args = debianCommandLine(
       { ...plan, backend: "mmdebstrap", exclude: [], foreign: false },
+      "/t",
       "/t/rootfs",
     );
     assert.ok(args.includes("--mode=root"));
@@ -325,16 +377,95 @@ describe("Debian command lines", () => {
     assert.deepEqual(args.slice(-3), ["bookworm", "/t/rootfs", "http://mirror/debian"]);
   });
 
+  it("makes the keyring the only trust of mmdebstrap's apt, and lets it write no signed-by", () => {
+    const mm = { ...plan, backend: "mmdebstrap" as const, exclude: [], foreign: false };
+    const args = debianCommandLine(mm, "/w", "/w/rootfs");
+    const trust = aptTrustPaths("/w");
+    assert.deepEqual(
+      args.filter((a) => a.startsWith("--keyring=") || a.startsWith("--skip=check")),
+      [`--keyring=${trust.file}`, `--keyring=${trust.dir}`, "--skip=check/signed-by"],
+    );
+    assert.ok(trust.file.startsWith("/w/") && trust.dir.startsWith("/w/"), "inside the workspace");
+    // Given as --aptopt, the trust would stay in the image's apt configuration.
+    assert.ok(!args.some((a) => a.includes("Dir::Etc")), args.join(" "));
+    assert.ok(!args.some((a) => a.includes("/keys/debian.gpg")), args.join(" "));
+    const insecure = debianCommandLine({ ...mm, keyring: undefined, insecure: true }, "/w", "/w/rootfs");
+    assert.ok(!insecure.some((a) => a.startsWith("--keyring=")), insecure.join(" "));
+  });
+
+  it("fills the trust files with a copy of the keyring only, named for apt by its format", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "mkbase-unit-trust-"));
+    try {
+      const keyring = join(dir, "archive.pgp");
+      writeFileSync(keyring, Buffer.from([0x99, 0x01, 0x02]));
+      const mm: DebianPlan = { ...plan, backend: "mmdebstrap", exclude: [], keyring };
+      const gpgWork = join(dir, "gpg");
+      mkdirSync(gpgWork);
+      await prepareAptTrust(mm, gpgWork);
+      const trust = aptTrustPaths(gpgWork);
+      assert.equal(readFileSync(trust.file).length, 0);
+      assert.deepEqual(readdirSync(trust.dir), ["keyring.gpg"]);
+      assert.deepEqual(readFileSync(join(trust.dir, "keyring.gpg")), readFileSync(keyring));
+      const ascWork = join(dir, "asc");
+      mkdirSync(ascWork);
+      await prepareAptTrust({ ...mm, keyringFormat: "armored" }, ascWork);
+      assert.deepEqual(readdirSync(aptTrustPaths(ascWork).dir), ["keyring.asc"]);
+      // debootstrap reads the keyring itself; no trust files for it.
+      const debootstrapWork = join(dir, "debootstrap");
+      mkdirSync(debootstrapWork);
+      await prepareAptTrust({ ...plan, keyring }, debootstrapWork);
+      assert.deepEqual(readdirSync(debootstrapWork), []);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("recognises apt's and debootstrap's signature failures and names the missing keys", () => {
+    const apt =
+      "  The following signatures couldn't be verified because the public key is not available: NO_PUBKEY 6ED0E7B82643E131 NO_PUBKEY F8D2585B8783D481";
+    const debootstrap = "E: Release signed by unknown key (key id F8D2585B8783D481)";
+    for (const line of [
+      apt,
+      debootstrap,
+      "E: The repository 'http://mirror/debian bookworm InRelease' is not signed.",
+      "  The following signatures were invalid: EXPKEYSIG 6ED0E7B82643E131 Debian Archive",
+      "E: Invalid Release signature (key id 6ED0E7B82643E131)",
+    ]) {
+      assert.ok(isSignatureFailure(line), line);
+    }
+    for (const line of [
+      "I: Checking Release signature",
+      "I: Valid Release signature (key id 4D64FEC119C2029067D6E791F8D2585B8783D481)",
+      "E: mmdebstrap failed to run",
+      "Get:1 http://mirror/debian bookworm InRelease [151 kB]",
+    ]) {
+      assert.ok(!isSignatureFailure(line), line);
+    }
+    assert.equal(
+      signatureReason(apt),
+      "the Release file is signed by keys 6ED0E7B82643E131, F8D2585B8783D481, which the keyring does not hold",
+    );
+    assert.equal(
+      signatureReason(debootstrap),
+      "the Release file is signed by key F8D2585B8783D481, which the keyring does not hold",
+    );
+    assert.equal(
+      signatureReason("E: The repository 'http://m/debian bookworm InRelease' is not signed."),
+      "The repository 'http://m/debian bookworm InRelease' is not signed.",
+    );
+  });
+
   it("sets up merged /usr with mmdebstrap's hook when it is installed, after the cache hook", () => {
     const hooks = "/usr/share/mmdebstrap/hooks/maybe-merged-usr";
     const args = debianCommandLine(
       { ...plan, backend: "mmdebstrap", exclude: [], foreign: false, mergedUsrHooks: hooks },
+      "/t",
       "/t/rootfs",
     );
     const hookDir = args.indexOf(`--hook-dir=${hooks}`);
     assert.ok(hookDir > args.findIndex((a) => a.startsWith("--setup-hook=")), args.join(" "));
     assert.ok(
-      !debianCommandLine({ ...plan, backend: "mmdebstrap", exclude: [] }, "/t").some((a) =>
+      !debianCommandLine({ ...plan, backend: "mmdebstrap", exclude: [] }, "/t", "/t/rootfs").some((a) =>
         a.startsWith("--hook-dir="),
       ),
     );

@@ -2,9 +2,16 @@
  * Debian and Ubuntu root filesystems with mmdebstrap (preferred: faster, reproducible with
  * SOURCE_DATE_EPOCH) or debootstrap. Planning checks everything that can be checked without the network
  * (suite, architecture, variant, keyring, tool, emulation), so bad input fails before any download.
+ *
+ * Trust: the keyring (`--keyring FILE`, else the distribution's archive keyring) is the only one the
+ * Release file is checked against. debootstrap hands it to gpgv alone. mmdebstrap's own `--keyring FILE`
+ * replaces only apt's `Dir::Etc::Trusted`: the host's `trusted.gpg.d` stays trusted, and it may write a
+ * `signed-by` for the distribution's keyring into the sources, which apt then checks against instead. So
+ * mmdebstrap gets both halves of apt's trust from the workspace (an empty file, and a directory holding a
+ * copy of the keyring) and no `signed-by`.
  */
 import { constants } from "node:fs";
-import { copyFile, mkdir, readFile, readdir, rm, stat } from "node:fs/promises";
+import { copyFile, mkdir, open, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { ToolError, UsageError, errnoCode } from "../../errors.js";
 import { hostDpkgArchitecture, requireEmulation, runsNatively } from "./host.js";
@@ -65,6 +72,8 @@ export interface DebianPlan {
   readonly mirrorOrigin: "--mirror" | "the machine's apt sources" | "the tool's default";
   /** Undefined only with `insecure`. */
   readonly keyring: string | undefined;
+  /** How `keyring` is encoded; apt tells its keyring files apart by their extension. */
+  readonly keyringFormat: KeyringFormat | undefined;
   readonly insecure: boolean;
   readonly cacheDir: string | undefined;
   /**
@@ -95,19 +104,92 @@ async function isFile(path: string): Promise<boolean> {
   );
 }
 
-async function chooseKeyring(request: DebianRequest, suite: SuiteInfo): Promise<string | undefined> {
+/**
+ * The encodings of a keyring file: OpenPGP packets (`gpg --export`, the archive keyrings), ASCII armor
+ * (`gpg --armor --export`, `.asc`), or a GnuPG keybox (what `gpg --keyring NEW-FILE` creates).
+ */
+export type KeyringFormat = "binary" | "armored" | "keybox";
+
+const ARMOR_HEADER = "-----BEGIN PGP PUBLIC KEY BLOCK-----";
+
+/** The format of a keyring from its first bytes, or undefined when it is none of them. */
+export function keyringFormat(head: Buffer): KeyringFormat | undefined {
+  const first = head[0];
+  if (first === undefined) return undefined;
+  // A keyring starts with a public-key packet (tag 6): 0x98-0x9b in the old packet format (the low
+  // bits give the length's size), 0xc6 in the new one (RFC 4880, 4.2).
+  if ((first & 0xfc) === 0x98 || first === 0xc6) return "binary";
+  // A keybox's first blob is its header: 4 bytes of length, type 1, version 1, 2 bytes of flags, "KBXf".
+  if (head.subarray(8, 12).toString("latin1") === "KBXf") return "keybox";
+  if (head.toString("latin1").trimStart().startsWith(ARMOR_HEADER)) return "armored";
+  return undefined;
+}
+
+/** The first bytes of a keyring file: room for blank lines before an armor header. */
+async function readKeyringHead(path: string): Promise<Buffer> {
+  const file = await open(path, "r");
+  try {
+    const { buffer, bytesRead } = await file.read({ buffer: Buffer.alloc(256), position: 0 });
+    return buffer.subarray(0, bytesRead);
+  } finally {
+    await file.close();
+  }
+}
+
+/**
+ * The keyring's path and format. A file no tool can read as a keyring (a text file, an empty one) is
+ * refused here: apt and gpgv would only say later that the archive is not signed.
+ */
+async function chooseKeyring(
+  request: DebianRequest,
+  suite: SuiteInfo,
+  backend: DebianBackend,
+): Promise<{ keyring: string | undefined; keyringFormat: KeyringFormat | undefined }> {
   if (request.keyring !== undefined) {
-    const path = resolve(request.keyring);
-    if (!(await isFile(path))) {
+    const keyring = resolve(request.keyring);
+    if (!(await isFile(keyring))) {
       throw new UsageError(`--keyring ${request.keyring} does not exist or is not a file`, {
-        hint: "Give the path of an OpenPGP keyring file (.gpg or .pgp) that signs the archive's Release file.",
+        hint: "Give the path of an OpenPGP keyring file (.gpg, .pgp or .asc) that signs the archive's Release file.",
       });
     }
-    return path;
+    let head: Buffer;
+    try {
+      head = await readKeyringHead(keyring);
+    } catch (error) {
+      throw new UsageError(`--keyring ${request.keyring} cannot be read: ${(error as Error).message}`, {
+        cause: error,
+      });
+    }
+    if (head.length === 0) {
+      throw new UsageError(`--keyring ${request.keyring} is empty: it holds no keys`, {
+        hint: "Give a keyring file with the keys that sign the archive's Release file.",
+      });
+    }
+    const format = keyringFormat(head);
+    if (format === undefined) {
+      throw new UsageError(`--keyring ${request.keyring} is not an OpenPGP keyring`, {
+        hint: "Give a keyring file with the archive's signing keys: binary (.gpg, as gpg --export writes it) or ASCII-armored (.asc, as gpg --armor --export writes it).",
+      });
+    }
+    // apt reads a keyring directory's .gpg files as OpenPGP packets only; gpgv reads no armor.
+    if (format === "keybox" && backend === "mmdebstrap") {
+      throw new UsageError(`--keyring ${request.keyring} is a GnuPG keybox, which apt cannot read`, {
+        hint: `Export its keys to a file and pass that (gpg --no-default-keyring --keyring ${keyring} --export > keyring.gpg).`,
+      });
+    }
+    if (format === "armored" && backend === "debootstrap") {
+      throw new UsageError(`--keyring ${request.keyring} is ASCII-armored, which debootstrap cannot read`, {
+        hint: `Convert it and pass that file (gpg --dearmor < ${keyring} > keyring.gpg), or use --backend mmdebstrap.`,
+      });
+    }
+    return { keyring, keyringFormat: format };
   }
-  if (request.insecure) return undefined;
+  if (request.insecure) return { keyring: undefined, keyringFormat: undefined };
   const defaults = FAMILY_DEFAULTS[suite.family];
-  for (const candidate of defaults.keyrings) if (await isFile(candidate)) return candidate;
+  for (const candidate of defaults.keyrings) {
+    if (await isFile(candidate))
+      return { keyring: candidate, keyringFormat: keyringFormat(await readKeyringHead(candidate)) };
+  }
   throw new ToolError(
     `the ${defaults.displayName} archive keyring is not installed (looked for ${defaults.keyrings.join(", ")})`,
     {
@@ -146,7 +228,7 @@ export async function planDebianBootstrap(request: DebianRequest): Promise<Debia
       hint: "Use --backend debootstrap, or a smaller --variant with --include.",
     });
   }
-  const keyring = await chooseKeyring(request, suite);
+  const { keyring, keyringFormat } = await chooseKeyring(request, suite, backend);
   let mirror = request.mirror;
   let mirrorOrigin: DebianPlan["mirrorOrigin"] = "--mirror";
   if (mirror === undefined) {
@@ -189,6 +271,7 @@ export async function planDebianBootstrap(request: DebianRequest): Promise<Debia
     mirror,
     mirrorOrigin,
     keyring,
+    keyringFormat,
     insecure: request.insecure,
     cacheDir: request.cacheDir === undefined ? undefined : resolve(request.cacheDir),
     mergedUsrHooks: backend === "mmdebstrap" ? await mergedUsrHookDir() : undefined,
@@ -206,10 +289,32 @@ function cachePaths(cacheDir: string) {
 }
 
 /**
- * The tool's command line for `target`. Pure: the plan decides everything. `MKBASE_CACHE_DIR` in the
- * environment carries the cache path into mmdebstrap's hooks, so no path is ever quoted into a shell line.
+ * apt's trust for mmdebstrap, in the workspace `workDir`: `Dir::Etc::Trusted` (an empty file) and
+ * `Dir::Etc::TrustedParts` (a directory with a copy of the keyring), set with mmdebstrap's `--keyring`,
+ * which keeps them out of the tree's apt configuration.
  */
-export function debianCommandLine(plan: DebianPlan, target: string): string[] {
+export function aptTrustPaths(workDir: string): { readonly file: string; readonly dir: string } {
+  return { file: join(workDir, "apt-trusted.gpg"), dir: join(workDir, "apt-trusted.gpg.d") };
+}
+
+/** Makes the files of {@link aptTrustPaths}: nothing but the plan's keyring is trusted. */
+export async function prepareAptTrust(plan: DebianPlan, workDir: string): Promise<void> {
+  if (plan.backend !== "mmdebstrap" || plan.keyring === undefined) return;
+  const trust = aptTrustPaths(workDir);
+  await writeFile(trust.file, "");
+  await mkdir(trust.dir);
+  // apt reads *.asc in that directory as armored and *.gpg as packets, and ignores any other name
+  // (.pgp, .key, .kbx).
+  const name = plan.keyringFormat === "armored" ? "keyring.asc" : "keyring.gpg";
+  await copyFile(plan.keyring, join(trust.dir, name));
+}
+
+/**
+ * The tool's command line for `target` in the workspace `workDir`. Pure: the plan decides everything.
+ * `MKBASE_CACHE_DIR` in the environment carries the cache path into mmdebstrap's hooks, so no path is
+ * ever quoted into a shell line.
+ */
+export function debianCommandLine(plan: DebianPlan, workDir: string, target: string): string[] {
   const args: string[] = [];
   const list = (items: readonly string[]): string => items.join(",");
   if (plan.backend === "debootstrap") {
@@ -233,7 +338,13 @@ export function debianCommandLine(plan: DebianPlan, target: string): string[] {
     `--components=${list(plan.components)}`,
   );
   if (plan.include.length > 0) args.push(`--include=${list(plan.include)}`);
-  if (plan.keyring !== undefined) args.push(`--keyring=${plan.keyring}`);
+  if (plan.keyring !== undefined) {
+    const trust = aptTrustPaths(workDir);
+    // A file sets Dir::Etc::Trusted, a directory Dir::Etc::TrustedParts: the host's keys take no part.
+    // Without check/signed-by the sources name no keyring: apt checks against these during the
+    // bootstrap, and in the image against the keyring package it installed.
+    args.push(`--keyring=${trust.file}`, `--keyring=${trust.dir}`, "--skip=check/signed-by");
+  }
   if (plan.insecure) {
     args.push(
       '--aptopt=Acquire::AllowInsecureRepositories "true"',
@@ -275,9 +386,50 @@ export interface RunOptions extends ToolRunOptions {
   readonly sourceDateEpoch?: number;
 }
 
-/** Runs the planned bootstrap into `target` (an empty directory). */
+/**
+ * The lines in which apt (`NO_PUBKEY`, `is not signed`, `EXPKEYSIG`…) or debootstrap (`Release signed
+ * by unknown key`, `Invalid Release signature`) says that the Release file's signature did not verify.
+ */
+export function isSignatureFailure(line: string): boolean {
+  return /NO_PUBKEY|EXPKEYSIG|REVKEYSIG|BADSIG|signatures couldn't be verified|signatures were invalid|is not signed|Release signed by unknown key|Invalid Release signature/.test(
+    line,
+  );
+}
+
+/**
+ * The error for a run whose Release signature did not verify with the plan's keyring: said in those
+ * words, with the tool's reason, instead of the tool's last error line (mmdebstrap's is a failed hook).
+ */
+function signatureError(plan: DebianPlan, reason: string, cause: unknown): ToolError {
+  const defaults = FAMILY_DEFAULTS[plan.suite.family];
+  const isDefault = plan.keyring !== undefined && defaults.keyrings.includes(plan.keyring);
+  return new ToolError(
+    `the signatures of the ${plan.suite.suite} archive could not be verified with the keyring ${plan.keyring ?? "(none)"}: ${reason}`,
+    {
+      cause,
+      hint: isDefault
+        ? `The archive may be signed by a key newer than this keyring: update the Debian package ${defaults.keyringPackage}, or pass --keyring FILE with the archive's signing keys.`
+        : `Pass --keyring a keyring with the keys that sign this archive, or leave it out to use the ${defaults.displayName} archive keyring (package ${defaults.keyringPackage}).`,
+    },
+  );
+}
+
+/**
+ * Why a signature did not verify, from the first line that said so: the keys the keyring lacks (apt's
+ * `NO_PUBKEY ID…`, debootstrap's `unknown key (key id ID)`), else the line without its `E:` or `W:`.
+ */
+export function signatureReason(line: string): string {
+  const ids = [...line.matchAll(/(?:NO_PUBKEY|key id) ([0-9A-Fa-f]{8,40})/g)].map((m) => m[1]);
+  if (ids.length > 0) {
+    return `the Release file is signed by ${ids.length === 1 ? "key" : "keys"} ${ids.join(", ")}, which the keyring does not hold`;
+  }
+  return line.trim().replace(/^[EWF]: /, "");
+}
+
+/** Runs the planned bootstrap into `target` (an empty directory) in the workspace `workDir`. */
 export async function runDebianBootstrap(
   plan: DebianPlan,
+  workDir: string,
   target: string,
   options: RunOptions,
 ): Promise<DebianOutcome> {
@@ -294,17 +446,30 @@ export async function runDebianBootstrap(
     kind: "phase",
     message: `bootstrapping ${FAMILY_DEFAULTS[plan.suite.family].displayName} ${plan.suite.suite} (${plan.architecture}) with ${plan.backend}`,
   });
-  const onLine = forwardLines(plan.backend, options.onProgress, options.verbose, isStepLine);
+  await prepareAptTrust(plan, workDir);
+  const forward = forwardLines(plan.backend, options.onProgress, options.verbose, isStepLine);
+  let signatureFailure: string | undefined;
+  const onLine = (line: string): void => {
+    if (signatureFailure === undefined && isSignatureFailure(line)) signatureFailure = line;
+    forward(line);
+  };
   const failureHint = `Read ${plan.backend}'s output (run with --verbose to see all of it); check the mirror, the suite and network access.`;
-  await runTool({
-    name: plan.backend,
-    command: plan.toolPath,
-    args: debianCommandLine(plan, target),
-    env,
-    signal: options.signal,
-    onLine,
-    failureHint,
-  });
+  try {
+    await runTool({
+      name: plan.backend,
+      command: plan.toolPath,
+      args: debianCommandLine(plan, workDir, target),
+      env,
+      signal: options.signal,
+      onLine,
+      failureHint,
+    });
+  } catch (error) {
+    if (error instanceof ToolError && signatureFailure !== undefined && plan.keyring !== undefined) {
+      throw signatureError(plan, signatureReason(signatureFailure), error);
+    }
+    throw error;
+  }
   if (plan.backend === "debootstrap" && plan.foreign) {
     options.onProgress({ kind: "phase", message: "running debootstrap's second stage through qemu-user" });
     await runTool({

@@ -3,9 +3,8 @@
  * tree, record the installed packages, apply the cleanup profile, and say what the image should carry
  * (labels, the distribution's date) — then hand the directory to the directory source.
  */
-import { rename, writeFile } from "node:fs/promises";
-import { dirname, join } from "node:path";
 import type { ProgressListener } from "../../progress.js";
+import { writeFileAtomically } from "../../sinks/atomic-file.js";
 import type { EntrySource } from "../../tar/entry.js";
 import type { PathFilter } from "../../tar/exclude.js";
 import { RootfsDirSource } from "../rootfs-dir.js";
@@ -47,12 +46,6 @@ export interface FinishedRootfs {
   readonly labels: Readonly<Record<string, string>>;
 }
 
-async function writeAtomically(path: string, text: string): Promise<void> {
-  const temp = join(dirname(path), `.${process.pid}.mkbase-tmp`);
-  await writeFile(temp, text);
-  await rename(temp, path);
-}
-
 /** Finishes the tree at `root` and opens it as an entry source. */
 export async function finishRootfs(root: string, options: FinishOptions): Promise<FinishedRootfs> {
   // A tool killed halfway, or one that does not clean up after itself, may leave /proc or a bind of the
@@ -66,8 +59,10 @@ export async function finishRootfs(root: string, options: FinishOptions): Promis
     });
     await cleanRootfs(root, { distribution: options.distribution, slim: options.slim, epoch: options.epoch });
   }
-  if (options.packageListFile !== undefined)
-    await writeAtomically(options.packageListFile, formatPackageList(packages));
+  if (options.packageListFile !== undefined) {
+    const file = options.packageListFile;
+    await writeFileAtomically(file, `the package list ${file}`, [Buffer.from(formatPackageList(packages))]);
+  }
   const labels: Record<string, string> = { [PACKAGES_LABEL]: packageListLabel(packages) };
   if (options.insecure) {
     labels[INSECURE_LABEL] = "true";
