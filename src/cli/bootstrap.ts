@@ -125,6 +125,19 @@ async function checkPackageList(file: string | undefined): Promise<void> {
   await checkDestination(file, `the package list ${file}`);
 }
 
+/**
+ * The command a container runs when neither --cmd nor --entrypoint says otherwise: the tree's shell, as
+ * the distributions' official images have it (bash, else sh). Without one, `docker run -it IMAGE` fails
+ * with "No command specified".
+ */
+async function defaultShell(rootfs: string): Promise<readonly string[] | undefined> {
+  const { walkInRoot } = await import("../elf/resolve.js");
+  for (const shell of ["/bin/bash", "/bin/sh"]) {
+    if ((await walkInRoot(rootfs, shell).catch(() => undefined))?.kind === "file") return [shell];
+  }
+  return undefined;
+}
+
 /** The image platform is the bootstrapped architecture's; a contradicting --platform is an error. */
 function platformFor(architecturePlatform: Platform, flags: ImageFlags): Platform {
   if (flags.platform !== undefined && !platformsMatch(parsePlatform(flags.platform), architecturePlatform)) {
@@ -175,6 +188,7 @@ async function runBootstrapBuild(
   try {
     let labels: Readonly<Record<string, string>> = {};
     let distributionDate: number | undefined;
+    let shell: readonly string[] | undefined;
     const code = await runBuild(
       context,
       flags,
@@ -206,11 +220,14 @@ async function runBootstrapBuild(
           onProgress,
         });
         labels = finished.labels;
+        shell = await defaultShell(workspace.rootfs);
         return finished.source;
       },
       job.createdBy,
       () => {
-        const config = configFromFlags(flags);
+        const given = configFromFlags(flags);
+        const config =
+          given.Cmd === undefined && given.Entrypoint === undefined ? { ...given, Cmd: shell } : given;
         const epoch: EpochChoice =
           userEpoch.kind === "newest-input" && distributionDate !== undefined
             ? { kind: "fixed", seconds: distributionDate }

@@ -98,6 +98,8 @@ describe("mkbase alpine with apk.static on PATH", () => {
     );
     const inspected = await imageInspect(tag);
     assert.equal(inspected?.Config?.Labels?.["mkbase.packages"], "alpine-base=1.0-r0,curl=1.0-r0");
+    // No bash in the tree: its sh is the default command.
+    assert.deepEqual(inspected?.Config?.Cmd, ["/bin/sh"]);
     assert.equal(Date.parse(inspected?.Created ?? ""), apkStandinBuildTime * 1000);
   });
 

@@ -103,6 +103,12 @@ async function checkDebianImage(tag: string): Promise<void> {
   const inspected = await imageInspect(tag);
   assert.match(inspected?.Config?.Labels?.["mkbase.packages"] ?? "", /(^|,)apt=\d/);
   assert.equal(inspected?.Config?.Labels?.["mkbase.insecure"], undefined);
+  // As the official images: `docker run -it IMAGE` opens the tree's shell.
+  assert.deepEqual(inspected?.Config?.Cmd, ["/bin/bash"]);
+  const shell = await runCommand("docker", ["run", "--rm", "-i", tag], {
+    input: Buffer.from("echo $0 $BASH_VERSION\n"),
+  });
+  assert.match(shell.stdout, /^\/bin\/bash 5\./, describeResult(shell));
 }
 
 const diffIds: string[] = [];

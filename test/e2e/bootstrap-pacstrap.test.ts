@@ -102,6 +102,7 @@ describe("mkbase pacstrap", () => {
 
     const inspected = await imageInspect(tag);
     assert.equal(inspected?.Config?.Labels?.["mkbase.packages"], "busybox=1.36.1-1,filesystem=2024.01-1");
+    assert.deepEqual(inspected?.Config?.Cmd, ["/bin/sh"]);
     assert.equal(inspected?.Config?.Labels?.["mkbase.insecure"], undefined);
     // The epoch is the packages' build date.
     assert.equal(Date.parse(inspected?.Created ?? ""), pacmanRepoBuildDate * 1000);
