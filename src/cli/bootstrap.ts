@@ -4,7 +4,7 @@
  * network (suite, architecture, keyring, tool, root) is checked before the bootstrapper starts.
  */
 import { Option, type Command } from "commander";
-import { ToolError, UsageError } from "../errors.js";
+import { ToolError, UsageError, errnoCode } from "../errors.js";
 import type { EpochChoice } from "../build.js";
 import { formatPlatform, parsePlatform, platformsMatch, type Platform } from "../image/platform.js";
 import type { Distribution } from "../sources/bootstrap/cleanup.js";
@@ -125,6 +125,20 @@ async function checkPackageList(file: string | undefined): Promise<void> {
   await checkDestination(file, `the package list ${file}`);
 }
 
+/** Makes `--cache-dir` now (with its parents), so that a path where it cannot be is refused before the bootstrap. */
+async function makeCacheDir(dir: string | undefined): Promise<void> {
+  if (dir === undefined) return;
+  const { makeDirectories } = await import("../make-directories.js");
+  try {
+    await makeDirectories(dir);
+  } catch (error) {
+    throw new UsageError(`--cache-dir ${dir} cannot be made or used (${errnoCode(error) ?? String(error)})`, {
+      cause: error,
+      hint: "Give a directory on a writable filesystem; it is created if missing.",
+    });
+  }
+}
+
 /**
  * The command a container runs when neither --cmd nor --entrypoint says otherwise: the tree's shell, as
  * the distributions' official images have it (bash, else sh). Without one, `docker run -it IMAGE` fails
@@ -181,6 +195,7 @@ async function runBootstrapBuild(
   const keepRootfs =
     flags.keepRootfs === undefined ? undefined : await checkKeepRootfsTarget(flags.keepRootfs);
   await checkPackageList(flags.packageList);
+  await makeCacheDir(flags.cacheDir);
   const filter = await loadPathFilter(flags.exclude, flags.excludeFrom);
   const userEpoch: EpochChoice = parseEpoch(flags, context.env);
   const workspace = await BootstrapWorkspace.create(await workspacePlanFor(flags));

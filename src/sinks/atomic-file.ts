@@ -8,10 +8,11 @@
  */
 import { randomBytes } from "node:crypto";
 import { rmSync } from "node:fs";
-import { mkdir, open, realpath, rename, rm, stat, type FileHandle } from "node:fs/promises";
+import { open, realpath, rename, rm, stat, type FileHandle } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { SinkError, errnoCode } from "../errors.js";
 import { onForcedExit } from "../forced-exit.js";
+import { makeDirectories } from "../make-directories.js";
 
 /** Prefix of every temporary file the outputs write; nothing else starts with it. */
 export const TEMP_PREFIX = ".mkbase-tmp-";
@@ -361,7 +362,7 @@ export class OutputDirectory {
   async make(): Promise<void> {
     if (this.made !== undefined) return;
     try {
-      const made = await mkdir(this.path, { recursive: true });
+      const made = await makeDirectories(this.path);
       if (made === undefined) return;
       this.made = made;
       this.forgetUndo = onForcedExit(made, () => rmSync(made, { recursive: true, force: true }));

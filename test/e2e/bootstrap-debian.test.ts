@@ -286,6 +286,15 @@ describe("mkbase debootstrap refuses bad input before any download", () => {
     assert.match(result.stderr, /--keyring .*missing\.gpg does not exist/);
   });
 
+  test("a --cache-dir that cannot be made (below /proc, where node's own mkdir -p never returns)", async () => {
+    const result = await refused(["bookworm", "--cache-dir", "/proc/mkbase-cache", "-t", uniqueTag("cache")]);
+    assert.equal(result.code, 2, describeResult(result));
+    assert.match(
+      result.stderr,
+      /^mkbase: error: --cache-dir \/proc\/mkbase-cache cannot be made or used \(ENOENT\)/m,
+    );
+  });
+
   test("not root", async () => {
     const result = await refused(["bookworm", "-t", uniqueTag("not-root")], { asNobody: true });
     assert.equal(result.code, 6, describeResult(result));

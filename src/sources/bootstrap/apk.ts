@@ -5,7 +5,7 @@
  * before it runs (package signature against `--keys-dir`, or a pinned `--apk-static-sha256`).
  */
 import { createHash } from "node:crypto";
-import { chmod, mkdir, readFile, readdir, stat, writeFile } from "node:fs/promises";
+import { chmod, readFile, readdir, stat, writeFile } from "node:fs/promises";
 import type { IncomingMessage } from "node:http";
 import { join, resolve } from "node:path";
 import { buffer } from "node:stream/consumers";
@@ -22,6 +22,7 @@ import {
   verifySignedMember,
 } from "./apk-package.js";
 import { findOnPath, forwardLines, runTool, type ToolEnvironment, type ToolRunOptions } from "./run-tool.js";
+import { makeDirectories } from "../../make-directories.js";
 
 /** Where an Alpine host keeps the keys its own apk trusts. */
 const HOST_KEYS_DIR = "/etc/apk/keys";
@@ -260,7 +261,7 @@ export async function fetchApkStatic(
   }
   const binary = files.get("sbin/apk.static");
   if (binary === undefined) throw new ToolError(`${what} holds no sbin/apk.static`);
-  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await makeDirectories(dir, 0o700);
   const path = join(dir, "apk.static");
   await writeFile(path, binary, { mode: 0o700 });
   await chmod(path, 0o700);
@@ -283,7 +284,7 @@ export async function runAlpine(
     });
     apkStatic = await fetchApkStatic(plan, plan.apkStatic, join(workspaceDir, "apk-tools"), options.signal);
   }
-  if (plan.cacheDir !== undefined) await mkdir(plan.cacheDir, { recursive: true });
+  if (plan.cacheDir !== undefined) await makeDirectories(plan.cacheDir);
   options.onProgress({
     kind: "phase",
     message: `bootstrapping Alpine ${plan.branch} (${plan.architecture}) with apk.static`,
@@ -302,7 +303,7 @@ export async function runAlpine(
       "Read apk's output (run with --verbose to see all of it); check the repositories and the keys.",
   });
   const etcApk = join(target, "etc/apk");
-  await mkdir(etcApk, { recursive: true });
+  await makeDirectories(etcApk);
   const remote = plan.repositories.filter((r) => !r.startsWith("file:"));
   await writeFile(join(etcApk, "repositories"), remote.map((r) => `${r}\n`).join(""));
 }

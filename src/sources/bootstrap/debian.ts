@@ -33,6 +33,7 @@ import {
   type AptSource,
   type SuiteInfo,
 } from "./suites.js";
+import { makeDirectories } from "../../make-directories.js";
 
 export type DebianBackend = "mmdebstrap" | "debootstrap";
 
@@ -438,8 +439,8 @@ export async function runDebianBootstrap(
   if (options.sourceDateEpoch !== undefined) env.SOURCE_DATE_EPOCH = String(options.sourceDateEpoch);
   if (plan.cacheDir !== undefined) {
     const paths = cachePaths(plan.cacheDir);
-    await mkdir(paths.archives, { recursive: true });
-    await mkdir(paths.lists, { recursive: true });
+    await makeDirectories(paths.archives);
+    await makeDirectories(paths.lists);
     env.MKBASE_CACHE_DIR = plan.cacheDir;
   }
   options.onProgress({
@@ -522,6 +523,6 @@ async function saveToCache(root: string, plan: DebianPlan, signal: AbortSignal):
   const names = entries.filter((e) => e.isFile() && e.name !== "lock").map((e) => e.name);
   if (names.length === 0) return;
   await rm(paths.lists, { recursive: true, force: true });
-  await mkdir(paths.lists, { recursive: true });
+  await makeDirectories(paths.lists);
   for (const name of names) await copyFile(join(lists, name), join(paths.lists, name));
 }

@@ -7,10 +7,11 @@
  * Signatures: pacman checks them against a keyring in the workspace (`GPGDir`), imported from the Arch
  * keyring (package archlinux-keyring) or `--keyring FILE`; `SigLevel = Never` only with `--insecure`.
  */
-import { access, mkdir, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
+import { access, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import { ToolError, UsageError } from "../../errors.js";
 import { forwardLines, requireTool, runTool, type ToolEnvironment, type ToolRunOptions } from "./run-tool.js";
+import { makeDirectories } from "../../make-directories.js";
 
 /** Packages left out by default, as in the Arch image script: kernels, firmware and interactive tools. */
 export const DEFAULT_PACMAN_IGNORE: readonly string[] = [
@@ -204,7 +205,7 @@ async function prepareHostKeyring(
   options: ToolRunOptions,
   onLine: (line: string) => void,
 ): Promise<void> {
-  await mkdir(gpgDir, { recursive: true, mode: 0o700 });
+  await makeDirectories(gpgDir, 0o700);
   const gpg = await requireTool("gpg", "gpg", options.env);
   const run = (args: string[]) =>
     runTool({
@@ -260,12 +261,12 @@ export async function runPacstrap(
   const onLine = forwardLines("pacstrap", options.onProgress, options.verbose, isStepLine);
   const cacheDir = plan.cacheDir ?? join(workspaceDir, "pkg-cache");
   const gpgDir = join(workspaceDir, "gnupg");
-  await mkdir(cacheDir, { recursive: true });
+  await makeDirectories(cacheDir);
   let confPath = plan.pacmanConf;
   if (confPath === undefined) {
     confPath = join(workspaceDir, "pacman.conf");
     await writeFile(confPath, pacmanConfText(plan, { cacheDir, gpgDir }));
-    await mkdir(gpgDir, { recursive: true, mode: 0o700 });
+    await makeDirectories(gpgDir, 0o700);
   }
   if (plan.keyring !== undefined) {
     options.onProgress({ kind: "phase", message: `importing the package signing keys from ${plan.keyring}` });
@@ -345,7 +346,7 @@ async function writeLocaleAndTimezone(target: string, plan: PacstrapPlan): Promi
   await symlink("/usr/share/zoneinfo/UTC", join(etc, "localtime"));
   // The image's own pacman should reach the same mirror (a file:// one exists only on this machine).
   if (plan.mirror !== undefined && !plan.mirror.startsWith("file:")) {
-    await mkdir(join(etc, "pacman.d"), { recursive: true });
+    await makeDirectories(join(etc, "pacman.d"));
     await writeFile(join(etc, "pacman.d/mirrorlist"), `Server = ${plan.mirror}\n`);
   }
 }
