@@ -634,6 +634,15 @@ export async function openOutputs(
       hint: "Use --metadata-file FILE or --iidfile FILE for the result, or give dest=FILE.",
     });
   }
+  // Archives are written only once the layer is packed, after a bootstrap of minutes: a path where no
+  // file can be made (a missing directory, a read-only place) fails now.
+  for (const spec of specs) {
+    if (!("dest" in spec) || spec.dest === undefined || spec.dest === "-") continue;
+    if (spec.type === "context" || (spec.type === "oci" && !spec.tar)) continue;
+    const kind =
+      spec.type === "docker" ? "docker-archive" : spec.type === "oci" ? "OCI archive" : "rootfs tar";
+    await checkDestination(spec.dest, `the ${kind} ${spec.dest}`);
+  }
   // Written once the image exists: a wrong path must fail now, before anything is made or tagged.
   for (const [flag, file, what] of [
     ["--iidfile", flags.iidfile, "the image ID file"],

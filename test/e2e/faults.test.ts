@@ -285,6 +285,15 @@ describe("the flags", () => {
     });
   });
 
+  test("an archive output in a missing directory fails before the source is read", async () => {
+    // The source does not exist either: the output's error coming first shows the order.
+    const missing = join(work, "missing-dir", "image.tar");
+    await expectFailure(["dir", join(work, "no-such-rootfs"), "-o", `type=oci,dest=${missing}`], {
+      code: 5,
+      stderr: new RegExp(`cannot write the OCI archive ${escapeRegExp(missing)}: there is no directory`),
+    });
+  });
+
   test("--via without an engine output, and registry flags without a push", async () => {
     await expectFailure(
       ["dir", tree.root, "--via", "import", "-o", `type=oci,dest=${join(work, "via.tar")}`],
