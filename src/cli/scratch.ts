@@ -3,6 +3,7 @@
  * libraries, CA certificates, zoneinfo, a non-root user, `/tmp` and extra files). With several
  * `--platform os/arch=FILE` it builds one image per platform.
  */
+import { basename } from "node:path";
 import type { Command, Option } from "commander";
 import { UsageError } from "../errors.js";
 import {
@@ -121,6 +122,43 @@ export function parseChmod(text: string): number {
 export interface ScratchTarget {
   readonly binary: string;
   readonly platform: Platform | undefined;
+}
+
+/** How release file names spell each architecture (`hello-amd64`, `hello_linux_x86_64`, `hello-aarch64`). */
+const ARCH_SPELLINGS: Readonly<Record<string, readonly string[]>> = {
+  amd64: ["amd64", "x86_64", "x86-64", "x64"],
+  arm64: ["arm64", "aarch64"],
+  arm: ["arm", "armhf", "armel", "armv5", "armv6", "armv7", "armv7l"],
+  "386": ["386", "i386", "i686", "x86"],
+  ppc64le: ["ppc64le"],
+  s390x: ["s390x"],
+  riscv64: ["riscv64"],
+};
+
+/**
+ * The path each program of a multi-platform build takes in its image when --dest does not say: one path
+ * for all of them, or the images' entrypoints would differ by platform (`/hello-amd64`, `/hello-arm64`)
+ * and a manifest naming one would break on the other. A file name that ends with its own architecture
+ * (`-amd64`, `_linux_x86_64`) is taken without it; names that still differ are an error.
+ */
+export function commonProgramPath(targets: readonly ScratchTarget[]): string {
+  const names = targets.map(({ binary, platform }) => {
+    const name = basename(binary);
+    const spellings = platform === undefined ? [] : (ARCH_SPELLINGS[platform.architecture] ?? []);
+    for (const spelling of spellings) {
+      const suffix = new RegExp(`[-_.](linux[-_.])?${spelling}$`, "i");
+      if (suffix.test(name)) return name.replace(suffix, "");
+    }
+    return name;
+  });
+  const [first] = names;
+  if (first !== undefined && first !== "" && names.every((name) => name === first)) return `/${first}`;
+  throw new UsageError(
+    `the programs have different names (${targets.map(({ binary }) => basename(binary)).join(", ")}): each platform's image would run another path`,
+    {
+      hint: "Give them one path with --dest, e.g. --dest /app, so the entrypoint is the same on every platform.",
+    },
+  );
 }
 
 /** The operands of `mkbase scratch`, split where a `--` ended the options. */
@@ -329,12 +367,13 @@ async function runScratch(
   const addMode = flags.chmod === undefined ? undefined : parseChmod(flags.chmod);
   const adds = flags.add.map(parseAddSpec);
 
+  const programPath = multi && flags.dest === undefined ? commonProgramPath(targets) : undefined;
   const { StaticBinarySource } = await import("../sources/static-binary.js");
   const images = [];
   for (const target of targets) {
     const source = await StaticBinarySource.open({
       binary: target.binary,
-      dest: flags.dest,
+      dest: flags.dest ?? programPath,
       platform: target.platform,
       bundleLibs: flags.bundleLibs,
       sysroot: flags.sysroot,

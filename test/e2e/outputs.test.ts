@@ -434,6 +434,20 @@ describe("multi-platform scratch into an OCI archive", () => {
       [indexDigest],
     );
     assert.deepEqual(report.warnings, []);
+
+    // hello-amd64 and hello-arm64 are one program: every platform's image runs /hello.
+    for (const arch of ["amd64", "arm64"]) {
+      const config = JSON.parse(
+        await runChecked("skopeo", [
+          "inspect",
+          "--config",
+          "--override-arch",
+          arch,
+          `oci-archive:${archive}`,
+        ]),
+      ) as { config: { Entrypoint: string[] } };
+      assert.deepEqual(config.config.Entrypoint, ["/hello"], arch);
+    }
   });
 
   test("--json carries the warning that no program is for this machine's platform", async () => {

@@ -22,6 +22,7 @@ import { promisify } from "node:util";
 import { Command } from "commander";
 import { SourceError, UsageError } from "../../src/errors.js";
 import {
+  commonProgramPath,
   parseAddSpec,
   parseChmod,
   parseChown,
@@ -692,5 +693,53 @@ describe("StaticBinarySource: shared libraries", () => {
     const source = await open({ binary: staticPie });
     assert.equal(source.elf.type, "DYN");
     assert.deepEqual(listing(source.entryList), ["hello-static-pie file 0755 0:0"]);
+  });
+});
+
+describe("commonProgramPath", () => {
+  const linux = (architecture: string, variant?: string) => ({ os: "linux", architecture, variant });
+
+  test("takes a name without its own architecture, so that every platform runs one path", () => {
+    assert.equal(
+      commonProgramPath([
+        { binary: "dist/hello-amd64", platform: linux("amd64") },
+        { binary: "dist/hello-arm64", platform: linux("arm64", "v8") },
+      ]),
+      "/hello",
+    );
+    assert.equal(
+      commonProgramPath([
+        { binary: "out/app_linux_x86_64", platform: linux("amd64") },
+        { binary: "out/app_linux_aarch64", platform: linux("arm64") },
+        { binary: "out/app.armv7", platform: linux("arm", "v7") },
+      ]),
+      "/app",
+    );
+    assert.equal(
+      commonProgramPath([
+        { binary: "amd64/server", platform: linux("amd64") },
+        { binary: "arm64/server", platform: linux("arm64") },
+      ]),
+      "/server",
+    );
+  });
+
+  test("refuses names that still differ, pointing at --dest", () => {
+    assert.throws(
+      () =>
+        commonProgramPath([
+          { binary: "hello-arm64", platform: linux("amd64") },
+          { binary: "hello-amd64", platform: linux("arm64") },
+        ]),
+      (error: unknown) => {
+        assert.ok(error instanceof UsageError);
+        assert.equal(
+          error.message,
+          "the programs have different names (hello-arm64, hello-amd64): each platform's image would run another path",
+        );
+        assert.match(error.hint ?? "", /--dest \/app/);
+        return true;
+      },
+    );
   });
 });
