@@ -363,6 +363,14 @@ async function runScratch(
   const tags = tagsFromFlags(sharedFlags);
   const epoch = parseEpoch(sharedFlags, context.env);
   const baseConfig = configFromFlags(sharedFlags);
+  if (flags.add.length === 0 && (flags.chown !== undefined || flags.chmod !== undefined)) {
+    throw new UsageError(
+      `${flags.chown !== undefined ? "--chown" : "--chmod"} applies to --add files, and there are none`,
+      {
+        hint: "The program is always root-owned with mode 0755; add files with --add SRC:DEST, or drop the flag.",
+      },
+    );
+  }
   const addOwner = flags.chown === undefined ? undefined : parseChown(flags.chown, user);
   const addMode = flags.chmod === undefined ? undefined : parseChmod(flags.chmod);
   const adds = flags.add.map(parseAddSpec);

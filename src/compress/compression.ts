@@ -65,7 +65,7 @@ export function layerMediaType(compression: Compression): string {
   return compression.algorithm === "none" ? base : `${base}+${compression.algorithm}`;
 }
 
-/** `gzip-6`, `zstd-3`, `none`: for progress lines and metadata. */
+/** `gzip-6`, `zstd-3`, `uncompressed`: for progress lines. */
 export function describeCompression(compression: Compression): string {
-  return compression.algorithm === "none" ? "none" : `${compression.algorithm}-${compression.level}`;
+  return compression.algorithm === "none" ? "uncompressed" : `${compression.algorithm}-${compression.level}`;
 }

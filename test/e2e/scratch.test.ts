@@ -556,4 +556,17 @@ describe("mkbase scratch: symlinks as sources, shared libraries, a program next 
     assert.deepEqual(inspect?.Config?.Entrypoint, ["/hello"]);
     assert.deepEqual(inspect?.Config?.Cmd, ["--flag"]);
   });
+
+  test("--chown or --chmod without --add is refused: the program's owner and mode are fixed", async () => {
+    for (const flag of [
+      ["--chown", "5:5"],
+      ["--chmod", "600"],
+    ]) {
+      await assertRefused(
+        [programs.hello, ...flag],
+        new RegExp(`^mkbase: error: ${flag[0] ?? ""} applies to --add files, and there are none\\. `, "m"),
+        2,
+      );
+    }
+  });
 });

@@ -232,6 +232,7 @@ describe("compression settings", () => {
     );
     assert.equal(layerMediaType({ algorithm: "none", level: 0 }), "application/vnd.oci.image.layer.v1.tar");
     assert.equal(describeCompression({ algorithm: "gzip", level: 9 }), "gzip-9");
+    assert.equal(describeCompression({ algorithm: "none", level: 0 }), "uncompressed");
     assert.equal(parseCompressionAlgorithm("uncompressed", "-o"), "none");
   });
 
