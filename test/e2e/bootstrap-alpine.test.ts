@@ -4,7 +4,7 @@
  * only when its signature and checksums hold.
  */
 import assert from "node:assert/strict";
-import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { delimiter, join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -22,6 +22,8 @@ before(async () => {
   keysDir = join(scratch, "keys");
   await mkdir(standinDir);
   await mkdir(keysDir);
+  // Handed to the stand-in, which checks nothing; mkbase only wants the directory to hold a key.
+  await writeFile(join(keysDir, "alpine-devel@example.org.rsa.pub"), "not a real key\n");
   await writeApkStandin(standinDir);
 });
 after(async () => {
@@ -222,4 +224,27 @@ describe("mkbase alpine downloading apk-tools-static", () => {
     assert.equal(result.code, 6, describeResult(result));
     assert.match(result.stderr, /apk\.static is not on PATH, and a downloaded one could not be verified/i);
   });
+});
+
+test("a --keys-dir without *.rsa.pub keys is refused before anything is downloaded", async () => {
+  const empty = join(scratch, "no-keys");
+  await mkdir(empty);
+  const result = await runMkbase(
+    [
+      "alpine",
+      "v3.20",
+      "-t",
+      uniqueTag("alpine-empty-keys"),
+      "--mirror",
+      "http://mirror.invalid/alpine",
+      "--keys-dir",
+      empty,
+    ],
+    { timeoutMs: 30_000 },
+  );
+  assert.equal(result.code, 2, describeResult(result));
+  assert.match(
+    result.stderr,
+    new RegExp(`^mkbase: error: ${empty} holds no \\*\\.rsa\\.pub keys to check the packages with\\. `, "m"),
+  );
 });

@@ -97,6 +97,15 @@ describe("apk.static plans", () => {
 
   it("derives the repositories and passes --allow-untrusted only when insecure", async () => {
     mkdirSync(join(scratch, "keys"), { recursive: true });
+    // A keys dir must hold a key: an empty one is refused before the download it could not check.
+    await assert.rejects(
+      planAlpine({ ...base, mirror: "http://m/alpine/", keysDir: join(scratch, "keys") }),
+      {
+        name: "UsageError",
+        message: `${join(scratch, "keys")} holds no *.rsa.pub keys to check the packages with`,
+      },
+    );
+    writeFileSync(join(scratch, "keys", "test.rsa.pub"), "");
     const plan = await planAlpine({ ...base, mirror: "http://m/alpine/", keysDir: join(scratch, "keys") });
     assert.deepEqual(plan.repositories, ["http://m/alpine/v3.20/main", "http://m/alpine/v3.20/community"]);
     assert.equal(plan.apkStatic.kind, "download");

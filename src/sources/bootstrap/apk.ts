@@ -127,6 +127,15 @@ export async function planAlpine(request: AlpineRequest): Promise<AlpinePlan> {
   } else if (await isDirectory(HOST_KEYS_DIR)) {
     keysDir = HOST_KEYS_DIR;
   }
+  if (keysDir !== undefined && !request.insecure) {
+    const names = await readdir(keysDir).catch(() => []);
+    if (!names.some((name) => name.endsWith(".rsa.pub"))) {
+      // An empty keys directory would only fail after the index was downloaded, as an unknown signer.
+      throw new UsageError(`${keysDir} holds no *.rsa.pub keys to check the packages with`, {
+        hint: "Put Alpine's signing keys there (the alpine-keys package has them), or give another --keys-dir.",
+      });
+    }
+  }
   if (keysDir === undefined && !request.insecure) {
     throw new UsageError("no Alpine signing keys to check the packages with", {
       hint: "Pass --keys-dir DIR holding Alpine's *.rsa.pub keys (from the alpine-keys package), or --insecure to skip signature checks.",
