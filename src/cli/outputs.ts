@@ -334,6 +334,8 @@ export class OutputSet {
   readonly reports: Record<string, unknown>[] = [];
   /** Warnings about the command as a whole (not one build's), for the same object's `warnings`. */
   readonly warnings: string[] = [];
+  /** The lines each build printed on stdout, so that {@link completeOutputs} does not repeat them. */
+  readonly printed: string[] = [];
   private readonly sinks: (Sink | "engine")[];
   private lastSinks: Sink[] = [];
 
@@ -693,6 +695,9 @@ export async function completeOutputs(
       `${JSON.stringify({ platforms: outputs.reports, outputs: completed, warnings: outputs.warnings })}\n`,
     );
   } else {
-    for (const line of resultLines(shown)) context.stdout.write(`${line}\n`);
+    // One platform's build already printed its OCI output's ID, which the completed output keeps.
+    for (const line of resultLines(shown)) {
+      if (!outputs.printed.includes(line)) context.stdout.write(`${line}\n`);
+    }
   }
 }

@@ -191,7 +191,9 @@ export async function runBuild(
     // With dest=- stdout holds the archive; --iidfile and --metadata-file still give the result.
     if (outputSet.writesStdout) return 0;
     if (!flags.json) {
-      for (const line of results.length > 0 ? resultLines(results) : [id]) context.stdout.write(`${line}\n`);
+      const lines = results.length > 0 ? resultLines(results) : [id];
+      for (const line of lines) context.stdout.write(`${line}\n`);
+      outputs?.printed.push(...lines);
     } else if (outputs === undefined) {
       context.stdout.write(`${JSON.stringify(resultJson(result, id, warnings, results))}\n`);
     } else {

@@ -569,4 +569,18 @@ describe("mkbase scratch: symlinks as sources, shared libraries, a program next 
       );
     }
   });
+
+  test("one --platform os/arch=FILE into an OCI archive prints its ID once", async () => {
+    const archive = join(work, "one-platform.oci.tar");
+    const result = await runMkbase([
+      "scratch",
+      "--platform",
+      `linux/amd64=${programs.hello}`,
+      "-o",
+      `type=oci,dest=${archive}`,
+      "-q",
+    ]);
+    assert.equal(result.code, 0, describeResult(result));
+    assert.match(result.stdout, /^sha256:[0-9a-f]{64}\n$/);
+  });
 });
