@@ -69,7 +69,16 @@ export function parseScratchUser(text: string): ScratchUserSpec {
       hint: "Write --user NAME[:UID] with a lowercase name, e.g. --user nonroot or --user app:10001.",
     });
   }
-  if (colon >= 0) return { name, uid: parseId(text.slice(colon + 1), "--user") };
+  if (colon >= 0) {
+    const uid = parseId(text.slice(colon + 1), "--user");
+    // The kernel knows the uid, not the name: such an image runs as root while it reads as not.
+    if (uid === 0 && name !== "root") {
+      throw new UsageError(`--user ${text}: uid 0 is root, whatever the name`, {
+        hint: `Give ${name} a uid of its own (e.g. ${name}:10001), or write --user root to run as root.`,
+      });
+    }
+    return { name, uid };
+  }
   const known = WELL_KNOWN_USERS[name];
   if (known === undefined) {
     throw new UsageError(`--user ${name}: which UID should ${name} have?`, {

@@ -370,6 +370,11 @@ describe("mkbase scratch flag parsing", () => {
     assert.throws(() => parseScratchUser("app"), UsageError);
     assert.throws(() => parseScratchUser("1000"), UsageError);
     assert.throws(() => parseScratchUser("app:x"), UsageError);
+    assert.deepEqual(parseScratchUser("root:0"), { name: "root", uid: 0 });
+    assert.throws(() => parseScratchUser("app:0"), {
+      name: "UsageError",
+      message: "--user app:0: uid 0 is root, whatever the name",
+    });
   });
 
   test("--add SRC:DEST splits at the colon that starts the absolute DEST", () => {
