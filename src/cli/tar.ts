@@ -29,7 +29,7 @@ export function registerTarCommand(
       "--sha256 <hex>",
       "expected sha256 of the archive as given (compressed bytes); the build fails on a mismatch",
     )
-    .option("--insecure", "allow a URL without --sha256");
+    .option("--insecure", "download a URL without --sha256 (its content is not verified)");
   addImageOptions(command)
     .addHelpText(
       "after",

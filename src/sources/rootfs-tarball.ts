@@ -49,13 +49,20 @@ export class RootfsTarballSource implements EntrySource {
   /**
    * Checks the options that need no I/O.
    *
-   * @throws UsageError for a malformed `sha256`, an unsupported URL scheme, or a URL with neither
-   *   `sha256` nor `insecure`.
+   * @throws UsageError for a malformed `sha256`, an unsupported URL scheme, a URL with neither
+   *   `sha256` nor `insecure`, or `insecure` without a URL.
    */
   constructor(options: RootfsTarballOptions) {
     this.options = options;
     this.sha256 = options.sha256 === undefined ? undefined : parseSha256(options.sha256);
     this.location = locate(options.input);
+    if (this.location.kind !== "url" && options.insecure === true) {
+      // It only lets a download go unchecked: given here, the user may think it does more.
+      const given = this.location.kind === "stdin" ? "standard input" : this.location.path;
+      throw new UsageError(`--insecure applies to a URL, and ${given} is not one`, {
+        hint: "Drop --insecure: a local archive or stdin is read as it is (--sha256 HEX checks it).",
+      });
+    }
     if (this.location.kind === "url" && this.sha256 === undefined && options.insecure !== true) {
       throw new UsageError(`refusing to download ${this.location.shown} without --sha256`, {
         hint: "pass the archive's published checksum with --sha256 HEX, or pass --insecure to use it unverified",

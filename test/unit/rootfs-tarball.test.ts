@@ -303,6 +303,15 @@ describe("inputs and validation", () => {
       () => new RootfsTarballSource({ input: "ftp://example.invalid/x.tar", insecure: true }),
       UsageError,
     );
+    // --insecure only lets a download go unchecked: without a URL it does nothing, and says so.
+    assert.throws(() => new RootfsTarballSource({ input: plainTar, insecure: true }), {
+      name: "UsageError",
+      message: `--insecure applies to a URL, and ${plainTar} is not one`,
+    });
+    assert.throws(() => new RootfsTarballSource({ input: "-", insecure: true }), {
+      name: "UsageError",
+      message: "--insecure applies to a URL, and standard input is not one",
+    });
     assert.equal(new RootfsTarballSource({ input: plainTar }).description, "tarball rootfs.tar");
   });
 
