@@ -11,6 +11,7 @@ import {
   hostPlatform,
   parsePlatform,
   platformsMatch,
+  spellingsOf,
   type Platform,
 } from "../image/platform.js";
 import { formatReference, type Reference } from "../image/reference.js";
@@ -133,17 +134,6 @@ export interface ScratchTarget {
   readonly platform: Platform | undefined;
 }
 
-/** How release file names spell each architecture (`hello-amd64`, `hello_linux_x86_64`, `hello-aarch64`). */
-const ARCH_SPELLINGS: Readonly<Record<string, readonly string[]>> = {
-  amd64: ["amd64", "x86_64", "x86-64", "x64"],
-  arm64: ["arm64", "aarch64"],
-  arm: ["arm", "armhf", "armel", "armv5", "armv6", "armv7", "armv7l"],
-  "386": ["386", "i386", "i686", "x86"],
-  ppc64le: ["ppc64le"],
-  s390x: ["s390x"],
-  riscv64: ["riscv64"],
-};
-
 /**
  * The path each program of a multi-platform build takes in its image when --dest does not say: one path
  * for all of them, or the images' entrypoints would differ by platform (`/hello-amd64`, `/hello-arm64`)
@@ -153,7 +143,7 @@ const ARCH_SPELLINGS: Readonly<Record<string, readonly string[]>> = {
 export function commonProgramPath(targets: readonly ScratchTarget[]): string {
   const names = targets.map(({ binary, platform }) => {
     const name = basename(binary);
-    const spellings = platform === undefined ? [] : (ARCH_SPELLINGS[platform.architecture] ?? []);
+    const spellings = platform === undefined ? [] : spellingsOf(platform.architecture);
     for (const spelling of spellings) {
       const suffix = new RegExp(`[-_.](linux[-_.])?${spelling}$`, "i");
       if (suffix.test(name)) return name.replace(suffix, "");

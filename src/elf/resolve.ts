@@ -679,7 +679,7 @@ export type WalkResult = {
 };
 
 /** Linux gives up after 40 symlinks in one lookup (ELOOP). */
-const MAX_SYMLINKS = 40;
+export const MAX_SYMLINKS = 40;
 
 /**
  * Resolves `imagePath` component by component inside `root` as the kernel would inside a chroot: absolute

@@ -34,6 +34,7 @@ const architectureAliases = new Map<string, { architecture: string; variant?: st
   ["amd64", { architecture: "amd64" }],
   ["x86_64", { architecture: "amd64" }],
   ["x86-64", { architecture: "amd64" }],
+  ["x64", { architecture: "amd64" }],
   ["386", { architecture: "386" }],
   ["i386", { architecture: "386" }],
   ["i486", { architecture: "386" }],
@@ -61,6 +62,13 @@ const architectureAliases = new Map<string, { architecture: string; variant?: st
   ["s390x", { architecture: "s390x" }],
   ["riscv64", { architecture: "riscv64" }],
 ]);
+
+/** Every spelling of `architecture` (a GOARCH name) that {@link parsePlatform} understands. */
+export function spellingsOf(architecture: string): string[] {
+  return [...architectureAliases]
+    .filter(([, alias]) => alias.architecture === architecture)
+    .map(([name]) => name);
+}
 
 const allowedVariants = new Map<string, readonly string[]>([
   ["amd64", ["v1", "v2", "v3", "v4"]],

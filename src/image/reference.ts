@@ -91,3 +91,19 @@ export function formatReference(reference: Reference): string {
   const digest = reference.digest === undefined ? "" : `@${reference.digest}`;
   return `${repositoryOf(reference)}${tag}${digest}`;
 }
+
+/**
+ * `reference` in full, as `io.containerd.image.name` holds it in an OCI layout: normalised as distribution's
+ * `ParseNormalizedNamed` and `TagNameOnly` do for buildx's and containerd's exporters (`docker.io/` when
+ * no registry is named, `library/` before a single-component name there, `index.docker.io` as
+ * `docker.io`, `:latest` when there is neither tag nor digest). Two spellings of one image, `x:1` and
+ * `docker.io/library/x:1`, get the same name.
+ */
+export function normalizedName(reference: Reference): string {
+  const domain =
+    reference.domain === undefined || reference.domain === "index.docker.io" ? "docker.io" : reference.domain;
+  const path =
+    domain === "docker.io" && !reference.path.includes("/") ? `library/${reference.path}` : reference.path;
+  const tag = reference.tag ?? (reference.digest === undefined ? "latest" : undefined);
+  return formatReference({ domain, path, tag, digest: reference.digest });
+}

@@ -25,7 +25,7 @@ import {
   type ImageBlobs,
 } from "../image/image-blobs.js";
 import { INDEX_MEDIA_TYPE, type Blob, type Descriptor } from "../image/manifest.js";
-import { formatReference, parseReference, type Reference } from "../image/reference.js";
+import { formatReference, normalizedName, parseReference, type Reference } from "../image/reference.js";
 import type { ProgressListener } from "../progress.js";
 import {
   AtomicFile,
@@ -76,22 +76,6 @@ export interface LayoutFiles {
   readonly indexAnnotations: Readonly<Record<string, string>>;
 }
 
-/**
- * The name `io.containerd.image.name` holds: `reference` normalised as distribution's
- * `ParseNormalizedNamed` and `TagNameOnly` do for buildx's and containerd's exporters (`docker.io/` when
- * no registry is named, `library/` before a single-component name there, `index.docker.io` as
- * `docker.io`, `:latest` when there is neither tag nor digest). Two spellings of one image, `x:1` and
- * `docker.io/library/x:1`, get the same name.
- */
-export function containerdImageName(reference: Reference): string {
-  const domain =
-    reference.domain === undefined || reference.domain === "index.docker.io" ? "docker.io" : reference.domain;
-  const path =
-    domain === "docker.io" && !reference.path.includes("/") ? `library/${reference.path}` : reference.path;
-  const tag = reference.tag ?? (reference.digest === undefined ? "latest" : undefined);
-  return formatReference({ domain, path, tag, digest: reference.digest });
-}
-
 /** One `index.json` entry's names: the tag, the full name, and the reference as the user wrote it. */
 interface EntryNames {
   readonly refName: string;
@@ -104,7 +88,7 @@ function entryNames(tags: readonly Reference[]): EntryNames[] {
   const seen = new Map<string, EntryNames>();
   for (const tag of tags) {
     const named = { ...tag, tag: tag.tag ?? "latest", digest: undefined };
-    const fullName = containerdImageName(named);
+    const fullName = normalizedName(named);
     if (!seen.has(fullName))
       seen.set(fullName, { refName: named.tag, fullName, shown: formatReference(named) });
   }
@@ -175,7 +159,7 @@ function fullNameOf(entry: Descriptor): string | undefined {
   const name = entry.annotations?.[CONTAINERD_NAME_ANNOTATION];
   if (name === undefined) return undefined;
   try {
-    return containerdImageName(parseReference(name));
+    return normalizedName(parseReference(name));
   } catch {
     return name;
   }

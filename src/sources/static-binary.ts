@@ -11,7 +11,7 @@ import path from "node:path";
 import { SourceError, UsageError, errnoCode, throwIfAborted } from "../errors.js";
 import { inspectElfFile, type ElfInfo } from "../elf/read.js";
 import { platformOfElf } from "../elf/platform.js";
-import { resolveLibraries, walkInRoot, type ResolvedFile } from "../elf/resolve.js";
+import { MAX_SYMLINKS, resolveLibraries, walkInRoot, type ResolvedFile } from "../elf/resolve.js";
 import { isShellForm, withEnv, type ContainerConfig } from "../image/config.js";
 import { formatPlatform, platformsMatch, type Platform } from "../image/platform.js";
 import { bytesEntry, directoryEntry, displayPath, type EntrySource, type TarEntry } from "../tar/entry.js";
@@ -258,9 +258,6 @@ async function followSourceLinks(file: string, shown: string): Promise<string> {
     return path.resolve(file);
   }
 }
-
-/** Symlinks the kernel follows in one lookup before it gives up with ELOOP (MAXSYMLINKS). */
-const MAX_SYMLINKS = 40;
 
 /**
  * The error for `file` when symlinks make it unreachable: it is a link whose target is missing, or links on

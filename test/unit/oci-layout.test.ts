@@ -12,14 +12,8 @@ import { OutputSet, parseOutputs } from "../../src/cli/outputs.js";
 import { SinkError } from "../../src/errors.js";
 import type { ImageBlobs } from "../../src/image/image-blobs.js";
 import { parsePlatform } from "../../src/image/platform.js";
-import { parseReference, parseTagReference } from "../../src/image/reference.js";
-import {
-  LayoutDirectory,
-  containerdImageName,
-  indexJson,
-  ociLayoutFiles,
-  refNamesOf,
-} from "../../src/sinks/oci-layout.js";
+import { normalizedName, parseReference, parseTagReference } from "../../src/image/reference.js";
+import { LayoutDirectory, indexJson, ociLayoutFiles, refNamesOf } from "../../src/sinks/oci-layout.js";
 import type { SinkResult } from "../../src/sinks/sink.js";
 import { bytesEntry, type EntrySource } from "../../src/tar/entry.js";
 import { temporaryDirectory } from "../support/temporary-directory.js";
@@ -42,7 +36,7 @@ describe("the full name of a reference in index.json", () => {
       [`x@${digestOf("a")}`, `docker.io/library/x@${digestOf("a")}`],
     ];
     assert.deepEqual(
-      cases.map(([text]) => [text, containerdImageName(parseReference(text))]),
+      cases.map(([text]) => [text, normalizedName(parseReference(text))]),
       cases,
     );
   });
