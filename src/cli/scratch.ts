@@ -15,6 +15,7 @@ import {
   type Platform,
 } from "../image/platform.js";
 import { formatReference, type Reference } from "../image/reference.js";
+import type { ScratchUser } from "../sources/static-binary.js";
 import {
   addImageOptions,
   configFromFlags,
@@ -39,12 +40,6 @@ interface ScratchFlags extends Omit<ImageFlags, "platform"> {
   readonly chmod?: string;
 }
 
-/** The user `--user NAME[:UID]` creates. */
-export interface ScratchUserSpec {
-  readonly name: string;
-  readonly uid: number;
-}
-
 /** The numbers distroless and other FROM scratch images use, so that `--user nonroot` means the same. */
 const WELL_KNOWN_USERS: Readonly<Record<string, number>> = { root: 0, nonroot: 65532, nobody: 65534 };
 /** The largest uid Linux accepts ((uid_t)-1 means "no change" to chown and setresuid). */
@@ -61,13 +56,20 @@ function parseId(text: string, flag: string): number {
   return Number(text);
 }
 
-/** `--user NAME[:UID]`: `nonroot` is 65532 and `root` 0; any other name needs its UID. */
-export function parseScratchUser(text: string): ScratchUserSpec {
+/**
+ * `--user NAME[:UID]`: `nonroot` is 65532 and `root` 0; any other name needs its UID. `--user UID[:GID]`:
+ * numbers only, as Dockerfile `USER 65532:65532` in a FROM-scratch image; no account is added.
+ */
+export function parseScratchUser(text: string): ScratchUser {
   const colon = text.indexOf(":");
   const name = colon < 0 ? text : text.slice(0, colon);
+  if (/^\d+$/.test(name)) {
+    const uid = parseId(name, "--user");
+    return { name: undefined, uid, gid: colon < 0 ? uid : parseId(text.slice(colon + 1), "--user") };
+  }
   if (!USER_NAME.test(name)) {
-    throw new UsageError(`--user ${text}: ${JSON.stringify(name)} is not a user name`, {
-      hint: "Write --user NAME[:UID] with a lowercase name, e.g. --user nonroot or --user app:10001.",
+    throw new UsageError(`--user ${text}: ${JSON.stringify(name)} is not a user name or number`, {
+      hint: "Write --user NAME[:UID] with a lowercase name (e.g. --user nonroot or --user app:10001), or --user UID[:GID].",
     });
   }
   if (colon >= 0) {
@@ -78,15 +80,15 @@ export function parseScratchUser(text: string): ScratchUserSpec {
         hint: `Give ${name} a uid of its own (e.g. ${name}:10001), or write --user root to run as root.`,
       });
     }
-    return { name, uid };
+    return { name, uid, gid: uid };
   }
   const known = WELL_KNOWN_USERS[name];
   if (known === undefined) {
     throw new UsageError(`--user ${name}: which UID should ${name} have?`, {
-      hint: `Write --user ${name}:UID (e.g. ${name}:10001), or use --user nonroot (65532).`,
+      hint: `Write --user ${name}:UID (e.g. ${name}:10001), --user nonroot (65532), or numbers only (--user 10001).`,
     });
   }
-  return { name, uid: known };
+  return { name, uid: known, gid: known };
 }
 
 /** `--add SRC:DEST`, split at the last `:` that starts an absolute DEST, so SRC may hold colons. */
@@ -104,9 +106,9 @@ export function parseAddSpec(text: string): { source: string; dest: string } {
  * `--chown UID[:GID]` as Dockerfile `COPY --chown`: numbers, or the names this image's `/etc/passwd` knows
  * (root and the `--user`); a missing group means the same number as the user.
  */
-export function parseChown(text: string, user: ScratchUserSpec | undefined): { uid: number; gid: number } {
+export function parseChown(text: string, user: ScratchUser | undefined): { uid: number; gid: number } {
   const known = new Map<string, number>([["root", 0]]);
-  if (user !== undefined) known.set(user.name, user.uid);
+  if (user?.name !== undefined) known.set(user.name, user.uid);
   const idOf = (part: string): number => {
     const named = known.get(part);
     if (named !== undefined) return named;
@@ -311,7 +313,7 @@ export function registerScratchCommand(
   sharedOption(command, "--platform").argParser(collect).description =
     "platform the program must be built for (default: the program's own); os/arch=FILE, repeated, builds one image per platform";
   sharedOption(command, "--user").description =
-    "run as NAME[:UID], creating /etc/passwd and /etc/group with root and that user (nonroot is 65532)";
+    "run as NAME[:UID], creating /etc/passwd and /etc/group with root and that user (nonroot is 65532), or as UID[:GID] without an account";
   command
     .addHelpText(
       "after",

@@ -30,10 +30,15 @@ const CA_BUNDLE_CANDIDATES = [
 ];
 export const ZONEINFO_IMAGE_PATH = "/usr/share/zoneinfo";
 
-/** The user `--user NAME[:UID]` adds to `/etc/passwd` and `/etc/group` (its group has the same number). */
+/**
+ * The user the image runs as. `--user NAME[:UID]` names an account, which is added to `/etc/passwd` and
+ * `/etc/group` (its group has the same number); `--user UID[:GID]` gives only numbers, as Dockerfile `USER`
+ * may, and adds no account.
+ */
 export interface ScratchUser {
-  readonly name: string;
+  readonly name: string | undefined;
   readonly uid: number;
+  readonly gid: number;
 }
 
 /** `--add SRC:DEST`: a host file or directory copied as Dockerfile `COPY SRC DEST` would. */
@@ -215,7 +220,7 @@ function generatedFileEntry(imagePath: string, text: string, mtime: number): Tar
  */
 export function passwdFile(user: ScratchUser | undefined): string {
   const lines = ["root:x:0:0:root:/root:/sbin/nologin"];
-  if (user !== undefined && user.uid !== 0) {
+  if (user?.name !== undefined && user.uid !== 0) {
     lines.push(`${user.name}:x:${user.uid}:${user.uid}:${user.name}:/nonexistent:/sbin/nologin`);
   }
   return `${lines.join("\n")}\n`;
@@ -224,7 +229,7 @@ export function passwdFile(user: ScratchUser | undefined): string {
 /** `/etc/group` for root and the user's own group. */
 export function groupFile(user: ScratchUser | undefined): string {
   const lines = ["root:x:0:"];
-  if (user !== undefined && user.uid !== 0) lines.push(`${user.name}:x:${user.uid}:`);
+  if (user?.name !== undefined && user.uid !== 0) lines.push(`${user.name}:x:${user.uid}:`);
   return `${lines.join("\n")}\n`;
 }
 
@@ -378,7 +383,7 @@ export class StaticBinarySource implements EntrySource {
     if (!elf.isStatic) await addLibraries(tree, binary, elf, binaryImagePath, options, mtime);
     if (options.caCerts === true) await addCaBundle(tree, options.sysroot, mtime);
     if (options.tzdata === true) await addZoneinfo(tree, options.sysroot, mtime, options.signal);
-    if (options.user !== undefined) {
+    if (options.user?.name !== undefined) {
       tree.add(generatedFileEntry("/etc/passwd", passwdFile(options.user), mtime), "--user");
       tree.add(generatedFileEntry("/etc/group", groupFile(options.user), mtime), "--user");
     }
@@ -422,7 +427,7 @@ export class StaticBinarySource implements EntrySource {
     const user = this.options.user;
     if (user !== undefined) {
       // Numeric, so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
-      config = { ...config, User: `${user.uid}:${user.uid}` };
+      config = { ...config, User: `${user.uid}:${user.gid}` };
     }
     checkCommand(config, (imagePath) => this.lookUp(imagePath));
     return config;

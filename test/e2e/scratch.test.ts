@@ -183,7 +183,7 @@ describe("mkbase scratch", () => {
     );
   });
 
-  test("--ca-certs and --tzdata put both in place; --user nonroot runs as 65532", async () => {
+  test("--ca-certs and --tzdata put both in place; --user nonroot runs as 65532, --user 1000:2000 as those numbers", async () => {
     const certsTag = uniqueTag("scratch-certs");
     await scratch(certsTag, [programs.certsTz, "--ca-certs", "--tzdata"]);
     const certs = await dockerRun(certsTag, []);
@@ -207,6 +207,13 @@ describe("mkbase scratch", () => {
       "/tmp",
       "/whoami",
     ]);
+
+    const numericTag = uniqueTag("scratch-whoami-numeric");
+    await scratch(numericTag, [programs.whoami, "--user", "1000:2000"]);
+    const numeric = await dockerRun(numericTag, []);
+    assert.equal(numeric.code, 0, describeResult(numeric));
+    assert.equal(numeric.stdout, "uid=1000 gid=2000\n");
+    assert.deepEqual(await imageFiles(numericTag, false), ["/whoami"]);
   });
 
   test("inputs that could not run are refused before any image exists", async () => {

@@ -126,7 +126,7 @@ describe("StaticBinarySource entries", () => {
   test("essentials, --dest and --user make exactly these entries, sorted with parents first", async () => {
     const source = await open({
       dest: "/usr/local/bin/",
-      user: { name: "nonroot", uid: 65532 },
+      user: { name: "nonroot", uid: 65532, gid: 65532 },
       tmp: true,
       caCerts: true,
     });
@@ -151,11 +151,11 @@ describe("StaticBinarySource entries", () => {
     );
     assert.equal(bytesOf(entryAt(source, "etc/group")), "root:x:0:\nnonroot:x:65532:\n");
     const passwd = entryAt(source, "etc/passwd");
-    assert.equal(passwd.size, Buffer.byteLength(passwdFile({ name: "nonroot", uid: 65532 })));
+    assert.equal(passwd.size, Buffer.byteLength(passwdFile({ name: "nonroot", uid: 65532, gid: 65532 })));
   });
 
   test("passwd and group for root alone hold one line each", () => {
-    assert.equal(passwdFile({ name: "root", uid: 0 }), "root:x:0:0:root:/root:/sbin/nologin\n");
+    assert.equal(passwdFile({ name: "root", uid: 0, gid: 0 }), "root:x:0:0:root:/root:/sbin/nologin\n");
     assert.equal(groupFile(undefined), "root:x:0:\n");
   });
 
@@ -259,7 +259,10 @@ describe("StaticBinarySource entries", () => {
     await assert.rejects(open({ adds: [{ source: other, dest: "/hello" }] }), UsageError);
     await assert.rejects(open({ adds: [{ source: other, dest: "/hello/x" }] }), UsageError);
     await assert.rejects(
-      open({ user: { name: "nonroot", uid: 65532 }, adds: [{ source: other, dest: "/etc/passwd" }] }),
+      open({
+        user: { name: "nonroot", uid: 65532, gid: 65532 },
+        adds: [{ source: other, dest: "/etc/passwd" }],
+      }),
       UsageError,
     );
   });
@@ -322,8 +325,18 @@ describe("StaticBinarySource.imageConfig", () => {
     assert.throws(() => source.imageConfig({ Cmd: ["/hello"] }, ["x"]), UsageError);
   });
 
+  test("--user UID:GID sets USER to the numbers and adds no /etc/passwd or /etc/group", async () => {
+    const source = await open({ user: { name: undefined, uid: 1000, gid: 2000 } });
+    assert.equal(source.imageConfig({}, []).User, "1000:2000");
+    const paths = [...source.entries(new AbortController().signal)].map((entry) => entry.path.toString());
+    assert.deepEqual(
+      paths.filter((p) => p.startsWith("etc")),
+      [],
+    );
+  });
+
   test("--ca-certs sets SSL_CERT_FILE and --user a numeric USER", async () => {
-    const source = await open({ caCerts: true, user: { name: "nonroot", uid: 65532 } });
+    const source = await open({ caCerts: true, user: { name: "nonroot", uid: 65532, gid: 65532 } });
     const config = source.imageConfig({ Env: ["A=1"] }, []);
     assert.deepEqual(config.Env, ["A=1", `SSL_CERT_FILE=${CA_BUNDLE_IMAGE_PATH}`]);
     assert.equal(config.User, "65532:65532");
@@ -364,13 +377,16 @@ describe("StaticBinarySource.imageConfig", () => {
 });
 
 describe("mkbase scratch flag parsing", () => {
-  test("--user NAME[:UID]", () => {
-    assert.deepEqual(parseScratchUser("nonroot"), { name: "nonroot", uid: 65532 });
-    assert.deepEqual(parseScratchUser("app:10001"), { name: "app", uid: 10001 });
+  test("--user NAME[:UID] or UID[:GID]", () => {
+    assert.deepEqual(parseScratchUser("nonroot"), { name: "nonroot", uid: 65532, gid: 65532 });
+    assert.deepEqual(parseScratchUser("app:10001"), { name: "app", uid: 10001, gid: 10001 });
     assert.throws(() => parseScratchUser("app"), UsageError);
-    assert.throws(() => parseScratchUser("1000"), UsageError);
+    assert.deepEqual(parseScratchUser("1000"), { name: undefined, uid: 1000, gid: 1000 });
+    assert.deepEqual(parseScratchUser("65532:0"), { name: undefined, uid: 65532, gid: 0 });
+    assert.throws(() => parseScratchUser("1000:staff"), UsageError);
+    assert.throws(() => parseScratchUser("4294967295"), UsageError);
     assert.throws(() => parseScratchUser("app:x"), UsageError);
-    assert.deepEqual(parseScratchUser("root:0"), { name: "root", uid: 0 });
+    assert.deepEqual(parseScratchUser("root:0"), { name: "root", uid: 0, gid: 0 });
     assert.throws(() => parseScratchUser("app:0"), {
       name: "UsageError",
       message: "--user app:0: uid 0 is root, whatever the name",
@@ -385,7 +401,10 @@ describe("mkbase scratch flag parsing", () => {
 
   test("--chown and --chmod", () => {
     assert.deepEqual(parseChown("1000", undefined), { uid: 1000, gid: 1000 });
-    assert.deepEqual(parseChown("nonroot:root", { name: "nonroot", uid: 65532 }), { uid: 65532, gid: 0 });
+    assert.deepEqual(parseChown("nonroot:root", { name: "nonroot", uid: 65532, gid: 65532 }), {
+      uid: 65532,
+      gid: 0,
+    });
     assert.throws(() => parseChown("www-data", undefined), UsageError);
     assert.equal(parseChmod("0755"), 0o755);
     assert.throws(() => parseChmod("u+x"), UsageError);
