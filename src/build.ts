@@ -14,7 +14,7 @@ import { fileLayer, type Layer } from "./image/layer.js";
 import type { Platform } from "./image/platform.js";
 import type { ProgressListener } from "./progress.js";
 import { temporaryFileError } from "./sinks/atomic-file.js";
-import type { LayerConsumer, Sink, SinkResult } from "./sinks/sink.js";
+import { madeAnyway, type LayerConsumer, type Sink, type SinkResult } from "./sinks/sink.js";
 import type { EntrySource } from "./tar/entry.js";
 import { EntryNormalizer } from "./tar/normalize.js";
 import { ChunkBuffers, packTar } from "./tar/pack.js";
@@ -151,7 +151,11 @@ export async function build(request: BuildRequest): Promise<BuildResult> {
     const results: SinkResult[] = [];
     for (const sink of request.sinks) {
       throwIfAborted(request.signal);
-      results.push(await sink.write(image, request.signal));
+      try {
+        results.push(await sink.write(image, request.signal));
+      } catch (error) {
+        throw madeAnyway(error, results);
+      }
     }
     return {
       image,

@@ -15,7 +15,8 @@ Exit codes:
   2    usage error: bad flag, reference, platform or epoch; nothing was started
   3    source error: missing, unreadable, unsafe or changing input
   4    the Docker Engine could not be reached
-  5    the destination (engine, registry, file) failed; no image or tag was left behind
+  5    the destination (engine, registry, file) failed and holds no partial image or tag
+       (outputs completed before it are kept, and named in the message)
   6    an external tool failed, is missing, or needs privileges
   130  interrupted (Ctrl-C or SIGTERM); temporary files were removed`;
 

@@ -12,14 +12,14 @@ import {
   type Compression,
   type CompressionAlgorithm,
 } from "../compress/compression.js";
-import { MkbaseError, SinkError, UsageError } from "../errors.js";
+import { UsageError } from "../errors.js";
 import { makeTemporaryDirectory, type TemporaryDirectory } from "../forced-exit.js";
 import { OCI_ANNOTATION_KEYS, parseAnnotation, type Annotation } from "../image/annotations.js";
 import { uncompressedManifest } from "../image/manifest.js";
 import { formatReference, type Reference } from "../image/reference.js";
 import type { ProgressEvent, ProgressListener } from "../progress.js";
 import type { CompressedLayerSpool, LayerStore } from "../sinks/compressed-layer-spool.js";
-import type { Sink, SinkResult } from "../sinks/sink.js";
+import { madeAnyway, type Sink, type SinkResult } from "../sinks/sink.js";
 import type { ImageFlags } from "./image-options.js";
 import { checkDestination, destinationKind, writeFileAtomically } from "../sinks/atomic-file.js";
 
@@ -265,19 +265,6 @@ export function describeOutput(spec: OutputSpec, via: ImageFlags["via"]): string
   }
 }
 
-/**
- * The error of a result file (`--iidfile`, `--metadata-file`) that could not be written once the image
- * exists: it is not undone (a tag may have moved from another image), so the message says what was made.
- */
-export function madeAnyway(error: unknown, results: readonly SinkResult[]): unknown {
-  if (!(error instanceof MkbaseError) || results.length === 0) return error;
-  const made = results.map((r) => `${r.tags.length > 0 ? r.tags.join(", ") : r.id} in ${r.destination}`);
-  return new SinkError(`${error.message}, after the image was made (${made.join("; ")})`, {
-    cause: error,
-    hint: error.hint,
-  });
-}
-
 /** Whether `specs` include the Docker Engine (a `docker` output without dest). */
 export function wantsEngine(specs: readonly OutputSpec[]): boolean {
   return specs.some((spec) => spec.type === "docker" && spec.dest === undefined);
@@ -504,20 +491,29 @@ export class OutputSet {
   async complete(signal: AbortSignal, onProgress: ProgressListener): Promise<SinkResult[]> {
     this.relay.listener = onProgress;
     const last = this.builds[this.builds.length - 1];
-    const results: SinkResult[] = [];
+    // The engine and the single-image outputs were done with the build: build() returns their results in
+    // the order of the sinks it was given. The others finish now, in `-o` order.
+    const done = new Map<Sink | "engine", SinkResult>();
     for (const sink of this.sinks) {
-      if (sink !== "engine" && sink.finish !== undefined) {
-        results.push(await sink.finish(signal));
-        continue;
-      }
-      // The engine and the single-image outputs were done with the build: build() returns their
-      // results in the order of the sinks it was given.
+      if (sink !== "engine" && sink.finish !== undefined) continue;
       const index = this.lastSinks.findIndex((used) =>
         sink === "engine" ? !this.sinks.includes(used) : used === sink,
       );
       const result = index < 0 ? undefined : last?.results[index];
-      if (result !== undefined) results.push(result);
+      if (result !== undefined) done.set(sink, result);
     }
+    for (const sink of this.sinks) {
+      if (sink === "engine" || sink.finish === undefined) continue;
+      try {
+        done.set(sink, await sink.finish(signal));
+      } catch (error) {
+        throw madeAnyway(error, [...done.values()]);
+      }
+    }
+    const results = this.sinks.flatMap((sink) => {
+      const result = done.get(sink);
+      return result === undefined ? [] : [result];
+    });
     if (this.options.metadataFile !== undefined) {
       await writeFileAtomically(this.options.metadataFile, `the metadata file ${this.options.metadataFile}`, [
         Buffer.from(`${JSON.stringify(buildMetadata(this.builds, results, this.options.tags), null, 2)}\n`),

@@ -15,7 +15,7 @@ import {
 import { formatPlatform, platformsMatch, type Platform } from "../image/platform.js";
 import type { ProgressListener } from "../progress.js";
 import { writeFileAtomically } from "../sinks/atomic-file.js";
-import type { Sink, SinkResult } from "../sinks/sink.js";
+import { madeAnyway, type Sink, type SinkResult } from "../sinks/sink.js";
 import type { EntrySource } from "../tar/entry.js";
 import {
   configFromFlags,
@@ -25,7 +25,7 @@ import {
   type ImageFlags,
 } from "./image-options.js";
 import { annotationsFor } from "../image/annotations.js";
-import { madeAnyway, openOutputs, resultLines, type OutputSet } from "./outputs.js";
+import { openOutputs, resultLines, type OutputSet } from "./outputs.js";
 import { makeRenderer } from "./render.js";
 
 export interface CommandContext {

@@ -32,8 +32,14 @@ export function parseAnnotation(text: string): Annotation {
   let rest = text;
   const match = PREFIX.exec(text);
   const named = match?.[1]?.split(",") ?? [];
-  // Keys may hold colons (`com.example:x=1`): only a prefix made of known types is one.
-  if (match !== null && named.every((name) => TARGETS.includes(name as AnnotationTarget))) {
+  // Keys may hold colons (`com.example:x=1`), but a prefix of lowercase words is a type, as buildx reads
+  // it: a misspelt one (`manfest:k=v`) is refused rather than made part of the key.
+  if (match !== null && !named.every((name) => TARGETS.includes(name as AnnotationTarget))) {
+    throw new UsageError(`--annotation ${text}: unknown annotation type "${match[1]}"`, {
+      hint: `Use one of ${TARGETS.join(", ")} before the colon, or none for the manifest.`,
+    });
+  }
+  if (match !== null) {
     targets = named as AnnotationTarget[];
     rest = match[3] ?? "";
     if (match[2] !== undefined) {
@@ -44,10 +50,6 @@ export function parseAnnotation(text: string): Annotation {
         });
       }
     }
-  } else if (match !== null && match[2] !== undefined) {
-    throw new UsageError(`--annotation ${text}: unknown annotation type "${match[1]}"`, {
-      hint: `Use one of ${TARGETS.join(", ")} before the colon, or none for the manifest.`,
-    });
   }
   const eq = rest.indexOf("=");
   if (eq <= 0) {

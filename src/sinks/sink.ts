@@ -2,6 +2,7 @@
  * A sink is a place an image goes: the Docker Engine, a file, a registry. One verb, `write(image)`.
  * Several sinks can take the same image from one walk of the source.
  */
+import { InterruptedError, MkbaseError, SinkError } from "../errors.js";
 import type { Image } from "../image/image.js";
 
 /** Takes the layer bytes while they are packed (for sinks that stream, like the engine's import). */
@@ -73,4 +74,19 @@ export interface Sink {
    * command ends, it removes that unless the output was completed.
    */
   discard?(): Promise<void>;
+}
+
+/**
+ * The error of an output that failed once others were complete (a push after the archives, a result
+ * file after the image): what they made is not undone (a tag may have moved from another image, a file
+ * may have replaced an older one), so the message names it. An interrupt stays an interrupt.
+ */
+export function madeAnyway(error: unknown, results: readonly SinkResult[]): unknown {
+  if (!(error instanceof MkbaseError) || error instanceof InterruptedError || results.length === 0)
+    return error;
+  const made = results.map((r) => `${r.tags.length > 0 ? r.tags.join(", ") : r.id} in ${r.destination}`);
+  return new SinkError(`${error.message}, after the image was made (${made.join("; ")})`, {
+    cause: error,
+    hint: error.hint,
+  });
 }

@@ -334,6 +334,8 @@ describe("annotations", () => {
     assert.deepEqual(parseAnnotation("com.example:x=1").key, "com.example:x");
     assert.throws(() => parseAnnotation("index[linux/arm64]:k=v"), UsageError);
     assert.throws(() => parseAnnotation("bogus[linux/arm64]:k=v"), UsageError);
+    assert.throws(() => parseAnnotation("manfest:k=v"), { message: /unknown annotation type "manfest"/ });
+    assert.throws(() => parseAnnotation("index,bogus:k=v"), UsageError);
     assert.throws(() => parseAnnotation("manifest:novalue"), UsageError);
   });
 
@@ -605,6 +607,50 @@ describe("a build that fails", () => {
     await failInto(`type=oci,dest=${join(scratch.path, "image.tar")}`);
     await failInto(`type=context,dest=${join(scratch.path, "context")}`);
     assert.deepEqual(await readdir(scratch.path), []);
+  });
+
+  it("an output that fails after others were written names them in its error", async () => {
+    const rootfs = join(scratch.path, "rootfs.tar");
+    const gone = join(scratch.path, "gone");
+    await mkdir(gone);
+    const outputs = await OutputSet.open(
+      parseOutputs([`type=tar,dest=${rootfs}`, `type=oci,dest=${join(gone, "image.tar")}`], false),
+      { tags: [], annotations: [], env: {}, images: 1 },
+    );
+    try {
+      const result = await build({
+        source: {
+          description: "one directory",
+          *entries() {
+            yield directoryEntry("etc", 0o755, 1_600_000_000);
+          },
+        },
+        epoch: { kind: "fixed", seconds: 1_700_000_000 },
+        platform: parsePlatform("linux/amd64"),
+        config: {},
+        createdBy: "mkbase dir .",
+        sinks: outputs.sinksForBuild(undefined, () => undefined),
+        signal: new AbortController().signal,
+        onProgress: () => undefined,
+      });
+      outputs.recordBuild(result);
+      // The archive's directory goes away before the archive is written: its output fails.
+      await rm(gone, { recursive: true });
+      await assert.rejects(
+        outputs.complete(new AbortController().signal, () => undefined),
+        (error: Error) => {
+          assert.ok(error instanceof SinkError);
+          assert.match(
+            error.message,
+            new RegExp(`after the image was made \\(sha256:[0-9a-f]{64} in rootfs tar ${rootfs}\\)$`),
+          );
+          return true;
+        },
+      );
+    } finally {
+      await outputs.close();
+      await rm(rootfs, { force: true });
+    }
   });
 
   it("keeps an existing empty directory, and only what was there", async () => {
