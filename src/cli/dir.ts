@@ -1,4 +1,6 @@
 /** `mkbase dir PATH`: a root filesystem directory (or a live system's `/`) into an image. */
+import { realpath } from "node:fs/promises";
+import { basename, dirname, join, resolve } from "node:path";
 import type { Command } from "commander";
 import { formatPlatform } from "../image/platform.js";
 import { addImageOptions, platformFromFlags, type ImageFlags } from "./image-options.js";
@@ -7,6 +9,25 @@ import type { CommandContext } from "./run-build.js";
 interface DirFlags extends ImageFlags {
   readonly system?: boolean;
   readonly crossMounts?: boolean;
+}
+
+/**
+ * Where the file outputs go, symlinks resolved (an output that does not exist yet: its directory), so
+ * that the walk can leave out one that lies inside the tree. Called once the outputs were checked.
+ */
+async function outputPaths(flags: ImageFlags): Promise<string[]> {
+  const { parseOutputs } = await import("./outputs.js");
+  const paths: string[] = [];
+  for (const spec of parseOutputs(flags.output, flags.push)) {
+    if (!("dest" in spec) || spec.dest === undefined || spec.dest === "-") continue;
+    const dest = spec.dest;
+    paths.push(
+      await realpath(dest).catch(async () =>
+        join(await realpath(dirname(dest)).catch(() => resolve(dirname(dest))), basename(dest)),
+      ),
+    );
+  }
+  return paths;
 }
 
 export function registerDirCommand(
@@ -56,6 +77,7 @@ Examples:
               filter,
               system: flags.system,
               crossMounts: flags.crossMounts,
+              outputs: await outputPaths(flags),
               onProgress,
             });
             // A tree for another machine, recorded as this one's, fails only when a container starts.

@@ -1,14 +1,15 @@
 /**
  * `mkbase dir PATH`: a directory on disk, including `/` of a live system, as image entries.
  */
-import { readdir, stat } from "node:fs/promises";
-import { join, resolve } from "node:path";
+import { readdir, realpath, stat } from "node:fs/promises";
+import { basename, dirname, join, resolve } from "node:path";
 import { platformOfElf } from "../elf/platform.js";
 import { inspectElfFile } from "../elf/read.js";
 import { walkInRoot } from "../elf/resolve.js";
 import { SourceError, errnoCode } from "../errors.js";
 import type { Platform } from "../image/platform.js";
 import type { ProgressListener } from "../progress.js";
+import { TEMP_PREFIX } from "../sinks/atomic-file.js";
 import type { EntrySource, TarEntry } from "../tar/entry.js";
 import type { PathFilter } from "../tar/exclude.js";
 import { SYSTEM_RUNTIME_DIRS, walkTree } from "../tar/walk.js";
@@ -23,6 +24,11 @@ export interface RootfsDirOptions {
    */
   readonly system?: boolean;
   readonly crossMounts?: boolean;
+  /**
+   * Where the command's file outputs go (absolute paths, symlinks resolved). One inside the tree is left
+   * out of it, with the temporary files written next to it, as GNU tar leaves out its own archive.
+   */
+  readonly outputs?: readonly string[];
   readonly onProgress: ProgressListener;
 }
 
@@ -38,7 +44,11 @@ export class RootfsDirSource implements EntrySource {
   readonly description: string;
   private readonly root: string;
 
-  private constructor(private readonly options: RootfsDirOptions) {
+  private constructor(
+    private readonly options: RootfsDirOptions,
+    /** The root with symlinks resolved, as the outputs' paths are. */
+    private readonly realRoot: string,
+  ) {
     this.root = resolve(options.path);
     this.description = `directory ${options.path}`;
   }
@@ -80,7 +90,7 @@ export class RootfsDirSource implements EntrySource {
         },
       );
     }
-    return new RootfsDirSource(options);
+    return new RootfsDirSource(options, await realpath(options.path));
   }
 
   /**
@@ -103,17 +113,45 @@ export class RootfsDirSource implements EntrySource {
     return this.options.system === true || this.root === "/";
   }
 
+  /** The walk's {@link WalkOptions.leaveOut} for the outputs inside the tree, if any is. */
+  private outputsInside(): ((full: Buffer) => boolean) | undefined {
+    const real = this.realRoot.endsWith("/") ? this.realRoot : `${this.realRoot}/`;
+    // The walk names paths from the root as given: an output is matched under that name.
+    const inside = new Set(
+      (this.options.outputs ?? [])
+        .filter((output) => output.startsWith(real))
+        .map((output) => join(this.root, output.slice(real.length))),
+    );
+    if (inside.size === 0) return undefined;
+    const directories = new Set([...inside].map((output) => dirname(output)));
+    return (full) => {
+      const path = full.toString();
+      return inside.has(path) || (basename(path).startsWith(TEMP_PREFIX) && directories.has(dirname(path)));
+    };
+  }
+
   *entries(signal: AbortSignal): Generator<TarEntry> {
     const sockets: string[] = [];
     const mounts: string[] = [];
+    const outputs: string[] = [];
+    const skipped = { socket: sockets, mount: mounts, output: outputs };
     yield* walkTree(this.root, {
       signal,
       filter: this.options.filter,
       contentsExcluded: this.isSystemCapture ? SYSTEM_RUNTIME_DIRS : [],
       crossMounts: this.options.crossMounts,
-      onSkip: (kind, path) => (kind === "socket" ? sockets : mounts).push(path),
+      leaveOut: this.outputsInside(),
+      onSkip: (kind, path) => skipped[kind].push(path),
       onWarning: (message) => this.options.onProgress({ kind: "warning", message }),
     });
+    // The temporary files are not worth a word: they exist only while this command writes them.
+    const named = outputs.filter((path) => !basename(path).startsWith(TEMP_PREFIX));
+    if (named.length > 0) {
+      this.options.onProgress({
+        kind: "warning",
+        message: `left out ${listNames(named)}: ${named.length === 1 ? "an output" : "outputs"} of this command inside the tree`,
+      });
+    }
     if (sockets.length > 0) {
       this.options.onProgress({
         kind: "warning",

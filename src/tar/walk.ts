@@ -30,8 +30,13 @@ export interface WalkOptions {
   readonly contentsExcluded?: readonly string[];
   /** Descend into directories on other filesystems (mount points); off by default. */
   readonly crossMounts?: boolean;
-  /** Called once per skipped socket and per mount point not crossed. */
-  readonly onSkip?: (kind: "socket" | "mount", path: string) => void;
+  /**
+   * Whether to leave out the entry at this path on disk, before anything reads it: the command's own
+   * outputs, which would otherwise pack themselves (and their temporary files, which come and go).
+   */
+  readonly leaveOut?: (full: Buffer) => boolean;
+  /** Called once per skipped socket, per mount point not crossed and per path {@link leaveOut} took. */
+  readonly onSkip?: (kind: "socket" | "mount" | "output", path: string) => void;
   /** Called with {@link sparseFileWarning}'s message for a large file that is mostly holes. */
   readonly onWarning?: (message: string) => void;
 }
@@ -226,6 +231,10 @@ class TreeWalker {
       throwIfAborted(options.signal);
       const full = joinPath(frame.full, name);
       const rel = frame.rel.length === 0 ? name : joinPath(frame.rel, name);
+      if (options.leaveOut?.(full) === true) {
+        options.onSkip?.("output", displayPath(rel));
+        continue;
+      }
       const st = lstatOrFail(full);
       const isDir = st.isDirectory();
       // Decoding the path costs more than the rest of an entry; only matching needs it.

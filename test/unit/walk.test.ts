@@ -15,6 +15,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { SourceError } from "../../src/errors.js";
+import { TEMP_PREFIX } from "../../src/sinks/atomic-file.js";
+import { RootfsDirSource } from "../../src/sources/rootfs-dir.js";
 import type { TarEntry } from "../../src/tar/entry.js";
 import { PathFilter } from "../../src/tar/exclude.js";
 import { EntryNormalizer } from "../../src/tar/normalize.js";
@@ -258,5 +260,36 @@ describe("a tree with overlay whiteouts, walked and normalised as mkbase dir doe
       "q",
       "raw",
     ]);
+  });
+});
+
+describe("outputs inside the tree", () => {
+  it("are left out with the temporary files beside them, and named in one warning", async () => {
+    const base = mkdtempSync(join(tmpdir(), "mkbase-unit-outputs-"));
+    try {
+      // The tree is reached through a symlink, as the outputs' resolved paths are not.
+      const tree = join(base, "tree");
+      mkdirSync(join(tree, "out/layout"), { recursive: true });
+      writeFileSync(join(tree, "out/image.tar"), "old archive");
+      writeFileSync(join(tree, `out/${TEMP_PREFIX}image.tar-1-ab`), "being written");
+      writeFileSync(join(tree, `${TEMP_PREFIX}elsewhere`), "not beside an output");
+      writeFileSync(join(tree, "out/kept"), "kept");
+      symlinkSync(tree, join(base, "link"));
+      const warnings: string[] = [];
+      const source = await RootfsDirSource.open({
+        path: join(base, "link"),
+        outputs: [join(tree, "out/image.tar"), join(tree, "out/layout"), join(base, "outside.tar")],
+        onProgress: (event) => {
+          if (event.kind === "warning") warnings.push(event.message);
+        },
+      });
+      const paths = [...source.entries(new AbortController().signal)].map((entry) => entry.path.toString());
+      assert.deepEqual(paths, [`${TEMP_PREFIX}elsewhere`, "out", "out/kept"]);
+      assert.deepEqual(warnings, [
+        "left out out/image.tar, out/layout: outputs of this command inside the tree",
+      ]);
+    } finally {
+      rmSync(base, { recursive: true, force: true });
+    }
   });
 });
