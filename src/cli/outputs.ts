@@ -4,6 +4,7 @@
  * and registry outputs are made once and take each build's image (one per platform), then `complete`
  * writes what covers them all (OCI index, archive, push) and the `--metadata-file`.
  */
+import { rm } from "node:fs/promises";
 import { resolve } from "node:path";
 import type { BuildResult } from "../build.js";
 import {
@@ -654,6 +655,8 @@ export async function openOutputs(
     }
     await checkDestination(file, `${what} ${file}`);
   }
+  // As buildx does: a build that fails must not leave the previous build's ID where a script reads it.
+  if (flags.iidfile !== undefined) await rm(flags.iidfile, { force: true });
   return OutputSet.open(specs, {
     ...options,
     annotations: annotationsFromFlags(flags),

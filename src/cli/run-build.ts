@@ -184,9 +184,12 @@ export async function runBuild(
     renderer.stop(true);
     const id = results[0]?.id ?? result.imageId;
     if (flags.iidfile !== undefined) {
-      await writeFileAtomically(flags.iidfile, `the image ID file ${flags.iidfile}`, [Buffer.from(id)]).catch(
-        (error: unknown) => Promise.reject(madeAnyway(error, results)),
-      );
+      // The image ID, as buildx writes it whatever the outputs: the engine's (which --via import and
+      // build choose themselves), else the config's digest, not an OCI output's manifest digest.
+      const imageIdOf = results.find((r) => r.destination.startsWith("docker ("))?.id ?? result.imageId;
+      await writeFileAtomically(flags.iidfile, `the image ID file ${flags.iidfile}`, [
+        Buffer.from(imageIdOf),
+      ]).catch((error: unknown) => Promise.reject(madeAnyway(error, results)));
     }
     // With dest=- stdout holds the archive; --iidfile and --metadata-file still give the result.
     if (outputSet.writesStdout) return 0;

@@ -407,6 +407,39 @@ describe("output for scripts", () => {
     assert.equal(await readFile(iidfile, "utf8"), id);
   });
 
+  test("--iidfile holds the image ID with an OCI output first, and a failed build leaves none", async () => {
+    const iidfile = join(scratch, "iid-oci");
+    const layout = join(scratch, "iid-layout");
+    const result = await runMkbase([
+      "dir",
+      tree.root,
+      ...["-o", `type=oci,dest=${layout},tar=false`, "--iidfile", iidfile],
+    ]);
+    assert.equal(result.code, 0, describeResult(result));
+    const index = JSON.parse(await readFile(join(layout, "index.json"), "utf8")) as {
+      manifests: { digest: string }[];
+    };
+    const manifestDigest = index.manifests[0]?.digest ?? "";
+    // stdout names what the layout holds (the manifest); the ID file, the image ID: its config's digest.
+    assert.equal(result.stdout, `${manifestDigest}\n`);
+    const manifest = JSON.parse(
+      await readFile(join(layout, "blobs/sha256", manifestDigest.slice("sha256:".length)), "utf8"),
+    ) as { config: { digest: string } };
+    assert.equal(await readFile(iidfile, "utf8"), manifest.config.digest);
+
+    const failed = await runMkbase([
+      "dir",
+      join(scratch, "missing"),
+      "-o",
+      `type=tar,dest=${join(scratch, "x.tar")}`,
+      "--iidfile",
+      iidfile,
+    ]);
+    assert.equal(failed.code, 3, describeResult(failed));
+    await assert.rejects(readFile(iidfile), { code: "ENOENT" });
+    await rm(layout, { recursive: true });
+  });
+
   test("--quiet prints only the ID, nothing on stderr", async () => {
     const tag = uniqueTag("dir-quiet");
     const { id, result } = await mkbaseDir(tree.root, tag, ["--quiet"]);
