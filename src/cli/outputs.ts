@@ -491,30 +491,30 @@ export class OutputSet {
    */
   async complete(signal: AbortSignal, onProgress: ProgressListener): Promise<SinkResult[]> {
     this.relay.listener = onProgress;
-    const last = this.builds[this.builds.length - 1];
-    // The engine and the single-image outputs were done with the build: build() returns their results in
-    // the order of the sinks it was given. The others finish now, in `-o` order.
-    const done = new Map<Sink | "engine", SinkResult>();
+    // The engine and the single-image outputs were done with each build: build() returns their results
+    // in the order of the sinks it was given (the engine has an image per platform; the single-image
+    // outputs take one build only). The others finish now, in `-o` order.
+    const done = new Map<Sink | "engine", SinkResult[]>();
     for (const sink of this.sinks) {
       if (sink !== "engine" && sink.finish !== undefined) continue;
       const index = this.lastSinks.findIndex((used) =>
         sink === "engine" ? !this.sinks.includes(used) : used === sink,
       );
-      const result = index < 0 ? undefined : last?.results[index];
-      if (result !== undefined) done.set(sink, result);
+      if (index >= 0)
+        done.set(
+          sink,
+          this.builds.flatMap((built) => built.results[index] ?? []),
+        );
     }
     for (const sink of this.sinks) {
       if (sink === "engine" || sink.finish === undefined) continue;
       try {
-        done.set(sink, await sink.finish(signal));
+        done.set(sink, [await sink.finish(signal)]);
       } catch (error) {
-        throw madeAnyway(error, [...done.values()]);
+        throw madeAnyway(error, [...done.values()].flat());
       }
     }
-    const results = this.sinks.flatMap((sink) => {
-      const result = done.get(sink);
-      return result === undefined ? [] : [result];
-    });
+    const results = this.sinks.flatMap((sink) => done.get(sink) ?? []);
     if (this.options.metadataFile !== undefined) {
       await writeFileAtomically(this.options.metadataFile, `the metadata file ${this.options.metadataFile}`, [
         Buffer.from(`${JSON.stringify(buildMetadata(this.builds, results, this.options.tags), null, 2)}\n`),
@@ -534,23 +534,24 @@ export class OutputSet {
 /**
  * The `--metadata-file` document, with buildx's keys: `containerimage.digest` (the manifest, or the
  * index of a multi-platform build, that the first OCI or registry output holds; for the engine and
- * docker archives the manifest of the uncompressed layers), `containerimage.config.digest` (the image
- * ID, single-platform builds only), `image.name` (the tags, comma-separated), and `mkbase.outputs` with
- * one entry per output.
+ * docker archives the manifest of the uncompressed layers, single-platform builds only),
+ * `containerimage.config.digest` (the image ID, single-platform builds only), `image.name` (the tags,
+ * comma-separated), and `mkbase.outputs` with one entry per output (and per platform in the engine).
  */
 export function buildMetadata(
   builds: readonly BuildResult[],
   results: readonly SinkResult[],
   tags: readonly Reference[],
 ): Record<string, unknown> {
-  const [only] = builds;
+  const only = builds.length === 1 ? builds[0] : undefined;
   const indexed = results.find((r) => r.destination === "registry" || r.destination.startsWith("oci "));
+  // Several images into the engine alone have no one digest: no index holds them.
   const digest =
     indexed?.id ??
     (only === undefined ? undefined : uncompressedManifest(only.image).manifest.descriptor.digest);
   return {
     "containerimage.digest": digest,
-    "containerimage.config.digest": builds.length === 1 ? only?.imageId : undefined,
+    "containerimage.config.digest": only?.imageId,
     "image.name": tags.length > 0 ? tags.map(formatReference).join(",") : undefined,
     "mkbase.outputs": results.map((r) => ({ destination: r.destination, id: r.id, tags: r.tags })),
   };

@@ -326,8 +326,9 @@ Examples:
   mkbase scratch --platform linux/amd64=./hello-amd64 --platform linux/arm64=./hello-arm64 -t hello:multi
 
 With several --platform os/arch=FILE, each image is loaded into the engine as NAME:TAG-ARCH
-(hello:multi-amd64, hello:multi-arm64) and NAME:TAG points at the one for this machine's platform.
-stdout then has one image ID (or JSON object) per line.`,
+(hello:multi-amd64, hello:multi-arm64) and NAME:TAG points at the one for this machine's platform;
+OCI and registry outputs hold one index under NAME:TAG. stdout then has the result of each platform,
+a line each, then that of the index; --json prints one object for the whole command.`,
     )
     .action(async (binary: string | undefined, args: string[], flags: ScratchFlags) => {
       const operands = binary === undefined ? args : [binary, ...args];
@@ -409,8 +410,11 @@ async function runScratch(
   const outputs = multi
     ? await openOutputs(sharedFlags, { tags, env: context.env, images: images.length })
     : undefined;
-  if (outputs !== undefined && tags.length > 0 && hostImage === undefined) {
-    const warning = `no program for this machine's platform (${formatPlatform(host)}): ${tags.length === 1 ? "the plain tag is" : "the plain tags are"} not set`;
+  // The per-platform tags (NAME:TAG-ARCH) and the plain tag on this machine's image are the engine's; the
+  // OCI and registry outputs put the plain tag on the index, whatever the platforms.
+  const engineTags = outputs?.wantsEngine === true;
+  if (engineTags && tags.length > 0 && hostImage === undefined) {
+    const warning = `no program for this machine's platform (${formatPlatform(host)}): ${tags.length === 1 ? "the plain tag is" : "the plain tags are"} not set in the Docker Engine`;
     outputs.warnings.push(warning);
     // Like every warning, also under --quiet.
     await printWarning(warning);
@@ -438,7 +442,7 @@ async function runScratch(
         outputs,
       );
       if (code !== 0) return code;
-      if (multi && imageTags.length > 0 && flags.quiet !== true) {
+      if (engineTags && imageTags.length > 0 && flags.quiet !== true) {
         const note = source === hostImage?.source ? " (this machine's platform)" : "";
         process.stderr.write(
           `${formatPlatform(source.platform)}: ${imageTags.map(formatReference).join(", ")}${note}\n`,

@@ -450,15 +450,28 @@ describe("multi-platform scratch into an OCI archive", () => {
     }
   });
 
-  test("--json carries the warning that no program is for this machine's platform", async () => {
+  test("--json carries the warning that no program is for this machine's platform, for the engine only", async () => {
     const archive = join(scratch, "arm64-only.oci.tar");
-    const result = await mkbaseOk([
+    // Into an OCI archive alone: the plain tag names the index, whatever its platforms. No warning.
+    const ociOnly = await mkbaseOk([
       "scratch",
       ...["--platform", platform("arm64"), "-t", "multi/arm:1", ...epochArgs],
       ...["-o", `type=oci,dest=${archive}`, "--json", "-q"],
     ]);
+    assert.deepEqual((JSON.parse(ociOnly.stdout) as { warnings: string[] }).warnings, []);
+    assert.equal(ociOnly.stderr, "");
+
+    const tag = uniqueTag("arm-only");
+    images.add(tag);
+    images.add(`${tag}-arm64`);
+    const result = await mkbaseOk([
+      "scratch",
+      ...["--platform", platform("arm64"), "-t", tag, ...epochArgs],
+      ...["-o", `type=oci,dest=${archive}`, "-o", "type=docker", "--json", "-q"],
+    ]);
     const report = JSON.parse(result.stdout) as { platforms: { platform: string }[]; warnings: string[] };
-    const warning = "no program for this machine's platform (linux/amd64): the plain tag is not set";
+    const warning =
+      "no program for this machine's platform (linux/amd64): the plain tag is not set in the Docker Engine";
     assert.deepEqual(report.warnings, [warning]);
     // The same line on stderr, also under --quiet, as every warning.
     assert.equal(result.stderr, `warning: ${warning}\n`);
@@ -466,6 +479,8 @@ describe("multi-platform scratch into an OCI archive", () => {
       report.platforms.map((p) => p.platform),
       ["linux/arm64/v8"],
     );
+    assert.equal(await imageInspect(tag), undefined);
+    assert.equal((await imageInspect(`${tag}-arm64`))?.Architecture, "arm64");
   });
 });
 

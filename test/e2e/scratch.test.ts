@@ -418,6 +418,8 @@ describe("mkbase scratch", () => {
       `linux/arm64=${programs.helloArm64}`,
       "-t",
       tag,
+      "--metadata-file",
+      join(work, "multi-metadata.json"),
     ]);
     assert.equal(result.code, 0, describeResult(result));
     const ids = result.stdout.trim().split("\n");
@@ -435,6 +437,17 @@ describe("mkbase scratch", () => {
     assert.equal(arm64?.Id, ids[1]);
     assert.equal(plain?.Id, amd64?.Id);
     assert.match(result.stderr, /linux\/amd64: .*-amd64, .*\(this machine's platform\)/);
+    // Both images in the metadata, and no digest that would stand for one of them alone.
+    const metadata = JSON.parse(await readFile(join(work, "multi-metadata.json"), "utf8")) as Record<
+      string,
+      unknown
+    >;
+    assert.equal(metadata["containerimage.digest"], undefined);
+    assert.equal(metadata["containerimage.config.digest"], undefined);
+    assert.deepEqual(
+      (metadata["mkbase.outputs"] as { id: string }[]).map((output) => output.id),
+      ids,
+    );
   });
 });
 
