@@ -3,8 +3,10 @@
  * `PUT` after the `POST`, or `PATCH` chunks with `Content-Range` for large blobs), cross-repository
  * mount, and manifest `PUT`. One client talks to one registry host for one push.
  *
- * Transport rules: HTTPS, except plain HTTP for the loopback names (`localhost`, `127.0.0.1`, `[::1]`)
- * or when the user allows an insecure registry. Credentials are only ever sent to the registry's own
+ * Transport rules: HTTPS with a verified certificate. The loopback names (`localhost`, `127.0.0.1`,
+ * `[::1]`) and registries the user allows as insecure are treated as docker and crane treat them: HTTPS
+ * without verifying the certificate, and plain HTTP when the server does not speak TLS; the first
+ * request decides which, for the whole client. Credentials are only ever sent to the registry's own
  * origin and to its token realm, never to a host an upload `Location` points at.
  *
  * Failures: connection resets and refusals, timeouts, 429 and 5xx are transient; each operation is
@@ -83,6 +85,8 @@ class TransientFailure extends Error {
   constructor(
     message: string,
     readonly retryAfterMs: number | undefined,
+    /** What to do if no attempt succeeds; the generic advice when absent. */
+    readonly hint?: string,
     cause?: unknown,
   ) {
     super(message, cause === undefined ? undefined : { cause });
@@ -101,7 +105,7 @@ const MAX_RESPONSE_BYTES = 4 * 1024 * 1024;
 
 const LOOPBACK_HOSTNAMES = new Set(["localhost", "127.0.0.1", "[::1]"]);
 
-/** Whether `hostname` (as `URL.hostname` spells it) is one of the loopback names HTTP is allowed for. */
+/** Whether `hostname` (as `URL.hostname` spells it) is one of the loopback names treated as insecure. */
 export function isLoopbackHost(hostname: string): boolean {
   return LOOPBACK_HOSTNAMES.has(hostname.toLowerCase());
 }
@@ -109,7 +113,7 @@ export function isLoopbackHost(hostname: string): boolean {
 export interface RegistryClientOptions {
   readonly signal: AbortSignal;
   readonly onProgress: ProgressListener;
-  /** Allow plain HTTP to hosts other than the loopback names. */
+  /** Treat every host as the loopback names are: unverified HTTPS, or plain HTTP. */
   readonly insecure: boolean;
   /** Loads the credentials for the host, when the registry first asks for them. */
   readonly credentials: () => Promise<RegistryCredentials | undefined>;
@@ -191,10 +195,34 @@ async function* exactly(source: AsyncIterable<Buffer>, size: number, what: strin
   }
 }
 
-/** One HTTP exchange; rejects with the socket's error (and its errno `code`) when there is no answer. */
+/** What to do about a request to `url` that got no answer, by the socket error's `code`. */
+function connectionHint(error: unknown, url: URL, insecureAllowed: boolean): string {
+  switch (errnoCode(error)) {
+    case "ENOTFOUND":
+    case "EAI_AGAIN":
+      return `The name ${url.hostname} does not resolve: check its spelling, and the DNS (or /etc/hosts) of this machine.`;
+    case "ECONNREFUSED":
+      return `Nothing listens at ${url.host}: check the port, and that the registry is running.`;
+    case "EHOSTUNREACH":
+    case "ENETUNREACH":
+    case "ETIMEDOUT":
+      return `${url.host} cannot be reached from this machine: check the network route and firewalls.`;
+  }
+  if (isUntrustedCertificate(error))
+    return `The certificate of ${url.host} is not trusted: if its CA is a private one, name a PEM file holding it in NODE_EXTRA_CA_CERTS.`;
+  return url.protocol === "https:" && !insecureAllowed
+    ? `Check that ${url.host} serves HTTPS with a trusted certificate; for a plain-HTTP registry pass --insecure-registry.`
+    : `Check that a registry listens at ${url.host}.`;
+}
+
+/**
+ * One HTTP exchange; rejects with the socket's error (and its errno `code`) when there is no answer.
+ * `verify` false accepts any certificate.
+ */
 function exchangeOnce(
   request: RegistryRequest,
-  agent: http.Agent | undefined,
+  agent: http.Agent,
+  verify: boolean,
   signal: AbortSignal,
 ): Promise<RegistryResponse> {
   return new Promise((resolve, reject) => {
@@ -205,7 +233,7 @@ function exchangeOnce(
       headers["content-length"] = String(Buffer.isBuffer(body) ? body.length : body.size);
     const options = { method: request.method, headers, agent, signal };
     const outgoing = secure
-      ? https.request(request.url, { ...options, ...extraCaOptions() })
+      ? https.request(request.url, { ...options, ...extraCaOptions(), rejectUnauthorized: verify })
       : http.request(request.url, options);
     failWhenSilent(outgoing, IDLE_TIMEOUT_MS);
     let bodySent = body === undefined || Buffer.isBuffer(body);
@@ -241,21 +269,18 @@ function exchangeOnce(
 
 /** A client for one registry host, for the duration of one push. Call {@link close} when done. */
 export class RegistryClient {
-  /** `https://host[:port]` or `http://…`. */
-  readonly origin: string;
   private readonly auth: RegistryAuthenticator;
-  private readonly agent: http.Agent;
+  private readonly httpAgent = new http.Agent({ keepAlive: true });
+  private readonly httpsAgent = new https.Agent({ keepAlive: true });
   private readonly chunkSize: number;
+  /** `https://host[:port]` or `http://…`, as {@link decideOrigin} found. */
+  private decidedOrigin: Promise<string> | undefined;
 
   constructor(
     /** `host[:port]` as in the image reference. */
     readonly host: string,
     private readonly options: RegistryClientOptions,
   ) {
-    const hostname = new URL(`http://${host}`).hostname;
-    const plain = isLoopbackHost(hostname) || options.insecure;
-    this.origin = `${plain ? "http" : "https"}://${host}`;
-    this.agent = plain ? new http.Agent({ keepAlive: true }) : new https.Agent({ keepAlive: true });
     this.chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
     this.auth = new RegistryAuthenticator({
       host,
@@ -267,17 +292,60 @@ export class RegistryClient {
 
   /** Frees the kept-alive connections. */
   close(): void {
-    this.agent.destroy();
+    this.httpAgent.destroy();
+    this.httpsAgent.destroy();
   }
 
-  private url(path: string): URL {
-    return new URL(path, this.origin);
+  private origin(): Promise<string> {
+    this.decidedOrigin ??= this.decideOrigin().catch((error: unknown) => {
+      // Decided again by the next try (a registry that is still starting).
+      this.decidedOrigin = undefined;
+      throw error;
+    });
+    return this.decidedOrigin;
+  }
+
+  private async url(path: string): Promise<URL> {
+    return new URL(path, await this.origin());
+  }
+
+  /**
+   * HTTPS, unless the host may be insecure and answers the TLS handshake with something that is not
+   * TLS (`EPROTO`): then plain HTTP, if the server answers `GET /v2/` that way. A plain-HTTP registry
+   * thus costs one failed handshake per client, not one per request.
+   */
+  private async decideOrigin(): Promise<string> {
+    const secure = new URL(`https://${this.host}/v2/`);
+    if (!this.insecureAllowed(secure)) return secure.origin;
+    try {
+      await this.exchange({ method: "GET", url: secure });
+      return secure.origin;
+    } catch (error) {
+      if (!(error instanceof SinkError && errnoCode(error.cause) === "EPROTO")) throw error;
+    }
+    const plain = new URL(`http://${this.host}/v2/`);
+    try {
+      await this.exchange({ method: "GET", url: plain });
+      return plain.origin;
+    } catch (error) {
+      const tried = `after the TLS handshake at ${secure.origin} failed`;
+      if (error instanceof TransientFailure)
+        throw new TransientFailure(`${error.message}, ${tried}`, error.retryAfterMs, error.hint, error);
+      if (error instanceof SinkError)
+        throw new SinkError(`${error.message}, ${tried}`, { cause: error, hint: error.hint });
+      throw error;
+    }
+  }
+
+  /** Whether `url` may be reached without a verified certificate, or over plain HTTP. */
+  private insecureAllowed(url: URL): boolean {
+    return isLoopbackHost(url.hostname) || this.options.insecure;
   }
 
   /** Refuses plain HTTP to a host that is neither loopback nor allowed as insecure. */
   private checkTransport(url: URL): void {
     if (url.protocol === "https:") return;
-    if (url.protocol === "http:" && (isLoopbackHost(url.hostname) || this.options.insecure)) return;
+    if (url.protocol === "http:" && this.insecureAllowed(url)) return;
     throw new SinkError(`the registry ${this.host} sent mkbase to ${url.origin}, which is not HTTPS`, {
       hint: `Only HTTPS is used for hosts other than localhost; pass --insecure-registry if ${url.host} is trusted.`,
     });
@@ -287,11 +355,15 @@ export class RegistryClient {
   private async exchange(request: RegistryRequest): Promise<RegistryResponse> {
     throwIfAborted(this.options.signal);
     this.checkTransport(request.url);
-    // Each agent speaks one protocol; a token realm on the other one goes through node's global agent.
-    const agent = request.url.protocol === new URL(this.origin).protocol ? this.agent : undefined;
+    const insecureAllowed = this.insecureAllowed(request.url);
     let response: RegistryResponse;
     try {
-      response = await exchangeOnce(request, agent, this.options.signal);
+      response = await exchangeOnce(
+        request,
+        request.url.protocol === "https:" ? this.httpsAgent : this.httpAgent,
+        !insecureAllowed,
+        this.options.signal,
+      );
     } catch (error) {
       if (this.options.signal.aborted)
         throw new InterruptedError("interrupted", { cause: this.options.signal.reason });
@@ -304,16 +376,18 @@ export class RegistryClient {
           : error instanceof Error
             ? error.message
             : String(error);
+      const hint = connectionHint(error, request.url, insecureAllowed);
       if (code !== undefined && TRANSIENT_NETWORK_CODES.has(code)) {
-        throw new TransientFailure(`${request.method} ${request.url.host}: ${text}`, undefined, error);
+        throw new TransientFailure(
+          `${request.method} ${request.url.origin}: ${text}`,
+          undefined,
+          hint,
+          error,
+        );
       }
       throw new SinkError(`cannot talk to the registry at ${request.url.origin}: ${text}`, {
         cause: error,
-        hint: isUntrustedCertificate(error)
-          ? `The certificate of ${request.url.host} is not trusted: if its CA is a private one, name a PEM file holding it in NODE_EXTRA_CA_CERTS.`
-          : request.url.protocol === "https:"
-            ? `Check that ${request.url.host} serves HTTPS with a trusted certificate; for a plain-HTTP registry pass --insecure-registry.`
-            : `Check that a registry listens at ${request.url.host}.`,
+        hint,
       });
     }
     if (response.status >= 500 || response.status === 429) {
@@ -329,7 +403,7 @@ export class RegistryClient {
   /** An exchange with the registry itself: auth header added, one retry after a 401 challenge. */
   private async call(request: RegistryRequest, scopes: readonly string[]): Promise<RegistryResponse> {
     // Never hand credentials to another origin (blob storage a Location may point at).
-    if (request.url.origin !== this.origin) return this.exchange(request);
+    if (request.url.origin !== (await this.origin())) return this.exchange(request);
     const sent = await this.auth.authorization(scopes);
     const first = await this.exchange(withAuthorization(request, sent));
     if (first.status !== 401) return first;
@@ -351,7 +425,7 @@ export class RegistryClient {
         if (tryNumber >= MAX_TRIES) {
           throw new SinkError(`${what} failed after ${MAX_TRIES} tries: ${error.message}`, {
             cause: error,
-            hint: `Check that the registry at ${this.origin} is up and reachable, then push again (blobs already pushed are not sent twice).`,
+            hint: `${error.hint ?? `Check that the registry at ${this.host} is up and reachable.`} Then push again (blobs already pushed are not sent twice).`,
           });
         }
         const backoff = Math.min(FIRST_BACKOFF_MS * 2 ** (tryNumber - 1), MAX_BACKOFF_MS);
@@ -383,7 +457,7 @@ export class RegistryClient {
       response.status === 403
         ? `The credentials for ${this.host} lack push rights on ${repository}; check them or log in as another user.`
         : response.status === 404
-          ? `Check the repository name ${repository} and that the registry at ${this.origin} serves the distribution API.`
+          ? `Check the repository name ${repository} and that the registry at ${this.host} serves the distribution API.`
           : `The registry refused the request; its answer is above.`;
     throw new RegistryResponseError(
       `${what} at ${this.host}/${repository} failed: ${describeErrors(response.status, errors, response.body)}`,
@@ -407,8 +481,8 @@ export class RegistryClient {
 
   /** Whether `repository` already holds blob `digest`. */
   blobExists(repository: string, digest: string): Promise<boolean> {
-    const url = this.url(`/v2/${repository}/blobs/${digest}`);
     return this.retrying(`checking blob ${shortDigest(digest)}`, async () => {
+      const url = await this.url(`/v2/${repository}/blobs/${digest}`);
       const response = await this.call({ method: "HEAD", url }, [repositoryScope(repository, "pull,push")]);
       if (response.status === 404) return false;
       // Registries backed by object storage answer with a redirect to the blob's storage URL.
@@ -422,11 +496,11 @@ export class RegistryClient {
    * when mounted; false when the registry could not (it then opened an upload, which is left to expire).
    */
   mountBlob(repository: string, digest: string, from: string): Promise<boolean> {
-    const url = this.url(`/v2/${repository}/blobs/uploads/`);
-    url.searchParams.set("mount", digest);
-    url.searchParams.set("from", from);
     const scopes = [repositoryScope(repository, "pull,push"), repositoryScope(from, "pull")];
     return this.retrying(`mounting blob ${shortDigest(digest)}`, async () => {
+      const url = await this.url(`/v2/${repository}/blobs/uploads/`);
+      url.searchParams.set("mount", digest);
+      url.searchParams.set("from", from);
       const response = await this.call({ method: "POST", url }, scopes);
       this.expect(response, [201, 202], `mounting blob ${shortDigest(digest)} from ${from}`, repository);
       return response.status === 201;
@@ -439,7 +513,7 @@ export class RegistryClient {
     const what = `uploading blob ${shortDigest(digest)}`;
     const scopes = [repositoryScope(repository, "pull,push")];
     return this.retrying(what, async () => {
-      const start = this.url(`/v2/${repository}/blobs/uploads/`);
+      const start = await this.url(`/v2/${repository}/blobs/uploads/`);
       const started = await this.call({ method: "POST", url: start }, scopes);
       this.expect(started, [202], what, repository);
       let location = this.location(started, start, "an upload start");
@@ -481,9 +555,9 @@ export class RegistryClient {
 
   /** Puts a manifest or index under `reference` (a digest or a tag); returns the digest the registry reports. */
   putManifest(repository: string, reference: string, manifest: Blob): Promise<string> {
-    const url = this.url(`/v2/${repository}/manifests/${reference}`);
     const what = `putting manifest ${shortDigest(manifest.descriptor.digest)} as ${reference.includes(":") ? shortDigest(reference) : reference}`;
     return this.retrying(what, async () => {
+      const url = await this.url(`/v2/${repository}/manifests/${reference}`);
       const response = await this.call(
         {
           method: "PUT",

@@ -9,7 +9,7 @@
  */
 import { UsageError } from "../errors.js";
 import type { Blob } from "../image/manifest.js";
-import { formatReference, repositoryOf, type Reference } from "../image/reference.js";
+import { formatReference, normalizedName, repositoryOf, type Reference } from "../image/reference.js";
 import { formatBytes, type ProgressListener } from "../progress.js";
 import { findCredentials } from "./auth.js";
 import { RegistryClient, shortDigest, type PushBlob } from "./client.js";
@@ -20,7 +20,10 @@ export { RegistryResponseError, type RegistryErrorEntry } from "./client.js";
 export interface PushOptions {
   readonly signal: AbortSignal;
   readonly onProgress: ProgressListener;
-  /** Allow plain HTTP for hosts other than `localhost`, `127.0.0.1` and `[::1]` (`--insecure-registry`). */
+  /**
+   * Treat the registry as `localhost`, `127.0.0.1` and `[::1]` are treated (`--insecure-registry`): HTTPS
+   * without verifying the certificate, or plain HTTP when it does not speak TLS.
+   */
   readonly insecureRegistry?: boolean;
   /** A docker `config.json` to take credentials from instead of the discovered one (`--registry-auth-file`). */
   readonly authFile?: string;
@@ -56,17 +59,25 @@ function digestLabel(digest: string): string {
 }
 
 /**
- * The registry host of `target`. References without one are refused rather than sent to a default
- * registry: publishing somewhere the user did not name is worse than asking.
+ * The registry host of `target`; a registry output checks every tag with it before the build. Docker
+ * Hub is refused, and so are names without a host, which docker sends there: Hub's API is not served at
+ * the host its references name, and `docker login` keeps Hub credentials under yet another key.
+ * Publishing somewhere the user did not name is worse than asking.
  */
-function registryHost(target: Reference): string {
-  if (target.domain === undefined) {
-    throw new UsageError(
-      `cannot push "${formatReference(target)}": push needs a registry host in the tag, e.g. localhost:5000/x:1`,
-      { hint: "Tag the image with the registry it goes to, as host[:port]/name:tag." },
-    );
-  }
-  return target.domain;
+export function registryHost(target: Reference): string {
+  const host = target.domain;
+  // normalizedName spells every Docker Hub reference (no host, `index.docker.io`) as `docker.io/…`.
+  if (host !== undefined && !normalizedName(target).startsWith("docker.io/")) return host;
+  const named =
+    host === undefined
+      ? "names no registry host (docker would push it to Docker Hub)"
+      : `names Docker Hub (${host})`;
+  throw new UsageError(
+    `cannot push "${formatReference(target)}": the tag ${named}, and mkbase pushes only to a registry named by its host, as in localhost:5000/x:1`,
+    {
+      hint: "To publish on Docker Hub, write the image to a file and push that: -o type=oci,dest=x.tar, then `skopeo copy oci-archive:x.tar docker://USER/NAME:TAG` (or -o type=oci,dest=x,tar=false, then `crane push x USER/NAME:TAG`); or load it into the engine (without --push) and `docker push USER/NAME:TAG`.",
+    },
+  );
 }
 
 interface PushSession {
@@ -142,7 +153,7 @@ async function putTag(
 
 /**
  * Pushes one image to `target`: layers and config, the manifest by digest, then the tag.
- * Throws a {@link UsageError} when `target` names no registry host, a `SinkError` (a
+ * Throws a {@link UsageError} when `target` names no registry host or Docker Hub, a `SinkError` (a
  * {@link RegistryResponseError} for a refusal) when the registry fails or refuses.
  */
 export function pushImage(

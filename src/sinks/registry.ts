@@ -10,7 +10,7 @@ import { imageIndex, type ImageBlobs } from "../image/image-blobs.js";
 import type { Image } from "../image/image.js";
 import { formatReference, repositoryOf, type Reference } from "../image/reference.js";
 import type { ProgressListener } from "../progress.js";
-import { pushImage, pushIndex, type PushableImage } from "../registry/push.js";
+import { pushImage, pushIndex, registryHost, type PushableImage } from "../registry/push.js";
 import type { CompressedLayerSpool } from "./compressed-layer-spool.js";
 import { CollectedImages, contentOf } from "./oci-layout.js";
 import type { LayerConsumer, Sink, SinkResult } from "./sink.js";
@@ -21,7 +21,7 @@ export interface RegistrySinkOptions {
   readonly annotations: readonly Annotation[];
   readonly onProgress: ProgressListener;
   readonly env: Readonly<Record<string, string | undefined>>;
-  /** Plain HTTP for hosts other than localhost (`--insecure-registry`, `registry.insecure=true`). */
+  /** The registry may lack TLS or a verifiable certificate (`--insecure-registry`, `registry.insecure=true`). */
   readonly insecureRegistry?: boolean;
   /** `--registry-auth-file`: a docker config.json to take credentials from. */
   readonly authFile?: string;
@@ -42,6 +42,8 @@ export class RegistrySink implements Sink {
         hint: "For example -t localhost:5000/base:1 --push.",
       });
     }
+    // Before the build: a tag refused only when its turn came would leave the tags before it pushed.
+    for (const tag of options.tags) registryHost(tag);
     this.collected = new CollectedImages(options.spool);
   }
 

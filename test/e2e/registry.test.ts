@@ -29,7 +29,7 @@ import {
 } from "../../src/registry/push.js";
 import { bytesEntry, directoryEntry } from "../../src/tar/entry.js";
 import { packTar } from "../../src/tar/pack.js";
-import { runChecked } from "./support/cli.js";
+import { describeResult, repositoryRoot, runChecked, runMkbase } from "./support/cli.js";
 import { startRegistry, type RegistryServer } from "./support/registry-server.js";
 
 const EPOCH = 1_700_000_000;
@@ -242,6 +242,32 @@ describe("push to docker-registry without auth", () => {
     const pushed = await pushImage(target, victim, pushOptions());
     assert.equal((await skopeoInspect(pushed.reference)).Digest, victim.manifest.descriptor.digest);
   });
+});
+
+describe("tags mkbase cannot push", () => {
+  let registry: RegistryServer;
+  before(async () => {
+    registry = await startRegistry();
+  });
+  after(async () => {
+    await registry?.dispose();
+  });
+
+  for (const refused of ["local:1", "docker.io/e2e/hub:1"]) {
+    test(`-t ${refused} stops the command before anything is pushed to the other tags`, async () => {
+      const before = registry.requests().length;
+      const result = await runMkbase(
+        [
+          ...["dir", join(repositoryRoot, "fixtures", "demo-rootfs")],
+          ...["-t", `${registry.host}/e2e/first:1`, "-t", refused, "--push"],
+        ],
+        { env: { ...process.env, HOME: join(tmpdir(), "mkbase-no-home") } },
+      );
+      assert.equal(result.code, ExitCode.usage, describeResult(result));
+      assert.match(result.stderr, /pushes only to a registry named by its host.*skopeo copy/s);
+      assert.equal(registry.requests().length, before, registry.logTail());
+    });
+  }
 });
 
 describe("push to docker-registry with htpasswd auth", () => {

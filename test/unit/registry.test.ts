@@ -3,7 +3,7 @@ import { readFileSync } from "node:fs";
 import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { createServer as createHttpsServer, type Server as HttpsServer } from "node:https";
-import type { AddressInfo } from "node:net";
+import { createServer as createNetServer, type AddressInfo, type Server as NetServer } from "node:net";
 import { tmpdir } from "node:os";
 import { delimiter, join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -56,6 +56,8 @@ class FakeRegistry {
   readonly tokenRequests: SeenRequest[] = [];
   readonly blobs = new Map<string, Map<string, Buffer>>();
   readonly manifests = new Map<string, { contentType: string; data: Buffer }>();
+  /** Connections that did not speak HTTP (or TLS, when serving HTTPS), e.g. a TLS handshake to HTTP. */
+  clientErrors = 0;
   /** Decides a failure status for a request before it is handled (fault injection). */
   fail: (request: SeenRequest) => { status: number; body?: object } | undefined = () => undefined;
   private readonly uploads = new Map<string, { repository: string; data: Buffer }>();
@@ -71,6 +73,10 @@ class FakeRegistry {
     };
     this.server =
       options.tls === undefined ? createServer(listener) : createHttpsServer(options.tls, listener);
+    this.server.on("clientError", (_error, socket) => {
+      this.clientErrors += 1;
+      socket.end("HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n");
+    });
   }
 
   static async start(options: FakeRegistryOptions = {}): Promise<FakeRegistry> {
@@ -489,13 +495,21 @@ describe("pushImage against an anonymous registry", () => {
     assert.equal(registry.manifests.get("multi@2")?.contentType, INDEX_MEDIA_TYPE);
   });
 
-  it("refuses a reference without a registry host before any request", async () => {
+  it("refuses Docker Hub and references without a registry host before any request", async () => {
     const before = registry.requests.length;
-    await assert.rejects(pushImage(parseTagReference("team/app:1"), testImage("j"), options()), (error) => {
-      assert.ok(error instanceof UsageError);
-      assert.match(error.message, /push needs a registry host in the tag, e.g. localhost:5000\/x:1/);
-      return true;
-    });
+    for (const [reference, named] of [
+      ["team/app:1", /names no registry host/],
+      ["docker.io/team/app:1", /names Docker Hub \(docker\.io\)/],
+      ["index.docker.io/team/app:1", /names Docker Hub \(index\.docker\.io\)/],
+    ] as const) {
+      await assert.rejects(pushImage(parseTagReference(reference), testImage("j"), options()), (error) => {
+        assert.ok(error instanceof UsageError, String(error));
+        assert.match(error.message, named);
+        assert.match(error.message, /pushes only to a registry named by its host/);
+        assert.match(error.hint ?? "", /skopeo copy oci-archive:.*crane push.*docker push/);
+        return true;
+      });
+    }
     assert.equal(registry.requests.length, before);
   });
 
@@ -756,6 +770,12 @@ describe("parseChallenge", () => {
   });
 });
 
+/** Starts `server` on a free port of 127.0.0.1; returns the port. */
+async function listenOnLoopback(server: NetServer): Promise<number> {
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return (server.address() as AddressInfo).port;
+}
+
 describe("transport", () => {
   it("refuses plain HTTP to a host that is not loopback unless the registry is allowed as insecure", async () => {
     // 127.0.0.2 reaches the loopback interface but is not one of the names HTTP is allowed for.
@@ -800,5 +820,97 @@ describe("transport", () => {
       else process.env.MKBASE_DEFERRED_CA_CERTS = before;
       await registry.close();
     }
+  });
+
+  it("speaks HTTPS to a loopback registry without verifying its certificate, as docker does", async () => {
+    const { key, cert } = writeSelfSignedCertificate(await mkdtemp(join(scratch, "tls-")), "127.0.0.1");
+    const registry = await FakeRegistry.start({ tls: { key: readFileSync(key), cert: readFileSync(cert) } });
+    try {
+      await pushImage(parseTagReference(`${registry.host}/tls-local:1`), testImage("u"), options());
+      assert.ok(registry.manifests.has("tls-local@1"));
+    } finally {
+      await registry.close();
+    }
+  });
+
+  it("with --insecure-registry, speaks HTTPS without verifying the certificate to any host", async () => {
+    const { key, cert } = writeSelfSignedCertificate(await mkdtemp(join(scratch, "tls-")), "127.0.0.2");
+    const registry = await FakeRegistry.start({
+      host: "127.0.0.2",
+      tls: { key: readFileSync(key), cert: readFileSync(cert) },
+    });
+    try {
+      const target = parseTagReference(`${registry.host}/tls-insecure:1`);
+      await pushImage(target, testImage("v"), options({ insecureRegistry: true }));
+      assert.ok(registry.manifests.has("tls-insecure@1"));
+    } finally {
+      await registry.close();
+    }
+  });
+
+  it("falls back to plain HTTP for a loopback registry without TLS, after one failed handshake", async () => {
+    const registry = await FakeRegistry.start();
+    try {
+      const target = parseTagReference(`${registry.host}/fallback:1`);
+      await pushImage(target, testImage("w", 2500), options({ chunkSize: 1000 }));
+      assert.ok(registry.manifests.has("fallback@1"));
+      assert.equal(registry.clientErrors, 1, "the scheme should be decided once per push");
+    } finally {
+      await registry.close();
+    }
+  });
+
+  it("says what it tried when a loopback server speaks neither TLS nor HTTP", async () => {
+    const server = createNetServer((socket) => socket.once("data", () => socket.end("SSH-2.0-test\r\n")));
+    const port = await listenOnLoopback(server);
+    try {
+      await assert.rejects(
+        pushImage(parseTagReference(`127.0.0.1:${port}/neither:1`), testImage("x"), options()),
+        (error) => {
+          assert.ok(error instanceof SinkError, String(error));
+          assert.match(
+            error.message,
+            new RegExp(
+              `^cannot talk to the registry at http://127\\.0\\.0\\.1:${port}: .*, after the TLS handshake at https://127\\.0\\.0\\.1:${port} failed$`,
+            ),
+          );
+          return true;
+        },
+      );
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+
+  it("says that a registry name does not resolve, instead of giving HTTPS advice", async () => {
+    await assert.rejects(
+      pushImage(parseTagReference("nonexistent.invalid/x:1"), testImage("y"), options()),
+      (error) => {
+        assert.ok(error instanceof SinkError, String(error));
+        assert.match(error.hint ?? "", /^The name nonexistent\.invalid does not resolve: check its spelling/);
+        return true;
+      },
+    );
+  });
+
+  it("says that nothing listens at a port that refuses the connection", async () => {
+    const closed = createNetServer();
+    const port = await listenOnLoopback(closed);
+    await new Promise((resolve) => closed.close(resolve));
+    await assert.rejects(
+      pushImage(parseTagReference(`127.0.0.1:${port}/nobody:1`), testImage("z"), options()),
+      (error) => {
+        assert.ok(error instanceof SinkError, String(error));
+        assert.match(
+          error.message,
+          new RegExp(`failed after 4 tries: GET https://127\\.0\\.0\\.1:${port}: connect ECONNREFUSED`),
+        );
+        assert.match(
+          error.hint ?? "",
+          new RegExp(`^Nothing listens at 127\\.0\\.0\\.1:${port}: check the port`),
+        );
+        return true;
+      },
+    );
   });
 });
