@@ -592,7 +592,7 @@ export function annotationsFromFlags(flags: ImageFlags): Annotation[] {
  * ignored (a forgotten --push, a --via with only file outputs), and an auth file that cannot be used
  * would otherwise fail the push only after the whole layer was packed and compressed.
  */
-async function checkOutputFlags(flags: ImageFlags, specs: readonly OutputSpec[]): Promise<void> {
+export async function checkOutputFlags(flags: ImageFlags, specs: readonly OutputSpec[]): Promise<void> {
   if (flags.via !== undefined && !wantsEngine(specs)) {
     throw new UsageError("--via chooses how the image enters the Docker Engine, and no output goes there", {
       hint: "Add -o type=docker (the engine) to the outputs, or leave --via out.",
@@ -638,7 +638,16 @@ export async function openOutputs(
   // file can be made (a missing directory, a read-only place) fails now.
   for (const spec of specs) {
     if (!("dest" in spec) || spec.dest === undefined || spec.dest === "-") continue;
-    if (spec.type === "context" || (spec.type === "oci" && !spec.tar)) continue;
+    if (spec.type === "context") {
+      const { checkContextDest } = await import("../sinks/build-context.js");
+      await checkContextDest(spec.dest);
+      continue;
+    }
+    if (spec.type === "oci" && !spec.tar) {
+      const { checkLayoutDest } = await import("../sinks/oci-layout.js");
+      await checkLayoutDest(spec.dest);
+      continue;
+    }
     const kind =
       spec.type === "docker" ? "docker-archive" : spec.type === "oci" ? "OCI archive" : "rootfs tar";
     await checkDestination(spec.dest, `the ${kind} ${spec.dest}`);

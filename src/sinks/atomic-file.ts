@@ -7,9 +7,9 @@
  * shows as a short stream and a non-zero exit.
  */
 import { randomBytes } from "node:crypto";
-import { rmSync } from "node:fs";
-import { open, realpath, rename, rm, stat, type FileHandle } from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
+import { rmSync, type Stats } from "node:fs";
+import { open, readlink, realpath, rename, rm, stat, type FileHandle } from "node:fs/promises";
+import { basename, dirname, join, resolve } from "node:path";
 import { SinkError, errnoCode } from "../errors.js";
 import { onForcedExit } from "../forced-exit.js";
 import { makeDirectories } from "../make-directories.js";
@@ -25,6 +25,14 @@ export function tempPathIn(dir: string, purpose: string): string {
 /** `dest` as messages name it: `-` is standard output. */
 export function shownDest(dest: string): string {
   return dest === "-" ? "stdout" : dest;
+}
+
+/** `names` sorted, for a message: all of them, or the first three and how many more. */
+export function listedNames(names: readonly string[]): string {
+  const sorted = [...names].sort();
+  return sorted.length > 3
+    ? `${sorted.slice(0, 3).join(", ")} and ${sorted.length - 3} more`
+    : sorted.join(", ");
 }
 
 /**
@@ -142,12 +150,14 @@ export class AtomicFile {
 
   /**
    * Starts writing `what` in `dir` (a temporary name there). `mode` is the final file's mode; spools
-   * of image content use 0600 since they hold every file of the tree.
+   * of image content use 0600 since they hold every file of the tree. A file it will replace,
+   * `replacing`, gives it its mode and owner instead (see {@link takeOwnerAndMode}).
    */
-  static async create(dir: string, what: string, mode = 0o644): Promise<AtomicFile> {
+  static async create(dir: string, what: string, mode = 0o644, replacing?: Stats): Promise<AtomicFile> {
     const tempPath = tempPathIn(dir, basename(what).replace(/[^\w.-]/g, "_"));
+    let handle: FileHandle;
     try {
-      return new AtomicFile(tempPath, await open(tempPath, "wx", mode), what);
+      handle = await open(tempPath, "wx", mode);
     } catch (error) {
       const code = errnoCode(error);
       // Said of the directory: the system's message names the temporary file, not one the user chose.
@@ -159,6 +169,16 @@ export class AtomicFile {
       }
       throw fileWriteError(what, error);
     }
+    const file = new AtomicFile(tempPath, handle, what);
+    if (replacing !== undefined) {
+      try {
+        await takeOwnerAndMode(handle, replacing);
+      } catch (error) {
+        await file.discard();
+        throw fileWriteError(what, error);
+      }
+    }
+    return file;
   }
 
   /** Writes straight into `path`, which exists and is not a regular file (a device or a FIFO). */
@@ -292,9 +312,43 @@ export class AtomicFile {
 }
 
 /**
+ * Gives the file open as `handle` the mode of `like`, the file it replaces, and its owner as far as this
+ * process may set it, as a shell's `>` keeps both when it overwrites a file in place.
+ */
+async function takeOwnerAndMode(handle: FileHandle, like: Stats): Promise<void> {
+  // Only root gives a file away; others can still give their own file one of their groups.
+  const mayNot = (error: unknown): boolean => errnoCode(error) === "EPERM" || errnoCode(error) === "EINVAL";
+  try {
+    await handle.chown(like.uid, like.gid);
+  } catch (error) {
+    if (!mayNot(error)) throw error;
+    await handle.chown(-1, like.gid).catch((again: unknown) => {
+      if (!mayNot(again)) throw again;
+    });
+  }
+  // After chown, which clears the set-ID bits; not through open, whose mode the umask cuts.
+  await handle.chmod(like.mode & 0o7777);
+}
+
+/**
+ * `path` with the symlinks at its end followed, also to a file that does not exist yet, which a shell's
+ * `>` would make through a dangling link. Any other failure is left to the write, which says why.
+ */
+async function followLinks(path: string): Promise<string> {
+  try {
+    return await realpath(path);
+  } catch (error) {
+    // ENOENT, not ELOOP: the links lead somewhere, so following them one by one ends.
+    const target = errnoCode(error) === "ENOENT" ? await readlink(path).catch(() => undefined) : undefined;
+    return target === undefined ? path : followLinks(resolve(dirname(path), target));
+  }
+}
+
+/**
  * Opens the destination a user named (`dest=`) for writing: a temporary file next to it when it is new
  * or a regular file (next to the file a symlink points to, so the link stays a link), the destination
- * itself when it is a device, FIFO or terminal, and standard output for `-`. `path` is what to {@link AtomicFile.commit} to.
+ * itself when it is a device, FIFO or terminal, and standard output for `-`. A file it replaces keeps its
+ * mode and owner. `path` is what to {@link AtomicFile.commit} to.
  */
 export async function openDestination(
   dest: string,
@@ -311,9 +365,10 @@ export async function openDestination(
     case "in place":
       return { file: await AtomicFile.direct(dest, what), path: dest };
     default: {
-      // A symlink's target is replaced, not the link; a new name has nothing to resolve.
-      const path = await realpath(dest).catch(() => dest);
-      return { file: await AtomicFile.create(dirname(path), what, mode), path };
+      // A symlink's target is replaced (or made), not the link; a new name has nothing to resolve.
+      const path = await followLinks(dest);
+      const replaced = await stat(path).catch(() => undefined);
+      return { file: await AtomicFile.create(dirname(path), what, mode, replaced), path };
     }
   }
 }

@@ -29,11 +29,10 @@ export class DockerArchiveFileSink implements Sink {
   async write(image: Image, signal: AbortSignal): Promise<SinkResult> {
     const { dest, tags, onProgress } = this.options;
     onProgress({ kind: "phase", message: `writing the docker archive ${shownDest(dest)}` });
-    const named = tags.map((tag) => ({ ...tag, tag: tag.tag ?? "latest" }));
     await writeFileAtomically(
       dest,
       `the docker archive ${shownDest(dest)}`,
-      packTar(dockerArchiveEntries(image, named), { signal }),
+      packTar(dockerArchiveEntries(image, tags), { signal }),
     );
     return {
       destination: this.destination,

@@ -6,8 +6,10 @@
 import { bytesEntry, directoryEntry, type TarEntry } from "../tar/entry.js";
 import { canonicalJson, digestHex } from "../image/digest.js";
 import type { Image } from "../image/image.js";
+import { CONTAINERD_NAME_ANNOTATION, REF_NAME_ANNOTATION } from "../image/image-blobs.js";
 import { INDEX_MEDIA_TYPE, uncompressedManifest } from "../image/manifest.js";
-import { formatReference, type Reference } from "../image/reference.js";
+import type { Reference } from "../image/reference.js";
+import { entryNames } from "./oci-layout.js";
 
 function fileEntry(path: string, data: Buffer, mtime: number): TarEntry {
   return bytesEntry(path, data, 0o644, mtime);
@@ -18,8 +20,16 @@ function dirEntry(path: string, mtime: number): TarEntry {
 }
 
 /**
- * The entries of a docker-archive holding `image`, tagged with `tags` (none: the engine loads it
- * untagged). The layers must be re-openable, unless `withLayers` is false: then the archive names them
+ * A full name (`docker.io/library/x:1`) as `docker save` lists it in `RepoTags`: in distribution's
+ * familiar form, without `docker.io/`, and without `library/` before a single-component name there.
+ */
+function familiarName(fullName: string): string {
+  return fullName.replace(/^docker\.io\/(?:library\/(?=[^/]+$))?/, "");
+}
+
+/**
+ * The entries of a docker-archive holding `image`, tagged with `tags` (each reference once, by its full
+ * name; none: the engine loads it untagged). The layers must be re-openable, unless `withLayers` is false: then the archive names them
  * in `manifest.json` but does not hold them, which an engine with the classic image store loads when it
  * already has every layer. Entry order and times are fixed, so the archive is reproducible.
  */
@@ -53,25 +63,24 @@ export function dockerArchiveEntries(
   const uniqueBlobs = [...new Map(blobs.map((entry) => [entry.path.toString(), entry])).values()].sort(
     (a, b) => Buffer.compare(a.path, b.path),
   );
-  const names = tags.map(formatReference);
+  const names = entryNames(tags);
+  // As `docker save` writes it: the platform on each descriptor, and the full name, as in an OCI layout.
+  const descriptor = { ...manifest.descriptor, platform: image.platform };
   const index = canonicalJson({
     schemaVersion: 2,
     mediaType: INDEX_MEDIA_TYPE,
-    manifests: (names.length === 0 ? [undefined] : names).map((name) => ({
-      ...manifest.descriptor,
-      annotations:
-        name === undefined
-          ? undefined
-          : {
-              "io.containerd.image.name": name,
-              "org.opencontainers.image.ref.name": name.slice(name.lastIndexOf(":") + 1),
-            },
-    })),
+    manifests:
+      names.length === 0
+        ? [descriptor]
+        : names.map(({ refName, fullName }) => ({
+            ...descriptor,
+            annotations: { [CONTAINERD_NAME_ANNOTATION]: fullName, [REF_NAME_ANNOTATION]: refName },
+          })),
   });
   const dockerManifest = canonicalJson([
     {
       Config: blobPath(config.descriptor.digest),
-      RepoTags: names.length === 0 ? null : names,
+      RepoTags: names.length === 0 ? null : names.map(({ fullName }) => familiarName(fullName)),
       Layers: image.layers.map((layer) => blobPath(layer.diffId)),
     },
   ]);

@@ -8,10 +8,13 @@
  * `io.containerd.image.name` (what `ctr import` and `docker load` name the image by). Several (one per
  * platform): an image index blob lists the manifests, and `index.json` points at it.
  */
-import { createReadStream } from "node:fs";
-import { readFile, readdir, stat } from "node:fs/promises";
-import { join } from "node:path";
-import { SinkError, errnoCode, throwIfAborted } from "../errors.js";
+import { createReadStream, rmSync } from "node:fs";
+import { link, open, readFile, readdir, rename, rm, stat, type FileHandle } from "node:fs/promises";
+import { hostname } from "node:os";
+import { dirname, join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { InterruptedError, SinkError, errnoCode, throwIfAborted } from "../errors.js";
+import { onForcedExit } from "../forced-exit.js";
 import { annotationsFor, type Annotation } from "../image/annotations.js";
 import { RunningDigest, canonicalJson, digestHex } from "../image/digest.js";
 import type { Image } from "../image/image.js";
@@ -32,6 +35,8 @@ import {
   OutputDirectory,
   TEMP_PREFIX,
   fileWriteError,
+  listedNames,
+  tempPathIn,
   writeFileAtomically,
 } from "./atomic-file.js";
 import type { CompressedLayerSpool, LayerStore, LayerTarget } from "./compressed-layer-spool.js";
@@ -77,14 +82,14 @@ export interface LayoutFiles {
 }
 
 /** One `index.json` entry's names: the tag, the full name, and the reference as the user wrote it. */
-interface EntryNames {
+export interface EntryNames {
   readonly refName: string;
   readonly fullName: string;
   readonly shown: string;
 }
 
 /** The names of each distinct reference among `tags` (by full name), in the order given. */
-function entryNames(tags: readonly Reference[]): EntryNames[] {
+export function entryNames(tags: readonly Reference[]): EntryNames[] {
   const seen = new Map<string, EntryNames>();
   for (const tag of tags) {
     const named = { ...tag, tag: tag.tag ?? "latest", digest: undefined };
@@ -168,9 +173,15 @@ function fullNameOf(entry: Descriptor): string | undefined {
 /**
  * The `index.json` document. `previous` descriptors are kept unless a new one names the same image: the
  * same full name, or, for an entry with only a tag (skopeo's `oci:DIR:TAG` writes no full name), the
- * same tag, which `oci:DIR:TAG` would otherwise find twice.
+ * same tag, which `oci:DIR:TAG` would otherwise find twice. `document`, the `index.json` they come from,
+ * keeps its other top-level fields (`annotations`, `subject`, extensions), which another tool wrote for
+ * the whole layout; new `index:` annotations are added to its annotations.
  */
-export function indexJson(files: LayoutFiles, previous: readonly Descriptor[] = []): Buffer {
+export function indexJson(
+  files: LayoutFiles,
+  previous: readonly Descriptor[] = [],
+  document: Readonly<Record<string, unknown>> = {},
+): Buffer {
   const fullNames = new Set(files.manifests.map(fullNameOf));
   const refNames = new Set(files.manifests.map((d) => d.annotations?.[REF_NAME_ANNOTATION]));
   const kept = previous.filter((d) => {
@@ -182,11 +193,16 @@ export function indexJson(files: LayoutFiles, previous: readonly Descriptor[] = 
       ? d.digest !== files.top.digest || !refNames.has(undefined)
       : !refNames.has(refName);
   });
+  const annotations = {
+    ...(isObject(document.annotations) ? document.annotations : {}),
+    ...files.indexAnnotations,
+  };
   return canonicalJson({
+    ...document,
     schemaVersion: 2,
     mediaType: INDEX_MEDIA_TYPE,
     manifests: [...kept, ...files.manifests],
-    annotations: Object.keys(files.indexAnnotations).length > 0 ? files.indexAnnotations : undefined,
+    annotations: Object.keys(annotations).length > 0 ? annotations : undefined,
   });
 }
 
@@ -220,17 +236,22 @@ function isObject(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
+/** An existing `index.json`: its entries, and the whole document (see {@link indexJson}). */
+interface LayoutIndex {
+  readonly manifests: readonly Descriptor[];
+  readonly document: Readonly<Record<string, unknown>>;
+}
+
 /**
- * The entries of the `index.json` of the layout in `dir`, none when it has no `index.json`. One that is
- * not an image index (schema version 2, `manifests` a list of descriptors) is refused: rewriting it would
- * lose what it held.
+ * The `index.json` of the layout in `dir`, empty when it has none. One that is not an image index
+ * (schema version 2, `manifests` a list of descriptors) is refused: rewriting it would lose what it held.
  */
-async function readLayoutIndex(dir: string): Promise<Descriptor[]> {
+async function readLayoutIndex(dir: string): Promise<LayoutIndex> {
   let text: string;
   try {
     text = await readFile(join(dir, "index.json"), "utf8");
   } catch (error) {
-    if (errnoCode(error) === "ENOENT") return [];
+    if (errnoCode(error) === "ENOENT") return { manifests: [], document: {} };
     throw fileWriteError(`the OCI layout ${dir}`, error);
   }
   let parsed: unknown;
@@ -252,7 +273,7 @@ async function readLayoutIndex(dir: string): Promise<Descriptor[]> {
       hint: "Choose a new dest, or remove the directory.",
     });
   }
-  return manifests as Descriptor[];
+  return { manifests: manifests as Descriptor[], document: parsed as Record<string, unknown> };
 }
 
 /** Refuses an `oci-layout` file that does not say image layout version 1, the only one there is. */
@@ -283,7 +304,7 @@ async function checkLayoutVersion(dir: string): Promise<void> {
  * `blobs/` and temporary files alone are what a layout killed before its `index.json` leaves.
  * Returns whether the dest has its `oci-layout` file.
  */
-async function checkLayoutDest(dest: string): Promise<{ readonly hasLayoutFile: boolean }> {
+export async function checkLayoutDest(dest: string): Promise<{ readonly hasLayoutFile: boolean }> {
   let names: string[];
   try {
     names = await readdir(dest);
@@ -302,19 +323,126 @@ async function checkLayoutDest(dest: string): Promise<{ readonly hasLayoutFile: 
   if (names.includes("index.json")) {
     await readLayoutIndex(dest);
   } else if (!hasLayoutFile) {
-    const others = names.filter((name) => name !== "blobs" && !name.startsWith(TEMP_PREFIX)).sort();
+    const others = names.filter((name) => name !== "blobs" && !name.startsWith(TEMP_PREFIX));
     if (others.length > 0) {
-      const shown =
-        others.length > 3
-          ? `${others.slice(0, 3).join(", ")} and ${others.length - 3} more`
-          : others.join(", ");
       throw new SinkError(
-        `${dest} is not an OCI image layout (no oci-layout or index.json) and not empty: it holds ${shown}`,
+        `${dest} is not an OCI image layout (no oci-layout or index.json) and not empty: it holds ${listedNames(others)}`,
         { hint: "Give dest a new or empty directory, or an existing OCI layout to add the image to." },
       );
     }
   }
   return { hasLayoutFile };
+}
+
+/**
+ * The lock of a layout's `index.json`, beside it. Its name starts with {@link TEMP_PREFIX}, so that the
+ * dest check and a rootfs walk over the layout pass it by.
+ */
+const INDEX_LOCK = `${TEMP_PREFIX}index.json.lock`;
+
+/** How long {@link lockIndex} waits for a lock held by a live process: it is held for milliseconds. */
+const INDEX_LOCK_WAIT_MS = 30_000;
+
+/** The process that holds a lock, as its lock file names it. */
+interface LockHolder {
+  readonly pid: number;
+  readonly host: string;
+}
+
+/** The holder a lock file names; undefined while the holder has not written it yet. */
+function lockHolder(text: string): LockHolder | undefined {
+  const match = /^([1-9]\d*) (\S+)\n$/.exec(text);
+  return match === null ? undefined : { pid: Number(match[1]), host: match[2] as string };
+}
+
+/**
+ * Whether the holder of a lock has exited. One on another host (a layout on a network filesystem)
+ * cannot be checked, nor one that has not written the lock yet: they count as running.
+ */
+function holderExited(holder: LockHolder | undefined): boolean {
+  if (holder === undefined || holder.host !== hostname()) return false;
+  try {
+    process.kill(holder.pid, 0);
+    return false;
+  } catch (error) {
+    // EPERM: it runs, as another user.
+    return errnoCode(error) === "ESRCH";
+  }
+}
+
+/** Makes the lock file at `path` with O_EXCL; its release, or undefined when another process holds it. */
+async function createLock(path: string, what: string): Promise<(() => Promise<void>) | undefined> {
+  let handle: FileHandle;
+  try {
+    handle = await open(path, "wx", 0o644);
+  } catch (error) {
+    if (errnoCode(error) === "EEXIST") return undefined;
+    throw fileWriteError(what, error);
+  }
+  const forget = onForcedExit(path, () => rmSync(path, { force: true }));
+  const release = async (): Promise<void> => {
+    await rm(path, { force: true });
+    forget();
+  };
+  try {
+    await handle.writeFile(`${process.pid} ${hostname()}\n`);
+  } catch (error) {
+    await release();
+    throw fileWriteError(what, error);
+  } finally {
+    await handle.close().catch(() => undefined);
+  }
+  return release;
+}
+
+/**
+ * Takes the `index.json` lock of the layout in `dir`, a file holding this process's PID and host:
+ * waits with a short backoff while another command holds it, breaks it when its holder has exited,
+ * and gives up after {@link INDEX_LOCK_WAIT_MS}. Returns its release, which a forced exit runs too.
+ */
+async function lockIndex(dir: string, signal: AbortSignal): Promise<() => Promise<void>> {
+  const path = join(dir, INDEX_LOCK);
+  const what = `the lock of ${dir}/index.json`;
+  const started = Date.now();
+  for (let delay = 5; ; delay = Math.min(2 * delay, 200)) {
+    throwIfAborted(signal);
+    const release = await createLock(path, what);
+    if (release !== undefined) return release;
+    // Empty when it is gone already: the next try takes it.
+    const text = await readFile(path, "utf8").catch(() => "");
+    const holder = lockHolder(text);
+    if (holderExited(holder)) {
+      await breakLock(path, text);
+      continue;
+    }
+    if (Date.now() - started > INDEX_LOCK_WAIT_MS) {
+      const by = holder === undefined ? "" : ` by process ${holder.pid} on ${holder.host}`;
+      throw new SinkError(`${what} is still held${by} after ${INDEX_LOCK_WAIT_MS / 1000} s`, {
+        hint: `If no mkbase is writing to ${dir}, remove ${path} and run again.`,
+      });
+    }
+    try {
+      await sleep(delay, undefined, { signal });
+    } catch (abort) {
+      throw new InterruptedError("interrupted", { cause: abort });
+    }
+  }
+}
+
+/**
+ * Removes the lock at `path` holding `text`, left by a process that exited. It is moved aside first and
+ * checked: another waiter may have broken it already and taken the lock anew, which is given back.
+ */
+async function breakLock(path: string, text: string): Promise<void> {
+  const moved = tempPathIn(dirname(path), "stale-lock");
+  try {
+    await rename(path, moved);
+  } catch {
+    return;
+  }
+  if ((await readFile(moved, "utf8").catch(() => text)) !== text)
+    await link(moved, path).catch(() => undefined);
+  await rm(moved, { force: true });
 }
 
 /**
@@ -344,9 +472,21 @@ export class LayoutDirectory {
     return this.layoutFile;
   }
 
-  /** The entries of the layout's `index.json` now (another command may have added to it meanwhile). */
-  readIndex(): Promise<Descriptor[]> {
-    return readLayoutIndex(this.dest);
+  /**
+   * Replaces the layout's `index.json` with what `update` makes of the one there now, holding its lock
+   * meanwhile: another command may be adding to the layout at the same time, and without the lock one
+   * of two read-merge-renames would drop the other's entries.
+   */
+  async updateIndex(update: (previous: LayoutIndex) => Buffer, signal: AbortSignal): Promise<void> {
+    const release = await lockIndex(this.dest, signal);
+    try {
+      // Read (and checked) again under the lock: another command may have added to it meanwhile.
+      const index = update(await readLayoutIndex(this.dest));
+      // Replaced last, in one rename: until then readers see the previous, complete layout.
+      await writeFileAtomically(join(this.dest, "index.json"), `${this.dest}/index.json`, [index]);
+    } finally {
+      await release();
+    }
   }
 
   /** The layout's `index.json` was written: from now on nothing is removed. */
@@ -446,8 +586,6 @@ export class OciLayoutSink implements Sink {
   async finish(signal: AbortSignal): Promise<SinkResult> {
     const { dest, tags, annotations } = this.options;
     const files = ociLayoutFiles(this.collected.images, tags, annotations);
-    // Read (and checked) again before more is written: another command may have added to it meanwhile.
-    const previous = await this.layout.readIndex();
     // The index blob of a multi-platform build is the only blob not written yet.
     for (const blob of files.blobs) {
       throwIfAborted(signal);
@@ -456,8 +594,7 @@ export class OciLayoutSink implements Sink {
     if (!this.layout.hasLayoutFile) {
       await writeFileAtomically(join(dest, "oci-layout"), `${dest}/oci-layout`, [OCI_LAYOUT_FILE]);
     }
-    // index.json last: until it is replaced, readers see the previous, complete layout.
-    await writeFileAtomically(join(dest, "index.json"), `${dest}/index.json`, [indexJson(files, previous)]);
+    await this.layout.updateIndex(({ manifests, document }) => indexJson(files, manifests, document), signal);
     this.layout.keep();
     return {
       destination: this.destination,

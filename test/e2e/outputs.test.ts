@@ -145,6 +145,28 @@ describe("OCI and docker archives from one walk", () => {
     assert.equal(run.stdout, "hello from mkbase\n");
   });
 
+  test("a docker archive names a reference given in several spellings once", async () => {
+    const tag = uniqueTag("docker-archive-once");
+    images.add(tag);
+    const archive = join(out, "once.docker.tar");
+    await mkbaseOk([
+      ...["dir", minimal.root, "-t", tag, "-t", tag, "-t", `docker.io/${tag}`, ...epochArgs, "-q"],
+      ...["-o", `type=docker,dest=${archive}`],
+    ]);
+    const [manifest] = JSON.parse(await runChecked("tar", ["-xOf", archive, "manifest.json"]));
+    assert.deepEqual(manifest.RepoTags, [tag]);
+    const index = JSON.parse(await runChecked("tar", ["-xOf", archive, "index.json"]));
+    assert.deepEqual(
+      index.manifests.map(
+        (d: { annotations: Record<string, string> }) => d.annotations["io.containerd.image.name"],
+      ),
+      [`docker.io/${tag}`],
+    );
+    const loaded = await runChecked("docker", ["load", "-i", archive]);
+    assert.equal(loaded.match(/Loaded image: /g)?.length, 1, loaded);
+    assert.match(loaded, loadedPattern(tag));
+  });
+
   test("docker load -i reads the docker archive, under the tag, and it runs", async () => {
     images.add(tag);
     const loaded = await runChecked("docker", ["load", "-i", join(out, "image.docker.tar")]);
@@ -321,6 +343,26 @@ describe("rootfs tar and build context", () => {
     const dockerfile = await readFile(join(context, "Dockerfile"), "utf8");
     assert.match(dockerfile, /^FROM scratch\nADD rootfs.tar \/\n/);
     assert.match(dockerfile, /CMD \["\/bin\/sh","-c","\/bin\/sh"\]/);
+  });
+
+  test("a context dest that is a file or a directory with files is refused before the build (exit 2)", async () => {
+    const context = join(scratch, "own-context");
+    await mkdir(context);
+    await writeFile(join(context, "Dockerfile"), "FROM mine\n");
+    await writeFile(join(context, ".dockerignore"), "*.tar\n");
+    const file = join(scratch, "a-file");
+    await writeFile(file, "data\n");
+    for (const [dest, message] of [
+      [context, /build context .*own-context: it is not empty \(\.dockerignore, Dockerfile\)/],
+      [file, /build context .*a-file: it is a file, not a directory/],
+    ] as const) {
+      const refused = await runMkbase(["dir", minimal.root, "-o", `type=context,dest=${dest}`]);
+      assert.equal(refused.code, 2, describeResult(refused));
+      assert.match(refused.stderr, message);
+    }
+    assert.deepEqual((await readdir(context)).sort(), [".dockerignore", "Dockerfile"]);
+    assert.equal(await readFile(join(context, "Dockerfile"), "utf8"), "FROM mine\n");
+    assert.equal(await readFile(file, "utf8"), "data\n");
   });
 });
 
@@ -560,6 +602,32 @@ describe("references in OCI outputs", () => {
     await runChecked("skopeo", ["copy", "--preserve-digests", `oci:${layout}:a`, `oci:${copied}:b`]);
     const inspected = JSON.parse(await runChecked("skopeo", ["inspect", `oci:${copied}:b`]));
     assert.equal(inspected.Digest, first);
+  });
+
+  test("commands adding to one layout at the same time all end up in its index.json", async () => {
+    const layout = join(scratch, "parallel-layout");
+    const tags = ["1", "2", "3", "4", "5", "6"].map((n) => `e2e/par:${n}`);
+    const results = await Promise.all(
+      tags.map((tag) =>
+        runMkbase([
+          "dir",
+          minimal.root,
+          "-t",
+          tag,
+          ...epochArgs,
+          "-q",
+          "-o",
+          `type=oci,dest=${layout},tar=false`,
+        ]),
+      ),
+    );
+    for (const result of results) assert.equal(result.code, 0, describeResult(result));
+    const names = indexEntries(await readFile(join(layout, "index.json"), "utf8")).map(([, name]) => name);
+    assert.deepEqual(
+      names.sort(),
+      tags.map((tag) => `docker.io/${tag}`),
+    );
+    assert.deepEqual((await readdir(layout)).sort(), ["blobs", "index.json", "oci-layout"]);
   });
 
   test("--json lists a tag the engine and an archive both hold once", async () => {

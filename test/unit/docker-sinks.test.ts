@@ -15,8 +15,10 @@ import {
   type ImageSummary,
 } from "../../src/docker/engine.js";
 import { SinkError } from "../../src/errors.js";
+import type { Image } from "../../src/image/image.js";
 import { parseTagReference } from "../../src/image/reference.js";
 import type { ProgressEvent } from "../../src/progress.js";
+import { dockerArchiveEntries } from "../../src/sinks/docker-archive.js";
 import { DockerImportSink, DockerLoadSink } from "../../src/sinks/docker-engine.js";
 import type { LayerConsumer, Sink } from "../../src/sinks/sink.js";
 import type { EntrySource, TarEntry } from "../../src/tar/entry.js";
@@ -481,5 +483,58 @@ describe("the packer's buffers", () => {
       assert.equal(result.diffId, holding.diffId);
       assert.equal(sha(Buffer.concat(sink.received)), result.diffId);
     }
+  });
+});
+
+describe("the docker-archive's index.json and manifest.json", () => {
+  const image: Image = {
+    platform: { os: "linux", architecture: "arm64", variant: "v8" },
+    created: 1_700_000_000,
+    config: {},
+    layers: [{ diffId: `sha256:${"a".repeat(64)}`, size: 1024, open: undefined }],
+    history: [],
+    annotations: {},
+  };
+
+  /** The JSON document at `path` in the archive of `image` tagged with `references`. */
+  function documentOf(references: readonly string[], path: string): unknown {
+    const archive = dockerArchiveEntries(image, references.map(parseTagReference), { withLayers: false });
+    const content = archive.find((entry) => entry.path.toString() === path)?.content;
+    assert.ok(content?.kind === "bytes", path);
+    return JSON.parse(content.data.toString());
+  }
+
+  it("name each image once, in full in index.json and in the familiar form in RepoTags, as docker save does", () => {
+    const references = ["x:1", "x:1", "docker.io/library/x:1", "review/bb:1", "index.docker.io/review/bb:1"];
+    const all = [...references, "ghcr.io/o/x:2", "localhost:5000/library/x"];
+    const index = documentOf(all, "index.json") as {
+      manifests: { annotations: Record<string, string>; platform: unknown }[];
+    };
+    assert.deepEqual(
+      index.manifests.map((d) => [d.annotations, d.platform]),
+      [
+        ["docker.io/library/x:1", "1"],
+        ["docker.io/review/bb:1", "1"],
+        ["ghcr.io/o/x:2", "2"],
+        ["localhost:5000/library/x:latest", "latest"],
+      ].map(([name, tag]) => [
+        { "io.containerd.image.name": name, "org.opencontainers.image.ref.name": tag },
+        image.platform,
+      ]),
+    );
+    const [manifest] = documentOf(all, "manifest.json") as { RepoTags: string[] }[];
+    assert.deepEqual(manifest?.RepoTags, [
+      "x:1",
+      "review/bb:1",
+      "ghcr.io/o/x:2",
+      "localhost:5000/library/x:latest",
+    ]);
+  });
+
+  it("give an untagged image's descriptor its platform too", () => {
+    const index = documentOf([], "index.json") as { manifests: Record<string, unknown>[] };
+    assert.equal(index.manifests.length, 1);
+    assert.deepEqual(index.manifests[0]?.platform, image.platform);
+    assert.equal(index.manifests[0]?.annotations, undefined);
   });
 });

@@ -4,12 +4,14 @@
  * anything else before a byte is written or the source is read.
  */
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { mkdir, readFile, readdir, writeFile } from "node:fs/promises";
+import { hostname } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { build } from "../../src/build.js";
 import { OutputSet, parseOutputs } from "../../src/cli/outputs.js";
-import { SinkError } from "../../src/errors.js";
+import { InterruptedError, SinkError } from "../../src/errors.js";
 import type { ImageBlobs } from "../../src/image/image-blobs.js";
 import { parsePlatform } from "../../src/image/platform.js";
 import { normalizedName, parseReference, parseTagReference } from "../../src/image/reference.js";
@@ -118,6 +120,22 @@ describe("index.json of an existing layout", () => {
         [top.digest, "docker.io/review/old:a"],
       ],
     );
+  });
+});
+
+describe("index.json annotations of an existing layout", () => {
+  it("are kept, and new index: annotations added to them", () => {
+    const top = { mediaType: MANIFEST, digest: digestOf("f"), size: 1 };
+    const files = { top, blobs: [], manifests: [top], indexAnnotations: { b: "new", c: "3" } };
+    const document = { schemaVersion: 2, annotations: { a: "1", b: "old" }, subject: top };
+    const index = JSON.parse(indexJson(files, [], document).toString()) as Record<string, unknown>;
+    assert.deepEqual(index, {
+      schemaVersion: 2,
+      mediaType: "application/vnd.oci.image.index.v1+json",
+      manifests: [top],
+      annotations: { a: "1", b: "new", c: "3" },
+      subject: top,
+    });
   });
 });
 
@@ -283,7 +301,12 @@ describe("adding to an existing layout", () => {
   const scratch = temporaryDirectory("mkbase-unit-layout-add-");
 
   /** Builds a one-file image holding `text` into the layout `dest` with `tags`; the layout's result. */
-  async function buildInto(dest: string, text: string, tags: readonly string[]): Promise<SinkResult> {
+  async function buildInto(
+    dest: string,
+    text: string,
+    tags: readonly string[],
+    signal = new AbortController().signal,
+  ): Promise<SinkResult> {
     const outputs = await OutputSet.open(parseOutputs([`type=oci,dest=${dest},tar=false`], false), {
       tags: tags.map(parseTagReference),
       annotations: [],
@@ -291,7 +314,6 @@ describe("adding to an existing layout", () => {
       images: 1,
     });
     try {
-      const signal = new AbortController().signal;
       const result = await build({
         source: {
           description: text,
@@ -335,6 +357,71 @@ describe("adding to an existing layout", () => {
       [second.id, "docker.io/review/x:1"],
     ]);
     assert.equal(await readFile(join(dest, "oci-layout"), "utf8"), '{"imageLayoutVersion":"1.0.0"}');
+  });
+
+  it("keeps the entries of every command that adds to it at the same time", async () => {
+    const dest = join(scratch.path, "parallel");
+    const tags = ["1", "2", "3", "4", "5", "6"].map((n) => `review/par:${n}`);
+    await Promise.all(tags.map((tag) => buildInto(dest, tag, [tag])));
+    assert.deepEqual(
+      (await entries(dest)).map(([, name]) => name).sort(),
+      tags.map((tag) => `docker.io/${tag}`),
+    );
+  });
+
+  it("breaks the index.json lock of a process that has exited", async () => {
+    const dest = join(scratch.path, "stale");
+    await mkdir(dest);
+    const exited = spawnSync("true").pid;
+    await writeFile(join(dest, ".mkbase-tmp-index.json.lock"), `${exited} ${hostname()}\n`);
+    const result = await buildInto(dest, "stale", ["review/stale:1"]);
+    assert.deepEqual(await entries(dest), [[result.id, "docker.io/review/stale:1"]]);
+    assert.deepEqual((await readdir(dest)).sort(), ["blobs", "index.json", "oci-layout"]);
+  });
+
+  it("waits for the index.json lock of a running process until interrupted, and leaves that lock", async () => {
+    const dest = join(scratch.path, "locked");
+    await mkdir(dest);
+    const lock = join(dest, ".mkbase-tmp-index.json.lock");
+    await writeFile(lock, `${process.pid} ${hostname()}\n`);
+    await assert.rejects(
+      buildInto(dest, "locked", ["review/locked:1"], AbortSignal.timeout(500)),
+      InterruptedError,
+    );
+    assert.equal(await readFile(lock, "utf8"), `${process.pid} ${hostname()}\n`);
+    assert.ok(!(await readdir(dest)).includes("index.json"));
+  });
+
+  it("releases the index.json lock when the update fails", async () => {
+    const dest = join(scratch.path, "failing");
+    const layout = new LayoutDirectory(dest);
+    await layout.prepare();
+    const signal = new AbortController().signal;
+    await assert.rejects(
+      layout.updateIndex(() => {
+        throw new SinkError("no room");
+      }, signal),
+      /no room/,
+    );
+    assert.deepEqual(await readdir(dest), ["blobs"]);
+    await layout.updateIndex(() => Buffer.from('{"schemaVersion":2,"manifests":[]}'), signal);
+    assert.deepEqual((await readdir(dest)).sort(), ["blobs", "index.json"]);
+  });
+
+  it("keeps the top-level annotations and other fields of the index.json it adds to", async () => {
+    const dest = join(scratch.path, "skopeo-made");
+    await mkdir(dest);
+    await writeFile(join(dest, "oci-layout"), '{"imageLayoutVersion":"1.0.0"}');
+    const annotations = { "org.opencontainers.image.description": "made by skopeo" };
+    await writeFile(
+      join(dest, "index.json"),
+      JSON.stringify({ schemaVersion: 2, manifests: [], annotations, "x-vendor": { kept: true } }),
+    );
+    const result = await buildInto(dest, "four", ["review/w:1"]);
+    const index = JSON.parse(await readFile(join(dest, "index.json"), "utf8")) as Record<string, unknown>;
+    assert.deepEqual(index.annotations, annotations);
+    assert.deepEqual(index["x-vendor"], { kept: true });
+    assert.deepEqual(await entries(dest), [[result.id, "docker.io/review/w:1"]]);
   });
 
   it("leaves an oci-layout file it accepted as it is", async () => {
