@@ -7,6 +7,7 @@ import { rmSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { UsageError, errnoCode } from "./errors.js";
 
 const undos = new Set<Undo>();
 
@@ -43,9 +44,43 @@ export interface TemporaryDirectory {
   remove(): Promise<void>;
 }
 
-/** Makes a {@link TemporaryDirectory} named `PREFIX…` (0700: what goes in may hold every file of a tree). */
+/** Why a directory could not be made in TMPDIR, for the errnos a wrong TMPDIR gives. */
+const TMPDIR_FAULTS: Readonly<Record<string, string>> = {
+  ENOENT: "it does not exist",
+  ENOTDIR: "it is not a directory",
+  EACCES: "permission denied",
+  EPERM: "permission denied",
+  EROFS: "its filesystem is read-only",
+  ENOSPC: "its disk is full",
+  EDQUOT: "the disk quota is exhausted",
+};
+
+/**
+ * Makes a new directory `PREFIX…` under TMPDIR with mkdtemp, which creates it 0700: what goes in may hold
+ * every file of a tree. Removing it is the caller's business.
+ *
+ * @throws UsageError when TMPDIR cannot hold it. TMPDIR is the user's setting, given like a flag, and
+ *   nothing has started yet: a usage error (2), which scripts tell from a bug (1), and from a tool or a
+ *   destination that failed halfway (6, 5).
+ */
+export async function makePrivateDirectory(prefix: string): Promise<string> {
+  const parent = tmpdir();
+  try {
+    return await mkdtemp(join(parent, prefix));
+  } catch (error) {
+    const code = errnoCode(error) ?? String(error);
+    const fault = TMPDIR_FAULTS[code];
+    const why = fault === undefined ? code : `${code}: ${fault}`;
+    throw new UsageError(`the temporary directory could not be made in TMPDIR=${parent} (${why})`, {
+      cause: error,
+      hint: "Point TMPDIR at a writable directory with room for the build, e.g. TMPDIR=/var/tmp.",
+    });
+  }
+}
+
+/** Makes a {@link TemporaryDirectory} named `PREFIX…` with {@link makePrivateDirectory}. */
 export async function makeTemporaryDirectory(prefix: string): Promise<TemporaryDirectory> {
-  const path = await mkdtemp(join(tmpdir(), prefix));
+  const path = await makePrivateDirectory(prefix);
   const forget = onForcedExit(path, () => rmSync(path, { recursive: true, force: true }));
   return {
     path,

@@ -6,6 +6,7 @@
 import { Option, type Command } from "commander";
 import { ToolError, UsageError, errnoCode } from "../errors.js";
 import type { EpochChoice } from "../build.js";
+import { DEFAULT_PATH, type ContainerConfig } from "../image/config.js";
 import { formatPlatform, parsePlatform, platformsMatch, type Platform } from "../image/platform.js";
 import type { Distribution } from "../sources/bootstrap/cleanup.js";
 import type { TmpfsChoice, WorkspacePlan } from "../sources/bootstrap/workspace.js";
@@ -65,7 +66,10 @@ function addBootstrapOptions(command: Command): Command {
     .option("--mirror <url>", "archive or mirror URL (http, https or file)")
     .option("--insecure", "do not check package signatures (a warning is printed and a label records it)")
     .option("--slim", "also drop man pages, docs and translations, and add the usual container settings")
-    .option("--no-clean", "keep the tree as the bootstrapper left it (no cleanup profile)")
+    .option(
+      "--no-clean",
+      "keep the tree as the bootstrapper left it (no cleanup profile; a private key is removed all the same)",
+    )
     .option("--cache-dir <dir>", "keep downloaded packages here between runs")
     .option(
       "--keep-rootfs <dir>",
@@ -111,6 +115,18 @@ async function outputRows(flags: BootstrapFlags): Promise<[string, string][]> {
 }
 
 /**
+ * The checks a build makes of the shared flags (tags, epoch, container config, platform, --via and the
+ * flags of one kind of output), for `--dry-run`: a plan must not be printed for what the build would
+ * refuse. Nothing is written.
+ */
+async function checkImageFlags(context: CommandContext, flags: BootstrapFlags): Promise<void> {
+  const { prepareImageFlags } = await import("./run-build.js");
+  prepareImageFlags(flags, context.env);
+  const { checkOutputFlags, parseOutputs } = await import("./outputs.js");
+  await checkOutputFlags(flags, parseOutputs(flags.output, flags.push));
+}
+
+/**
  * `--package-list FILE` is written once the tree is bootstrapped: a path that cannot be written must
  * fail now, not after minutes of downloads.
  */
@@ -150,6 +166,17 @@ async function defaultShell(rootfs: string): Promise<readonly string[] | undefin
     if ((await walkInRoot(rootfs, shell).catch(() => undefined))?.kind === "file") return [shell];
   }
   return undefined;
+}
+
+/**
+ * The container config of a bootstrapped image: the PATH the distributions' official images (and apko's)
+ * set, first, so that `--env` and `-c ENV` replace it or expand `$PATH` to it (without one in the config,
+ * `-c 'ENV PATH=/opt/bin:$PATH'` expands to `/opt/bin:` and the container finds no program); and the
+ * tree's `shell` as the command when neither --cmd nor --entrypoint is given.
+ */
+export function bootstrapConfig(flags: ImageFlags, shell: readonly string[] | undefined): ContainerConfig {
+  const given = configFromFlags({ ...flags, env: [`PATH=${DEFAULT_PATH}`, ...flags.env] });
+  return given.Cmd === undefined && given.Entrypoint === undefined ? { ...given, Cmd: shell } : given;
 }
 
 /** The image platform is the bootstrapped architecture's; a contradicting --platform is an error. */
@@ -240,9 +267,7 @@ async function runBootstrapBuild(
       },
       job.createdBy,
       () => {
-        const given = configFromFlags(flags);
-        const config =
-          given.Cmd === undefined && given.Entrypoint === undefined ? { ...given, Cmd: shell } : given;
+        const config = bootstrapConfig(flags, shell);
         const epoch: EpochChoice =
           userEpoch.kind === "newest-input" && distributionDate !== undefined
             ? { kind: "fixed", seconds: distributionDate }
@@ -351,6 +376,7 @@ Examples:
       });
       const platform = platformFor(platformOfArchitecture(plan.architecture), flags);
       if (flags.dryRun) {
+        await checkImageFlags(ctx, flags);
         const family = FAMILY_DEFAULTS[plan.suite.family].displayName;
         ctx.stdout.write(
           formatPlan([
@@ -458,6 +484,7 @@ Examples:
       });
       const platform = platformFor(hostPlatform(), flags);
       if (flags.dryRun) {
+        await checkImageFlags(ctx, flags);
         ctx.stdout.write(
           formatPlan([
             ["tool", `pacstrap (${plan.toolPath})`],
@@ -565,6 +592,7 @@ Examples:
         flags,
       );
       if (flags.dryRun) {
+        await checkImageFlags(ctx, flags);
         ctx.stdout.write(
           formatPlan([
             [

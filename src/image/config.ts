@@ -5,6 +5,12 @@
 import { posix } from "node:path";
 import { UsageError } from "../errors.js";
 
+/**
+ * The search path the engine gives a container whose image sets no PATH, and the one the distributions'
+ * official images set.
+ */
+export const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /** OCI image config `config` object. Absent members are omitted from the JSON. */
 export interface ContainerConfig {
   readonly User?: string;

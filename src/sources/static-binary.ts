@@ -12,7 +12,7 @@ import { SourceError, UsageError, errnoCode, throwIfAborted } from "../errors.js
 import { inspectElfFile, type ElfInfo } from "../elf/read.js";
 import { platformOfElf } from "../elf/platform.js";
 import { MAX_SYMLINKS, resolveLibraries, walkInRoot, type ResolvedFile } from "../elf/resolve.js";
-import { isShellForm, withEnv, type ContainerConfig } from "../image/config.js";
+import { DEFAULT_PATH, isShellForm, withEnv, type ContainerConfig } from "../image/config.js";
 import { formatPlatform, platformsMatch, type Platform } from "../image/platform.js";
 import { bytesEntry, directoryEntry, displayPath, type EntrySource, type TarEntry } from "../tar/entry.js";
 import { walkTree } from "../tar/walk.js";
@@ -466,9 +466,6 @@ function lookUpIn(byPath: ReadonlyMap<string, TarEntry>, imagePath: string): Tar
   }
   return entry;
 }
-
-/** The search path the engine gives a container whose image sets no PATH. */
-const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /**
  * Checks that the program the container starts (ENTRYPOINT's first word, else CMD's) is an executable

@@ -309,6 +309,33 @@ describe("mkbase debootstrap refuses bad input before any download", () => {
     assert.match(result.stdout, /^packages: +minbase set \+ curl$/m);
     assert.match(result.stdout, /^mirror: /m);
   });
+
+  test("--dry-run refuses the flags the build would refuse, and prints no plan", async () => {
+    for (const flags of [
+      ["-t", "Bad:Tag"],
+      ["--source-date-epoch", "abc"],
+      ["--volume", "rel"],
+      ["--cmd", '["bad'],
+      ["--via", "import", "-o", `type=tar,dest=${join(scratch, "never.tar")}`],
+    ]) {
+      const result = await refused(["bookworm", "--dry-run", ...flags]);
+      assert.equal(result.code, 2, describeResult(result));
+      assert.match(result.stderr, /^mkbase: error: /);
+      assert.equal(result.stdout, "");
+    }
+  });
+
+  test("a TMPDIR that does not exist, in one paragraph", async () => {
+    const missing = join(scratch, "missing-tmp");
+    const result = await refused(["bookworm", "--tmpfs", "never", "-t", uniqueTag("tmpdir")], {
+      env: testEnv({ TMPDIR: missing }),
+    });
+    assert.equal(result.code, 2, describeResult(result));
+    assert.equal(
+      result.stderr,
+      `mkbase: error: the temporary directory could not be made in TMPDIR=${missing} (ENOENT: it does not exist). Point TMPDIR at a writable directory with room for the build, e.g. TMPDIR=/var/tmp.\n`,
+    );
+  });
 });
 
 describe("mkbase debootstrap trusts --keyring alone", () => {

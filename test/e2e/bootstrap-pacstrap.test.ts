@@ -1,7 +1,8 @@
 /**
  * `mkbase pacstrap` against a local file:// repository built by the test (busybox-based, signed with a
  * key the test generates): the image runs, /dev holds the rebuilt nodes, the pacman keyring was
- * initialised but ships no private key, and signatures fail closed.
+ * initialised but ships no private key (not even with --no-clean), the image has the official images'
+ * PATH, signatures fail closed, and no gpg-agent outlives a run.
  */
 import assert from "node:assert/strict";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
@@ -16,7 +17,10 @@ const made = new Set<string>();
 let repo: PacmanRepo;
 let otherRepo: PacmanRepo;
 let scratch: string;
+/** Agents of {@link workspaceGpgAgents} that were running before these tests (not theirs to judge). */
+let agentsBefore: Set<string>;
 before(async () => {
+  agentsBefore = new Set(await workspaceGpgAgents());
   scratch = await mkdtemp(join(tmpdir(), "mkbase-e2e-pacstrap-"));
   repo = await buildPacmanRepo("mkbasetest", { sign: true });
   // Signed by a different key: its keyring must not vouch for the first repository's packages.
@@ -54,6 +58,18 @@ async function pacstrap(tag: string, args: readonly string[]): Promise<RunResult
   );
 }
 
+/** `PID ARGS` of every gpg-agent whose command line names a mkbase workspace. */
+async function workspaceGpgAgents(): Promise<string[]> {
+  const processes = await runChecked("ps", ["-eo", "pid=,args="]);
+  return processes.split("\n").filter((line) => /\bgpg-agent\b.*\/mkbase-bootstrap-/.test(line));
+}
+
+/** Fails when a gpg-agent started for a workspace of these tests is still running. */
+async function assertNoGpgAgentLeft(): Promise<void> {
+  const left = (await workspaceGpgAgents()).filter((agent) => !agentsBefore.has(agent));
+  assert.deepEqual(left, [], "no gpg-agent of a removed workspace is left running");
+}
+
 /** `ls -l`-style listing of the image's /dev, read from an exported container (no runtime /dev mount). */
 async function imageDevListing(tag: string): Promise<string> {
   const container = (await runChecked("docker", ["create", tag, "/usr/bin/busybox", "true"])).trim();
@@ -74,6 +90,7 @@ describe("mkbase pacstrap", () => {
     const result = await pacstrap(tag, ["--keyring", repo.keyring, "--package-list", packageList]);
     assert.equal(result.code, 0, describeResult(result));
     assert.doesNotMatch(result.stderr, /--insecure/);
+    await assertNoGpgAgentLeft();
 
     const ok = await dockerRun(tag, ["/usr/bin/busybox", "sh", "-c", "echo ok"]);
     assert.equal(ok.code, 0, describeResult(ok));
@@ -103,6 +120,9 @@ describe("mkbase pacstrap", () => {
     const inspected = await imageInspect(tag);
     assert.equal(inspected?.Config?.Labels?.["mkbase.packages"], "busybox=1.36.1-1,filesystem=2024.01-1");
     assert.deepEqual(inspected?.Config?.Cmd, ["/bin/sh"]);
+    assert.deepEqual(inspected?.Config?.Env, [
+      "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ]);
     assert.equal(inspected?.Config?.Labels?.["mkbase.insecure"], undefined);
     // The epoch is the packages' build date.
     assert.equal(Date.parse(inspected?.Created ?? ""), pacmanRepoBuildDate * 1000);
@@ -119,6 +139,33 @@ describe("mkbase pacstrap", () => {
     assert.equal(result.code, 6, describeResult(result));
     assert.match(result.stderr, /pacstrap failed/i);
     assert.equal(await imageInspect(tag), undefined);
+    await assertNoGpgAgentLeft();
+  });
+
+  test("--no-clean keeps the logs but not the private key; -c ENV extends the default PATH", async () => {
+    const tag = uniqueTag("pacstrap-no-clean");
+    assert.ok(repo.keyring !== undefined);
+    const result = await pacstrap(tag, [
+      "--keyring",
+      repo.keyring,
+      "--no-clean",
+      "-c",
+      "ENV PATH=/opt/x:$PATH",
+    ]);
+    assert.equal(result.code, 0, describeResult(result));
+    await assertNoGpgAgentLeft();
+    const tree = await dockerRun(tag, [
+      "/usr/bin/busybox",
+      "sh",
+      "-c",
+      "ls -A /etc/pacman.d/gnupg; cat /var/log/pacman-key.args; echo $PATH",
+    ]);
+    assert.equal(tree.code, 0, describeResult(tree));
+    // The stand-in pacman-key's log is what the cleanup profile would have removed.
+    assert.equal(
+      tree.stdout,
+      "pubring.gpg\n--init\n--populate\n/opt/x:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n",
+    );
   });
 
   test("--insecure skips the checks, warns, and labels the image", async () => {

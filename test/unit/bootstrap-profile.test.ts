@@ -1,6 +1,7 @@
 /**
  * The pure parts of the bootstrappers: suite tables, apt sources, Release dates, package databases, the
- * cleanup profile (which must never reach outside the tree), the rebuilt /dev, and the command lines.
+ * cleanup profile (which must never reach outside the tree), the rebuilt /dev, the command lines, and
+ * the image config.
  */
 import assert from "node:assert/strict";
 import {
@@ -19,6 +20,8 @@ import {
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { bootstrapConfig } from "../../src/cli/bootstrap.js";
+import type { ImageFlags } from "../../src/cli/image-options.js";
 import { SinkError, UsageError } from "../../src/errors.js";
 import type { EntrySource, TarEntry } from "../../src/tar/entry.js";
 import { cleanRootfs } from "../../src/sources/bootstrap/cleanup.js";
@@ -286,6 +289,25 @@ describe("cleanup profile", () => {
     assert.deepEqual(readdirSync(join(root, "var/lib/pacman/sync")), []);
     assert.equal(existsSync(join(root, "var/lib/pacman/local/busybox-1/desc")), true);
   });
+
+  it("with --no-clean still removes the pacman keyring's private key, and nothing else", async () => {
+    const root = join(scratch, "arch-no-clean");
+    makeTree(root, {
+      "etc/pacman.d/gnupg/pubring.gpg": "public",
+      "etc/pacman.d/gnupg/private-keys-v1.d/ABC.key": "secret",
+      "etc/pacman.d/gnupg/openpgp-revocs.d/ABC.rev": "secret",
+      "var/cache/pacman/pkg/busybox.pkg.tar.zst": "x",
+    });
+    await finishRootfs(root, {
+      distribution: "arch",
+      clean: false,
+      slim: false,
+      insecure: false,
+      onProgress: () => undefined,
+    });
+    assert.deepEqual(readdirSync(join(root, "etc/pacman.d/gnupg")), ["pubring.gpg"]);
+    assert.deepEqual(readdirSync(join(root, "var/cache/pacman/pkg")), ["busybox.pkg.tar.zst"]);
+  });
 });
 
 describe("rebuilt /dev", () => {
@@ -469,5 +491,38 @@ describe("Debian command lines", () => {
         a.startsWith("--hook-dir="),
       ),
     );
+  });
+});
+
+describe("the image config", () => {
+  const flags: ImageFlags = {
+    tag: [],
+    env: [],
+    expose: [],
+    volume: [],
+    label: [],
+    change: [],
+    exclude: [],
+    excludeFrom: [],
+    output: [],
+    annotation: [],
+  };
+  const path = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+  it("sets the official images' PATH and runs the tree's shell", () => {
+    assert.deepEqual(bootstrapConfig(flags, ["/bin/bash"]), { Env: [path], Cmd: ["/bin/bash"] });
+  });
+
+  it("expands $PATH in -c ENV to that PATH, and lets --env replace it", () => {
+    const extended = bootstrapConfig({ ...flags, change: ["ENV PATH=/opt/x:$PATH"] }, ["/bin/sh"]);
+    assert.deepEqual(extended.Env, [path.replace("=", "=/opt/x:")]);
+    const replaced = bootstrapConfig({ ...flags, env: ["PATH=/bin", "LANG=C.UTF-8"] }, ["/bin/sh"]);
+    assert.deepEqual(replaced.Env, ["PATH=/bin", "LANG=C.UTF-8"]);
+  });
+
+  it("keeps --cmd and --entrypoint instead of the shell", () => {
+    assert.deepEqual(bootstrapConfig({ ...flags, cmd: '["/x"]' }, ["/bin/sh"]).Cmd, ["/x"]);
+    const withEntrypoint = bootstrapConfig({ ...flags, entrypoint: '["/y"]' }, ["/bin/sh"]);
+    assert.equal(withEntrypoint.Cmd, undefined);
   });
 });

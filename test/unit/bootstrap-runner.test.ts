@@ -1,7 +1,7 @@
 /**
  * The bootstrap runner and its workspace: tools found on PATH or reported with their package, output
- * streamed line by line, the whole process group stopped on cancellation, and the temp dir removed only
- * when nothing is mounted below it.
+ * streamed line by line, the whole process group stopped on cancellation, the temp dir removed only
+ * when nothing is mounted below it, and a TMPDIR that cannot hold it reported as the user's to fix.
  */
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
@@ -19,6 +19,7 @@ import { tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { InterruptedError, ToolError, UsageError } from "../../src/errors.js";
+import { makeTemporaryDirectory } from "../../src/forced-exit.js";
 import type { ProgressEvent } from "../../src/progress.js";
 import { findOnPath, forwardLines, requireTool, runTool } from "../../src/sources/bootstrap/run-tool.js";
 import {
@@ -205,6 +206,27 @@ describe("workspace", () => {
     await workspace.dispose();
     assert.equal(existsSync(join(dest, "file")), true);
     assert.equal(existsSync(workspace.dir), false);
+  });
+
+  it("in a TMPDIR that does not exist is a usage error that names it, as every temp dir is", async () => {
+    const saved = process.env.TMPDIR;
+    process.env.TMPDIR = join(scratch, "missing");
+    try {
+      for (const make of [() => BootstrapWorkspace.create(), () => makeTemporaryDirectory("mkbase-x-")]) {
+        await assert.rejects(make(), (error: unknown) => {
+          assert.ok(error instanceof UsageError);
+          assert.equal(
+            error.message,
+            `the temporary directory could not be made in TMPDIR=${join(scratch, "missing")} (ENOENT: it does not exist)`,
+          );
+          assert.match(error.hint ?? "", /Point TMPDIR at a writable directory/);
+          return true;
+        });
+      }
+    } finally {
+      if (saved === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = saved;
+    }
   });
 });
 

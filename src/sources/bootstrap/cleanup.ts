@@ -173,6 +173,15 @@ const DEBIAN_SLIM_CONFIG: readonly (readonly [string, string])[] = [
 ];
 
 /**
+ * Removes what must never ship, with or without the cleanup profile (`--no-clean` keeps the tree as the
+ * tool made it, not its secrets): the pacman keyring's secret half, which every container would share.
+ */
+export async function removeSecrets(root: string, distribution: Distribution): Promise<void> {
+  if (distribution !== "arch") return;
+  for (const secret of PACMAN_KEYRING_SECRETS) await removePath(root, secret);
+}
+
+/**
  * Removes runtime state, package caches and indexes, logs and host traces from the tree at `root`, and
  * with `slim` documentation and translations too. Must run while nothing is mounted below `root`.
  */
@@ -181,8 +190,8 @@ export async function cleanRootfs(root: string, options: CleanupOptions): Promis
   for (const [dir, keep] of PACKAGE_STATE[options.distribution]) await removeChildren(root, dir, keep);
   await removeFilesBelow(root, "var/log");
   for (const file of HOST_FILES) await removePath(root, file);
+  await removeSecrets(root, options.distribution);
   if (options.distribution === "arch") {
-    for (const secret of PACMAN_KEYRING_SECRETS) await removePath(root, secret);
     await removeChildren(root, "etc/pacman.d/gnupg", (name) => !name.startsWith("S."));
   }
   // Emptied rather than removed: systemd treats an empty machine-id as "generate one at first boot".

@@ -1,14 +1,15 @@
 /**
  * What every bootstrapper does once its tool has finished: make sure nothing is left mounted in the
- * tree, record the installed packages, apply the cleanup profile, and say what the image should carry
- * (labels, the distribution's date) — then hand the directory to the directory source.
+ * tree, record the installed packages, apply the cleanup profile (with `--no-clean`, remove only the
+ * secrets), and say what the image should carry (labels, the distribution's date) — then hand the
+ * directory to the directory source.
  */
 import type { ProgressListener } from "../../progress.js";
 import { writeFileAtomically } from "../../sinks/atomic-file.js";
 import type { EntrySource } from "../../tar/entry.js";
 import type { PathFilter } from "../../tar/exclude.js";
 import { RootfsDirSource } from "../rootfs-dir.js";
-import { cleanRootfs, type Distribution } from "./cleanup.js";
+import { cleanRootfs, removeSecrets, type Distribution } from "./cleanup.js";
 import { DevNodesSource } from "./dev-nodes.js";
 import {
   formatPackageList,
@@ -25,7 +26,7 @@ export const INSECURE_LABEL = "mkbase.insecure";
 
 export interface FinishOptions {
   readonly distribution: Distribution;
-  /** Apply the cleanup profile (`--no-clean` turns it off). */
+  /** Apply the cleanup profile (`--no-clean` turns it off; secrets are removed either way). */
   readonly clean: boolean;
   readonly slim: boolean;
   /** The build epoch, when known: dates inside files are clamped to it. */
@@ -58,6 +59,8 @@ export async function finishRootfs(root: string, options: FinishOptions): Promis
       message: options.slim ? "cleaning the root filesystem (slim)" : "cleaning the root filesystem",
     });
     await cleanRootfs(root, { distribution: options.distribution, slim: options.slim, epoch: options.epoch });
+  } else {
+    await removeSecrets(root, options.distribution);
   }
   if (options.packageListFile !== undefined) {
     const file = options.packageListFile;

@@ -7,11 +7,14 @@
  * Signatures: pacman checks them against a keyring in the workspace (`GPGDir`), imported from the Arch
  * keyring (package archlinux-keyring) or `--keyring FILE`; `SigLevel = Never` only with `--insecure`.
  */
+import { spawnSync } from "node:child_process";
 import { access, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import { ToolError, UsageError } from "../../errors.js";
+import { onForcedExit } from "../../forced-exit.js";
 import { forwardLines, requireTool, runTool, type ToolEnvironment, type ToolRunOptions } from "./run-tool.js";
 import { makeDirectories } from "../../make-directories.js";
+import { succeeds } from "./workspace.js";
 
 /** Packages left out by default, as in the Arch image script: kernels, firmware and interactive tools. */
 export const DEFAULT_PACMAN_IGNORE: readonly string[] = [
@@ -137,7 +140,10 @@ export async function planPacstrap(request: PacstrapRequest): Promise<PacstrapPl
       );
     }
   }
-  if (keyring !== undefined || pacmanConf === undefined) await requireTool("gpg", "gpg", request.env);
+  if (keyring !== undefined || pacmanConf === undefined) {
+    await requireTool("gpg", "gpg", request.env);
+    await requireTool("gpgconf", "gpgconf", request.env);
+  }
   return {
     toolPath,
     packages: request.packages,
@@ -251,6 +257,25 @@ async function prepareHostKeyring(
   await run(["--import-ownertrust", ownertrust]);
 }
 
+/**
+ * Makes sure every gpg-agent started for the GnuPG home `gpgDir` is stopped: by the function returned,
+ * and by a forced exit before it is called. gpg (importing the keyring) and pacman (checking signatures,
+ * through gpgme) start one as a daemon that outlives them and would outlive mkbase, naming the removed
+ * workspace.
+ */
+async function gpgAgentsStopper(gpgDir: string, env: ToolEnvironment): Promise<() => Promise<void>> {
+  const gpgconf = await requireTool("gpgconf", "gpgconf", env);
+  const args = ["--homedir", gpgDir, "--kill", "all"];
+  // Registered after the workspace's removal, so it runs before it (newest first).
+  const forget = onForcedExit(`the gpg-agent of ${gpgDir}`, () => {
+    spawnSync(gpgconf, args, { stdio: "ignore" });
+  });
+  return async () => {
+    await succeeds(gpgconf, args);
+    forget();
+  };
+}
+
 /** Runs pacstrap into `target` and finishes the tree (keyring, locale, timezone). */
 export async function runPacstrap(
   plan: PacstrapPlan,
@@ -261,39 +286,51 @@ export async function runPacstrap(
   const onLine = forwardLines("pacstrap", options.onProgress, options.verbose, isStepLine);
   const cacheDir = plan.cacheDir ?? join(workspaceDir, "pkg-cache");
   const gpgDir = join(workspaceDir, "gnupg");
-  await makeDirectories(cacheDir);
-  let confPath = plan.pacmanConf;
-  if (confPath === undefined) {
-    confPath = join(workspaceDir, "pacman.conf");
-    await writeFile(confPath, pacmanConfText(plan, { cacheDir, gpgDir }));
-    await makeDirectories(gpgDir, 0o700);
+  // The workspace's GnuPG home is used with the generated pacman.conf and with a --keyring.
+  const stopGpgAgents =
+    plan.pacmanConf === undefined || plan.keyring !== undefined
+      ? await gpgAgentsStopper(gpgDir, options.env)
+      : undefined;
+  try {
+    await makeDirectories(cacheDir);
+    let confPath = plan.pacmanConf;
+    if (confPath === undefined) {
+      confPath = join(workspaceDir, "pacman.conf");
+      await writeFile(confPath, pacmanConfText(plan, { cacheDir, gpgDir }));
+      await makeDirectories(gpgDir, 0o700);
+    }
+    if (plan.keyring !== undefined) {
+      options.onProgress({
+        kind: "phase",
+        message: `importing the package signing keys from ${plan.keyring}`,
+      });
+      await prepareHostKeyring(plan.keyring, gpgDir, options, onLine);
+    }
+    options.onProgress({
+      kind: "phase",
+      message: `bootstrapping Arch Linux (${plan.packages.join(" ")}) with pacstrap`,
+    });
+    await runTool({
+      name: "pacstrap",
+      command: plan.toolPath,
+      args: pacstrapCommandLine(plan, confPath, target, cacheDir),
+      env: options.env,
+      signal: options.signal,
+      onLine,
+      failureHint:
+        "Read pacstrap's output (run with --verbose to see all of it); check the mirror, the repositories and the keyring.",
+    });
+    await initialiseKeyring(target, options, onLine);
+    await writeLocaleAndTimezone(target, plan);
+  } finally {
+    await stopGpgAgents?.();
   }
-  if (plan.keyring !== undefined) {
-    options.onProgress({ kind: "phase", message: `importing the package signing keys from ${plan.keyring}` });
-    await prepareHostKeyring(plan.keyring, gpgDir, options, onLine);
-  }
-  options.onProgress({
-    kind: "phase",
-    message: `bootstrapping Arch Linux (${plan.packages.join(" ")}) with pacstrap`,
-  });
-  await runTool({
-    name: "pacstrap",
-    command: plan.toolPath,
-    args: pacstrapCommandLine(plan, confPath, target, cacheDir),
-    env: options.env,
-    signal: options.signal,
-    onLine,
-    failureHint:
-      "Read pacstrap's output (run with --verbose to see all of it); check the mirror, the repositories and the keyring.",
-  });
-  await initialiseKeyring(target, options, onLine);
-  await writeLocaleAndTimezone(target, plan);
 }
 
 /**
  * `pacman-key --init` and `--populate` inside the tree (with its own gnupg, through arch-chroot, which
- * mounts what gpg needs and unmounts it again). The local master key's secret half is removed by the
- * cleanup profile afterwards: an image must not ship a private key every container would share.
+ * mounts what gpg needs and unmounts it again). The local master key's secret half is removed afterwards,
+ * with or without the cleanup profile: an image must not ship a private key every container would share.
  */
 async function initialiseKeyring(
   target: string,

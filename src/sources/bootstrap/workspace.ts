@@ -6,11 +6,11 @@
  */
 import { spawn, spawnSync } from "node:child_process";
 import { readFileSync, rmSync } from "node:fs";
-import { mkdir, mkdtemp, readFile, rename, rm, stat, statfs } from "node:fs/promises";
+import { mkdir, readFile, rename, rm, stat, statfs } from "node:fs/promises";
 import { freemem, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { ToolError, UsageError, errnoCode } from "../../errors.js";
-import { onForcedExit } from "../../forced-exit.js";
+import { makePrivateDirectory, onForcedExit } from "../../forced-exit.js";
 import { formatBytes } from "../../progress.js";
 
 /** The mount points listed in a `/proc/PID/mountinfo` text, octal escapes decoded. */
@@ -46,7 +46,7 @@ async function readMountInfo(): Promise<string> {
 }
 
 /** Runs a command with no output of interest; true when it exited 0. */
-function succeeds(command: string, args: readonly string[]): Promise<boolean> {
+export function succeeds(command: string, args: readonly string[]): Promise<boolean> {
   return new Promise((resolvePromise) => {
     const child = spawn(command, [...args], { stdio: "ignore" });
     child.once("error", () => resolvePromise(false));
@@ -188,8 +188,8 @@ export class BootstrapWorkspace {
    * plan says so. Disposing unmounts it with everything else mounted below the dir.
    */
   static async create(plan: WorkspacePlan = diskPlan()): Promise<BootstrapWorkspace> {
-    // mkdtemp creates the directory 0700: other users cannot look into the tree while it is built.
-    const dir = await mkdtemp(join(tmpdir(), "mkbase-bootstrap-"));
+    // Private (0700): other users cannot look into the tree while it is built.
+    const dir = await makePrivateDirectory("mkbase-bootstrap-");
     let workspace = new BootstrapWorkspace(dir, plan);
     try {
       if (plan.tmpfsBytes !== undefined) {
