@@ -115,6 +115,15 @@ async function outputRows(flags: BootstrapFlags): Promise<[string, string][]> {
 }
 
 /**
+ * A command line as a shell would take it back: an argument with a space, a quote or another character
+ * the shell reads is single-quoted (mmdebstrap's sources.list lines and apt options have spaces).
+ */
+function commandText(tool: string, args: readonly string[]): string {
+  const quoted = args.map((arg) => (/^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, "'\\''")}'`));
+  return [tool, ...quoted].join(" ");
+}
+
+/**
  * The checks a build makes of the shared flags (tags, epoch, container config, platform, --via and the
  * flags of one kind of output), for `--dry-run`: a plan must not be printed for what the build would
  * refuse. Nothing is written.
@@ -393,6 +402,17 @@ Examples:
               "mirror",
               plan.mirror === undefined ? "the tool's default" : `${plan.mirror} (from ${plan.mirrorOrigin})`,
             ],
+            [
+              "pockets",
+              plan.pockets.length === 0
+                ? plan.mirror === undefined
+                  ? "the tool's default"
+                  : "none"
+                : plan.pockets.map((p) => `${p.suite} at ${p.uri}`).join(", ") +
+                  (plan.backend === "debootstrap"
+                    ? " (listed for apt only: debootstrap takes one suite)"
+                    : ""),
+            ],
             ["keyring", plan.keyring ?? "none"],
             ["signatures", plan.insecure ? "NOT checked (--insecure)" : "checked"],
             ["variant", plan.variant],
@@ -405,7 +425,7 @@ Examples:
             ...(await outputRows(flags)),
             [
               "command",
-              `${plan.backend} ${debian.debianCommandLine(plan, "TEMPDIR", "TEMPDIR/rootfs").join(" ")}`,
+              commandText(plan.backend, debian.debianCommandLine(plan, "TEMPDIR", "TEMPDIR/rootfs")),
             ],
           ]),
         );
@@ -511,7 +531,15 @@ Examples:
             ...(await outputRows(flags)),
             [
               "command",
-              `pacstrap ${pacstrap.pacstrapCommandLine(plan, plan.pacmanConf ?? "TEMPDIR/pacman.conf", "TEMPDIR/rootfs", plan.cacheDir ?? "TEMPDIR/pkg-cache").join(" ")}`,
+              commandText(
+                "pacstrap",
+                pacstrap.pacstrapCommandLine(
+                  plan,
+                  plan.pacmanConf ?? "TEMPDIR/pacman.conf",
+                  "TEMPDIR/rootfs",
+                  plan.cacheDir ?? "TEMPDIR/pkg-cache",
+                ),
+              ),
             ],
           ]),
         );
@@ -609,7 +637,7 @@ Examples:
             ["packages", plan.packages.join(" ")],
             ["cache", plan.cacheDir ?? "none"],
             ...(await outputRows(flags)),
-            ["command", `apk.static ${apk.apkCommandLine(plan, "TEMPDIR/rootfs").join(" ")}`],
+            ["command", commandText("apk.static", apk.apkCommandLine(plan, "TEMPDIR/rootfs"))],
           ]),
         );
         done(0);

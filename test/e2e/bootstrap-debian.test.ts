@@ -29,6 +29,12 @@ import {
   removeImages,
   uniqueTag,
 } from "./support/docker.js";
+import {
+  mirrorFromSources,
+  pocketsFromSources,
+  readAptSources,
+  type Pocket,
+} from "../../src/sources/bootstrap/suites.js";
 import { registerArm64Emulation } from "./support/emulation.js";
 
 const made = new Set<string>();
@@ -77,6 +83,28 @@ async function fileInImage(ref: string, path: string): Promise<string> {
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * The mirror and the pockets mkbase takes from this machine's apt sources. The tests need both pockets
+ * there (a Debian 12 machine's default sources list them), or they would check nothing.
+ */
+async function hostLayout(): Promise<{ mirror: string; pockets: Pocket[] }> {
+  const sources = await readAptSources();
+  const mirror = mirrorFromSources(sources, "debian");
+  assert.ok(mirror !== undefined, "this machine's apt sources list no Debian mirror");
+  const pockets = pocketsFromSources(sources, "debian", mirror, "bookworm");
+  assert.deepEqual(
+    pockets.map((p) => p.suite),
+    ["bookworm-updates", "bookworm-security"],
+    "this machine's apt sources list no -updates or -security pocket",
+  );
+  return { mirror, pockets };
+}
+
+/** The entries of the image's sources.list (mmdebstrap puts a blank line between them). */
+async function sourcesListLines(tag: string): Promise<string[]> {
+  return (await fileInImage(tag, "etc/apt/sources.list")).split("\n").filter((line) => line !== "");
 }
 
 /** The checks of acceptance 1: Debian 12 that runs apt, with nothing of the build host. */
@@ -133,6 +161,12 @@ describe("mkbase debootstrap bookworm", () => {
     assert.doesNotMatch(packages, /^(usrmerge|perl)\t/m);
     const bin = await dockerRun(tag, ["readlink", "/bin"]);
     assert.equal(bin.stdout.trim(), "usr/bin", describeResult(bin));
+    // Installed from, and listed for apt: the release and its pockets, laid out as this machine's.
+    const { mirror, pockets } = await hostLayout();
+    assert.deepEqual(await sourcesListLines(tag), [
+      `deb ${mirror} bookworm main`,
+      ...pockets.map((p) => `deb ${p.uri} ${p.suite} main`),
+    ]);
     const inspected = await imageInspect(tag);
     diffIds.push(inspected?.RootFS.Layers?.[0] ?? "");
     // The epoch is the Release file's date: before now, and the image's created time.
@@ -153,9 +187,18 @@ describe("mkbase debootstrap bookworm", () => {
     assert.equal(diffIds[0], diffIds[1]);
   });
 
-  test("with debootstrap: the same checks", async () => {
-    const { tag } = await bootstrap(["--backend", "debootstrap"]);
+  test("with debootstrap: the same checks; the pockets are listed for apt, with a warning", async () => {
+    const { tag, result } = await bootstrap(["--backend", "debootstrap"]);
     await checkDebianImage(tag);
+    const { mirror, pockets } = await hostLayout();
+    assert.deepEqual(await sourcesListLines(tag), [
+      `deb ${mirror} bookworm main`,
+      ...pockets.map((p) => `deb ${p.uri} ${p.suite} main`),
+    ]);
+    assert.match(
+      result.stderr,
+      /warning: debootstrap installs from bookworm alone: the image lists bookworm-updates and bookworm-security/,
+    );
   });
 
   test("a foreign architecture: arm64 through qemu-user-static", async () => {

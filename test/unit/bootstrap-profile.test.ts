@@ -47,6 +47,7 @@ import {
   checkArchitecture,
   lookupSuite,
   mirrorFromSources,
+  pocketsFromSources,
   parseDeb822Sources,
   parseOneLineSources,
   releaseDate,
@@ -85,6 +86,30 @@ describe("suites", () => {
     assert.equal(mirrorFromSources(sources, "debian"), "http://mirror/debian");
     assert.equal(mirrorFromSources(sources, "ubuntu"), "http://ubuntu-mirror/ubuntu");
     assert.equal(mirrorFromSources(sources.slice(0, 2), "ubuntu"), undefined);
+  });
+
+  it("takes the -updates and -security pockets as the machine's sources lay them out", () => {
+    const sources = parseDeb822Sources(
+      "Types: deb\nURIs: http://mirror/debian\nSuites: trixie trixie-updates\n\nTypes: deb\nURIs: http://mirror/debian-security\nSuites: trixie-security\n",
+    );
+    assert.deepEqual(pocketsFromSources(sources, "debian", "http://mirror/debian/", "bookworm"), [
+      { uri: "http://mirror/debian/", suite: "bookworm-updates" },
+      { uri: "http://mirror/debian-security", suite: "bookworm-security" },
+    ]);
+    // A development suite has neither; the Debian layout says nothing of Ubuntu's.
+    assert.deepEqual(pocketsFromSources(sources, "debian", "http://mirror/debian", "sid"), []);
+    assert.deepEqual(pocketsFromSources(sources, "ubuntu", "http://mirror/ubuntu", "noble"), []);
+    // -updates from another mirror than the one the release comes from is not taken.
+    assert.deepEqual(pocketsFromSources(sources, "debian", "http://other/debian", "bookworm"), [
+      { uri: "http://mirror/debian-security", suite: "bookworm-security" },
+    ]);
+    const ubuntu = parseOneLineSources(
+      "deb http://u/ubuntu noble main\ndeb http://u/ubuntu noble-updates main\ndeb http://u/ubuntu noble-security main\n",
+    );
+    assert.deepEqual(pocketsFromSources(ubuntu, "ubuntu", "http://u/ubuntu", "jammy"), [
+      { uri: "http://u/ubuntu", suite: "jammy-updates" },
+      { uri: "http://u/ubuntu", suite: "jammy-security" },
+    ]);
   });
 
   it("reads the Release file's Date as the epoch", () => {
@@ -346,6 +371,7 @@ describe("Debian command lines", () => {
     exclude: ["e2fsprogs"],
     mirror: "http://mirror/debian",
     mirrorOrigin: "--mirror",
+    pockets: [],
     keyring: "/keys/debian.gpg",
     keyringFormat: "binary",
     insecure: false,
@@ -397,6 +423,24 @@ describe("Debian command lines", () => {
       "the cache path must not be quoted into a shell line",
     );
     assert.deepEqual(args.slice(-3), ["bookworm", "/t/rootfs", "http://mirror/debian"]);
+  });
+
+  it("gives mmdebstrap the pockets as sources.list lines after the mirror", () => {
+    const pockets = [
+      { uri: "http://mirror/debian", suite: "bookworm-updates" },
+      { uri: "http://security/debian-security", suite: "bookworm-security" },
+    ];
+    const args = debianCommandLine(
+      { ...plan, backend: "mmdebstrap", exclude: [], foreign: false, pockets },
+      "/t",
+      "/t/rootfs",
+    );
+    assert.deepEqual(args.slice(-4), [
+      "/t/rootfs",
+      "http://mirror/debian",
+      "deb http://mirror/debian bookworm-updates main contrib",
+      "deb http://security/debian-security bookworm-security main contrib",
+    ]);
   });
 
   it("makes the keyring the only trust of mmdebstrap's apt, and lets it write no signed-by", () => {

@@ -11,7 +11,7 @@
  * copy of the keyring) and no `signed-by`.
  */
 import { constants } from "node:fs";
-import { copyFile, mkdir, open, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { appendFile, copyFile, mkdir, open, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { ToolError, UsageError, errnoCode } from "../../errors.js";
 import { hostDpkgArchitecture, requireEmulation, runsNatively } from "./host.js";
@@ -29,8 +29,10 @@ import {
   lookupSuite,
   mirrorFromSources,
   readAptSources,
+  pocketsFromSources,
   releaseDate,
   type AptSource,
+  type Pocket,
   type SuiteInfo,
 } from "./suites.js";
 import { makeDirectories } from "../../make-directories.js";
@@ -71,6 +73,13 @@ export interface DebianPlan {
   /** Undefined: the tool's own default mirror. */
   readonly mirror: string | undefined;
   readonly mirrorOrigin: "--mirror" | "the machine's apt sources" | "the tool's default";
+  /**
+   * The release's `-updates` and `-security` pockets, when the mirror comes from the machine's apt
+   * sources (see {@link pocketsFromSources}). mmdebstrap installs from them too (with the tool's default
+   * mirror it adds them itself); debootstrap, which takes one suite, only lists them in the image's
+   * sources.list. Empty with `--mirror`: that archive is all the user asked for.
+   */
+  readonly pockets: readonly Pocket[];
   /** Undefined only with `insecure`. */
   readonly keyring: string | undefined;
   /** How `keyring` is encoded; apt tells its keyring files apart by their extension. */
@@ -232,9 +241,12 @@ export async function planDebianBootstrap(request: DebianRequest): Promise<Debia
   const { keyring, keyringFormat } = await chooseKeyring(request, suite, backend);
   let mirror = request.mirror;
   let mirrorOrigin: DebianPlan["mirrorOrigin"] = "--mirror";
+  let pockets: Pocket[] = [];
   if (mirror === undefined) {
-    mirror = mirrorFromSources(request.aptSources ?? (await readAptSources()), suite.family);
+    const sources = request.aptSources ?? (await readAptSources());
+    mirror = mirrorFromSources(sources, suite.family);
     mirrorOrigin = mirror === undefined ? "the tool's default" : "the machine's apt sources";
+    if (mirror !== undefined) pockets = pocketsFromSources(sources, suite.family, mirror, suite.suite);
   }
   if (mirror === undefined && suite.family === "ubuntu") {
     throw new UsageError(`${suite.suite} is an Ubuntu suite, and no Ubuntu mirror is known`, {
@@ -271,6 +283,7 @@ export async function planDebianBootstrap(request: DebianRequest): Promise<Debia
     exclude: request.exclude,
     mirror,
     mirrorOrigin,
+    pockets,
     keyring,
     keyringFormat,
     insecure: request.insecure,
@@ -369,6 +382,10 @@ export function debianCommandLine(plan: DebianPlan, workDir: string, target: str
   if (plan.mergedUsrHooks !== undefined) args.push(`--hook-dir=${plan.mergedUsrHooks}`);
   args.push(plan.suite.suite, target);
   if (plan.mirror !== undefined) args.push(plan.mirror);
+  // Full sources.list lines: mmdebstrap installs the newest version any of them offers, and writes them
+  // all into the image's sources.list.
+  for (const pocket of plan.pockets)
+    args.push(`deb ${pocket.uri} ${pocket.suite} ${plan.components.join(" ")}`);
   return args;
 }
 
@@ -483,9 +500,25 @@ export async function runDebianBootstrap(
       failureHint,
     });
   }
+  if (plan.backend === "debootstrap" && plan.pockets.length > 0) await listPockets(target, plan, options);
   const outcome = { releaseDate: await readReleaseDate(target) };
   if (plan.cacheDir !== undefined) await saveToCache(target, plan, options.signal);
   return outcome;
+}
+
+/**
+ * Adds the plan's pockets to the sources.list debootstrap wrote, which names the release alone, so that
+ * apt in the image sees the updates; and says that the packages themselves came from the release.
+ */
+async function listPockets(target: string, plan: DebianPlan, options: RunOptions): Promise<void> {
+  const lines = plan.pockets.map(
+    (pocket) => `deb ${pocket.uri} ${pocket.suite} ${plan.components.join(" ")}\n`,
+  );
+  await appendFile(join(target, "etc/apt/sources.list"), lines.join(""));
+  options.onProgress({
+    kind: "warning",
+    message: `debootstrap installs from ${plan.suite.suite} alone: the image lists ${plan.pockets.map((p) => p.suite).join(" and ")} for apt, but holds none of their updates (use the mmdebstrap backend, or run apt-get upgrade in a derived image)`,
+  });
 }
 
 /** The newest Release date among the index files in the tree (read before cleanup removes them). */

@@ -180,6 +180,50 @@ export function mirrorFromSources(sources: readonly AptSource[], family: DebianF
   return found?.uri;
 }
 
+/** An archive pocket to install from beside the release itself: `bookworm-security` at its URI. */
+export interface Pocket {
+  readonly uri: string;
+  readonly suite: string;
+}
+
+/** Suites that have no `-updates` or `-security` pocket: packages reach them directly. */
+const DEVELOPMENT_SUITES = new Set(["sid", "unstable", "experimental"]);
+
+/**
+ * The `-updates` and `-security` pockets of `suite`, laid out as the machine's apt sources lay out those
+ * of its own release: `-updates` when they list one at `mirror`, `-security` at the URI where they list
+ * one (Debian serves it from another archive than the mirror, Ubuntu from the same). Without them an
+ * image holds the release as first published, without the security fixes since, and its apt never
+ * sees any. None for a development suite, which has no such pockets.
+ */
+export function pocketsFromSources(
+  sources: readonly AptSource[],
+  family: DebianFamily,
+  mirror: string,
+  suite: string,
+): Pocket[] {
+  if (DEVELOPMENT_SUITES.has(suite)) return [];
+  const known =
+    family === "debian"
+      ? [...Object.keys(DEBIAN_CODENAMES), ...DEBIAN_ALIASES]
+      : Object.keys(UBUNTU_CODENAMES);
+  const listed = (pocket: string) =>
+    sources.find((source) =>
+      source.suites.some((listedSuite) => {
+        const base = listedSuite.slice(0, -`-${pocket}`.length);
+        return listedSuite.endsWith(`-${pocket}`) && known.includes(base);
+      }),
+    );
+  const sameUri = (a: string, b: string): boolean => a.replace(/\/+$/, "") === b.replace(/\/+$/, "");
+  const pockets: Pocket[] = [];
+  const updates = listed("updates");
+  if (updates !== undefined && sameUri(updates.uri, mirror))
+    pockets.push({ uri: mirror, suite: `${suite}-updates` });
+  const security = listed("security");
+  if (security !== undefined) pockets.push({ uri: security.uri, suite: `${suite}-security` });
+  return pockets;
+}
+
 /**
  * The `Date:` of a Release or InRelease file as seconds since 1970, or undefined when it has none. It is
  * the moment the archive published this state of the suite: the natural build epoch.
