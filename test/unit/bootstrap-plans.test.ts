@@ -91,6 +91,25 @@ describe("apk.static plans", () => {
     await assert.rejects(planAlpine({ ...base, keysDir: scratch }), /no Alpine mirror/);
   });
 
+  it("refuses a foreign --arch that cannot run here before any download, and takes one that can", async () => {
+    writeFileSync(join(scratch, "signing.rsa.pub"), "");
+    const binfmtDir = join(scratch, "binfmt");
+    mkdirSync(binfmtDir, { recursive: true });
+    const foreign = {
+      ...base,
+      mirror: "http://m/alpine",
+      keysDir: scratch,
+      architecture: "riscv64",
+      binfmtDir,
+    };
+    await assert.rejects(planAlpine(foreign), {
+      name: "ToolError",
+      message: "programs for riscv64 cannot run on this machine (no qemu-riscv64 binfmt handler)",
+    });
+    writeFileSync(join(binfmtDir, "qemu-riscv64"), "enabled\n");
+    assert.equal((await planAlpine(foreign)).architecture, "riscv64");
+  });
+
   it("refuses to download apk.static it could not verify", async () => {
     await assert.rejects(planAlpine({ ...base, mirror: "http://m/alpine", insecure: true }), ToolError);
   });

@@ -21,6 +21,7 @@ import {
   verifyApkPackage,
   verifySignedMember,
 } from "./apk-package.js";
+import { requireEmulation } from "./host.js";
 import { findOnPath, forwardLines, runTool, type ToolEnvironment, type ToolRunOptions } from "./run-tool.js";
 import { makeDirectories } from "../../make-directories.js";
 
@@ -37,17 +38,24 @@ const APK_ARCH_OF_NODE: Readonly<Record<string, string>> = {
   riscv64: "riscv64",
   arm: "armv7",
 };
-const APK_ARCHES = new Set([
-  "x86_64",
-  "aarch64",
-  "armv7",
-  "armhf",
-  "x86",
-  "ppc64le",
-  "s390x",
-  "riscv64",
-  "loongarch64",
-]);
+/** apk's architectures, each with dpkg's name for the same machine (how the emulation check knows them). */
+const DPKG_ARCH_OF_APK: Readonly<Record<string, string>> = {
+  x86_64: "amd64",
+  aarch64: "arm64",
+  armv7: "armhf",
+  armhf: "armel",
+  x86: "i386",
+  ppc64le: "ppc64el",
+  s390x: "s390x",
+  riscv64: "riscv64",
+  loongarch64: "loong64",
+};
+const APK_ARCHES = new Set(Object.keys(DPKG_ARCH_OF_APK));
+
+/** This machine's architecture in apk's spelling. */
+function hostApkArchitecture(): string {
+  return APK_ARCH_OF_NODE[process.arch] ?? process.arch;
+}
 
 export interface AlpineRequest {
   readonly branch: string;
@@ -61,6 +69,8 @@ export interface AlpineRequest {
   readonly insecure: boolean;
   readonly cacheDir?: string;
   readonly env: ToolEnvironment;
+  /** Where binfmt_misc lists the qemu-user handlers (`/proc/sys/fs/binfmt_misc`); injectable for tests. */
+  readonly binfmtDir?: string;
 }
 
 export type ApkStaticSource =
@@ -93,12 +103,15 @@ export async function planAlpine(request: AlpineRequest): Promise<AlpinePlan> {
       hint: "Give a release branch such as v3.20, or edge, or latest-stable.",
     });
   }
-  const architecture = request.architecture ?? APK_ARCH_OF_NODE[process.arch] ?? process.arch;
+  const architecture = request.architecture ?? hostApkArchitecture();
   if (!APK_ARCHES.has(architecture)) {
     throw new UsageError(`unknown architecture ${JSON.stringify(architecture)} for Alpine`, {
       hint: `Use one of ${[...APK_ARCHES].join(", ")}.`,
     });
   }
+  // The packages' install scripts run inside the tree: a foreign one needs qemu-user, checked before
+  // any download, as for Debian.
+  await requireEmulation(DPKG_ARCH_OF_APK[architecture] as string, request.binfmtDir);
   if (request.packages.length === 0)
     throw new UsageError("--packages is empty", { hint: "Name at least one package, e.g. alpine-base." });
   let repositories = [...request.repositories];
@@ -238,7 +251,9 @@ export async function fetchApkStatic(
   dir: string,
   signal: AbortSignal,
 ): Promise<string> {
-  const base = `${source.repository.replace(/\/+$/, "")}/${plan.architecture}`;
+  // This machine's apk.static, whatever --arch says: it runs here, and installs another architecture's
+  // packages with --arch.
+  const base = `${source.repository.replace(/\/+$/, "")}/${hostApkArchitecture()}`;
   const keys = plan.keysDir === undefined ? new Map() : await readKeys(plan.keysDir);
   const indexUrl = `${base}/APKINDEX.tar.gz`;
   const indexWhat = `the index at ${indexUrl}`;

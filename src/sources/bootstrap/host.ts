@@ -62,6 +62,7 @@ const QEMU_NAME: Readonly<Record<string, string>> = {
   s390x: "s390x",
   riscv64: "riscv64",
   mips64el: "mips64el",
+  loong64: "loongarch64",
 };
 
 /** Whether programs of `arch` run on this machine without emulation. */
