@@ -618,6 +618,24 @@ export async function checkOutputFlags(flags: ImageFlags, specs: readonly Output
   }
 }
 
+/**
+ * Refuses an `index:` or `index-descriptor:` annotation that an output would drop, as BuildKit does: one
+ * image is pushed, loaded or archived for docker as a manifest alone, with no index to carry it (an OCI
+ * output's `index.json` does carry it).
+ */
+function checkIndexAnnotations(flags: ImageFlags, specs: readonly OutputSpec[], images: number): void {
+  if (images !== 1) return;
+  const dropping = specs.find((spec) => spec.type === "registry" || spec.type === "docker");
+  const annotation = (flags.annotation ?? []).find((text) =>
+    parseAnnotation(text).targets.some((target) => target.startsWith("index")),
+  );
+  if (dropping === undefined || annotation === undefined) return;
+  const output = dropping.type === "registry" ? "a push" : "a docker output";
+  throw new UsageError(`--annotation ${annotation}: ${output} of one image has no image index to carry it`, {
+    hint: "Annotate the manifest (manifest:, the default) instead, or write it to -o type=oci, whose index.json takes index annotations.",
+  });
+}
+
 /** The outputs of a command from its flags; `images` is how many images it builds (one per platform). */
 export async function openOutputs(
   flags: ImageFlags,
@@ -629,6 +647,7 @@ export async function openOutputs(
 ): Promise<OutputSet> {
   const specs = parseOutputs(flags.output ?? [], flags.push);
   await checkOutputFlags(flags, specs);
+  checkIndexAnnotations(flags, specs, options.images);
   if (flags.json === true && specs.some(writesStdout)) {
     throw new UsageError("--json prints to stdout, which carries the archive (dest=-)", {
       hint: "Use --metadata-file FILE or --iidfile FILE for the result, or give dest=FILE.",

@@ -317,6 +317,8 @@ describe("a dest that already exists", () => {
 });
 
 describe("annotations", () => {
+  const scratch = temporaryDirectory("mkbase-unit-annotations-");
+
   it("parses buildx's prefixes, platforms and keys with colons", () => {
     assert.deepEqual(parseAnnotation("a=b"), {
       targets: ["manifest"],
@@ -337,6 +339,34 @@ describe("annotations", () => {
     assert.throws(() => parseAnnotation("manfest:k=v"), { message: /unknown annotation type "manfest"/ });
     assert.throws(() => parseAnnotation("index,bogus:k=v"), UsageError);
     assert.throws(() => parseAnnotation("manifest:novalue"), UsageError);
+  });
+
+  it("refuses an index annotation that a push or a docker output of one image would drop", async () => {
+    const options = { tags: [], env: {}, images: 1 };
+    for (const output of [["--push"], ["type=docker"], ["type=docker,dest=x.tar"]]) {
+      const flags = (
+        output[0] === "--push"
+          ? { push: true, output: [] as string[], annotation: ["index:k=v"] }
+          : { output, annotation: ["index-descriptor:k=v"] }
+      ) as ImageFlags;
+      await assert.rejects(openOutputs(flags, options), {
+        name: "UsageError",
+        message:
+          /^--annotation index(-descriptor)?:k=v: a (push|docker output) of one image has no image index to carry it$/,
+      });
+    }
+    // An OCI output's index.json carries it; several images make an index anywhere.
+    const layout = join(scratch.path, "layout");
+    const oci = await openOutputs(
+      { output: [`type=oci,dest=${layout},tar=false`], annotation: ["index:k=v"] } as ImageFlags,
+      options,
+    );
+    await oci.close();
+    const pushed = await openOutputs(
+      { push: true, output: [] as string[], annotation: ["index:k=v"] } as ImageFlags,
+      { ...options, tags: [parseTagReference("localhost:5000/x:1")], images: 2 },
+    );
+    await pushed.close();
   });
 
   it("selects per document and platform, later values winning", () => {
