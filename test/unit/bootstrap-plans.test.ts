@@ -25,6 +25,7 @@ import {
 } from "../../src/sources/bootstrap/debian.js";
 import { hostDpkgArchitecture } from "../../src/sources/bootstrap/host.js";
 import {
+  isPacmanSignatureFailure,
   pacmanConfText,
   pacstrapCommandLine,
   type PacstrapPlan,
@@ -133,6 +134,26 @@ describe("apk.static plans", () => {
     assert.ok(!args.includes("--allow-untrusted"));
     const insecure: AlpinePlan = { ...plan, insecure: true, keysDir: undefined };
     assert.ok(apkCommandLine(insecure, "/r").includes("--allow-untrusted"));
+  });
+});
+
+describe("pacman's signature failures", () => {
+  it("are told from its other errors", () => {
+    for (const line of [
+      "error: required key missing from keyring",
+      'error: busybox: signature from "Some Packager <p@example.invalid>" is unknown trust',
+      'error: busybox: key "F83D0549B37C311F" is unknown',
+      'error: busybox: signature from "X" is invalid',
+      "error: core: invalid or corrupted database (PGP signature)",
+    ]) {
+      assert.ok(isPacmanSignatureFailure(line), line);
+    }
+    for (const line of [
+      "error: keyring is not writable",
+      "error: failed to commit transaction (unexpected error)",
+    ]) {
+      assert.ok(!isPacmanSignatureFailure(line), line);
+    }
   });
 });
 

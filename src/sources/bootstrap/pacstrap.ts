@@ -276,6 +276,31 @@ async function gpgAgentsStopper(gpgDir: string, env: ToolEnvironment): Promise<(
   };
 }
 
+/**
+ * The lines in which pacman says that a package's signature did not verify with its keyring. Its last
+ * line names something else ("keyring is not writable" when it tried to fetch the key, even "segmentation
+ * fault"), so the build's error is made from these.
+ */
+export function isPacmanSignatureFailure(line: string): boolean {
+  return /required key missing from keyring|signature from .* is (unknown trust|invalid|marginal trust)|invalid or corrupted (package|database) \(PGP signature\)|key ".*" is unknown|could not be looked up remotely/.test(
+    line,
+  );
+}
+
+function pacmanSignatureError(plan: PacstrapPlan, line: string, cause: unknown): ToolError {
+  const reason = line.replace(/^error:\s*/, "");
+  return new ToolError(
+    `the package signatures could not be verified with the keyring ${plan.keyring ?? "of the pacman.conf given"}: ${reason}`,
+    {
+      cause,
+      hint:
+        plan.keyring !== undefined && ARCH_KEYRINGS.includes(plan.keyring)
+          ? "The packages may be signed by a key newer than this keyring: update the Debian package archlinux-keyring, or pass --keyring FILE with the packagers' keys."
+          : "Pass --keyring a keyring with the keys that sign these packages, or leave it out to use the Arch Linux keyring (package archlinux-keyring).",
+    },
+  );
+}
+
 /** Runs pacstrap into `target` and finishes the tree (keyring, locale, timezone). */
 export async function runPacstrap(
   plan: PacstrapPlan,
@@ -310,16 +335,27 @@ export async function runPacstrap(
       kind: "phase",
       message: `bootstrapping Arch Linux (${plan.packages.join(" ")}) with pacstrap`,
     });
-    await runTool({
-      name: "pacstrap",
-      command: plan.toolPath,
-      args: pacstrapCommandLine(plan, confPath, target, cacheDir),
-      env: options.env,
-      signal: options.signal,
-      onLine,
-      failureHint:
-        "Read pacstrap's output (run with --verbose to see all of it); check the mirror, the repositories and the keyring.",
-    });
+    let signatureFailure: string | undefined;
+    try {
+      await runTool({
+        name: "pacstrap",
+        command: plan.toolPath,
+        args: pacstrapCommandLine(plan, confPath, target, cacheDir),
+        env: options.env,
+        signal: options.signal,
+        onLine: (line) => {
+          if (signatureFailure === undefined && isPacmanSignatureFailure(line)) signatureFailure = line;
+          onLine(line);
+        },
+        failureHint:
+          "Read pacstrap's output (run with --verbose to see all of it); check the mirror, the repositories and the keyring.",
+      });
+    } catch (error) {
+      if (error instanceof ToolError && signatureFailure !== undefined) {
+        throw pacmanSignatureError(plan, signatureFailure, error);
+      }
+      throw error;
+    }
     await initialiseKeyring(target, options, onLine);
     await writeLocaleAndTimezone(target, plan);
   } finally {
