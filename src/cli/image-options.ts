@@ -87,7 +87,7 @@ export function addImageOptions(command: Command): Command {
     .addOption(
       new Option(
         "--via <method>",
-        "how the image enters the Docker Engine: load (the default: exact config, reproducible ID), import (streamed; the engine sets created, and before Docker 23 records only its own architecture), build (FROM scratch context; the engine sets created)",
+        "how the image enters the Docker Engine: load (the default: exact config, reproducible ID), import (streamed; the engine sets created and the history, and before Docker 23 records only its own architecture), build (FROM scratch context; the engine sets created and the history, and packs the layer again)",
       ).choices(["load", "import", "build"]),
     )
     .option(
