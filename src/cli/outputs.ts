@@ -532,9 +532,10 @@ export class OutputSet {
 }
 
 /**
- * The `--metadata-file` document, with buildx's keys: `containerimage.digest` (the manifest, or the
- * index of a multi-platform build, that the first OCI or registry output holds; for the engine and
- * docker archives the manifest of the uncompressed layers, single-platform builds only),
+ * The `--metadata-file` document, with buildx's keys: `containerimage.descriptor` and
+ * `containerimage.digest` (the manifest, or the index of a multi-platform build, that the first OCI or
+ * registry output holds; for the engine and docker archives the manifest of the uncompressed layers,
+ * single-platform builds only),
  * `containerimage.config.digest` (the image ID, single-platform builds only), `image.name` (the tags,
  * comma-separated), and `mkbase.outputs` with one entry per output (and per platform in the engine).
  */
@@ -550,6 +551,9 @@ export function buildMetadata(
     indexed?.id ??
     (only === undefined ? undefined : uncompressedManifest(only.image).manifest.descriptor.digest);
   return {
+    "containerimage.descriptor":
+      indexed?.descriptor ??
+      (only === undefined ? undefined : uncompressedManifest(only.image).manifest.descriptor),
     "containerimage.digest": digest,
     "containerimage.config.digest": only?.imageId,
     "image.name": tags.length > 0 ? tags.map(formatReference).join(",") : undefined,

@@ -202,6 +202,11 @@ export class OciArchiveSink implements Sink {
       const rest = layoutEntries(files, this.created, this.archive.layers);
       await this.archive.finish(rest, this.created, signal);
     }
-    return { destination: this.destination, id: files.top.digest, tags: refNamesOf(tags) };
+    return {
+      destination: this.destination,
+      id: files.top.digest,
+      tags: refNamesOf(tags),
+      descriptor: files.top,
+    };
   }
 }

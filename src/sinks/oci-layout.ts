@@ -600,6 +600,7 @@ export class OciLayoutSink implements Sink {
       destination: this.destination,
       id: files.top.digest,
       tags: refNamesOf(tags),
+      descriptor: files.top,
     };
   }
 }

@@ -10,7 +10,15 @@ import { imageIndex, type ImageBlobs } from "../image/image-blobs.js";
 import type { Image } from "../image/image.js";
 import { formatReference, repositoryOf, type Reference } from "../image/reference.js";
 import type { ProgressListener } from "../progress.js";
-import { pushImage, pushIndex, registryHost, type PushableImage } from "../registry/push.js";
+import type { Blob } from "../image/manifest.js";
+import {
+  pushImage,
+  pushIndex,
+  registryHost,
+  type PushableImage,
+  type PushedManifest,
+  type PushOptions,
+} from "../registry/push.js";
 import type { CompressedLayerSpool } from "./compressed-layer-spool.js";
 import { CollectedImages, contentOf } from "./oci-layout.js";
 import type { LayerConsumer, Sink, SinkResult } from "./sink.js";
@@ -25,6 +33,14 @@ export interface RegistrySinkOptions {
   readonly insecureRegistry?: boolean;
   /** `--registry-auth-file`: a docker config.json to take credentials from. */
   readonly authFile?: string;
+}
+
+type PushTarget = Reference & { readonly tag: string };
+
+/** What a push puts under each tag (a manifest or an index), and the push of it to one tag. */
+interface TopPush {
+  readonly top: Blob;
+  readonly to: (tag: PushTarget) => Promise<PushedManifest>;
 }
 
 function pushable(image: ImageBlobs): PushableImage {
@@ -58,32 +74,39 @@ export class RegistrySink implements Sink {
 
   /** Pushes to every tag; the result names each pushed reference as `repository@digest`. */
   async finish(signal: AbortSignal): Promise<SinkResult> {
-    const { tags, annotations, onProgress, env, insecureRegistry, authFile } = this.options;
+    const { tags, onProgress, env, insecureRegistry, authFile } = this.options;
     const images = this.collected.images;
     const options = { signal, onProgress, env, insecureRegistry, authFile };
-    let digest = "";
+    const [only] = images;
+    // One image is pushed as its manifest, several as an index of theirs.
+    const push =
+      images.length === 1 && only !== undefined
+        ? { top: only.manifest, to: (tag: PushTarget) => pushImage(tag, pushable(only), options) }
+        : this.indexPush(images, options);
     const pushed: string[] = [];
     for (const tag of tags) {
       onProgress({ kind: "phase", message: `pushing ${formatReference(tag)}` });
-      const [only] = images;
-      const result =
-        images.length === 1 && only !== undefined
-          ? await pushImage(tag, pushable(only), options)
-          : await pushIndex(
-              tag,
-              images.map(pushable),
-              imageIndex(
-                images.map((image) => ({
-                  image,
-                  annotations: annotationsFor(annotations, "manifest-descriptor", image.platform),
-                })),
-                annotationsFor(annotations, "index"),
-              ),
-              options,
-            );
-      digest = result.digest;
+      const result = await push.to(tag);
       pushed.push(`${repositoryOf(tag)}@${result.digest}`);
     }
-    return { destination: this.destination, id: digest, tags: pushed };
+    return {
+      destination: this.destination,
+      id: push.top.descriptor.digest,
+      tags: pushed,
+      descriptor: push.top.descriptor,
+    };
+  }
+
+  /** The index of `images`, with the annotations for it and for each image's entry, and its push. */
+  private indexPush(images: readonly ImageBlobs[], options: PushOptions): TopPush {
+    const { annotations } = this.options;
+    const index = imageIndex(
+      images.map((image) => ({
+        image,
+        annotations: annotationsFor(annotations, "manifest-descriptor", image.platform),
+      })),
+      annotationsFor(annotations, "index"),
+    );
+    return { top: index, to: (tag) => pushIndex(tag, images.map(pushable), index, options) };
   }
 }

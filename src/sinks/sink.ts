@@ -4,6 +4,7 @@
  */
 import { InterruptedError, MkbaseError, SinkError } from "../errors.js";
 import type { Image } from "../image/image.js";
+import type { Descriptor } from "../image/manifest.js";
 
 /** Takes the layer bytes while they are packed (for sinks that stream, like the engine's import). */
 export interface LayerConsumer {
@@ -51,6 +52,8 @@ export interface SinkResult {
   readonly id: string;
   /** References that now point at it. */
   readonly tags: readonly string[];
+  /** The manifest or index an OCI or registry output holds under `id` (`--metadata-file` shows it). */
+  readonly descriptor?: Descriptor;
 }
 
 export interface Sink {

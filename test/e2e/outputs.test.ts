@@ -113,6 +113,14 @@ describe("OCI and docker archives from one walk", () => {
     assert.equal(raw.layers[0].mediaType, "application/vnd.oci.image.layer.v1.tar+gzip");
     const metadata = JSON.parse(await readFile(join(out, "metadata.json"), "utf8"));
     assert.equal(metadata["containerimage.digest"], digest);
+    // As buildx writes it: the manifest's descriptor, whose size is that of the manifest skopeo reads.
+    const manifestBytes = await runChecked("skopeo", ["inspect", "--raw", `oci:${join(out, "layout")}`]);
+    assert.deepEqual(metadata["containerimage.descriptor"], {
+      mediaType: "application/vnd.oci.image.manifest.v1+json",
+      digest,
+      size: Buffer.byteLength(manifestBytes),
+      platform: { architecture: "amd64", os: "linux" },
+    });
     assert.equal(metadata["image.name"], tag);
     assert.equal(metadata["mkbase.outputs"].length, 3);
   });
