@@ -701,8 +701,9 @@ export async function openOutputs(
 
 /**
  * Completes outputs that several builds went into (`mkbase scratch` with one program per platform):
- * writes the index, archives and pushes with a progress display of its own, and prints what the
- * non-engine outputs hold now (the engine's images were printed per build).
+ * writes the index, archives and pushes with a progress display of its own, writes `--iidfile` (the
+ * first OCI or registry output's index digest), and prints what the non-engine outputs hold now (the
+ * engine's images were printed per build).
  */
 export async function completeOutputs(
   outputs: OutputSet,
@@ -719,8 +720,14 @@ export async function completeOutputs(
     throw error;
   }
   renderer.stop(true);
-  if (outputs.writesStdout) return;
   const shown = results.filter((result) => !result.destination.startsWith("docker ("));
+  const [index] = shown;
+  if (flags.iidfile !== undefined && index !== undefined) {
+    await writeFileAtomically(flags.iidfile, `the image ID file ${flags.iidfile}`, [
+      Buffer.from(index.id),
+    ]).catch((error: unknown) => Promise.reject(madeAnyway(error, results)));
+  }
+  if (outputs.writesStdout) return;
   if (flags.json) {
     const completed = shown.map((r) => ({ id: r.id, tags: r.tags, destination: r.destination }));
     context.stdout.write(

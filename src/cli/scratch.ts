@@ -355,10 +355,19 @@ async function runScratch(
       hint: "Only the program and what the flags name go into the image; drop the flag.",
     });
   }
-  if (multi && flags.iidfile !== undefined) {
-    throw new UsageError("--iidfile holds one image ID, and --platform os/arch=FILE builds several", {
-      hint: "Read the IDs from stdout (one per line) or use --json.",
-    });
+  const { completeOutputs, openOutputs, parseOutputs } = await import("./outputs.js");
+  // Several images: as buildx, the ID file gets the digest of the index an OCI or registry output holds.
+  const severalImages = targets.length > 1;
+  const indexed = parseOutputs(flags.output, flags.push).some(
+    (spec) => spec.type === "oci" || spec.type === "registry",
+  );
+  if (severalImages && flags.iidfile !== undefined && !indexed) {
+    throw new UsageError(
+      "--iidfile holds one image ID, and --platform os/arch=FILE gives the engine one image per platform",
+      {
+        hint: "Add an OCI or registry output (-o type=oci,dest=… or --push): the file then gets the digest of its index. Or read the IDs from stdout (one per line), or use --json.",
+      },
+    );
   }
   const user = flags.user === undefined ? undefined : parseScratchUser(flags.user);
   const sharedFlags: ImageFlags = { ...flags, platform: undefined, user: undefined };
@@ -406,7 +415,6 @@ async function runScratch(
   const hostImage = images.find(({ source }) => platformsMatch(source.platform, host));
   // Several platforms into OCI or registry outputs make one index: the outputs take every build, then
   // complete once.
-  const { openOutputs, completeOutputs } = await import("./outputs.js");
   const outputs = multi
     ? await openOutputs(sharedFlags, { tags, env: context.env, images: images.length })
     : undefined;
@@ -429,7 +437,8 @@ async function runScratch(
         : tags;
       const code = await runBuild(
         context,
-        sharedFlags,
+        // One image's ID file is written by its build; the index's once the outputs are complete.
+        severalImages ? { ...sharedFlags, iidfile: undefined } : sharedFlags,
         () => Promise.resolve(source),
         `mkbase scratch ${source.binaryImagePath}`,
         {
@@ -449,7 +458,13 @@ async function runScratch(
         );
       }
     }
-    if (outputs !== undefined) await completeOutputs(outputs, context, sharedFlags);
+    if (outputs !== undefined) {
+      await completeOutputs(
+        outputs,
+        context,
+        severalImages ? sharedFlags : { ...sharedFlags, iidfile: undefined },
+      );
+    }
   } finally {
     await outputs?.close();
   }

@@ -448,12 +448,13 @@ describe("multi-platform scratch into an OCI archive", () => {
     await runChecked("aarch64-linux-gnu-gcc", ["-O2", "-static", "-o", join(programs, "hello-arm64"), hello]);
   });
 
-  test("writes one index with both platforms", async () => {
+  test("writes one index with both platforms; --iidfile gets its digest", async () => {
     const archive = join(scratch, "multi.oci.tar");
+    const iidfile = join(scratch, "multi.iid");
     const args = [
       "scratch",
       ...["--platform", platform("amd64"), "--platform", platform("arm64")],
-      ...["-t", "multi/hello:1", ...epochArgs, "-o", `type=oci,dest=${archive}`],
+      ...["-t", "multi/hello:1", ...epochArgs, "-o", `type=oci,dest=${archive}`, "--iidfile", iidfile],
     ];
     const result = await mkbaseOk(args);
     const index = JSON.parse(await runChecked("skopeo", ["inspect", "--raw", `oci-archive:${archive}`]));
@@ -467,6 +468,19 @@ describe("multi-platform scratch into an OCI archive", () => {
       .update(await runChecked("skopeo", ["inspect", "--raw", `oci-archive:${archive}`]))
       .digest("hex")}`;
     assert.equal(lines[lines.length - 1], indexDigest);
+    // As buildx writes it for several platforms: the index's digest.
+    assert.equal(await readFile(iidfile, "utf8"), indexDigest);
+    // Into the engine alone there is no index, and no one ID to write.
+    const engineOnly = await runMkbase([
+      "scratch",
+      ...["--platform", platform("amd64"), "--platform", platform("arm64")],
+      ...["-t", "multi/hello:engine", "--iidfile", join(scratch, "engine.iid")],
+    ]);
+    assert.equal(engineOnly.code, 2, describeResult(engineOnly));
+    assert.match(
+      engineOnly.stderr,
+      /^mkbase: error: --iidfile holds one image ID, and --platform os\/arch=FILE gives the engine one image per platform\./,
+    );
 
     // --json: one object for the command (JSON.parse takes no second line), each build and the index.
     const json = await mkbaseOk([...args, "--json"]);
