@@ -535,9 +535,9 @@ export class OutputSet {
  * The `--metadata-file` document, with buildx's keys: `containerimage.descriptor` and
  * `containerimage.digest` (the manifest, or the index of a multi-platform build, that the first OCI or
  * registry output holds; for the engine and docker archives the manifest of the uncompressed layers,
- * single-platform builds only),
- * `containerimage.config.digest` (the image ID, single-platform builds only), `image.name` (the tags,
- * comma-separated), and `mkbase.outputs` with one entry per output (and per platform in the engine).
+ * single-platform builds only), `containerimage.config.digest` (the image ID, single-platform builds
+ * only), `image.name` (the tags, comma-separated), and `mkbase.outputs` with one entry per output (and
+ * per platform in the engine).
  */
 export function buildMetadata(
   builds: readonly BuildResult[],
@@ -622,6 +622,11 @@ export async function checkOutputFlags(flags: ImageFlags, specs: readonly Output
   }
 }
 
+/** Whether the output holds an image index when several images go into it (OCI and registry outputs). */
+function holdsIndex(spec: OutputSpec): boolean {
+  return spec.type === "oci" || spec.type === "registry";
+}
+
 /**
  * Refuses an `index:` or `index-descriptor:` annotation that an output would drop, as BuildKit does: one
  * image is pushed, loaded or archived for docker as a manifest alone, with no index to carry it (an OCI
@@ -652,6 +657,14 @@ export async function openOutputs(
   const specs = parseOutputs(flags.output ?? [], flags.push);
   await checkOutputFlags(flags, specs);
   checkIndexAnnotations(flags, specs, options.images);
+  if (options.images > 1 && flags.iidfile !== undefined && !specs.some(holdsIndex)) {
+    throw new UsageError(
+      "--iidfile holds one image ID, and --platform os/arch=FILE gives the engine one image per platform",
+      {
+        hint: "Add an OCI or registry output (-o type=oci,dest=… or --push): the file then gets the digest of its index. Or read the IDs from stdout (one per line), or use --json.",
+      },
+    );
+  }
   if (flags.json === true && specs.some(writesStdout)) {
     throw new UsageError("--json prints to stdout, which carries the archive (dest=-)", {
       hint: "Use --metadata-file FILE or --iidfile FILE for the result, or give dest=FILE.",

@@ -355,20 +355,9 @@ async function runScratch(
       hint: "Only the program and what the flags name go into the image; drop the flag.",
     });
   }
-  const { completeOutputs, openOutputs, parseOutputs } = await import("./outputs.js");
+  const { completeOutputs, openOutputs } = await import("./outputs.js");
   // Several images: as buildx, the ID file gets the digest of the index an OCI or registry output holds.
   const severalImages = targets.length > 1;
-  const indexed = parseOutputs(flags.output, flags.push).some(
-    (spec) => spec.type === "oci" || spec.type === "registry",
-  );
-  if (severalImages && flags.iidfile !== undefined && !indexed) {
-    throw new UsageError(
-      "--iidfile holds one image ID, and --platform os/arch=FILE gives the engine one image per platform",
-      {
-        hint: "Add an OCI or registry output (-o type=oci,dest=… or --push): the file then gets the digest of its index. Or read the IDs from stdout (one per line), or use --json.",
-      },
-    );
-  }
   const user = flags.user === undefined ? undefined : parseScratchUser(flags.user);
   const sharedFlags: ImageFlags = { ...flags, platform: undefined, user: undefined };
   const tags = tagsFromFlags(sharedFlags);

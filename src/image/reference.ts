@@ -107,3 +107,12 @@ export function normalizedName(reference: Reference): string {
   const tag = reference.tag ?? (reference.digest === undefined ? "latest" : undefined);
   return formatReference({ domain, path, tag, digest: reference.digest });
 }
+
+/**
+ * A full name from {@link normalizedName} (`docker.io/library/x:1`) as `docker save` lists it in
+ * `RepoTags`: distribution's familiar form, without `docker.io/`, and without `library/` before a
+ * single-component name there.
+ */
+export function familiarName(fullName: string): string {
+  return fullName.replace(/^docker\.io\/(?:library\/(?=[^/]+$))?/, "");
+}

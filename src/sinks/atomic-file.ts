@@ -27,12 +27,10 @@ export function shownDest(dest: string): string {
   return dest === "-" ? "stdout" : dest;
 }
 
-/** `names` sorted, for a message: all of them, or the first three and how many more. */
-export function listedNames(names: readonly string[]): string {
-  const sorted = [...names].sort();
-  return sorted.length > 3
-    ? `${sorted.slice(0, 3).join(", ")} and ${sorted.length - 3} more`
-    : sorted.join(", ");
+/** `names`, in their order, for a message: all of them, or the first `max` and how many more. */
+export function listedNames(names: readonly string[], max = 3): string {
+  const shown = names.slice(0, max).join(", ");
+  return names.length > max ? `${shown} and ${names.length - max} more` : shown;
 }
 
 /**

@@ -37,9 +37,12 @@ export async function checkContextDest(dest: string): Promise<void> {
     throw fileWriteError(`the build context ${dest}`, error);
   }
   if (names.length > 0) {
-    throw new UsageError(`cannot write the build context ${dest}: it is not empty (${listedNames(names)})`, {
-      hint: "Give dest a new or empty directory: the context is its Dockerfile and rootfs.tar alone.",
-    });
+    throw new UsageError(
+      `cannot write the build context ${dest}: it is not empty (${listedNames(names.sort())})`,
+      {
+        hint: "Give dest a new or empty directory: the context is its Dockerfile and rootfs.tar alone.",
+      },
+    );
   }
 }
 
@@ -47,22 +50,15 @@ export class BuildContextSink implements Sink {
   readonly destination: string;
   readonly needsLayerFile = true;
   private readonly directory: OutputDirectory;
-  private checked: Promise<void> | undefined;
 
   constructor(private readonly options: BuildContextSinkOptions) {
     this.destination = `build context ${options.dest}`;
     this.directory = new OutputDirectory(options.dest, `the build context ${options.dest}`);
   }
 
-  /** Checks the dest (see {@link checkContextDest}) once. */
-  private check(): Promise<void> {
-    this.checked ??= checkContextDest(this.options.dest);
-    return this.checked;
-  }
-
   async write(image: Image, signal: AbortSignal): Promise<SinkResult> {
     const { dest, onProgress } = this.options;
-    await this.check();
+    await checkContextDest(dest);
     onProgress({ kind: "phase", message: `writing the build context ${dest}` });
     await this.directory.make();
     const { dockerfile, rootfs } = buildContext(image);

@@ -8,7 +8,7 @@ import { canonicalJson, digestHex } from "../image/digest.js";
 import type { Image } from "../image/image.js";
 import { CONTAINERD_NAME_ANNOTATION, REF_NAME_ANNOTATION } from "../image/image-blobs.js";
 import { INDEX_MEDIA_TYPE, uncompressedManifest } from "../image/manifest.js";
-import type { Reference } from "../image/reference.js";
+import { familiarName, type Reference } from "../image/reference.js";
 import { entryNames } from "./oci-layout.js";
 
 function fileEntry(path: string, data: Buffer, mtime: number): TarEntry {
@@ -20,18 +20,11 @@ function dirEntry(path: string, mtime: number): TarEntry {
 }
 
 /**
- * A full name (`docker.io/library/x:1`) as `docker save` lists it in `RepoTags`: in distribution's
- * familiar form, without `docker.io/`, and without `library/` before a single-component name there.
- */
-function familiarName(fullName: string): string {
-  return fullName.replace(/^docker\.io\/(?:library\/(?=[^/]+$))?/, "");
-}
-
-/**
  * The entries of a docker-archive holding `image`, tagged with `tags` (each reference once, by its full
- * name; none: the engine loads it untagged). The layers must be re-openable, unless `withLayers` is false: then the archive names them
- * in `manifest.json` but does not hold them, which an engine with the classic image store loads when it
- * already has every layer. Entry order and times are fixed, so the archive is reproducible.
+ * name; none: the engine loads it untagged). The layers must be re-openable, unless `withLayers` is
+ * false: then the archive names them in `manifest.json` but does not hold them, which an engine with
+ * the classic image store loads when it already has every layer. Entry order and times are fixed, so
+ * the archive is reproducible.
  */
 export function dockerArchiveEntries(
   image: Image,

@@ -326,7 +326,7 @@ export async function checkLayoutDest(dest: string): Promise<{ readonly hasLayou
     const others = names.filter((name) => name !== "blobs" && !name.startsWith(TEMP_PREFIX));
     if (others.length > 0) {
       throw new SinkError(
-        `${dest} is not an OCI image layout (no oci-layout or index.json) and not empty: it holds ${listedNames(others)}`,
+        `${dest} is not an OCI image layout (no oci-layout or index.json) and not empty: it holds ${listedNames(others.sort())}`,
         { hint: "Give dest a new or empty directory, or an existing OCI layout to add the image to." },
       );
     }

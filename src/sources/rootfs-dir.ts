@@ -9,7 +9,7 @@ import { walkInRoot } from "../elf/resolve.js";
 import { SourceError, errnoCode } from "../errors.js";
 import type { Platform } from "../image/platform.js";
 import type { ProgressListener } from "../progress.js";
-import { TEMP_PREFIX } from "../sinks/atomic-file.js";
+import { TEMP_PREFIX, listedNames } from "../sinks/atomic-file.js";
 import type { EntrySource, TarEntry } from "../tar/entry.js";
 import type { PathFilter } from "../tar/exclude.js";
 import { SYSTEM_RUNTIME_DIRS, walkTree } from "../tar/walk.js";
@@ -34,11 +34,6 @@ export interface RootfsDirOptions {
 
 /** How many names a warning lists before it says "and N more". */
 const NAMES_IN_WARNING = 5;
-
-function listNames(names: readonly string[]): string {
-  const shown = names.slice(0, NAMES_IN_WARNING).join(", ");
-  return names.length > NAMES_IN_WARNING ? `${shown} and ${names.length - NAMES_IN_WARNING} more` : shown;
-}
 
 export class RootfsDirSource implements EntrySource {
   readonly description: string;
@@ -149,13 +144,13 @@ export class RootfsDirSource implements EntrySource {
     if (named.length > 0) {
       this.options.onProgress({
         kind: "warning",
-        message: `left out ${listNames(named)}: ${named.length === 1 ? "an output" : "outputs"} of this command inside the tree`,
+        message: `left out ${listedNames(named, NAMES_IN_WARNING)}: ${named.length === 1 ? "an output" : "outputs"} of this command inside the tree`,
       });
     }
     if (sockets.length > 0) {
       this.options.onProgress({
         kind: "warning",
-        message: `skipped ${sockets.length} socket${sockets.length === 1 ? "" : "s"} (an image cannot hold one): ${listNames(sockets)}`,
+        message: `skipped ${sockets.length} socket${sockets.length === 1 ? "" : "s"} (an image cannot hold one): ${listedNames(sockets, NAMES_IN_WARNING)}`,
       });
     }
     const otherMounts = this.isSystemCapture
@@ -164,7 +159,7 @@ export class RootfsDirSource implements EntrySource {
     if (otherMounts.length > 0) {
       this.options.onProgress({
         kind: "warning",
-        message: `did not descend into other filesystems mounted at ${listNames(otherMounts)} (use --cross-mounts to include them)`,
+        message: `did not descend into other filesystems mounted at ${listedNames(otherMounts, NAMES_IN_WARNING)} (use --cross-mounts to include them)`,
       });
     }
   }
