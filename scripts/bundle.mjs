@@ -26,7 +26,8 @@ await build({
   // V8 drops a script's dynamic-import handler from functions it takes out of a code cache, so an
   // `import()` in a run that used the cache failed. What the code imports on demand (ora and chalk for a
   // terminal, node:https for a TLS engine) is still initialised only when first used.
-  external: ["@napi-rs/xattr"],
+  // kerberos: an optional peer of the proxy agents, for Negotiate proxy auth, which mkbase never asks for.
+  external: ["@napi-rs/xattr", "kerberos"],
   supported: { "dynamic-import": false },
   // The code resolves files next to itself (package.json, the gzip worker) from import.meta.url, which
   // CommonJS lacks: the bundle's own file URL stands in, so the paths from dist/src/cli/ still hold.

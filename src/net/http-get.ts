@@ -5,12 +5,15 @@
 import * as http from "node:http";
 import * as https from "node:https";
 import { extraCaOptions } from "./extra-ca.js";
+import { ProxyAgents, proxyRoute } from "./proxy.js";
 
 /** As many as fetch follows. */
 const MAX_REDIRECTS = 20;
 const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308]);
 /** fetch's own limit on a silent server, for the headers and between chunks of the body alike. */
 const IDLE_TIMEOUT_MS = 300_000;
+/** Downloads are one request each: no connection is kept for another. */
+const proxyAgents = new ProxyAgents({ keepAlive: false });
 
 /**
  * The answer to a GET of `url` once no redirect is left, whatever its status: the caller reads or
@@ -32,10 +35,14 @@ export async function httpGet(url: URL, signal: AbortSignal): Promise<http.Incom
   }
 }
 
-function getOnce(url: URL, signal: AbortSignal): Promise<http.IncomingMessage> {
+async function getOnce(url: URL, signal: AbortSignal): Promise<http.IncomingMessage> {
+  const route = proxyRoute(url);
+  const agent = route === undefined ? undefined : await proxyAgents.agentFor(url, route);
   return new Promise((resolve, reject) => {
     const request =
-      url.protocol === "https:" ? https.get(url, { signal, ...extraCaOptions() }) : http.get(url, { signal });
+      url.protocol === "https:"
+        ? https.get(url, { signal, agent, ...extraCaOptions() })
+        : http.get(url, { signal, agent });
     failWhenSilent(request, IDLE_TIMEOUT_MS);
     // `on`: the request may also fail after the answer (a body cut short), and reject ignores that.
     request.on("error", reject);

@@ -23,6 +23,7 @@ import { InterruptedError, MkbaseError, SinkError, errnoCode, throwIfAborted } f
 import type { Blob, Descriptor } from "../image/manifest.js";
 import { extraCaOptions, isUntrustedCertificate } from "../net/extra-ca.js";
 import { failWhenSilent } from "../net/http-get.js";
+import { ProxyAgents, isLoopbackHost, proxyHint, proxyRoute } from "../net/proxy.js";
 import type { ProgressListener } from "../progress.js";
 import { RegistryAuthenticator, repositoryScope, type RegistryCredentials } from "./auth.js";
 
@@ -102,13 +103,6 @@ const MAX_BACKOFF_MS = 8_000;
 const IDLE_TIMEOUT_MS = 60_000;
 /** Registry answers we read are JSON documents and error bodies: far below this. */
 const MAX_RESPONSE_BYTES = 4 * 1024 * 1024;
-
-const LOOPBACK_HOSTNAMES = new Set(["localhost", "127.0.0.1", "[::1]"]);
-
-/** Whether `hostname` (as `URL.hostname` spells it) is one of the loopback names treated as insecure. */
-export function isLoopbackHost(hostname: string): boolean {
-  return LOOPBACK_HOSTNAMES.has(hostname.toLowerCase());
-}
 
 export interface RegistryClientOptions {
   readonly signal: AbortSignal;
@@ -197,6 +191,10 @@ async function* exactly(source: AsyncIterable<Buffer>, size: number, what: strin
 
 /** What to do about a request to `url` that got no answer, by the socket error's `code`. */
 function connectionHint(error: unknown, url: URL, insecureAllowed: boolean): string {
+  if (isUntrustedCertificate(error))
+    return `The certificate of ${url.host} is not trusted: if its CA is a private one, name a PEM file holding it in NODE_EXTRA_CA_CERTS.`;
+  const viaProxy = proxyHint(url);
+  if (viaProxy !== undefined) return viaProxy;
   switch (errnoCode(error)) {
     case "ENOTFOUND":
     case "EAI_AGAIN":
@@ -208,8 +206,6 @@ function connectionHint(error: unknown, url: URL, insecureAllowed: boolean): str
     case "ETIMEDOUT":
       return `${url.host} cannot be reached from this machine: check the network route and firewalls.`;
   }
-  if (isUntrustedCertificate(error))
-    return `The certificate of ${url.host} is not trusted: if its CA is a private one, name a PEM file holding it in NODE_EXTRA_CA_CERTS.`;
   return url.protocol === "https:" && !insecureAllowed
     ? `Check that ${url.host} serves HTTPS with a trusted certificate; for a plain-HTTP registry pass --insecure-registry.`
     : `Check that a registry listens at ${url.host}.`;
@@ -272,6 +268,7 @@ export class RegistryClient {
   private readonly auth: RegistryAuthenticator;
   private readonly httpAgent = new http.Agent({ keepAlive: true });
   private readonly httpsAgent = new https.Agent({ keepAlive: true });
+  private readonly proxyAgents = new ProxyAgents({ keepAlive: true });
   private readonly chunkSize: number;
   /** `https://host[:port]` or `http://…`, as {@link decideOrigin} found. */
   private decidedOrigin: Promise<string> | undefined;
@@ -294,6 +291,7 @@ export class RegistryClient {
   close(): void {
     this.httpAgent.destroy();
     this.httpsAgent.destroy();
+    this.proxyAgents.destroy();
   }
 
   private origin(): Promise<string> {
@@ -360,7 +358,7 @@ export class RegistryClient {
     try {
       response = await exchangeOnce(
         request,
-        request.url.protocol === "https:" ? this.httpsAgent : this.httpAgent,
+        await this.agentFor(request.url),
         !insecureAllowed,
         this.options.signal,
       );
@@ -395,9 +393,25 @@ export class RegistryClient {
       throw new TransientFailure(
         `${request.method} ${request.url.pathname} answered ${describeErrors(response.status, errors, response.body)}`,
         retryAfterMs(response.headers),
+        proxyHint(request.url, response.status),
+      );
+    }
+    if (response.status === 407) {
+      throw new SinkError(
+        `${request.method} ${request.url.origin} answered HTTP 407 Proxy Authentication Required`,
+        {
+          hint: proxyHint(request.url, response.status),
+        },
       );
     }
     return response;
+  }
+
+  /** The agent for a request to `url`: through the environment's proxy, or a direct one. */
+  private agentFor(url: URL): Promise<http.Agent> | http.Agent {
+    const route = proxyRoute(url);
+    if (route !== undefined) return this.proxyAgents.agentFor(url, route);
+    return url.protocol === "https:" ? this.httpsAgent : this.httpAgent;
   }
 
   /** An exchange with the registry itself: auth header added, one retry after a 401 challenge. */

@@ -11,6 +11,7 @@ import { basename } from "node:path";
 import { errnoCode, MkbaseError, SourceError, throwIfAborted, UsageError } from "../errors.js";
 import { isUntrustedCertificate } from "../net/extra-ca.js";
 import { httpGet } from "../net/http-get.js";
+import { proxyHint } from "../net/proxy.js";
 import type { ProgressListener } from "../progress.js";
 import { decompress } from "../tar/decompress.js";
 import type { EntrySource, TarEntry } from "../tar/entry.js";
@@ -275,11 +276,12 @@ async function* download(url: URL, shown: string, signal: AbortSignal): AsyncGen
     response = await httpGet(url, signal);
   } catch (error) {
     throwIfAborted(signal);
+    if (error instanceof MkbaseError) throw error;
     throw new SourceError(`could not download ${shown}${describeCode(error)}`, {
       cause: error,
       hint: isUntrustedCertificate(error)
         ? "the server's certificate is not trusted: if its CA is a private one, name a PEM file holding it in NODE_EXTRA_CA_CERTS"
-        : "check the URL and the network connection",
+        : (proxyHint(url) ?? "check the URL and the network connection"),
     });
   }
   try {
@@ -288,7 +290,9 @@ async function* download(url: URL, shown: string, signal: AbortSignal): AsyncGen
       throw new SourceError(
         `downloading ${shown} failed: HTTP ${status} ${response.statusMessage ?? ""}`.trim(),
         {
-          hint: status === 404 ? "check the URL" : "check the URL, or try again later",
+          hint:
+            proxyHint(url, status) ??
+            (status === 404 ? "check the URL" : "check the URL, or try again later"),
         },
       );
     }

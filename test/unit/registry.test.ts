@@ -27,6 +27,7 @@ import {
   type PushBlob,
   type PushOptions,
 } from "../../src/registry/push.js";
+import { ownAddress } from "../support/network.js";
 import { writeSelfSignedCertificate } from "../support/certificate.js";
 
 const GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip";
@@ -778,8 +779,7 @@ async function listenOnLoopback(server: NetServer): Promise<number> {
 
 describe("transport", () => {
   it("refuses plain HTTP to a host that is not loopback unless the registry is allowed as insecure", async () => {
-    // 127.0.0.2 reaches the loopback interface but is not one of the names HTTP is allowed for.
-    const registry = await FakeRegistry.start({ host: "127.0.0.2" });
+    const registry = await FakeRegistry.start({ host: ownAddress() });
     try {
       const target = parseTagReference(`${registry.host}/plain:1`);
       await assert.rejects(pushImage(target, testImage("q"), options()), (error) => {
@@ -796,10 +796,10 @@ describe("transport", () => {
   });
 
   it("trusts the CA of NODE_EXTRA_CA_CERTS that bin/mkbase kept from node's start-up", async () => {
-    const { key, cert } = writeSelfSignedCertificate(scratch, "127.0.0.2");
-    // 127.0.0.2 is not a loopback name, so the push goes over HTTPS.
+    const { key, cert } = writeSelfSignedCertificate(scratch, ownAddress());
+    // Not a loopback host, so the push goes over verified HTTPS.
     const registry = await FakeRegistry.start({
-      host: "127.0.0.2",
+      host: ownAddress(),
       tls: { key: readFileSync(key), cert: readFileSync(cert) },
     });
     const before = process.env.MKBASE_DEFERRED_CA_CERTS;
@@ -834,9 +834,9 @@ describe("transport", () => {
   });
 
   it("with --insecure-registry, speaks HTTPS without verifying the certificate to any host", async () => {
-    const { key, cert } = writeSelfSignedCertificate(await mkdtemp(join(scratch, "tls-")), "127.0.0.2");
+    const { key, cert } = writeSelfSignedCertificate(await mkdtemp(join(scratch, "tls-")), ownAddress());
     const registry = await FakeRegistry.start({
-      host: "127.0.0.2",
+      host: ownAddress(),
       tls: { key: readFileSync(key), cert: readFileSync(cert) },
     });
     try {

@@ -10,8 +10,9 @@ import type { IncomingMessage } from "node:http";
 import { join, resolve } from "node:path";
 import { buffer } from "node:stream/consumers";
 import { gunzipSync } from "node:zlib";
-import { ToolError, UsageError, errnoCode } from "../../errors.js";
+import { MkbaseError, ToolError, UsageError, errnoCode } from "../../errors.js";
 import { httpGet } from "../../net/http-get.js";
+import { proxyHint } from "../../net/proxy.js";
 import {
   loadKeys,
   parseApkIndex,
@@ -204,16 +205,16 @@ async function fetchBytes(url: string, signal: AbortSignal): Promise<Buffer> {
   try {
     response = await httpGet(new URL(url), signal);
   } catch (error) {
-    if (signal.aborted) throw error;
+    if (signal.aborted || error instanceof MkbaseError) throw error;
     throw new ToolError(`cannot download ${url}: ${(error as Error).message}`, {
       cause: error,
-      hint: "Check the mirror URL and network access.",
+      hint: proxyHint(new URL(url)) ?? "Check the mirror URL and network access.",
     });
   }
   try {
     if (response.statusCode !== 200) {
       throw new ToolError(`cannot download ${url}: HTTP ${String(response.statusCode)}`, {
-        hint: "Check the mirror URL and the branch.",
+        hint: proxyHint(new URL(url), response.statusCode) ?? "Check the mirror URL and the branch.",
       });
     }
     return await buffer(response);

@@ -1,6 +1,6 @@
 /**
  * A private distribution registry (Debian's `docker-registry`) for end-to-end tests: its config,
- * storage, optional htpasswd file and log live in one temp dir, it listens on 127.0.0.1 on a free port,
+ * storage, optional htpasswd file and log live in one temp dir, it listens (on 127.0.0.1 by default) on a free port,
  * and it can be SIGKILLed and started again on the same port and storage to test a registry that dies
  * in the middle of a push. Its access log is parsed to count the requests a push made.
  */
@@ -17,6 +17,8 @@ const START_TIMEOUT_MS = 20_000;
 export interface RegistryServerOptions {
   /** Require these credentials (htpasswd, bcrypt), as a registry with basic auth does. */
   readonly user?: { readonly name: string; readonly password: string };
+  /** The IPv4 address to listen on; 127.0.0.1 when absent. */
+  readonly address?: string;
 }
 
 /** One request line of the registry's access log. */
@@ -27,7 +29,7 @@ export interface LoggedRequest {
 }
 
 export interface RegistryServer {
-  /** `127.0.0.1:PORT`, the registry part of a reference. */
+  /** `ADDRESS:PORT`, the registry part of a reference. */
   readonly host: string;
   readonly dir: string;
   /** Whether the registry process is running. */
@@ -44,9 +46,9 @@ export interface RegistryServer {
   dispose(): Promise<void>;
 }
 
-async function freePort(): Promise<number> {
+async function freePort(address: string): Promise<number> {
   const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  await new Promise<void>((resolve) => server.listen(0, address, resolve));
   const { port } = server.address() as AddressInfo;
   await new Promise((resolve) => server.close(resolve));
   return port;
@@ -66,9 +68,10 @@ class DockerRegistryProcess implements RegistryServer {
 
   constructor(
     readonly dir: string,
+    private readonly address: string,
     private readonly port: number,
   ) {
-    this.host = `127.0.0.1:${port}`;
+    this.host = `${address}:${port}`;
     this.logPath = join(dir, "registry.log");
     process.on("exit", this.killOnExit);
   }
@@ -89,7 +92,7 @@ class DockerRegistryProcess implements RegistryServer {
       "  delete:",
       "    enabled: true",
       "http:",
-      `  addr: 127.0.0.1:${this.port}`,
+      `  addr: ${this.host}`,
     ];
     if (options.user !== undefined) {
       const htpasswd = execFileSync("htpasswd", ["-Bbn", options.user.name, options.user.password], {
@@ -131,7 +134,7 @@ class DockerRegistryProcess implements RegistryServer {
   private answers(): Promise<boolean> {
     return new Promise((resolve) => {
       const probe = request(
-        { host: "127.0.0.1", port: this.port, path: "/v2/", timeout: 2000 },
+        { host: this.address, port: this.port, path: "/v2/", timeout: 2000 },
         (response) => {
           response.resume();
           resolve(response.statusCode === 200 || response.statusCode === 401);
@@ -178,13 +181,15 @@ class DockerRegistryProcess implements RegistryServer {
 }
 
 /**
- * Starts a private `docker-registry` on 127.0.0.1 and waits until it answers. Call
+ * Starts a private `docker-registry` (on 127.0.0.1 unless `options.address` says otherwise) and waits
+ * until it answers. Call
  * {@link RegistryServer.dispose} in an `after` hook; a test process that exits without it still kills
  * the registry.
  */
 export async function startRegistry(options: RegistryServerOptions = {}): Promise<RegistryServer> {
   const dir = await mkdtemp(join(tmpdir(), "mkbase-registry-"));
-  const registry = new DockerRegistryProcess(dir, await freePort());
+  const address = options.address ?? "127.0.0.1";
+  const registry = new DockerRegistryProcess(dir, address, await freePort(address));
   try {
     await registry.writeConfig(options);
     await registry.start();
