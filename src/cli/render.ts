@@ -23,14 +23,16 @@ export interface Painter {
 
 const plain = (text: string): string => text;
 
+function usesColour(env: NodeJS.ProcessEnv, stream: NodeJS.WriteStream): boolean {
+  return stream.isTTY === true && (env.NO_COLOR === undefined || env.NO_COLOR === "") && env.TERM !== "dumb";
+}
+
 /**
  * Colour only on a terminal, without `NO_COLOR` and not on a dumb terminal. chalk is loaded only then:
  * plain output (CI logs, pipes) does not pay for it at start-up.
  */
 export async function makePainter(env: NodeJS.ProcessEnv, stream: NodeJS.WriteStream): Promise<Painter> {
-  const colour =
-    stream.isTTY === true && (env.NO_COLOR === undefined || env.NO_COLOR === "") && env.TERM !== "dumb";
-  if (!colour) return { red: plain, yellow: plain, dim: plain };
+  if (!usesColour(env, stream)) return { red: plain, yellow: plain, dim: plain };
   const { Chalk } = await import("chalk");
   const chalk = new Chalk({ level: 1 });
   return { red: (t) => chalk.red(t), yellow: (t) => chalk.yellow(t), dim: (t) => chalk.dim(t) };
@@ -70,9 +72,16 @@ export async function makeRenderer(options: {
   const interactive =
     stream.isTTY === true && (stream.columns ?? 0) > 0 && !options.quiet && process.env.CI === undefined;
   // discardStdin off: stdin may carry the input tarball, and raw mode would swallow Ctrl-C.
-  // The spinner library is loaded only when there is a terminal to draw on.
+  // The spinner library is loaded only when there is a terminal to draw on. It colours the spinner
+  // whenever its terminal can show colour, NO_COLOR or not.
   const spinner: Ora | undefined = interactive
-    ? (await import("ora")).default({ stream, discardStdin: false }).start()
+    ? (await import("ora"))
+        .default({
+          stream,
+          discardStdin: false,
+          ...(usesColour(process.env, stream) ? {} : { color: false }),
+        })
+        .start()
     : undefined;
   let phase = "";
   let phaseStartedAt = Date.now();

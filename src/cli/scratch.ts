@@ -80,6 +80,12 @@ export function parseScratchUser(text: string): ScratchUser {
         hint: `Give ${name} a uid of its own (e.g. ${name}:10001), or write --user root to run as root.`,
       });
     }
+    // /etc/passwd already names root as uid 0: a second root line would make getpwnam("root") ambiguous.
+    if (name === "root" && uid !== 0) {
+      throw new UsageError(`--user ${text}: root is uid 0`, {
+        hint: `Write --user root to run as root, or give the account another name (e.g. --user app:${uid}).`,
+      });
+    }
     return { name, uid, gid: uid };
   }
   const known = WELL_KNOWN_USERS[name];

@@ -215,6 +215,12 @@ function fileAccessError(file: string, error: unknown): SourceError {
       });
     case "EISDIR":
       return new SourceError(`${file} is a directory, not a program`, { path: file, cause: error });
+    case "ENOTDIR":
+      return new SourceError(`${file} does not exist: a name before a / in it is a file, not a directory`, {
+        path: file,
+        cause: error,
+        hint: "check the path (a / after a file name asks for a directory)",
+      });
     default:
       return new SourceError(`${file} could not be read`, { path: file, cause: error });
   }

@@ -99,7 +99,7 @@ export async function resolveLibraries(
     return { interpreter: undefined, libraries: [] };
   }
   const root = options.sysroot === undefined ? "/" : path.resolve(options.sysroot);
-  if (options.sysroot !== undefined) await assertDirectory(root);
+  if (options.sysroot !== undefined) await assertSysroot(root);
   const binaryImagePath = posix.resolve("/", options.binaryImagePath ?? path.basename(binary));
   const resolver = new LibraryResolver(root, info, options.signal);
   return resolver.run(binary, binaryImagePath);
@@ -559,9 +559,11 @@ function originOf(directory: MappedPath, file: ResolvedFile): MappedPath {
   return directory.host === undefined ? { image } : { image, host: directory.host };
 }
 
-async function assertDirectory(sysroot: string): Promise<void> {
+/** @throws SourceError when `sysroot` is missing or not a directory */
+export async function assertSysroot(sysroot: string): Promise<void> {
   const stats = await stat(sysroot).catch((error: unknown) => {
-    throw new SourceError(`the sysroot ${sysroot} cannot be read`, {
+    const problem = errnoCode(error) === "ENOENT" ? "does not exist" : "cannot be read";
+    throw new SourceError(`the sysroot ${sysroot} ${problem}`, {
       path: sysroot,
       cause: error,
       hint: "pass --sysroot a directory that holds a root filesystem for the program's architecture",

@@ -11,7 +11,13 @@ import path from "node:path";
 import { SourceError, UsageError, errnoCode, throwIfAborted } from "../errors.js";
 import { inspectElfFile, type ElfInfo } from "../elf/read.js";
 import { platformOfElf } from "../elf/platform.js";
-import { MAX_SYMLINKS, resolveLibraries, walkInRoot, type ResolvedFile } from "../elf/resolve.js";
+import {
+  MAX_SYMLINKS,
+  assertSysroot,
+  resolveLibraries,
+  walkInRoot,
+  type ResolvedFile,
+} from "../elf/resolve.js";
 import { DEFAULT_PATH, isShellForm, withEnv, type ContainerConfig } from "../image/config.js";
 import { formatPlatform, platformsMatch, type Platform } from "../image/platform.js";
 import { bytesEntry, directoryEntry, displayPath, type EntrySource, type TarEntry } from "../tar/entry.js";
@@ -120,6 +126,17 @@ class ImageTree {
 
   /** Adds `entry` and root-owned 0755 directories for any missing parent. */
   add(entry: TarEntry, origin: string, implicit = false): void {
+    // The packer refuses such a name too, but only once the build runs, and points at --exclude, which
+    // mkbase scratch does not take.
+    if (/(^|\/)\.wh\./.test(entry.path.toString("latin1"))) {
+      throw new SourceError(
+        `${origin} puts /${displayPath(entry.path)} into the image: a ".wh." name in a layer is an overlay whiteout, which the engine takes for a deletion`,
+        {
+          path: displayPath(entry.path),
+          hint: "Give it another name in the image (the --add or --dest destination), or move it out of the directory you add.",
+        },
+      );
+    }
     this.addParents(entry.path, origin);
     const key = mapKey(entry.path);
     const existing = this.entries.get(key);
@@ -151,7 +168,12 @@ class ImageTree {
             existing.entry.linkname === undefined ? "" : ` (→ ${displayPath(existing.entry.linkname)})`;
           throw new UsageError(
             `${origin} puts /${displayPath(child)} below /${displayPath(parent)}, which ${existing.origin} makes a ${existing.entry.type}${target}`,
-            { hint: "Use the path the link leads to as the destination." },
+            {
+              hint:
+                existing.entry.type === "symlink"
+                  ? "Use the path the link leads to as the destination."
+                  : `Choose a destination that is not below /${displayPath(parent)}.`,
+            },
           );
         }
         break;
@@ -356,7 +378,15 @@ export class StaticBinarySource implements EntrySource {
     const hostBinary = await followSourceLinks(binary, binary);
     const elf = await inspectElfFile(binary);
     if (elf.isSharedLibrary) throw sharedLibraryError(binary, elf);
-    const platform = platformOfElf(elf, binary);
+    const built = platformOfElf(elf, binary);
+    // An ELF header names no amd64 or arm64 level (GOAMD64=v3, -march=armv8.2-a): the one asked for stands.
+    const asked = options.platform;
+    const platform =
+      asked?.variant !== undefined &&
+      asked.architecture === built.architecture &&
+      built.architecture !== "arm"
+        ? asked
+        : built;
     if (options.platform !== undefined && !platformsMatch(options.platform, platform)) {
       throw new UsageError(
         `${binary} is built for ${elf.machineName} (${formatPlatform(platform)}), but --platform asks for ${formatPlatform(options.platform)}`,
@@ -366,6 +396,7 @@ export class StaticBinarySource implements EntrySource {
       );
     }
     if (!elf.isStatic && options.bundleLibs !== true) throw dynamicProgramError(binary, elf);
+    if (options.sysroot !== undefined) await assertSysroot(options.sysroot);
 
     const stats = await stat(hostBinary);
     const binaryMtime = Math.floor(stats.mtimeMs / 1000);
@@ -409,8 +440,8 @@ export class StaticBinarySource implements EntrySource {
   imageConfig(base: ContainerConfig, args: readonly string[]): ContainerConfig {
     let config = base;
     if (args.length > 0 && base.Cmd !== undefined) {
-      throw new UsageError("both --cmd and arguments after -- set the command", {
-        hint: "Put the arguments into --cmd, or drop --cmd and keep the arguments after --.",
+      throw new UsageError("both a CMD (--cmd or -c CMD) and arguments after -- set the command", {
+        hint: "Put the arguments into the CMD, or drop it and keep the arguments after --.",
       });
     }
     if (base.Entrypoint === undefined && base.Cmd === undefined) {

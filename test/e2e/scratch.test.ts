@@ -405,6 +405,22 @@ describe("mkbase scratch", () => {
     assert.match(unsized, /^packing program .*\r?$/m);
   });
 
+  test("NO_COLOR on a terminal: the spinner draws without colour", async () => {
+    const env: NodeJS.ProcessEnv = { ...process.env, NO_COLOR: "1" };
+    delete env.CI;
+    delete env.FORCE_COLOR;
+    const command = `stty cols 100 rows 40; exec "$0" scratch "$1" -o type=tar,dest=/dev/null`;
+    const result = await runCommand(
+      "script",
+      ["-qec", `sh -c '${command}' ${mkbaseLauncher} ${programs.hello}`, "/dev/null"],
+      { env, timeoutMs: 60_000 },
+    );
+    assert.equal(result.code, 0, describeResult(result));
+    assert.ok(result.stdout.includes("\u001b[?25l"), "the spinner hides the cursor");
+    // A select graphic rendition sequence (ESC [ … m) is what sets a colour.
+    assert.doesNotMatch(result.stdout.replaceAll("\u001b", "<ESC>"), /<ESC>\[[0-9;]*m/);
+  });
+
   test("one program per --platform: suffixed tags, and the plain tag on this machine's platform", async () => {
     const tag = uniqueTag("scratch-multi");
     const [repository, version] = tag.split(":") as [string, string];

@@ -163,7 +163,7 @@ describe("resolveLibraries", () => {
       resolveLibraries(built.helloDynamic, info, { sysroot: missing }),
       (error: unknown) => {
         assert.ok(error instanceof SourceError);
-        assert.match(error.message, /the sysroot .*no-such-root cannot be read/);
+        assert.match(error.message, /the sysroot .*no-such-root does not exist/);
         return true;
       },
     );

@@ -254,6 +254,13 @@ describe("inputs that are not ELF programs", () => {
     await assert.rejects(inspectElfFile(path.join(workDir, "absent")), /does not exist/);
   });
 
+  test("a file given with a trailing slash", async () => {
+    await assert.rejects(inspectElfFile(`${binaries.static}/`), {
+      name: "SourceError",
+      message: `${binaries.static}/ does not exist: a name before a / in it is a file, not a directory`,
+    });
+  });
+
   test("corrupt files give a SourceError, never another exception", async () => {
     const original = await readFile(binaries.dynamic);
     const outcomes: unknown[] = [];

@@ -253,11 +253,25 @@ describe("StaticBinarySource entries", () => {
     await assert.rejects(open({ sysroot: empty, tzdata: true }), SourceError);
   });
 
+  test("a --sysroot that does not exist is named as such, not as a sysroot without zoneinfo", async () => {
+    const missing = path.join(workDir, "no-such-sysroot");
+    for (const options of [{ tzdata: true }, {}]) {
+      await assert.rejects(open({ sysroot: missing, ...options }), {
+        name: "SourceError",
+        message: `the sysroot ${missing} does not exist`,
+      });
+    }
+  });
+
   test("two inputs for one path, or a path below a file, are refused", async () => {
     const other = path.join(workDir, "other");
     await writeFile(other, "x");
     await assert.rejects(open({ adds: [{ source: other, dest: "/hello" }] }), UsageError);
-    await assert.rejects(open({ adds: [{ source: other, dest: "/hello/x" }] }), UsageError);
+    await assert.rejects(open({ adds: [{ source: other, dest: "/hello/x" }] }), {
+      name: "UsageError",
+      message: `--add ${other}:/hello/x puts /hello/x below /hello, which ${built.hello} makes a file`,
+      hint: "Choose a destination that is not below /hello.",
+    });
     await assert.rejects(
       open({
         user: { name: "nonroot", uid: 65532, gid: 65532 },
@@ -269,6 +283,17 @@ describe("StaticBinarySource entries", () => {
 });
 
 describe("StaticBinarySource checks", () => {
+  test("an overlay whiteout name from --add is refused when the source opens, not while packing", async () => {
+    const tree = path.join(workDir, "whiteout-tree");
+    await mkdir(tree, { recursive: true });
+    await writeFile(path.join(tree, ".wh.old"), "");
+    await assert.rejects(open({ adds: [{ source: tree, dest: "/srv/" }] }), {
+      name: "SourceError",
+      message: `--add ${tree}:/srv/ puts /srv/.wh.old into the image: a ".wh." name in a layer is an overlay whiteout, which the engine takes for a deletion`,
+    });
+    await assert.rejects(open({ dest: "/.wh.bin/hello" }), SourceError);
+  });
+
   test("a dynamic program is refused, naming its interpreter and libraries", async () => {
     await assert.rejects(open({ binary: built.helloDynamic }), (error: unknown) => {
       assert.ok(error instanceof SourceError);
@@ -312,6 +337,13 @@ describe("StaticBinarySource checks", () => {
       UsageError,
     );
   });
+
+  test("--platform may name an amd64 or arm64 level, which no ELF header records", async () => {
+    const v3 = { os: "linux", architecture: "amd64", variant: "v3" };
+    assert.deepEqual((await open({ platform: v3 })).platform, v3);
+    const v82 = { os: "linux", architecture: "arm64", variant: "v8.2" };
+    assert.deepEqual((await open({ binary: built.helloArm64, platform: v82 })).platform, v82);
+  });
 });
 
 describe("StaticBinarySource.imageConfig", () => {
@@ -322,7 +354,10 @@ describe("StaticBinarySource.imageConfig", () => {
       Entrypoint: ["/hello"],
       Cmd: ["--port", "8080"],
     });
-    assert.throws(() => source.imageConfig({ Cmd: ["/hello"] }, ["x"]), UsageError);
+    assert.throws(() => source.imageConfig({ Cmd: ["/hello"] }, ["x"]), {
+      name: "UsageError",
+      message: "both a CMD (--cmd or -c CMD) and arguments after -- set the command",
+    });
   });
 
   test("--user UID:GID sets USER to the numbers and adds no /etc/passwd or /etc/group", async () => {
@@ -390,6 +425,13 @@ describe("mkbase scratch flag parsing", () => {
     assert.throws(() => parseScratchUser("app:0"), {
       name: "UsageError",
       message: "--user app:0: uid 0 is root, whatever the name",
+    });
+  });
+
+  test("--user root:UID is refused: /etc/passwd would name root twice", () => {
+    assert.throws(() => parseScratchUser("root:5"), {
+      name: "UsageError",
+      message: "--user root:5: root is uid 0",
     });
   });
 
