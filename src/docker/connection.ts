@@ -1,18 +1,25 @@
 /**
- * Finding the Docker Engine: `DOCKER_HOST` (unix, tcp with TLS, ssh), else the system socket, else the
- * rootless socket under `$XDG_RUNTIME_DIR`, else Docker Desktop's per-user socket. The environment and the
- * file check are injected so the discovery is testable without an engine.
+ * Finding the Docker Engine as the docker CLI does: `DOCKER_HOST` (unix, tcp with TLS, ssh), else the
+ * docker context that `DOCKER_CONTEXT` or the config's `currentContext` names, else the system socket,
+ * else the rootless socket under `$XDG_RUNTIME_DIR`, else Docker Desktop's per-user socket. The
+ * environment and the file reads are injected so the discovery is testable without an engine.
  */
+import { createHash } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { DaemonUnavailableError, UsageError } from "../errors.js";
 
-/** The client certificate and the CA that a TLS-protected engine expects (`DOCKER_CERT_PATH`). */
+/**
+ * The CA and client certificate that a TLS-protected engine expects (`DOCKER_CERT_PATH`, or a context's
+ * TLS files), as node's TLS options.
+ */
 export interface TlsFiles {
-  readonly ca: Buffer;
-  readonly cert: Buffer;
-  readonly key: Buffer;
+  readonly ca?: Buffer;
+  readonly cert?: Buffer;
+  readonly key?: Buffer;
+  /** False for a context with `SkipTLSVerify`. */
+  readonly rejectUnauthorized?: boolean;
 }
 
 /** How to reach the engine's HTTP API. */
@@ -38,6 +45,8 @@ export interface EngineEndpoint {
   /** Where mkbase connects, for messages (`unix:///var/run/docker.sock`, `tcp://host:2376 (TLS)`). */
   readonly description: string;
   readonly address: EngineAddress;
+  /** The docker context it came from, if any: the advice on an unreachable engine differs. */
+  readonly context?: string;
 }
 
 export interface DiscoveryEnvironment {
@@ -65,69 +74,139 @@ export function defaultSockets(discovery: DiscoveryEnvironment): string[] {
   return sockets;
 }
 
-function tcpEndpoint(hostValue: string, discovery: DiscoveryEnvironment): EngineEndpoint {
-  const url = new URL(hostValue);
-  const env = discovery.env;
-  // As the docker CLI: TLS when DOCKER_TLS_VERIFY is set (to anything non-empty) or on the TLS port.
-  const tls = (env.DOCKER_TLS_VERIFY !== undefined && env.DOCKER_TLS_VERIFY !== "") || url.port === "2376";
-  const host = url.hostname;
-  const port = url.port === "" ? (tls ? 2376 : 2375) : Number(url.port);
-  if (tls) {
-    const certPath = env.DOCKER_CERT_PATH || join(discovery.home, ".docker");
-    const read = (name: string): Buffer => {
-      const file = join(certPath, name);
-      try {
-        return discovery.readFile(file);
-      } catch (error) {
-        throw new UsageError(`DOCKER_HOST uses TLS but ${file} cannot be read`, {
-          cause: error,
-          hint: "Set DOCKER_CERT_PATH to the directory holding ca.pem, cert.pem and key.pem.",
-        });
-      }
-    };
+/**
+ * The endpoint `host` names (a `DOCKER_HOST` value or a context's Host), described as `shown`, and as
+ * `origin` when it is not an address mkbase can use; `tls` is how a tcp:// host is protected, worked out
+ * only for one.
+ */
+function hostEndpoint(
+  host: string,
+  shown: string,
+  origin: string,
+  tls: () => TlsFiles | undefined,
+): EngineEndpoint {
+  if (host.startsWith("unix://")) {
+    return { description: shown, address: { kind: "unix", socketPath: host.slice("unix://".length) } };
+  }
+  if (host.startsWith("tcp://") || host.startsWith("http://") || host.startsWith("https://")) {
+    const url = new URL(host.replace(/^(http|https):/, "tcp:"));
+    const files = tls();
+    const port = url.port === "" ? (files === undefined ? 2375 : 2376) : Number(url.port);
+    return files === undefined
+      ? { description: shown, address: { kind: "tcp", host: url.hostname, port } }
+      : { description: `${shown} (TLS)`, address: { kind: "tcp", host: url.hostname, port, tls: files } };
+  }
+  if (host.startsWith("ssh://")) {
+    const url = new URL(host);
+    // As the docker CLI: the user's own ssh, so ~/.ssh/config, known hosts and agents all apply.
     return {
-      description: `${hostValue} (TLS)`,
+      description: shown,
       address: {
-        kind: "tcp",
-        host,
-        port,
-        tls: { ca: read("ca.pem"), cert: read("cert.pem"), key: read("key.pem") },
+        kind: "ssh",
+        host: url.hostname,
+        port: url.port === "" ? undefined : Number(url.port),
+        user: decodeURIComponent(url.username) || undefined,
       },
     };
   }
-  return { description: hostValue, address: { kind: "tcp", host, port } };
+  throw new UsageError(`${origin} is not a supported address`, {
+    hint: "Use unix:///path/to/docker.sock, tcp://HOST:PORT (with DOCKER_TLS_VERIFY/DOCKER_CERT_PATH for TLS) or ssh://USER@HOST.",
+  });
+}
+
+/** TLS for a `DOCKER_HOST` as the docker CLI decides it: DOCKER_TLS_VERIFY set, or the TLS port. */
+function environmentTls(host: string, discovery: DiscoveryEnvironment): TlsFiles | undefined {
+  const env = discovery.env;
+  const port = new URL(host.replace(/^(http|https):/, "tcp:")).port;
+  if ((env.DOCKER_TLS_VERIFY === undefined || env.DOCKER_TLS_VERIFY === "") && port !== "2376")
+    return undefined;
+  const certPath = env.DOCKER_CERT_PATH || join(discovery.home, ".docker");
+  const read = (name: string): Buffer => {
+    const file = join(certPath, name);
+    try {
+      return discovery.readFile(file);
+    } catch (error) {
+      throw new UsageError(`DOCKER_HOST uses TLS but ${file} cannot be read`, {
+        cause: error,
+        hint: "Set DOCKER_CERT_PATH to the directory holding ca.pem, cert.pem and key.pem.",
+      });
+    }
+  };
+  return { ca: read("ca.pem"), cert: read("cert.pem"), key: read("key.pem") };
+}
+
+/** The docker CLI's configuration directory: `$DOCKER_CONFIG`, else `~/.docker`. */
+function configDir(discovery: DiscoveryEnvironment): string {
+  return discovery.env.DOCKER_CONFIG || join(discovery.home, ".docker");
+}
+
+/** Parsed JSON of `file`, or undefined when it cannot be read or parsed (the docker CLI goes on too). */
+function readJson(file: string, discovery: DiscoveryEnvironment): unknown {
+  try {
+    return JSON.parse(discovery.readFile(file).toString("utf8")) as unknown;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The context to use and where its name came from, or undefined for the default one. */
+function selectedContext(discovery: DiscoveryEnvironment): { name: string; from: string } | undefined {
+  const named = discovery.env.DOCKER_CONTEXT;
+  if (named !== undefined && named !== "")
+    return named === "default" ? undefined : { name: named, from: "DOCKER_CONTEXT" };
+  const file = join(configDir(discovery), "config.json");
+  const config = readJson(file, discovery) as { currentContext?: unknown } | undefined;
+  const current = config?.currentContext;
+  if (typeof current !== "string" || current === "" || current === "default") return undefined;
+  return { name: current, from: `currentContext in ${file}` };
+}
+
+/** The endpoint of a context the docker CLI created (`docker context create`), from its files. */
+function contextEndpoint(name: string, from: string, discovery: DiscoveryEnvironment): EngineEndpoint {
+  // The CLI keeps each context under the SHA-256 of its name.
+  const id = createHash("sha256").update(name).digest("hex");
+  const contexts = join(configDir(discovery), "contexts");
+  const meta = readJson(join(contexts, "meta", id, "meta.json"), discovery) as
+    { Endpoints?: { docker?: { Host?: unknown; SkipTLSVerify?: unknown } } } | undefined;
+  const docker = meta?.Endpoints?.docker;
+  if (typeof docker?.Host !== "string") {
+    throw new UsageError(`the docker context "${name}" (${from}) does not exist or names no Docker Engine`, {
+      hint: "List the contexts with `docker context ls`; choose one with DOCKER_CONTEXT, or go back to the default with `docker context use default`.",
+    });
+  }
+  const host = docker.Host;
+  const tls = (): TlsFiles | undefined => {
+    const dir = join(contexts, "tls", id, "docker");
+    const read = (file: string): Buffer | undefined =>
+      discovery.exists(join(dir, file)) ? discovery.readFile(join(dir, file)) : undefined;
+    const files = { ca: read("ca.pem"), cert: read("cert.pem"), key: read("key.pem") };
+    const skipVerify = docker.SkipTLSVerify === true;
+    if (files.ca === undefined && files.cert === undefined && !skipVerify) return undefined;
+    return { ...files, rejectUnauthorized: !skipVerify };
+  };
+  return {
+    ...hostEndpoint(
+      host,
+      `${host} (docker context ${name})`,
+      `the Host ${host} of docker context ${name}`,
+      tls,
+    ),
+    context: name,
+  };
 }
 
 /**
- * Decides where to connect. Throws {@link DaemonUnavailableError} when `DOCKER_HOST` is unset and no socket
- * exists, naming every place that was tried.
+ * Decides where to connect. Throws {@link DaemonUnavailableError} when nothing names an engine and no
+ * socket exists, naming every place that was tried.
  */
 export function resolveEndpoint(discovery: DiscoveryEnvironment = systemDiscovery): EngineEndpoint {
   const host = discovery.env.DOCKER_HOST;
+  // As the docker CLI: DOCKER_HOST wins over any context.
   if (host !== undefined && host !== "") {
-    if (host.startsWith("unix://")) {
-      return { description: host, address: { kind: "unix", socketPath: host.slice("unix://".length) } };
-    }
-    if (host.startsWith("tcp://") || host.startsWith("http://") || host.startsWith("https://")) {
-      return tcpEndpoint(host.replace(/^(http|https):/, "tcp:"), discovery);
-    }
-    if (host.startsWith("ssh://")) {
-      const url = new URL(host);
-      // As the docker CLI: the user's own ssh, so ~/.ssh/config, known hosts and agents all apply.
-      return {
-        description: host,
-        address: {
-          kind: "ssh",
-          host: url.hostname,
-          port: url.port === "" ? undefined : Number(url.port),
-          user: decodeURIComponent(url.username) || undefined,
-        },
-      };
-    }
-    throw new UsageError(`DOCKER_HOST=${host} is not a supported address`, {
-      hint: "Use unix:///path/to/docker.sock, tcp://HOST:PORT (with DOCKER_TLS_VERIFY/DOCKER_CERT_PATH for TLS) or ssh://USER@HOST.",
-    });
+    return hostEndpoint(host, host, `DOCKER_HOST=${host}`, () => environmentTls(host, discovery));
   }
+  const context = selectedContext(discovery);
+  if (context !== undefined) return contextEndpoint(context.name, context.from, discovery);
   const sockets = defaultSockets(discovery);
   const found = sockets.find((socket) => discovery.exists(socket));
   if (found === undefined) {

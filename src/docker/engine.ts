@@ -95,7 +95,9 @@ function unreachable(endpoint: EngineEndpoint, error: unknown): DaemonUnavailabl
     ? `Check that \`ssh ${sshDestination(address).join(" ")} docker version\` works without a prompt: ssh installed here, a key or agent that logs in, and docker on the host.`
     : code === "EACCES"
       ? "Permission denied on the socket: run as root, or add your user to the docker group."
-      : "Start the engine (e.g. `sudo systemctl start docker` or `dockerd`), or point DOCKER_HOST at a running one (unix://, tcp:// or ssh://).";
+      : endpoint.context !== undefined
+        ? `Start the engine that docker context ${endpoint.context} names, or choose another context (DOCKER_CONTEXT=NAME, or \`docker context use default\`).`
+        : "Start the engine (e.g. `sudo systemctl start docker` or `dockerd`), or point DOCKER_HOST at a running one (unix://, tcp:// or ssh://).";
   // What ssh printed says more than an errno; a socket's errno says all.
   const why = overSsh || code === undefined ? message : code;
   return new DaemonUnavailableError(`cannot reach the Docker Engine at ${endpoint.description} (${why})`, {

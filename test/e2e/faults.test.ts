@@ -4,7 +4,7 @@
  * would hurt the shared engine (killing the daemon mid-transfer) run against a private one.
  */
 import assert from "node:assert/strict";
-import { chmod, mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, readFile, readdir, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -24,6 +24,7 @@ import {
 } from "./support/cli.js";
 import { debianRootfs } from "./support/debian-rootfs.js";
 import {
+  engineSocket,
   failureLabel,
   imageIds,
   imageInspect,
@@ -331,6 +332,46 @@ describe("no daemon listening: exit 4, naming the address tried", () => {
       stderr: new RegExp(`Docker Engine at ${escapeRegExp(host)}`),
       options: { env: { ...process.env, DOCKER_HOST: host } },
     });
+  });
+});
+
+describe("docker contexts, made by the docker CLI", () => {
+  let env: NodeJS.ProcessEnv;
+  let missing: string;
+
+  before(async () => {
+    const config = await mkdtemp(join(work, "docker-config-"));
+    env = { ...process.env, DOCKER_CONFIG: config };
+    delete env.DOCKER_HOST;
+    delete env.DOCKER_CONTEXT;
+    // The engine under another name, so that only the context leads to it.
+    const alias = join(config, "engine.sock");
+    await symlink(engineSocket(), alias);
+    missing = join(config, "missing.sock");
+    await runChecked("docker", ["context", "create", "alias", "--docker", `host=unix://${alias}`], { env });
+    await runChecked("docker", ["context", "create", "broken", "--docker", `host=unix://${missing}`], {
+      env,
+    });
+    await runChecked("docker", ["context", "use", "broken"], { env });
+  });
+
+  test("`docker context use` chose one whose engine is gone: exit 4, naming the context", async () => {
+    const result = await expectFailure(["dir", tree.root], {
+      code: 4,
+      stderr: new RegExp(`Docker Engine at ${escapeRegExp(`unix://${missing}`)} \\(docker context broken\\)`),
+      options: { env },
+    });
+    assert.match(result.stderr, /docker context use default/);
+  });
+
+  test("DOCKER_CONTEXT names another, which wins over the config's choice", async () => {
+    const tag = uniqueTag("context");
+    requested.add(tag);
+    const result = await runMkbase(["dir", tree.root, "-t", tag, "-q"], {
+      env: { ...env, DOCKER_CONTEXT: "alias" },
+    });
+    assert.equal(result.code, 0, describeResult(result));
+    assert.equal((await imageInspect(tag))?.Id, result.stdout.trim());
   });
 });
 

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { describe, it } from "node:test";
 import { Command } from "commander";
 import { DaemonUnavailableError, UsageError } from "../../src/errors.js";
@@ -145,6 +146,92 @@ describe("engine discovery", () => {
         error.message.includes("/run/user/1000/docker.sock") &&
         error.message.includes("DOCKER_HOST"),
     );
+  });
+
+  describe("docker contexts", () => {
+    /** The CLI's files for `contexts` (name → meta Endpoints.docker, TLS files) under `configDir`. */
+    const withContexts = (
+      env: Record<string, string>,
+      contexts: Record<string, { docker: object; tls?: string[] }>,
+      config?: object,
+      configDir = "/home/u/.docker",
+    ): DiscoveryEnvironment => {
+      const files = new Map<string, string>();
+      if (config !== undefined) files.set(`${configDir}/config.json`, JSON.stringify(config));
+      for (const [name, context] of Object.entries(contexts)) {
+        const id = createHash("sha256").update(name).digest("hex");
+        files.set(
+          `${configDir}/contexts/meta/${id}/meta.json`,
+          JSON.stringify({ Name: name, Metadata: {}, Endpoints: { docker: context.docker } }),
+        );
+        for (const file of context.tls ?? [])
+          files.set(`${configDir}/contexts/tls/${id}/docker/${file}`, `pem:${file}`);
+      }
+      return {
+        env,
+        exists: (path) => files.has(path) || path === "/var/run/docker.sock",
+        readFile: (path) => {
+          const text = files.get(path);
+          if (text === undefined) throw Object.assign(new Error(`ENOENT: ${path}`), { code: "ENOENT" });
+          return Buffer.from(text);
+        },
+        home: "/home/u",
+      };
+    };
+    const rootless = { docker: { Host: "unix:///run/user/1000/docker.sock", SkipTLSVerify: false } };
+
+    it("uses the context DOCKER_CONTEXT names, and says so", () => {
+      const endpoint = resolveEndpoint(withContexts({ DOCKER_CONTEXT: "rootless" }, { rootless }));
+      assert.deepEqual(endpoint.address, { kind: "unix", socketPath: "/run/user/1000/docker.sock" });
+      assert.equal(endpoint.description, "unix:///run/user/1000/docker.sock (docker context rootless)");
+      assert.equal(endpoint.context, "rootless");
+    });
+
+    it("uses the config's currentContext, from DOCKER_CONFIG when set", () => {
+      const endpoint = resolveEndpoint(
+        withContexts({ DOCKER_CONFIG: "/cfg" }, { rootless }, { currentContext: "rootless" }, "/cfg"),
+      );
+      assert.equal(endpoint.context, "rootless");
+    });
+
+    it("lets DOCKER_HOST win over any context, and DOCKER_CONTEXT=default mean the usual sockets", () => {
+      const discovery = withContexts(
+        { DOCKER_HOST: "unix:///x.sock", DOCKER_CONTEXT: "rootless" },
+        { rootless },
+      );
+      assert.equal(resolveEndpoint(discovery).description, "unix:///x.sock");
+      const fallback = withContexts(
+        { DOCKER_CONTEXT: "default" },
+        { rootless },
+        { currentContext: "rootless" },
+      );
+      assert.equal(resolveEndpoint(fallback).description, "unix:///var/run/docker.sock");
+    });
+
+    it("takes a tcp context's TLS files, and SkipTLSVerify", () => {
+      const remote = {
+        docker: { Host: "tcp://build.example:2376", SkipTLSVerify: true },
+        tls: ["ca.pem", "cert.pem", "key.pem"],
+      };
+      const endpoint = resolveEndpoint(withContexts({ DOCKER_CONTEXT: "remote" }, { remote }));
+      assert.ok(endpoint.address.kind === "tcp" && endpoint.address.tls !== undefined);
+      assert.equal(String(endpoint.address.tls.ca), "pem:ca.pem");
+      assert.equal(String(endpoint.address.tls.key), "pem:key.pem");
+      assert.equal(endpoint.address.tls.rejectUnauthorized, false);
+      const plain = { docker: { Host: "tcp://build.example", SkipTLSVerify: false } };
+      const open = resolveEndpoint(withContexts({ DOCKER_CONTEXT: "plain" }, { plain }));
+      assert.deepEqual(open.address, { kind: "tcp", host: "build.example", port: 2375 });
+    });
+
+    it("refuses a context that does not exist, naming where its name came from", () => {
+      assert.throws(
+        () => resolveEndpoint(withContexts({}, {}, { currentContext: "gone" })),
+        (error: unknown) =>
+          error instanceof UsageError &&
+          error.message.includes('docker context "gone" (currentContext in /home/u/.docker/config.json)') &&
+          (error.hint ?? "").includes("docker context ls"),
+      );
+    });
   });
 
   it("compares API versions numerically", () => {
