@@ -47,13 +47,15 @@ const MAX_ID = 4294967294;
 /** A POSIX portable user name (useradd accepts these without --badname). */
 const USER_NAME = /^[a-z_][a-z0-9_-]{0,31}$/;
 
-function parseId(text: string, flag: string): number {
-  if (!/^\d+$/.test(text) || Number(text) > MAX_ID) {
-    throw new UsageError(`${flag}: ${text} is not a user or group number`, {
+/** The number `part`, a part of the value `whole` that `flag` was given. */
+function parseId(part: string, flag: string, whole: string): number {
+  if (!/^\d+$/.test(part) || Number(part) > MAX_ID) {
+    const shown = part === "" ? "an empty part" : JSON.stringify(part);
+    throw new UsageError(`${flag} ${whole}: ${shown} is not a user or group number`, {
       hint: `Give a number between 0 and ${MAX_ID}.`,
     });
   }
-  return Number(text);
+  return Number(part);
 }
 
 /**
@@ -64,8 +66,8 @@ export function parseScratchUser(text: string): ScratchUser {
   const colon = text.indexOf(":");
   const name = colon < 0 ? text : text.slice(0, colon);
   if (/^\d+$/.test(name)) {
-    const uid = parseId(name, "--user");
-    return { name: undefined, uid, gid: colon < 0 ? uid : parseId(text.slice(colon + 1), "--user") };
+    const uid = parseId(name, "--user", text);
+    return { name: undefined, uid, gid: colon < 0 ? uid : parseId(text.slice(colon + 1), "--user", text) };
   }
   if (!USER_NAME.test(name)) {
     throw new UsageError(`--user ${text}: ${JSON.stringify(name)} is not a user name or number`, {
@@ -73,7 +75,7 @@ export function parseScratchUser(text: string): ScratchUser {
     });
   }
   if (colon >= 0) {
-    const uid = parseId(text.slice(colon + 1), "--user");
+    const uid = parseId(text.slice(colon + 1), "--user", text);
     // The kernel knows the uid, not the name: such an image runs as root while it reads as not.
     if (uid === 0 && name !== "root") {
       throw new UsageError(`--user ${text}: uid 0 is root, whatever the name`, {
@@ -118,7 +120,7 @@ export function parseChown(text: string, user: ScratchUser | undefined): { uid: 
   const idOf = (part: string): number => {
     const named = known.get(part);
     if (named !== undefined) return named;
-    if (/^\d+$/.test(part)) return parseId(part, "--chown");
+    if (/^\d+$/.test(part)) return parseId(part, "--chown", text);
     throw new UsageError(`--chown ${text}: the image has no user or group ${JSON.stringify(part)}`, {
       hint: "Use numbers (--chown 1000:1000), root, or the name given to --user.",
     });

@@ -428,6 +428,21 @@ describe("mkbase scratch flag parsing", () => {
     });
   });
 
+  test("a part of --user or --chown that is not a number is named, with the whole value", () => {
+    assert.throws(() => parseScratchUser("nonroot:"), {
+      name: "UsageError",
+      message: "--user nonroot:: an empty part is not a user or group number",
+    });
+    assert.throws(() => parseScratchUser("1000:staff"), {
+      name: "UsageError",
+      message: '--user 1000:staff: "staff" is not a user or group number',
+    });
+    assert.throws(() => parseChown("1000:99999999999", undefined), {
+      name: "UsageError",
+      message: '--chown 1000:99999999999: "99999999999" is not a user or group number',
+    });
+  });
+
   test("--user root:UID is refused: /etc/passwd would name root twice", () => {
     assert.throws(() => parseScratchUser("root:5"), {
       name: "UsageError",
