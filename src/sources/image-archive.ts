@@ -17,3 +17,14 @@ export function isImageArchive(names: ReadonlySet<string>): boolean {
     (names.has("manifest.json") && (names.has("repositories") || names.has("blobs")));
   return image && !ROOTFS_DIRS.some((name) => names.has(name));
 }
+
+/**
+ * The rootfs directories below `top` when it is the archive's only top-level name: a tree archived by
+ * its directory (`tar -czf rootfs.tar.gz rootfs`) instead of its content puts `/rootfs/bin/sh` where
+ * `/bin/sh` was meant, and `docker import` takes it without a word. Empty for anything else.
+ */
+export function wrappedRootfsDirs(topLevel: ReadonlySet<string>, belowTop: ReadonlySet<string>): string[] {
+  if (topLevel.size !== 1 || ROOTFS_DIRS.some((name) => topLevel.has(name))) return [];
+  const found = ROOTFS_DIRS.filter((name) => belowTop.has(name));
+  return found.length >= 2 ? found : [];
+}

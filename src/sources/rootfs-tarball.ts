@@ -14,9 +14,9 @@ import { httpGet } from "../net/http-get.js";
 import { proxyHint } from "../net/proxy.js";
 import type { ProgressListener } from "../progress.js";
 import { decompress } from "../tar/decompress.js";
-import type { EntrySource, TarEntry } from "../tar/entry.js";
+import { displayPath, type EntrySource, type TarEntry } from "../tar/entry.js";
 import { ArchiveEntryChecker, readTar } from "../tar/read.js";
-import { isImageArchive } from "./image-archive.js";
+import { isImageArchive, wrappedRootfsDirs } from "./image-archive.js";
 
 export interface RootfsTarballOptions {
   /** A file path, `-` for stdin, or an `http://` / `https://` URL. */
@@ -125,20 +125,38 @@ export class RootfsTarballSource implements EntrySource {
     if (this.sha256 !== undefined) raw = verifySha256(raw, this.sha256, this.description);
     const checker = new ArchiveEntryChecker((message) => this.warn(message));
     const topLevel = new Set<string>();
+    /** Names right below the first top-level one, gathered only while it is the only one. */
+    const belowTop = new Set<string>();
     for await (const entry of readTar(decompress(raw, signal), signal, (message) => this.warn(message))) {
       const checked = checker.check(entry);
       if (checked === undefined) continue;
-      const slash = checked.path.indexOf(0x2f);
-      topLevel.add(checked.path.toString("latin1", 0, slash < 0 ? checked.path.length : slash));
+      const path = checked.path;
+      const slash = path.indexOf(0x2f);
+      topLevel.add(path.toString("latin1", 0, slash < 0 ? path.length : slash));
+      if (slash >= 0 && topLevel.size === 1) {
+        const next = path.indexOf(0x2f, slash + 1);
+        belowTop.add(path.toString("latin1", slash + 1, next < 0 ? path.length : next));
+      }
       yield checked;
     }
-    // Checked at the end, before the image exists: failing here stops the build like any bad entry.
-    if (isImageArchive(topLevel)) {
+    // Checked at the end, before the image exists: failing here stops the build like any bad entry. An
+    // image layout archived by its directory (tar -cf img.tar img/) is one too.
+    if (isImageArchive(topLevel) || (topLevel.size === 1 && isImageArchive(belowTop))) {
       throw new SourceError(
         `${this.description} is a container image archive (from docker save, or an OCI layout), not a root filesystem`,
         {
           hint: "Load it with `docker load -i FILE`, or `skopeo copy oci-archive:FILE docker-daemon:NAME:TAG` for an OCI archive the engine does not load. To flatten an image into a rootfs tarball, `docker export` a container made from it and give that to mkbase tar.",
         },
+      );
+    }
+    const wrapped = wrappedRootfsDirs(topLevel, belowTop);
+    const [first] = wrapped;
+    if (first !== undefined) {
+      const top = displayPath(Buffer.from([...topLevel][0] ?? "", "latin1"));
+      this.warn(
+        `every entry of the archive lies below "${top}/", which holds ${wrapped.join(", ")}: the image has ` +
+          `/${top}/${first}, not /${first}; to put them at the root, archive the directory's content ` +
+          `(tar -C ${top} -c .)`,
       );
     }
   }

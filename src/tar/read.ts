@@ -56,9 +56,10 @@ const TYPEFLAG_OFFSET = 156;
  *
  * A GNU sparse file (`tar -S`, in any of GNU tar's four formats) becomes a regular file of its real
  * size: its holes read as zeros, as when GNU tar or Go's archive/tar (`docker import`) extract it. A
- * large one that is mostly holes is reported to `onWarning`.
+ * large one that is mostly holes is reported to `onWarning`. A GNU volume label (`tar -V`) is skipped.
  *
- * @throws SourceError for a truncated or corrupt archive and unknown entry types.
+ * @throws SourceError for a truncated or corrupt archive, an input that is not a tar archive, and
+ *   unknown entry types.
  */
 export async function* readTar(
   chunks: AsyncIterable<Buffer>,
@@ -83,6 +84,16 @@ export async function* readTar(
       if (isZeroBlock(block)) {
         if (pending.started) throw truncated("an extended header is not followed by an entry");
         const next = await input.readBlock();
+        // Zeros before anything else and data after them are no tar archive: an ext4 or ISO 9660 image
+        // starts that way, and GNU tar and the engine read it as an empty archive without a word.
+        if (headers === 0 && ((next !== undefined && !isZeroBlock(next)) || !(await input.drainZeros()))) {
+          throw new SourceError(
+            "not a tar archive: it starts with zero bytes and holds other data after them (a disk or file system image?)",
+            {
+              hint: "give a tar archive; to build from a file system image, mount it (mount -o loop,ro IMAGE DIR) and use `mkbase dir DIR`",
+            },
+          );
+        }
         if (next !== undefined && !isZeroBlock(next)) {
           throw new SourceError(
             `corrupt tar archive: a zero block at byte ${headerOffset} is followed by more data`,
@@ -131,6 +142,13 @@ export async function* readTar(
         } else {
           pending.longLink = untilNul(data, 0, data.length);
         }
+        continue;
+      }
+
+      // A GNU volume label (tar -V) names the archive, not a file: GNU tar and bsdtar extract nothing for it.
+      if (flag === "V") {
+        pending = emptyPending();
+        await input.skip(header.size + padding(header.size));
         continue;
       }
 
@@ -285,8 +303,8 @@ function buildEntry(
     path,
     type,
     mode: header.mode & 0o7777,
-    uid: paxInteger(pax, "uid", where) ?? header.uid,
-    gid: paxInteger(pax, "gid", where) ?? header.gid,
+    uid: ownerId(paxInteger(pax, "uid", where) ?? header.uid, "uid", where),
+    gid: ownerId(paxInteger(pax, "gid", where) ?? header.gid, "gid", where),
     mtime: paxMtime(pax, where) ?? header.mtime,
     size: type === "file" ? size : 0,
   };
@@ -301,6 +319,19 @@ function buildEntry(
   if (xattrs.size > 0) entry.xattrs = xattrs;
   // The data blocks follow the PAX size when there is one.
   return { entry, dataSize, sparse, where };
+}
+
+const MAX_OWNER_ID = 0xffff_ffff;
+
+/**
+ * A uid or gid, which Linux keeps in 32 bits. GNU tar refuses others; packed, a negative one would be
+ * written as it is and one above 2^32 would lose its high bits in the engine (2^40 + 5 becomes 5).
+ */
+function ownerId(value: number, what: "uid" | "gid", where: (what: string) => string): number {
+  if (value < 0 || value > MAX_OWNER_ID) {
+    throw corruptHeader(`the ${what} ${value} is out of range (0 to ${MAX_OWNER_ID})`, where);
+  }
+  return value;
 }
 
 /** Removes leading `./` and trailing `/`; the result is a copy that does not pin an input chunk. */
@@ -814,6 +845,15 @@ class TarInput {
       if (result.done) this.ended = true;
       else this.offset += result.value.length;
     }
+  }
+
+  /** Reads and discards the rest of the input; false, and the rest left unread, at a byte that is not 0. */
+  async drainZeros(): Promise<boolean> {
+    while (await this.fill()) {
+      const part = this.slice(this.chunk.length - this.position);
+      if (part.some((byte) => byte !== 0)) return false;
+    }
+    return true;
   }
 
   /** Stops the source early (the consumer went away or an error is on its way up). */

@@ -360,11 +360,35 @@ describe("inputs and validation", () => {
       summarize({ input: image }),
       assertSourceError(/saved-image\.tar is a container image archive .*not a root filesystem/),
     );
+    const wrapped = join(work, "saved-image-dir.tar");
+    run("tar", ["-C", work, "-cf", wrapped, "image-archive"]);
+    await assert.rejects(
+      summarize({ input: wrapped }),
+      assertSourceError(/saved-image-dir\.tar is a container image archive/),
+    );
     // The same names beside a root filesystem's own directories are just files.
     mkdirSync(join(scratch, "etc"));
     const rootfs = join(work, "rootfs-with-manifest.tar");
     run("tar", ["-C", scratch, "-cf", rootfs, "."]);
     assert.ok((await summarize({ input: rootfs })).some((line) => line.startsWith("manifest.json file ")));
+  });
+
+  test("a tree archived by its directory instead of its content is packed, with a warning", async () => {
+    const file = join(work, "wrapped.tar");
+    run("tar", ["-C", work, "-cf", file, "tree"]);
+    const events: ProgressEvent[] = [];
+    const lines = await summarize({ input: file, onProgress: (event) => events.push(event) });
+    assert.ok(lines.some((line) => line.startsWith("tree/etc/hostname file ")));
+    const warnings = events.flatMap((event) => (event.kind === "warning" ? [event.message] : []));
+    assert.equal(warnings.length, 1, warnings.join("\n"));
+    assert.match(warnings[0] ?? "", /below "tree\/", which holds bin, etc, usr: .*tar -C tree -c \./);
+
+    events.length = 0;
+    await summarize({ input: plainTar, onProgress: (event) => events.push(event) });
+    assert.deepEqual(
+      events.filter((event) => event.kind === "warning"),
+      [],
+    );
   });
 
   test("absolute paths are made relative with one warning", async () => {

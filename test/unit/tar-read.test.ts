@@ -506,7 +506,7 @@ describe("readTar on hand-written archives", () => {
       pax("g", [["uid", ""]]),
       pax("x", [
         ["mtime", "1700000000.999999999"],
-        ["gid", "9000000000"],
+        ["gid", "4000000000"],
       ]),
       member({ name: "c", uid: 7 }),
     );
@@ -521,7 +521,7 @@ describe("readTar on hand-written archives", () => {
     assert.equal(b?.data?.toString(), "BBB");
     assert.equal(c?.entry.uid, 7, "a global record removed by an empty value no longer applies");
     assert.equal(c?.entry.mtime, 1700000000);
-    assert.equal(c?.entry.gid, 9000000000);
+    assert.equal(c?.entry.gid, 4000000000);
     assert.equal(c?.entry.xattrs?.get("user.global")?.toString(), "g");
   });
 
@@ -691,6 +691,36 @@ describe("readTar on hand-written archives", () => {
     assert.equal((await readAll(chunksOf(archive(pax("g", [["comment", "0123abcd"]])), 512))).length, 0);
   });
 
+  test("zeros and then other data are not a tar archive (an ext4 or ISO image); zeros alone are empty", async () => {
+    assert.equal((await readAll(chunksOf(Buffer.alloc(10240), 700))).length, 0);
+    const images = [
+      Buffer.concat([Buffer.alloc(1024), Buffer.from([0xef, 0x53]), Buffer.alloc(2048)]),
+      Buffer.concat([Buffer.alloc(32768), Buffer.from("\x01CD001\x01")]),
+      Buffer.concat([Buffer.alloc(512), member({ name: "a" }), END]),
+    ];
+    for (const data of images) {
+      await assert.rejects(readAll(chunksOf(data, 700)), (error: unknown) => {
+        assert.ok(error instanceof SourceError, String(error));
+        assert.match(error.message, /^not a tar archive: .*zero bytes/);
+        assert.match(error.hint ?? "", /mount -o loop,ro/);
+        return true;
+      });
+    }
+  });
+
+  test("a GNU volume label (tar -V) is skipped, with the extended header that describes it", async () => {
+    const data = archive(
+      pax("x", [["path", "label-path"]]),
+      member({ name: "MYROOT", type: "V" }),
+      member({ name: "a" }, Buffer.from("a")),
+    );
+    const entries = await readAll(chunksOf(data, 700));
+    assert.deepEqual(
+      entries.map((read) => [read.entry.path.toString(), read.data?.toString()]),
+      [["a", "a"]],
+    );
+  });
+
   test("truncated, corrupt and unsupported archives are SourceErrors", async () => {
     const good = archive(member({ name: "a" }, randomBytes(2000)), member({ name: "b" }, Buffer.from("b")));
     const cases: [string, Buffer, RegExp][] = [
@@ -751,6 +781,22 @@ describe("readTar on hand-written archives", () => {
         /PAX/,
       ],
       ["bad PAX number", archive(pax("x", [["uid", "12a"]]), member({ name: "a" })), /uid "12a"/],
+      [
+        "uid above 32 bits",
+        archive(pax("x", [["uid", String(2 ** 40 + 5)]]), member({ name: "a" })),
+        /the uid 1099511627781 is out of range .*"a"/,
+      ],
+      [
+        "negative base-256 gid",
+        archive(
+          (() => {
+            const block = header({ name: "a" });
+            block.fill(0xff, 116, 124);
+            return withChecksum(block);
+          })(),
+        ),
+        /the gid -1 is out of range .*"a"/,
+      ],
     ];
     const corrupted = Buffer.from(good);
     corrupted[2560 + 10] = 0x5a; // a byte of the second header's name
