@@ -76,6 +76,12 @@ export function detectCompression(head: Buffer): Compression {
       hint: "give a tar archive, optionally compressed with gzip, bzip2, xz or zstd",
     });
   }
+  // A web page where the archive was expected: a login or error page, or a link to a project page.
+  if (/^\s*<(!doctype html|html|head|body)\b/i.test(head.toString("latin1", 0, 256))) {
+    throw new SourceError("not a tar archive: it is an HTML page", {
+      hint: "a URL that serves a web page (a login, an error or a project page) gives this: use the link to the file itself",
+    });
+  }
   if (!looksLikeTarHeader(head)) {
     throw new SourceError(
       "not a tar archive: it is neither compressed with gzip, bzip2, xz or zstd nor a tar header",
@@ -132,13 +138,36 @@ export async function* decompress(
         yield* input;
         return;
       case "gzip":
-        yield* gunzip(input, signal);
+        yield* notCompressedAgain(gunzip(input, signal), compression);
         return;
       default:
-        yield* decompressWithTool(TOOLS[compression], input, signal);
+        yield* notCompressedAgain(decompressWithTool(TOOLS[compression], input, signal), compression);
     }
   } finally {
     if (!done) await source.return?.();
+  }
+}
+
+/**
+ * The decompressed `chunks`, refused when they start compressed again (a `.tar.gz.gz`): the tar reader
+ * would call them "not a tar archive" without saying why.
+ */
+async function* notCompressedAgain(
+  chunks: AsyncIterable<Buffer>,
+  outer: Exclude<Compression, "none">,
+): AsyncGenerator<Buffer> {
+  let first = true;
+  for await (const chunk of chunks) {
+    if (first) {
+      first = false;
+      const inner = MAGIC.find((format) => startsWith(chunk, format.magic));
+      if (inner !== undefined) {
+        throw new SourceError(`the archive is compressed twice: ${inner.compression} inside ${outer}`, {
+          hint: `decompress the outer ${outer} first (e.g. \`${outer === "gzip" ? "gzip" : TOOLS[outer].command} -dc FILE > FILE.inner\`) and pass the result`,
+        });
+      }
+    }
+    yield chunk;
   }
 }
 

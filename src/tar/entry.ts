@@ -5,6 +5,12 @@
  */
 import { formatBytes } from "../progress.js";
 
+/**
+ * Extended attributes never carried, from a tree or an archive: SELinux labels belong to the policy of
+ * the host that made them, and copying them would stamp its contexts onto every file of the image.
+ */
+export const HOST_ONLY_XATTRS: ReadonlySet<string> = new Set(["security.selinux"]);
+
 export type EntryType = "file" | "directory" | "symlink" | "hardlink" | "char" | "block" | "fifo";
 
 /** Where a regular file's bytes come from. There must be exactly `size` bytes. */

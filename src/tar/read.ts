@@ -8,7 +8,7 @@
  * and every PAX value stays a Buffer from the input bytes to the entry.
  */
 import { InterruptedError, SourceError, throwIfAborted } from "../errors.js";
-import { displayPath, sparseFileWarning, type EntryType, type TarEntry } from "./entry.js";
+import { HOST_ONLY_XATTRS, displayPath, sparseFileWarning, type EntryType, type TarEntry } from "./entry.js";
 
 const BLOCK = 512;
 const EMPTY = Buffer.alloc(0);
@@ -632,6 +632,7 @@ function paxXattrs(pax: ReadonlyMap<string, Buffer>, where: (what: string) => st
   for (const [key, value] of pax) {
     if (key.startsWith(SCHILY_XATTR)) xattrs.set(key.slice(SCHILY_XATTR.length), value);
   }
+  for (const name of HOST_ONLY_XATTRS) xattrs.delete(name);
   return xattrs;
 }
 

@@ -10,17 +10,11 @@ import { isUtf8 } from "node:buffer";
 import { constants, closeSync, lstatSync, openSync, readdirSync, readlinkSync, type Stats } from "node:fs";
 import { createRequire } from "node:module";
 import { SourceError, errnoCode, throwIfAborted } from "../errors.js";
-import { displayPath, sparseFileWarning, type TarEntry } from "./entry.js";
+import { HOST_ONLY_XATTRS, displayPath, sparseFileWarning, type TarEntry } from "./entry.js";
 import type { PathFilter } from "./exclude.js";
 
 /** Top-level directories of a live system whose contents are runtime state, not part of an image. */
 export const SYSTEM_RUNTIME_DIRS: readonly string[] = ["proc", "sys", "dev", "run", "tmp"];
-
-/**
- * Extended attributes never carried: SELinux labels belong to the host's policy, and copying them would
- * stamp the host's contexts onto every file of the image.
- */
-const SKIPPED_XATTRS = new Set(["security.selinux"]);
 
 export interface WalkOptions {
   readonly signal: AbortSignal;
@@ -83,7 +77,7 @@ function readXattrs(path: Buffer, isRegularFile: boolean): ReadonlyMap<string, B
     if (names.length === 0) return undefined;
     const result = new Map<string, Buffer>();
     for (const name of names.sort()) {
-      if (SKIPPED_XATTRS.has(name)) continue;
+      if (HOST_ONLY_XATTRS.has(name)) continue;
       const value = xattr().getAttributeSync(target, name);
       if (value !== null) result.set(name, Buffer.from(value));
     }

@@ -216,6 +216,26 @@ describe("compression", () => {
     await assert.rejects(summarize({ input: join(work, "text") }), assertSourceError(/^not a tar archive/));
   });
 
+  test("an archive compressed twice, and an HTML page, are named as such", async () => {
+    const twice = join(work, "rootfs.tar.gz.xz");
+    filter("xz", ["-c"], join(work, "rootfs.tar.gz"), twice);
+    await assert.rejects(summarize({ input: twice }), (error: unknown) => {
+      assert.ok(error instanceof SourceError, String(error));
+      assert.equal(error.message, "the archive is compressed twice: gzip inside xz");
+      assert.match(error.hint ?? "", /xz -dc FILE/);
+      return true;
+    });
+    const page = join(work, "page.html");
+    writeFileSync(
+      page,
+      `\n<!DOCTYPE html>\n<html><head><title>Sign in</title></head>${" ".repeat(600)}</html>\n`,
+    );
+    await assert.rejects(
+      summarize({ input: page }),
+      assertSourceError(/^not a tar archive: it is an HTML page$/),
+    );
+  });
+
   test("a missing decompressor is a ToolError naming the Debian package", async () => {
     const savedPath = process.env.PATH;
     const emptyBin = join(work, "empty-bin");

@@ -485,7 +485,7 @@ describe("readTar on hand-written archives", () => {
     );
   });
 
-  test("PAX records: binary and base64 xattrs, global records, fractional and negative mtimes", async () => {
+  test("PAX records: binary and base64 xattrs (no SELinux label), global records, fractional and negative mtimes", async () => {
     const capability = Buffer.from(CAPABILITY_HEX, "hex");
     const data = archive(
       pax("g", [
@@ -496,6 +496,7 @@ describe("readTar on hand-written archives", () => {
       pax("x", [
         ["path", Buffer.from([0x62, 0xff, 0x0a, 0x3d])],
         ["SCHILY.xattr.security.capability", capability],
+        ["SCHILY.xattr.security.selinux", "system_u:object_r:bin_t:s0"],
         ["LIBARCHIVE.xattr.user.a%3Db", Buffer.from([0, 1, 2, 0xff]).toString("base64")],
         ["mtime", "-1000.25"],
         ["uid", ""],
@@ -518,6 +519,7 @@ describe("readTar on hand-written archives", () => {
     assert.equal(b?.entry.mtime, -1001);
     assert.deepEqual(b?.entry.xattrs?.get("security.capability"), capability);
     assert.deepEqual(b?.entry.xattrs?.get("user.a=b"), Buffer.from([0, 1, 2, 0xff]));
+    assert.equal(b?.entry.xattrs?.has("security.selinux"), false, "the host's SELinux label is not carried");
     assert.equal(b?.data?.toString(), "BBB");
     assert.equal(c?.entry.uid, 7, "a global record removed by an empty value no longer applies");
     assert.equal(c?.entry.mtime, 1700000000);
