@@ -3,12 +3,19 @@ import { realpath } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import type { Command } from "commander";
 import { formatPlatform } from "../image/platform.js";
-import { addImageOptions, platformFromFlags, type ImageFlags } from "./image-options.js";
+import {
+  CHOWN_HELP,
+  addImageOptions,
+  parseChown,
+  platformFromFlags,
+  type ImageFlags,
+} from "./image-options.js";
 import type { CommandContext } from "./run-build.js";
 
 interface DirFlags extends ImageFlags {
   readonly system?: boolean;
   readonly crossMounts?: boolean;
+  readonly chown?: string;
 }
 
 /**
@@ -50,7 +57,8 @@ export function registerDirCommand(
       "--system",
       "treat PATH as a live system: keep /proc, /sys, /dev, /run, /tmp empty (implied for /)",
     )
-    .option("--cross-mounts", "descend into filesystems mounted below PATH");
+    .option("--cross-mounts", "descend into filesystems mounted below PATH")
+    .option("--chown <uid[:gid]>", CHOWN_HELP);
   addImageOptions(command)
     .addHelpText(
       "after",
@@ -60,12 +68,15 @@ Examples:
   sudo mkbase dir / -t snapshot:today --exclude var/lib/docker
   IMAGE_ID=$(mkbase dir ./rootfs -t x:1 --quiet)
   mkbase dir ./rootfs -t x:1 --via import -c 'ENV LANG=C.UTF-8' -m "nightly"
+  mkbase dir ./rootfs-built-in-ci -t x:1 --chown 0:0
   mkbase dir ./rootfs -t x:1 -o type=docker,dest=- | ssh builder docker load`,
     )
     .action(async (path: string, flags: DirFlags) => {
       const { runBuild } = await import("./run-build.js");
       const { RootfsDirSource } = await import("../sources/rootfs-dir.js");
       const { loadPathFilter } = await import("../tar/exclude.js");
+      const { withOwner } = await import("../tar/normalize.js");
+      const owner = flags.chown === undefined ? undefined : parseChown(flags.chown, undefined);
       const filter = await loadPathFilter(flags.exclude, flags.excludeFrom);
       done(
         await runBuild(
@@ -92,7 +103,7 @@ Examples:
                 message: `${path}/bin/sh is a ${formatPlatform(shell)} program, but the image is recorded as ${formatPlatform(recorded)}${whose}: its containers would fail with "exec format error". Pass --platform ${formatPlatform(shell)} if the tree is for that platform.`,
               });
             }
-            return source;
+            return owner === undefined ? source : withOwner(source, owner);
           },
           "mkbase dir",
         ),

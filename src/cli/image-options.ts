@@ -18,6 +18,7 @@ import {
 } from "../image/config.js";
 import { hostPlatform, parsePlatform, type Platform } from "../image/platform.js";
 import { parseTagReference, type Reference } from "../image/reference.js";
+import type { ScratchUser } from "../sources/static-binary.js";
 
 /** Values commander collects for the shared flags. */
 export interface ImageFlags {
@@ -57,6 +58,48 @@ export interface ImageFlags {
 }
 
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
+
+/** `--chown` of `mkbase dir` and `mkbase tar`, which applies to every entry. */
+export const CHOWN_HELP =
+  "set the owner of every entry (numbers or root, as tar --owner and --group do), e.g. 0:0 for a tree that an unprivileged user made";
+
+/** The largest uid Linux accepts ((uid_t)-1 means "no change" to chown and setresuid). */
+const MAX_ID = 4294967294;
+/** The number `part`, a part of the value `whole` that `flag` was given. */
+export function parseId(part: string, flag: string, whole: string): number {
+  if (!/^\d+$/.test(part) || Number(part) > MAX_ID) {
+    const shown = part === "" ? "an empty part" : JSON.stringify(part);
+    throw new UsageError(`${flag} ${whole}: ${shown} is not a user or group number`, {
+      hint: `Give a number between 0 and ${MAX_ID}.`,
+    });
+  }
+  return Number(part);
+}
+
+/**
+ * `--chown UID[:GID]` as Dockerfile `COPY --chown`: numbers, or the names the image's `/etc/passwd` is known
+ * to hold (root, and the user `mkbase scratch --user` adds); a missing group means the same number as the
+ * user.
+ */
+export function parseChown(text: string, user: ScratchUser | undefined): { uid: number; gid: number } {
+  const known = new Map<string, number>([["root", 0]]);
+  if (user?.name !== undefined) known.set(user.name, user.uid);
+  const idOf = (part: string): number => {
+    const named = known.get(part);
+    if (named !== undefined) return named;
+    if (/^\d+$/.test(part)) return parseId(part, "--chown", text);
+    const names = [...known.keys()].join(" and ");
+    throw new UsageError(
+      `--chown ${text}: ${JSON.stringify(part)} is neither a number nor a name --chown knows (${names})`,
+      {
+        hint: `Use numbers (--chown 1000:1000)${user?.name === undefined ? " or root" : ", root, or the name given to --user"}.`,
+      },
+    );
+  };
+  const [owner = "", group] = text.split(":", 2);
+  const uid = idOf(owner);
+  return { uid, gid: group === undefined ? uid : idOf(group) };
+}
 
 /** Adds the shared flags to `command`. */
 export function addImageOptions(command: Command): Command {

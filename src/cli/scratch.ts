@@ -19,7 +19,9 @@ import type { ScratchUser } from "../sources/static-binary.js";
 import {
   addImageOptions,
   configFromFlags,
+  parseChown,
   parseEpoch,
+  parseId,
   tagsFromFlags,
   type ImageFlags,
 } from "./image-options.js";
@@ -42,21 +44,8 @@ interface ScratchFlags extends Omit<ImageFlags, "platform"> {
 
 /** The numbers distroless and other FROM scratch images use, so that `--user nonroot` means the same. */
 const WELL_KNOWN_USERS: Readonly<Record<string, number>> = { root: 0, nonroot: 65532, nobody: 65534 };
-/** The largest uid Linux accepts ((uid_t)-1 means "no change" to chown and setresuid). */
-const MAX_ID = 4294967294;
 /** A POSIX portable user name (useradd accepts these without --badname). */
 const USER_NAME = /^[a-z_][a-z0-9_-]{0,31}$/;
-
-/** The number `part`, a part of the value `whole` that `flag` was given. */
-function parseId(part: string, flag: string, whole: string): number {
-  if (!/^\d+$/.test(part) || Number(part) > MAX_ID) {
-    const shown = part === "" ? "an empty part" : JSON.stringify(part);
-    throw new UsageError(`${flag} ${whole}: ${shown} is not a user or group number`, {
-      hint: `Give a number between 0 and ${MAX_ID}.`,
-    });
-  }
-  return Number(part);
-}
 
 /**
  * `--user NAME[:UID]`: `nonroot` is 65532 and `root` 0; any other name needs its UID. `--user UID[:GID]`:
@@ -108,26 +97,6 @@ export function parseAddSpec(text: string): { source: string; dest: string } {
     });
   }
   return { source: text.slice(0, split), dest: text.slice(split + 1) };
-}
-
-/**
- * `--chown UID[:GID]` as Dockerfile `COPY --chown`: numbers, or the names this image's `/etc/passwd` knows
- * (root and the `--user`); a missing group means the same number as the user.
- */
-export function parseChown(text: string, user: ScratchUser | undefined): { uid: number; gid: number } {
-  const known = new Map<string, number>([["root", 0]]);
-  if (user?.name !== undefined) known.set(user.name, user.uid);
-  const idOf = (part: string): number => {
-    const named = known.get(part);
-    if (named !== undefined) return named;
-    if (/^\d+$/.test(part)) return parseId(part, "--chown", text);
-    throw new UsageError(`--chown ${text}: the image has no user or group ${JSON.stringify(part)}`, {
-      hint: "Use numbers (--chown 1000:1000), root, or the name given to --user.",
-    });
-  };
-  const [owner = "", group] = text.split(":", 2);
-  const uid = idOf(owner);
-  return { uid, gid: group === undefined ? uid : idOf(group) };
 }
 
 /** `--chmod MODE`: octal permission bits, as `COPY --chmod`. */

@@ -1,11 +1,12 @@
 /** `mkbase tar FILE|-|URL`: a root filesystem tarball into an image, re-packed without extracting it. */
 import type { Command } from "commander";
-import { addImageOptions, type ImageFlags } from "./image-options.js";
+import { CHOWN_HELP, addImageOptions, parseChown, type ImageFlags } from "./image-options.js";
 import type { CommandContext } from "./run-build.js";
 
 interface TarFlags extends ImageFlags {
   readonly sha256?: string;
   readonly insecure?: boolean;
+  readonly chown?: string;
 }
 
 export function registerTarCommand(
@@ -29,7 +30,8 @@ export function registerTarCommand(
       "--sha256 <hex>",
       "expected sha256 of the archive as given (compressed bytes); the build fails on a mismatch",
     )
-    .option("--insecure", "download a URL without --sha256 (its content is not verified)");
+    .option("--insecure", "download a URL without --sha256 (its content is not verified)")
+    .option("--chown <uid[:gid]>", CHOWN_HELP);
   addImageOptions(command)
     .addHelpText(
       "after",
@@ -43,6 +45,8 @@ Examples:
       const { runBuild } = await import("./run-build.js");
       const { RootfsTarballSource } = await import("../sources/rootfs-tarball.js");
       const { excludeEntries, loadPathFilter } = await import("../tar/exclude.js");
+      const { withOwner } = await import("../tar/normalize.js");
+      const owner = flags.chown === undefined ? undefined : parseChown(flags.chown, undefined);
       const filter = await loadPathFilter(flags.exclude, flags.excludeFrom);
       done(
         await runBuild(
@@ -55,11 +59,13 @@ Examples:
               insecure: flags.insecure,
               onProgress,
             });
-            if (filter.isEmpty) return source;
-            return {
-              description: source.description,
-              entries: (signal: AbortSignal) => excludeEntries(source.entries(signal), filter),
-            };
+            const kept = filter.isEmpty
+              ? source
+              : {
+                  description: source.description,
+                  entries: (signal: AbortSignal) => excludeEntries(source.entries(signal), filter),
+                };
+            return owner === undefined ? kept : withOwner(kept, owner);
           },
           "mkbase tar",
         ),

@@ -4,7 +4,7 @@
  * Every source's entries pass here after `--exclude`, so checks on what a layer may hold live here too.
  */
 import { SourceError } from "../errors.js";
-import { displayPath, type TarEntry } from "./entry.js";
+import { displayPath, type EntrySource, type TarEntry } from "./entry.js";
 
 export class EntryNormalizer {
   /** Newest mtime seen before clamping (seconds), or undefined when there were no entries. */
@@ -25,17 +25,42 @@ export class EntryNormalizer {
 
   /** Applies {@link normalize} lazily, keeping a synchronous source synchronous. */
   apply(entries: Iterable<TarEntry> | AsyncIterable<TarEntry>): Iterable<TarEntry> | AsyncIterable<TarEntry> {
-    if (Symbol.asyncIterator in entries) {
-      const source = entries as AsyncIterable<TarEntry>;
-      return (async function* (self: EntryNormalizer) {
-        for await (const entry of source) yield self.normalize(entry);
-      })(this);
-    }
-    const source = entries as Iterable<TarEntry>;
-    return (function* (self: EntryNormalizer) {
-      for (const entry of source) yield self.normalize(entry);
-    })(this);
+    return mapEntries(entries, (entry) => this.normalize(entry));
   }
+}
+
+type Entries = Iterable<TarEntry> | AsyncIterable<TarEntry>;
+
+/**
+ * `change` applied to each of `entries` as they are read. A synchronous source stays synchronous: the
+ * directory walk's speed depends on not awaiting per entry.
+ */
+function mapEntries(entries: Entries, change: (entry: TarEntry) => TarEntry): Entries {
+  if (Symbol.asyncIterator in entries) {
+    const source = entries as AsyncIterable<TarEntry>;
+    return (async function* () {
+      for await (const entry of source) yield change(entry);
+    })();
+  }
+  const source = entries as Iterable<TarEntry>;
+  return (function* () {
+    for (const entry of source) yield change(entry);
+  })();
+}
+
+/**
+ * `source` with every entry owned by `owner` (`--chown`), as `tar --owner=UID --group=GID` packs: for a
+ * tree that an unprivileged user made, whose files would otherwise belong to that user in the image.
+ */
+export function withOwner(
+  source: EntrySource,
+  owner: { readonly uid: number; readonly gid: number },
+): EntrySource {
+  return {
+    description: source.description,
+    entries: (signal) =>
+      mapEntries(source.entries(signal), (entry) => ({ ...entry, uid: owner.uid, gid: owner.gid })),
+  };
 }
 
 /**

@@ -172,6 +172,14 @@ describe("every kind of entry reaches the image unchanged", () => {
     });
   }
 
+  test("--chown gives every entry one owner, and changes nothing else", async () => {
+    const tag = uniqueTag("dir-chown");
+    await mkbaseDir(tree.root, tag, ["--chown", "1234:5678"]);
+    const owned = expected.map((line) => line.replace(/ uid=\d+ gid=\d+/, " uid=1234 gid=5678"));
+    assert.notDeepEqual(owned, expected, "the tree must have other owners to begin with");
+    assert.equal(diffListings(owned, await inspectImage(tag)), "");
+  });
+
   test("--exclude and --exclude-from leave paths out", async () => {
     const excludeFile = join(scratch, "exclude-list");
     await writeFile(excludeFile, "# whole directories and one nested one\nlinks\nmodes/private/inner\n");

@@ -25,13 +25,13 @@ import {
   commonProgramPath,
   parseAddSpec,
   parseChmod,
-  parseChown,
   operandsAfterDashes,
   parseScratchUser,
   platformTagSuffix,
   registerScratchCommand,
   scratchTargets,
 } from "../../src/cli/scratch.js";
+import { parseChown } from "../../src/cli/image-options.js";
 import {
   CA_BUNDLE_IMAGE_PATH,
   StaticBinarySource,

@@ -19,7 +19,7 @@ import { TEMP_PREFIX } from "../../src/sinks/atomic-file.js";
 import { RootfsDirSource } from "../../src/sources/rootfs-dir.js";
 import type { TarEntry } from "../../src/tar/entry.js";
 import { PathFilter } from "../../src/tar/exclude.js";
-import { EntryNormalizer } from "../../src/tar/normalize.js";
+import { EntryNormalizer, withOwner } from "../../src/tar/normalize.js";
 import { walkTree } from "../../src/tar/walk.js";
 
 const signal = new AbortController().signal;
@@ -292,4 +292,27 @@ describe("outputs inside the tree", () => {
       rmSync(base, { recursive: true, force: true });
     }
   });
+});
+
+it("withOwner (--chown) gives every entry the owner, and keeps a synchronous source synchronous", async () => {
+  const dir = { description: "d", entries: () => walkTree(root, { signal }) };
+  const owned = withOwner(dir, { uid: 1234, gid: 5678 }).entries(signal);
+  assert.ok(!(Symbol.asyncIterator in owned), "the walk must stay synchronous");
+  const entries = [...(owned as Iterable<TarEntry>)];
+  assert.deepEqual(names(entries), names(walk()));
+  assert.ok(entries.every((entry) => entry.uid === 1234 && entry.gid === 5678));
+
+  const fromArchive = {
+    description: "a",
+    entries: async function* () {
+      yield* walkTree(root, { signal });
+    },
+  };
+  const streamed: TarEntry[] = [];
+  for await (const entry of withOwner(fromArchive, { uid: 0, gid: 0 }).entries(
+    signal,
+  ) as AsyncIterable<TarEntry>) {
+    streamed.push(entry);
+  }
+  assert.ok(streamed.length > 0 && streamed.every((entry) => entry.uid === 0 && entry.gid === 0));
 });
