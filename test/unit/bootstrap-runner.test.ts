@@ -85,6 +85,27 @@ describe("running a tool", () => {
     assert.deepEqual([...lines].sort(), ["one", "three", "two"]);
   });
 
+  it("passes the uppercase proxy variables as lowercase too, which wget and apt read; a lowercase one wins", async () => {
+    const lines: string[] = [];
+    await runTool({
+      name: "sh",
+      command: "/bin/sh",
+      args: ["-c", 'echo "$https_proxy|$http_proxy|$no_proxy|$HTTPS_PROXY"'],
+      env: {
+        ...env,
+        HTTPS_PROXY: "http://proxy.example:3128",
+        HTTP_PROXY: "http://upper.example:3128",
+        http_proxy: "http://lower.example:8080",
+        NO_PROXY: ".internal.example",
+      },
+      signal,
+      onLine: (line) => lines.push(line),
+    });
+    assert.deepEqual(lines, [
+      "http://proxy.example:3128|http://lower.example:8080|.internal.example|http://proxy.example:3128",
+    ]);
+  });
+
   it("reports a failure with the tool's last error line", async () => {
     await assert.rejects(
       runTool({

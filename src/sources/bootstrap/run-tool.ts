@@ -99,6 +99,23 @@ export interface ToolRun {
   readonly failureHint?: string;
 }
 
+/** The proxy variables that wget (debootstrap), apt (mmdebstrap) and apk read, in lowercase only. */
+const LOWERCASE_PROXY_VARIABLES = ["http_proxy", "https_proxy", "ftp_proxy", "no_proxy"];
+
+/**
+ * `env` with each lowercase proxy variable set from its uppercase twin where only that one is set: CI
+ * systems and docker users often set only HTTPS_PROXY and NO_PROXY, which mkbase's own requests honour
+ * but wget and apt would ignore.
+ */
+export function withLowercaseProxies(env: ToolEnvironment): ToolEnvironment {
+  const result: Record<string, string | undefined> = { ...env };
+  for (const name of LOWERCASE_PROXY_VARIABLES) {
+    const upper = env[name.toUpperCase()];
+    if (!env[name] && upper) result[name] = upper;
+  }
+  return result;
+}
+
 /**
  * Runs a tool to the end. The child leads its own process group, so a terminal's Ctrl-C reaches only
  * mkbase, which then stops the whole group (the tool and the chroot'ed maintainer scripts it started):
@@ -110,7 +127,7 @@ export async function runTool(run: ToolRun): Promise<void> {
   if (run.signal.aborted) throw new InterruptedError("interrupted", { cause: run.signal.reason });
   const child = spawn(run.command, [...run.args], {
     cwd: run.cwd,
-    env: run.env as NodeJS.ProcessEnv,
+    env: withLowercaseProxies(run.env) as NodeJS.ProcessEnv,
     stdio: ["ignore", "pipe", "pipe"],
     detached: true,
   });
