@@ -671,10 +671,21 @@ async function addZoneinfo(
   }
   const prefix = entryPath(ZONEINFO_IMAGE_PATH);
   tree.add(directoryEntry(prefix.toString(), 0o755, mtime), "--tzdata");
+  let zoneFiles = 0;
   for (const walked of walkTree(host, { signal: signal ?? new AbortController().signal })) {
     // Fixed modes and owners: the zone files are data, and the host's umask must not reach the image.
     const mode = walked.type === "directory" ? 0o755 : walked.type === "symlink" ? 0o777 : 0o644;
     tree.add(rebase(walked, prefix, { uid: 0, gid: 0 }, mode, mtime), "--tzdata");
+    if (walked.type === "file") zoneFiles += 1;
+  }
+  // An empty directory (tzdata removed, a slimmed host) would give an image where TZ silently does nothing.
+  if (zoneFiles === 0) {
+    throw new SourceError(`the time zone database ${describeRoot(sysroot)} (${host}) holds no zone files`, {
+      hint:
+        sysroot === undefined
+          ? "Install (or reinstall) the tzdata package, or pass --sysroot DIR with a root filesystem that has it."
+          : "Install tzdata into the sysroot, or drop --tzdata.",
+    });
   }
 }
 

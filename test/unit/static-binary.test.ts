@@ -251,6 +251,13 @@ describe("StaticBinarySource entries", () => {
     await mkdir(empty, { recursive: true });
     await assert.rejects(open({ sysroot: empty, caCerts: true }), SourceError);
     await assert.rejects(open({ sysroot: empty, tzdata: true }), SourceError);
+    // A zoneinfo directory without zones would give an image where TZ silently does nothing.
+    await mkdir(path.join(empty, "usr/share/zoneinfo/Etc"), { recursive: true });
+    await assert.rejects(open({ sysroot: empty, tzdata: true }), (error: unknown) => {
+      assert.ok(error instanceof SourceError);
+      assert.match(error.message, /holds no zone files/);
+      return true;
+    });
   });
 
   test("a --sysroot that does not exist is named as such, not as a sysroot without zoneinfo", async () => {
