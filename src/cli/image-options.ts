@@ -230,7 +230,9 @@ export function configFromFlags(flags: ImageFlags): ContainerConfig {
   if (flags.expose.length > 0) {
     config = {
       ...config,
-      ExposedPorts: Object.fromEntries(flags.expose.flatMap(parsePort).map((p) => [p, {}])),
+      ExposedPorts: Object.fromEntries(
+        flags.expose.flatMap((port) => parsePort(port, "--expose")).map((p) => [p, {}]),
+      ),
     };
   }
   if (flags.volume.length > 0)

@@ -72,13 +72,13 @@ export function parseKeyValue(text: string, flag: string): [string, string] {
   return [text.slice(0, eq), text.slice(eq + 1)];
 }
 
-/** `80`, `80/tcp`, `53/udp`, `8000-8002/tcp` → the `ExposedPorts` keys. */
-export function parsePort(text: string): string[] {
+/** `80`, `80/tcp`, `53/udp`, `8000-8002/tcp` → the `ExposedPorts` keys. `what` names where it was given. */
+export function parsePort(text: string, what: string): string[] {
   const match = /^(\d+)(?:-(\d+))?(?:\/(tcp|udp|sctp))?$/i.exec(text.trim());
   const low = Number(match?.[1]);
   const high = match?.[2] === undefined ? low : Number(match[2]);
   if (match === null || low < 1 || high > 65535 || high < low) {
-    throw new UsageError(`--expose ${text}: not a port`, {
+    throw new UsageError(`${what}: ${JSON.stringify(text)} is not a port`, {
       hint: "Use PORT[/tcp|udp|sctp] or LOW-HIGH[/proto].",
     });
   }
@@ -262,10 +262,43 @@ export function checkVolume(path: string, what: string): string {
 }
 
 /**
- * Applies one `docker import --change` style Dockerfile instruction to `config` and returns the result.
- * Only the instructions that describe the config (not the filesystem) are accepted, as in `docker import`.
+ * The instructions in the text of one change, read as the engine's Dockerfile parser reads the changes of
+ * an import: a `\\` at the end of a line (trailing blanks allowed) continues the instruction on the next
+ * one, `#` comment lines and blank lines are skipped (also between continued lines), and a line break
+ * otherwise starts the next instruction.
  */
-export function applyChange(config: ContainerConfig, line: string): ContainerConfig {
+function changeInstructions(text: string): string[] {
+  const instructions: string[] = [];
+  let current: string | undefined;
+  for (const raw of text.split(/\r?\n/)) {
+    const stripped = raw.trimStart();
+    if (stripped === "" || stripped.startsWith("#")) continue;
+    const continued = /\\[ \t]*$/.exec(raw);
+    // Only the first line of an instruction loses its leading blanks; a continued line keeps them.
+    const part = continued === null ? raw : raw.slice(0, continued.index);
+    current = current === undefined ? part.trimStart() : current + part;
+    if (continued === null) {
+      instructions.push(current);
+      current = undefined;
+    }
+  }
+  if (current !== undefined) instructions.push(current);
+  return instructions;
+}
+
+/**
+ * Applies a `docker import --change` value (one Dockerfile instruction, or several on lines of their own)
+ * to `config` and returns the result. Only the instructions that describe the config (not the filesystem)
+ * are accepted, as in `docker import`.
+ */
+export function applyChange(config: ContainerConfig, change: string): ContainerConfig {
+  const instructions = changeInstructions(change);
+  // Nothing but blanks or comments: refused below as an empty instruction, not silently ignored.
+  if (instructions.length === 0) return applyInstruction(config, change);
+  return instructions.reduce(applyInstruction, config);
+}
+
+function applyInstruction(config: ContainerConfig, line: string): ContainerConfig {
   const match = /^\s*(\w+)\s*(.*)$/s.exec(line);
   const instruction = match?.[1]?.toUpperCase() ?? "";
   const args = match?.[2]?.trim() ?? "";
@@ -293,7 +326,7 @@ export function applyChange(config: ContainerConfig, line: string): ContainerCon
         Labels: { ...config.Labels, ...Object.fromEntries(parsePairs(args, "LABEL", variables)) },
       };
     case "EXPOSE": {
-      const ports = lex(args, variables, true).flatMap(parsePort);
+      const ports = lex(args, variables, true).flatMap((port) => parsePort(port, `--change "${line}"`));
       return {
         ...config,
         ExposedPorts: { ...config.ExposedPorts, ...Object.fromEntries(ports.map((p) => [p, {}])) },

@@ -1,7 +1,7 @@
 /**
  * `mkbase dir PATH`: a directory on disk, including `/` of a live system, as image entries.
  */
-import { readdir, realpath, stat } from "node:fs/promises";
+import { readFile, readdir, realpath, stat } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import { platformOfElf } from "../elf/platform.js";
 import { inspectElfFile } from "../elf/read.js";
@@ -13,6 +13,7 @@ import { TEMP_PREFIX, listedNames } from "../sinks/atomic-file.js";
 import type { EntrySource, TarEntry } from "../tar/entry.js";
 import type { PathFilter } from "../tar/exclude.js";
 import { SYSTEM_RUNTIME_DIRS, walkTree } from "../tar/walk.js";
+import { parseMountPoints } from "./bootstrap/workspace.js";
 import { isImageArchive } from "./image-archive.js";
 
 export interface RootfsDirOptions {
@@ -32,6 +33,17 @@ export interface RootfsDirOptions {
   readonly onProgress: ProgressListener;
 }
 
+/** The mount points strictly below `realRoot`, relative to it; none where there is no mount table. */
+async function mountPointsBelow(realRoot: string): Promise<Set<string>> {
+  const table = await readFile("/proc/self/mountinfo", "utf8").catch(() => "");
+  const prefix = realRoot.endsWith("/") ? realRoot : `${realRoot}/`;
+  return new Set(
+    parseMountPoints(table)
+      .filter((point) => point.startsWith(prefix) && point.length > prefix.length)
+      .map((point) => point.slice(prefix.length)),
+  );
+}
+
 /** How many names a warning lists before it says "and N more". */
 const NAMES_IN_WARNING = 5;
 
@@ -43,6 +55,7 @@ export class RootfsDirSource implements EntrySource {
     private readonly options: RootfsDirOptions,
     /** The root with symlinks resolved, as the outputs' paths are. */
     private readonly realRoot: string,
+    private readonly mountPoints: ReadonlySet<string>,
   ) {
     this.root = resolve(options.path);
     this.description = `directory ${options.path}`;
@@ -85,7 +98,8 @@ export class RootfsDirSource implements EntrySource {
         },
       );
     }
-    return new RootfsDirSource(options, await realpath(options.path));
+    const realRoot = await realpath(options.path);
+    return new RootfsDirSource(options, realRoot, await mountPointsBelow(realRoot));
   }
 
   /**
@@ -135,6 +149,7 @@ export class RootfsDirSource implements EntrySource {
       filter: this.options.filter,
       contentsExcluded: this.isSystemCapture ? SYSTEM_RUNTIME_DIRS : [],
       crossMounts: this.options.crossMounts,
+      mountPoints: this.mountPoints,
       leaveOut: this.outputsInside(),
       onSkip: (kind, path) => skipped[kind].push(path),
       onWarning: (message) => this.options.onProgress({ kind: "warning", message }),

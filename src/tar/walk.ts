@@ -25,6 +25,11 @@ export interface WalkOptions {
   /** Descend into directories on other filesystems (mount points); off by default. */
   readonly crossMounts?: boolean;
   /**
+   * Mount points below the root (relative paths), from the mount table: a bind mount of the root's own
+   * filesystem has the root's device number, so only the table tells it from a plain directory.
+   */
+  readonly mountPoints?: ReadonlySet<string>;
+  /**
    * Whether to leave out the entry at this path on disk, before anything reads it: the command's own
    * outputs, which would otherwise pack themselves (and their temporary files, which come and go).
    */
@@ -174,6 +179,11 @@ interface Frame {
   readonly rel: Buffer;
   readonly names: Buffer[];
   index: number;
+  /**
+   * The entry of this directory when an exclude pattern matched it but an exception may bring back
+   * something below: it is emitted just before the first such entry, or never.
+   */
+  pending?: TarEntry;
 }
 
 /**
@@ -196,7 +206,12 @@ class TreeWalker {
   private readonly hardlinks = new Map<string, Buffer>();
   private readonly contentsExcluded: Set<string>;
   private readonly filter: WalkOptions["filter"];
+  private readonly mountPoints: WalkOptions["mountPoints"];
   private readonly stack: Frame[];
+  /** Entries to return before walking on: the pending parents of an entry, then the entry. */
+  private readonly queue: TarEntry[] = [];
+  /** How many frames hold a {@link Frame.pending} entry, so that most entries skip looking. */
+  private pendingCount = 0;
 
   constructor(
     root: string,
@@ -207,6 +222,7 @@ class TreeWalker {
     this.contentsExcluded = new Set(options.contentsExcluded ?? []);
     // Matching costs ~5 µs an entry even with no patterns; skip it entirely when there are none.
     this.filter = options.filter?.isEmpty === false ? options.filter : undefined;
+    this.mountPoints = options.mountPoints?.size === 0 ? undefined : options.mountPoints;
     this.stack = [
       { full: rootFull, rel: Buffer.alloc(0), names: readdirOrFail(rootFull).sort(Buffer.compare), index: 0 },
     ];
@@ -214,12 +230,40 @@ class TreeWalker {
 
   /** The next entry, or undefined when the walk is over. */
   next(): TarEntry | undefined {
+    const queued = this.queue.shift();
+    if (queued !== undefined) return queued;
+    const entry = this.walk();
+    if (entry === undefined || this.pendingCount === 0) return entry;
+    // Docker keeps the parents of what an exception re-includes (`build` for `build` and `!build/keep`);
+    // without their entries the engine would make them with its own mode, owner and time.
+    for (const frame of this.stack) {
+      if (frame.pending === undefined) continue;
+      this.queue.push(frame.pending);
+      frame.pending = undefined;
+      this.pendingCount--;
+    }
+    this.queue.push(entry);
+    return this.queue.shift();
+  }
+
+  /** Whether the walk goes into the directory `rel` (a child of `frame`), and tells why when it does not. */
+  private descends(frame: Frame, rel: Buffer, relText: string, st: Stats): boolean {
+    // A top-level runtime directory (/proc, /tmp…) is kept empty, without a word; another mount too,
+    // unless asked to cross it.
+    const topLevelRuntime = frame.rel.length === 0 && this.contentsExcluded.has(relText);
+    const otherMount =
+      (st.dev !== this.rootStat.dev || this.mountPoints?.has(relText) === true) && !this.options.crossMounts;
+    if (otherMount && !topLevelRuntime) this.options.onSkip?.("mount", displayPath(rel));
+    return !topLevelRuntime && !otherMount;
+  }
+
+  private walk(): TarEntry | undefined {
     const { stack, filter, options } = this;
     while (stack.length > 0) {
       const frame = stack[stack.length - 1] as Frame;
       const name = frame.names[frame.index++];
       if (name === undefined) {
-        stack.pop();
+        if (stack.pop()?.pending !== undefined) this.pendingCount--;
         continue;
       }
       throwIfAborted(options.signal);
@@ -231,24 +275,24 @@ class TreeWalker {
       }
       const st = lstatOrFail(full);
       const isDir = st.isDirectory();
-      // Decoding the path costs more than the rest of an entry; only matching needs it.
-      const relText = filter !== undefined || frame.rel.length === 0 ? rel.toString("utf8") : "";
+      // Decoding the path costs more than the rest of an entry; only matching and mount points need it.
+      const relText =
+        filter !== undefined || frame.rel.length === 0 || (isDir && this.mountPoints !== undefined)
+          ? rel.toString("utf8")
+          : "";
       if (filter?.excludes(relText)) {
-        // An exception pattern (`!keep`) may re-include something below: descend without emitting the dir.
-        if (isDir && filter.mayIncludeUnder(relText)) {
-          stack.push({ full, rel, names: readdirOrFail(full).sort(Buffer.compare), index: 0 });
+        // An exception pattern (`!keep`) may re-include something below: descend, holding the entry back.
+        if (isDir && filter.mayIncludeUnder(relText) && this.descends(frame, rel, relText, st)) {
+          const pending = walkEntry(rel, st, { type: "directory", xattrs: readXattrs(full, false) });
+          stack.push({ full, rel, names: readdirOrFail(full).sort(Buffer.compare), index: 0, pending });
+          this.pendingCount++;
         }
         continue;
       }
 
       if (isDir) {
         const entry = walkEntry(rel, st, { type: "directory", xattrs: readXattrs(full, false) });
-        // A top-level runtime directory (/proc, /tmp…) is kept empty, without a word; another mount too,
-        // unless asked to cross it.
-        const topLevelRuntime = frame.rel.length === 0 && this.contentsExcluded.has(relText);
-        const otherMount = st.dev !== this.rootStat.dev && !options.crossMounts;
-        if (otherMount && !topLevelRuntime) options.onSkip?.("mount", displayPath(rel));
-        if (!topLevelRuntime && !otherMount) {
+        if (this.descends(frame, rel, relText, st)) {
           stack.push({ full, rel, names: readdirOrFail(full).sort(Buffer.compare), index: 0 });
         }
         return entry;

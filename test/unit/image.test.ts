@@ -62,11 +62,16 @@ describe("container config", () => {
   });
 
   it("parses ports and ranges", () => {
-    assert.deepEqual(parsePort("80"), ["80/tcp"]);
-    assert.deepEqual(parsePort("53/UDP"), ["53/udp"]);
-    assert.deepEqual(parsePort("8000-8002"), ["8000/tcp", "8001/tcp", "8002/tcp"]);
-    assert.throws(() => parsePort("0"), UsageError);
-    assert.throws(() => parsePort("http"), UsageError);
+    assert.deepEqual(parsePort("80", "--expose"), ["80/tcp"]);
+    assert.deepEqual(parsePort("53/UDP", "--expose"), ["53/udp"]);
+    assert.deepEqual(parsePort("8000-8002", "--expose"), ["8000/tcp", "8001/tcp", "8002/tcp"]);
+    assert.throws(() => parsePort("0", "--expose"), UsageError);
+    assert.throws(() => parsePort("http", "--expose"), UsageError);
+    // A port given in a change is named with the change, not with a flag the user did not pass.
+    assert.throws(() => applyChange({}, "EXPOSE 80/xyz"), {
+      name: "UsageError",
+      message: '--change "EXPOSE 80/xyz": "80/xyz" is not a port',
+    });
   });
 
   it("applies docker import --change instructions", () => {
@@ -91,6 +96,18 @@ describe("container config", () => {
         message: `${line} has no value`,
       });
     }
+  });
+
+  it("reads line continuations, comments and several lines in a change as docker import does", () => {
+    assert.deepEqual(applyChange({}, "ENV A=1 \\\n  B=2").Env, ["A=1", "B=2"]);
+    assert.deepEqual(applyChange({}, 'CMD ["a", \\\r\n "b"]').Cmd, ["a", "b"]);
+    // Blank and comment lines inside a continuation are skipped; a continued line keeps its blanks.
+    assert.equal(applyChange({}, "USER x \\\n  # note\n\n  y").User, "x   y");
+    assert.deepEqual(applyChange({}, "ENV A=1\\ \t\n B=2").Env, ["A=1", "B=2"]);
+    const several = applyChange({}, "# base settings\nCMD echo a\n  USER x");
+    assert.deepEqual(several.Cmd, ["/bin/sh", "-c", "echo a"]);
+    assert.equal(several.User, "x");
+    assert.throws(() => applyChange({}, "# nothing else"), UsageError);
   });
 
   it("substitutes $NAME in a change as the engine does, from the Env before the instruction", () => {

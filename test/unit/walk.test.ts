@@ -109,10 +109,33 @@ describe("walkTree", () => {
     assert.equal(hard?.size, 5);
   });
 
-  it("re-includes exceptions below an excluded directory", () => {
-    const entries = names(walk({ filter: new PathFilter(["b", "!b/sub/file"]) }));
-    assert.ok(entries.includes("b/sub/file"));
-    assert.ok(!entries.includes("b/dangling"));
+  it("re-includes exceptions below an excluded directory, with their parents as Docker keeps them", () => {
+    const entries = walk({ filter: new PathFilter(["b", "!b/sub/file"]) });
+    const bEntries = entries.filter((e) => e.path.toString().startsWith("b"));
+    assert.deepEqual(names(bEntries), ["b", "b/sub", "b/sub/file"]);
+    assert.deepEqual(
+      bEntries.map((e) => e.type),
+      ["directory", "directory", "file"],
+    );
+    // A parent is held back only until something below it is kept: none is, none is packed.
+    assert.ok(
+      !names(walk({ filter: new PathFilter(["b", "!b/sub/missing"]) })).some((n) => n.startsWith("b")),
+    );
+  });
+
+  it("does not cross into a runtime directory or another mount for an exception", () => {
+    const entries = names(
+      walk({ filter: new PathFilter(["tmp", "!tmp/inside"]), contentsExcluded: ["proc", "tmp"] }),
+    );
+    assert.ok(!entries.some((n) => n.startsWith("tmp")));
+    const skipped: string[] = [];
+    const mounted = walk({
+      filter: new PathFilter(["b", "!b/sub/file"]),
+      mountPoints: new Set(["b"]),
+      onSkip: (kind, path) => skipped.push(`${kind}:${path}`),
+    });
+    assert.ok(!names(mounted).some((n) => n.startsWith("b")));
+    assert.deepEqual(skipped, ["mount:b", "socket:sock"]);
   });
 
   it("warns about a large file that is mostly holes, and only about that one", () => {
@@ -289,6 +312,47 @@ describe("outputs inside the tree", () => {
         "left out out/image.tar, out/layout: outputs of this command inside the tree",
       ]);
     } finally {
+      rmSync(base, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("mount points inside the tree", () => {
+  it("a bind mount of the tree's own filesystem is kept empty unless --cross-mounts", async (t) => {
+    if (process.getuid?.() !== 0) {
+      t.skip("needs root to bind mount");
+      return;
+    }
+    const base = mkdtempSync(join(tmpdir(), "mkbase-unit-mounts-"));
+    const mountPoint = join(base, "tree/var/cache/apt");
+    mkdirSync(mountPoint, { recursive: true });
+    mkdirSync(join(base, "host-cache"));
+    writeFileSync(join(base, "host-cache/pkg.deb"), "host");
+    execFileSync("mount", ["--bind", join(base, "host-cache"), mountPoint]);
+    try {
+      const packed = async (crossMounts: boolean): Promise<{ paths: string[]; warnings: string[] }> => {
+        const warnings: string[] = [];
+        const source = await RootfsDirSource.open({
+          path: join(base, "tree"),
+          crossMounts,
+          onProgress: (event) => {
+            if (event.kind === "warning") warnings.push(event.message);
+          },
+        });
+        const entries = [...source.entries(new AbortController().signal)];
+        return { paths: entries.map((entry) => entry.path.toString()), warnings };
+      };
+      const kept = await packed(false);
+      assert.deepEqual(kept.paths, ["var", "var/cache", "var/cache/apt"]);
+      assert.match(kept.warnings.join("\n"), /mounted at var\/cache\/apt \(use --cross-mounts/);
+      assert.deepEqual((await packed(true)).paths, [
+        "var",
+        "var/cache",
+        "var/cache/apt",
+        "var/cache/apt/pkg.deb",
+      ]);
+    } finally {
+      execFileSync("umount", [mountPoint]);
       rmSync(base, { recursive: true, force: true });
     }
   });
