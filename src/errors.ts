@@ -77,6 +77,13 @@ export class ToolError extends MkbaseError {
 /** The build was cancelled by a signal. */
 export class InterruptedError extends MkbaseError {
   readonly exitCode = ExitCode.interrupted;
+  /** Outputs completed before the signal came, which stay (`NAME in DESTINATION`). */
+  readonly kept: readonly string[];
+
+  constructor(message: string, options: MkbaseErrorOptions & { kept?: readonly string[] } = {}) {
+    super(message, options);
+    this.kept = options.kept ?? [];
+  }
 }
 
 /**

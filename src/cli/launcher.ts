@@ -11,6 +11,7 @@ import Module, { createRequire } from "node:module";
 import { dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Script } from "node:vm";
+import { ExitCode, errnoCode } from "../errors.js";
 import { packageVersion } from "./version.js";
 
 type Main = (argv: readonly string[]) => Promise<number>;
@@ -70,6 +71,12 @@ export function loadBundle(bundle: string, command: string): LoadedBundle {
 /** bin/mkbase: sets the exit code of the run of `argv`. */
 export async function launch(argv: readonly string[]): Promise<void> {
   if (argv.length === 1 && (argv[0] === "--version" || argv[0] === "-V")) {
+    // As in main(): a reader that stops early (`| true`) has seen enough; a full disk lost the answer.
+    process.stdout.on("error", (error) => {
+      if (errnoCode(error) === "EPIPE") return;
+      process.stderr.write(`mkbase: error: cannot write to stdout: ${error.message}.\n`);
+      process.exitCode = ExitCode.sink;
+    });
     process.stdout.write(`${packageVersion()}\n`);
     return;
   }

@@ -3,7 +3,7 @@
  * codes. Commands load their modules lazily, so a command evaluates only what it uses (bin/mkbase answers
  * `mkbase --version` before any of this loads).
  */
-import { ExitCode, InterruptedError, MkbaseError, errnoCode } from "../errors.js";
+import { ExitCode, InterruptedError, MkbaseError, SinkError, UsageError, errnoCode } from "../errors.js";
 import { undoForForcedExit } from "../forced-exit.js";
 import type { CommandContext } from "./run-build.js";
 import { packageVersion } from "./version.js";
@@ -18,7 +18,8 @@ Exit codes:
   5    the destination (engine, registry, file) failed and holds no partial image or tag
        (outputs completed before it are kept, and named in the message)
   6    an external tool failed, is missing, or needs privileges
-  130  interrupted (Ctrl-C or SIGTERM); temporary files were removed`;
+  130  interrupted (Ctrl-C or SIGTERM); temporary files were removed
+       (outputs completed before it are kept, and named in the message)`;
 
 /**
  * Ending in a full stop, so message and hint read as one paragraph. A message keeps its first letter as
@@ -36,7 +37,11 @@ async function reportError(error: unknown): Promise<number> {
   const { makePainter } = await import("./render.js");
   const chalk = await makePainter(process.env, process.stderr);
   if (error instanceof InterruptedError) {
-    process.stderr.write(`${chalk.red("mkbase: interrupted")}; nothing was left behind.\n`);
+    process.stderr.write(
+      error.kept.length === 0
+        ? `${chalk.red("mkbase: interrupted")}; nothing was left behind.\n`
+        : `${chalk.red("mkbase: interrupted")}; temporary files were removed, and the outputs completed before it are kept: ${error.kept.join("; ")}.\n`,
+    );
     return error.exitCode;
   }
   if (error instanceof MkbaseError) {
@@ -53,13 +58,17 @@ async function reportError(error: unknown): Promise<number> {
 
 /** Runs the CLI with `argv` (without node and script) and resolves with the exit code. */
 export async function main(argv: readonly string[]): Promise<number> {
-  // `mkbase --help | head` closes the pipe early; that is not an error worth a stack trace. An output
-  // writing to stdout (dest=-) listens too, and reports it as its own failure.
+  // A failed write to stdout or stderr must not end the process halfway (an uncaught error would leave
+  // temporary files and spools behind): the command runs to its end and cleans up. An output writing
+  // to stdout (dest=-) listens too, and reports the failure as its own.
+  let stdoutFailure: Error | undefined;
   process.stdout.on("error", (error) => {
     if (process.stdout.listenerCount("error") > 1) return;
-    if (errnoCode(error) === "EPIPE") process.exit(ExitCode.ok);
-    throw error;
+    stdoutFailure ??= error;
   });
+  // Stderr carries progress and messages only: a reader that went away (`2>&1 | head`) or a full disk
+  // stops none of the work, and the exit code still says how it ended.
+  process.stderr.on("error", () => undefined);
   const { Command, CommanderError, Help } = await import("commander");
   const { registerDirCommand } = await import("./dir.js");
   const { registerTarCommand } = await import("./tar.js");
@@ -114,19 +123,45 @@ export async function main(argv: readonly string[]): Promise<number> {
   registerTarCommand(program, context, done);
   registerBootstrapCommands(program, context, done);
 
+  // Node decodes its arguments as UTF-8, putting U+FFFD for bytes that are not: a path in another
+  // encoding (Latin-1 names under LANG=C) would name another file, and a dest would be made under it.
+  const garbled = argv.find((arg) => arg.includes("\uFFFD"));
   try {
+    if (garbled !== undefined) {
+      throw new UsageError(
+        `an argument is not valid UTF-8 (${JSON.stringify(garbled)}), so its bytes cannot be read`,
+        {
+          hint: "Give the path another way: through a symlink with a UTF-8 name, or cd into the directory and give `.`.",
+        },
+      );
+    }
     await program.parseAsync([...argv], { from: "user" });
   } catch (error) {
     if (error instanceof CommanderError) {
       // Help and version are "errors" to commander; everything else it reports is a usage error.
-      return error.exitCode === 0 ? ExitCode.ok : ExitCode.usage;
+      exitCode = error.exitCode === 0 ? ExitCode.ok : ExitCode.usage;
+    } else {
+      exitCode = await reportError(
+        controller.signal.aborted && !(error instanceof InterruptedError)
+          ? new InterruptedError("interrupted", { cause: error })
+          : error,
+      );
     }
-    exitCode = await reportError(
-      controller.signal.aborted ? new InterruptedError("interrupted", { cause: error }) : error,
-    );
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
+  }
+  // A reader that stops early (`mkbase --help | head`, `… -q | true`) has seen enough; any other failure
+  // (a full disk) lost the result, which a script must not take for success. The stream reports a
+  // failure after the write that failed: a last empty write's callback comes after it.
+  await new Promise<void>((resolve) => process.stdout.write("", () => resolve()));
+  if (exitCode === ExitCode.ok && stdoutFailure !== undefined && errnoCode(stdoutFailure) !== "EPIPE") {
+    exitCode = await reportError(
+      new SinkError(`cannot write to stdout: ${stdoutFailure.message}`, {
+        cause: stdoutFailure,
+        hint: "Whatever the command made is kept; --iidfile FILE or --metadata-file FILE give a build's result in a file.",
+      }),
+    );
   }
   return exitCode;
 }

@@ -688,6 +688,26 @@ export async function openOutputs(
       spec.type === "docker" ? "docker-archive" : spec.type === "oci" ? "OCI archive" : "rootfs tar";
     await checkDestination(spec.dest, `the ${kind} ${spec.dest}`);
   }
+  // Each file is renamed into place whole, so of two at one path only the last would stay (an archive
+  // replaced by the image ID); and --iidfile is removed below, before the build, whatever it is.
+  const files = new Map<string, string>();
+  for (const spec of specs) {
+    if ("dest" in spec && spec.dest !== undefined && spec.dest !== "-")
+      files.set(resolve(spec.dest), `-o type=${spec.type},dest=${spec.dest}`);
+  }
+  for (const [flag, file] of [
+    ["--iidfile", flags.iidfile],
+    ["--metadata-file", flags.metadataFile],
+  ] as const) {
+    if (file === undefined || file === "-") continue;
+    const other = files.get(resolve(file));
+    if (other !== undefined) {
+      throw new UsageError(`${flag} ${file} is the same file as ${other}`, {
+        hint: "Give each its own path.",
+      });
+    }
+    files.set(resolve(file), `${flag} ${file}`);
+  }
   // Written once the image exists: a wrong path must fail now, before anything is made or tagged.
   for (const [flag, file, what] of [
     ["--iidfile", flags.iidfile, "the image ID file"],

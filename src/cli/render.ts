@@ -69,8 +69,13 @@ export async function makeRenderer(options: {
   };
   // A terminal that reports no width (a pty nobody sized, as under `script` or before a container's
   // first resize) makes the spinner clear ever more lines; such a terminal gets plain lines instead.
+  // So does a dumb one, which cannot move the cursor: the spinner library would print every phase twice.
   const interactive =
-    stream.isTTY === true && (stream.columns ?? 0) > 0 && !options.quiet && process.env.CI === undefined;
+    stream.isTTY === true &&
+    (stream.columns ?? 0) > 0 &&
+    !options.quiet &&
+    process.env.CI === undefined &&
+    process.env.TERM !== "dumb";
   // discardStdin off: stdin may carry the input tarball, and raw mode would swallow Ctrl-C.
   // The spinner library is loaded only when there is a terminal to draw on. It colours the spinner
   // whenever its terminal can show colour, NO_COLOR or not.
@@ -128,7 +133,9 @@ export async function makeRenderer(options: {
     onProgress,
     stop(ok) {
       if (spinner === undefined) return;
-      if (ok) spinner.succeed(phase);
+      // Before the first phase there is nothing to mark: a bare symbol would stand above the error.
+      if (phase === "") spinner.stop();
+      else if (ok) spinner.succeed(phase);
       else spinner.fail(phase);
     },
   };

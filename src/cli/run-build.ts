@@ -46,7 +46,9 @@ export function prepareImageFlags(flags: ImageFlags, env: CommandContext["env"])
     });
   }
   if (flags.via === "import" && config.StopSignal !== undefined) {
-    throw new UsageError("--stop-signal cannot be set through the engine's import endpoint", {
+    // The stop signal may come from -c STOPSIGNAL as well as from --stop-signal: name whichever was given.
+    const from = flags.stopSignal !== undefined ? "--stop-signal" : "-c STOPSIGNAL";
+    throw new UsageError(`${from} cannot be set through the engine's import endpoint`, {
       hint: "Use the default --via load, or --via build.",
     });
   }

@@ -165,7 +165,13 @@ export class AtomicFile {
           hint: "Create it first (mkdir -p), or choose another path.",
         });
       }
-      throw fileWriteError(what, error);
+      throw new SinkError(
+        `cannot write ${what}: no file can be made in ${resolve(dir)} (${code ?? String(error)})`,
+        {
+          cause: error,
+          hint: fileWriteError(what, error).hint,
+        },
+      );
     }
     const file = new AtomicFile(tempPath, handle, what);
     if (replacing !== undefined) {

@@ -82,12 +82,15 @@ export interface Sink {
 /**
  * The error of an output that failed once others were complete (a push after the archives, a result
  * file after the image): what they made is not undone (a tag may have moved from another image, a file
- * may have replaced an older one), so the message names it. An interrupt stays an interrupt.
+ * may have replaced an older one), so the message names it. An interrupt stays an interrupt (exit 130),
+ * naming them too.
  */
 export function madeAnyway(error: unknown, results: readonly SinkResult[]): unknown {
-  if (!(error instanceof MkbaseError) || error instanceof InterruptedError || results.length === 0)
-    return error;
+  if (!(error instanceof MkbaseError) || results.length === 0) return error;
   const made = results.map((r) => `${r.tags.length > 0 ? r.tags.join(", ") : r.id} in ${r.destination}`);
+  if (error instanceof InterruptedError) {
+    return new InterruptedError(error.message, { cause: error, kept: [...error.kept, ...made] });
+  }
   return new SinkError(`${error.message}, after the image was made (${made.join("; ")})`, {
     cause: error,
     hint: error.hint,

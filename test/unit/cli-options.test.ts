@@ -1,11 +1,23 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
+import { mkdir, readdir, stat } from "node:fs/promises";
+import { join } from "node:path";
 import { describe, it } from "node:test";
 import { Command } from "commander";
 import { DaemonUnavailableError, UsageError } from "../../src/errors.js";
 import { resolveEndpoint, type DiscoveryEnvironment } from "../../src/docker/connection.js";
 import { compareApiVersions } from "../../src/docker/engine.js";
-import { describeResult, runMkbase } from "../e2e/support/cli.js";
+import {
+  describeResult,
+  mkbaseLauncher,
+  repositoryRoot,
+  runCommand,
+  runMkbase,
+  spawnMkbase,
+  waitForExit,
+} from "../e2e/support/cli.js";
+import { makeRenderer } from "../../src/cli/render.js";
+import { temporaryDirectory } from "../support/temporary-directory.js";
 import { prepareImageFlags } from "../../src/cli/run-build.js";
 import {
   addImageOptions,
@@ -84,6 +96,17 @@ describe("config flags", () => {
         new RegExp(`a value with a line break cannot go through the engine's ${via} endpoint`),
       );
     }
+  });
+
+  it("refuses a stop signal on the import path, naming the flag that set it", () => {
+    assert.throws(
+      () => prepareImageFlags(flags(["--stop-signal", "SIGINT", "--via", "import"]), {}),
+      /^UsageError: --stop-signal cannot be set through the engine's import endpoint$/,
+    );
+    assert.throws(
+      () => prepareImageFlags(flags(["-c", "STOPSIGNAL SIGINT", "--via", "import"]), {}),
+      /^UsageError: -c STOPSIGNAL cannot be set through the engine's import endpoint$/,
+    );
   });
 });
 
@@ -263,5 +286,132 @@ describe("--help", () => {
         assert.deepEqual(short, [], `${command}: ragged description\n${paragraph}`);
       }
     }
+  });
+});
+
+describe("stdout and stderr in scripts", () => {
+  const scratch = temporaryDirectory("mkbase-unit-streams-");
+  const rootfs = join(repositoryRoot, "fixtures", "demo-rootfs");
+  /** Runs `mkbase ARGS` through sh with `redirect` appended, e.g. `2>/dev/full`. */
+  const runRedirected = (args: readonly string[], redirect: string) =>
+    runCommand("sh", ["-c", `"$@" ${redirect}`, "sh", mkbaseLauncher, ...args], { cwd: scratch.path });
+
+  it("builds to the end when stderr cannot be written, leaving no temporary file", async () => {
+    const archive = join(scratch.path, "stderr-full.tar");
+    const result = await runRedirected(["dir", rootfs, "-o", `type=oci,dest=${archive}`], "2>/dev/full");
+    assert.equal(result.code, 0, describeResult(result));
+    assert.match(result.stdout, /^sha256:[0-9a-f]{64}\n$/);
+    assert.ok((await stat(archive)).size > 0);
+    assert.deepEqual(
+      (await readdir(scratch.path)).filter((name) => name.startsWith(".mkbase-tmp-")),
+      [],
+    );
+  });
+
+  it("exits 5 with one line, no stack trace, when stdout cannot take the result", async () => {
+    const archive = join(scratch.path, "stdout-full.tar");
+    for (const args of [["dir", rootfs, "-o", `type=tar,dest=${archive}`], ["--help"], ["--version"]]) {
+      const result = await runRedirected(args, ">/dev/full");
+      assert.equal(result.code, 5, describeResult(result));
+      assert.equal(
+        result.stderr
+          .split("\n")
+          .filter((line) => line.startsWith("mkbase: error: cannot write to stdout: ENOSPC")).length,
+        1,
+        describeResult(result),
+      );
+      assert.doesNotMatch(result.stderr, /\n\s+at /, "a stack trace");
+    }
+  });
+
+  it("takes a reader that stops early as having seen enough, and still removes its spools", async () => {
+    const tmp = join(scratch.path, "tmp");
+    await mkdir(tmp);
+    for (const args of [
+      ["--version"],
+      // Two outputs with one compression share a spool in TMPDIR.
+      [
+        "dir",
+        rootfs,
+        "-o",
+        `type=oci,dest=${join(scratch.path, "a.tar")}`,
+        "-o",
+        `type=oci,dest=${join(scratch.path, "b.tar")}`,
+      ],
+    ]) {
+      const child = spawnMkbase(args, { env: { ...process.env, TMPDIR: tmp } });
+      // Closed before node has started: the first write fails with EPIPE.
+      child.stdout?.destroy();
+      const result = await waitForExit(child);
+      assert.equal(result.code, 0, describeResult(result));
+      assert.doesNotMatch(result.stderr, /error/);
+      assert.deepEqual(await readdir(tmp), []);
+    }
+  });
+
+  it("refuses an argument that is not UTF-8 instead of using another name", async () => {
+    const dest = join(scratch.path, "latin1");
+    await mkdir(dest);
+    // "caf\xe9.tar" in Latin-1, which node would read as "caf\ufffd.tar".
+    const result = await runCommand(
+      "sh",
+      ["-c", `"$0" dir "$1" -o "type=tar,dest=$(printf 'caf\\351.tar')"`, mkbaseLauncher, rootfs],
+      { cwd: dest, env: { ...process.env, LC_ALL: "C" } },
+    );
+    assert.equal(result.code, 2, describeResult(result));
+    assert.match(result.stderr, /^mkbase: error: an argument is not valid UTF-8/);
+    assert.deepEqual(await readdir(dest), []);
+  });
+});
+
+describe("progress on stderr", () => {
+  /** A terminal 80 columns wide that keeps what is written to it. */
+  function terminal(): NodeJS.WriteStream & { text: string } {
+    const stream = {
+      isTTY: true,
+      columns: 80,
+      text: "",
+      write: (chunk: string) => ((stream.text += chunk), true),
+      cursorTo: () => true,
+      clearLine: () => true,
+      moveCursor: () => true,
+    };
+    return stream as unknown as NodeJS.WriteStream & { text: string };
+  }
+
+  async function withEnv(env: Record<string, string | undefined>, run: () => Promise<void>): Promise<void> {
+    const saved = Object.fromEntries(Object.keys(env).map((key) => [key, process.env[key]]));
+    const set = (values: Record<string, string | undefined>): void => {
+      for (const [key, value] of Object.entries(values)) {
+        if (value === undefined) delete process.env[key];
+        else process.env[key] = value;
+      }
+    };
+    set(env);
+    try {
+      await run();
+    } finally {
+      set(saved);
+    }
+  }
+
+  it("is plain lines on a dumb terminal, each phase once", async () => {
+    await withEnv({ TERM: "dumb", CI: undefined }, async () => {
+      const stream = terminal();
+      const renderer = await makeRenderer({ quiet: false, stream });
+      renderer.onProgress({ kind: "phase", message: "packing directory t" });
+      renderer.onProgress({ kind: "phase", message: "writing the OCI archive x.tar" });
+      renderer.stop(true);
+      assert.equal(stream.text, "packing directory t\nwriting the OCI archive x.tar\n");
+    });
+  });
+
+  it("leaves no bare failure mark when a command fails before its first phase", async () => {
+    await withEnv({ TERM: "xterm", CI: undefined, NO_COLOR: "1" }, async () => {
+      const stream = terminal();
+      const renderer = await makeRenderer({ quiet: false, stream });
+      renderer.stop(false);
+      assert.doesNotMatch(stream.text, /✖/);
+    });
   });
 });

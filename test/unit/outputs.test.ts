@@ -34,7 +34,7 @@ import {
 } from "../../src/cli/outputs.js";
 import type { ImageFlags } from "../../src/cli/image-options.js";
 import { makeCompression } from "../../src/compress/compression.js";
-import { SinkError, UsageError } from "../../src/errors.js";
+import { InterruptedError, SinkError, UsageError } from "../../src/errors.js";
 import { annotationsFor, parseAnnotation } from "../../src/image/annotations.js";
 import { parsePlatform } from "../../src/image/platform.js";
 import { parseTagReference } from "../../src/image/reference.js";
@@ -226,6 +226,26 @@ describe("flags for one kind of output", () => {
     }
   });
 
+  it("refuse --iidfile or --metadata-file at the path of another output, which stays as it was", async () => {
+    const archive = join(scratch.path, "image.tar");
+    await writeFile(archive, "an earlier archive");
+    for (const flags of [
+      { output: [`type=oci,dest=${archive}`], iidfile: join(scratch.path, ".", "image.tar") },
+      { output: [`type=oci,dest=${archive}`], metadataFile: archive },
+      { iidfile: join(scratch.path, "result"), metadataFile: join(scratch.path, "result") },
+    ] as ImageFlags[]) {
+      await assert.rejects(openOutputs(flags, options), (error: unknown) => {
+        assert.ok(error instanceof UsageError);
+        assert.match(
+          error.message,
+          /^--(iidfile|metadata-file) .* is the same file as (-o type=oci|--iidfile)/,
+        );
+        return true;
+      });
+    }
+    assert.equal(await readFile(archive, "utf8"), "an earlier archive");
+  });
+
   it("check the auth file of a push before anything is built", async () => {
     const missing = join(scratch.path, "missing.json");
     await assert.rejects(openOutputs({ push: true, registryAuthFile: missing } as ImageFlags, options), {
@@ -306,6 +326,14 @@ describe("a dest that already exists", () => {
     await writeFileAtomically(join(scratch.path, "latest.tar"), "the test archive", [Buffer.from("new")]);
     assert.equal(await readlink(join(scratch.path, "latest.tar")), "v1.tar");
     assert.equal(await readFile(join(scratch.path, "v1.tar"), "utf8"), "new");
+  });
+
+  it("names the directory where no file can be made, not its own temporary file", async () => {
+    // /sys takes no new files, whoever asks.
+    await assert.rejects(writeFileAtomically("/sys/image.tar", "the test archive", [Buffer.from("x")]), {
+      name: "SinkError",
+      message: "cannot write the test archive: no file can be made in /sys (EACCES)",
+    });
   });
 
   it("refuses a directory", async () => {
@@ -681,6 +709,53 @@ describe("a build that fails", () => {
       await outputs.close();
       await rm(rootfs, { force: true });
     }
+  });
+
+  it("an interrupt after an output was written stays an interrupt, and names that output", async () => {
+    const rootfs = join(scratch.path, "kept-rootfs.tar");
+    const archive = join(scratch.path, "interrupted.tar");
+    const outputs = await OutputSet.open(
+      parseOutputs([`type=tar,dest=${rootfs}`, `type=oci,dest=${archive}`], false),
+      {
+        tags: [],
+        annotations: [],
+        env: {},
+        images: 1,
+      },
+    );
+    try {
+      const result = await build({
+        source: {
+          description: "one directory",
+          *entries() {
+            yield directoryEntry("etc", 0o755, 1_600_000_000);
+          },
+        },
+        epoch: { kind: "fixed", seconds: 1_700_000_000 },
+        platform: parsePlatform("linux/amd64"),
+        config: {},
+        createdBy: "mkbase dir .",
+        sinks: outputs.sinksForBuild(undefined, () => undefined),
+        signal: new AbortController().signal,
+        onProgress: () => undefined,
+      });
+      outputs.recordBuild(result);
+      // Ctrl-C while the archive is written, after the rootfs tar.
+      const controller = new AbortController();
+      controller.abort(new InterruptedError("received SIGINT"));
+      await assert.rejects(
+        outputs.complete(controller.signal, () => undefined),
+        (error: Error) => {
+          assert.ok(error instanceof InterruptedError);
+          assert.deepEqual(error.kept, [`${result.diffId} in rootfs tar ${rootfs}`]);
+          return true;
+        },
+      );
+    } finally {
+      await outputs.close();
+      await rm(rootfs, { force: true });
+    }
+    assert.deepEqual(await readdir(scratch.path), []);
   });
 
   it("keeps an existing empty directory, and only what was there", async () => {
