@@ -19,7 +19,7 @@ import {
 } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { build } from "../../src/build.js";
+import { build, type BuildResult } from "../../src/build.js";
 import {
   annotationsFromFlags,
   compressionForName,
@@ -667,6 +667,27 @@ describe("a build that fails", () => {
     assert.deepEqual(await readdir(scratch.path), []);
   });
 
+  /** Builds an image of one directory into `outputs` and records it, as a command does before completing them. */
+  async function buildOneDirectory(outputs: OutputSet): Promise<BuildResult> {
+    const result = await build({
+      source: {
+        description: "one directory",
+        *entries() {
+          yield directoryEntry("etc", 0o755, 1_600_000_000);
+        },
+      },
+      epoch: { kind: "fixed", seconds: 1_700_000_000 },
+      platform: parsePlatform("linux/amd64"),
+      config: {},
+      createdBy: "mkbase dir .",
+      sinks: outputs.sinksForBuild(undefined, () => undefined),
+      signal: new AbortController().signal,
+      onProgress: () => undefined,
+    });
+    outputs.recordBuild(result);
+    return result;
+  }
+
   it("an output that fails after others were written names them in its error", async () => {
     const rootfs = join(scratch.path, "rootfs.tar");
     const gone = join(scratch.path, "gone");
@@ -676,22 +697,7 @@ describe("a build that fails", () => {
       { tags: [], annotations: [], env: {}, images: 1 },
     );
     try {
-      const result = await build({
-        source: {
-          description: "one directory",
-          *entries() {
-            yield directoryEntry("etc", 0o755, 1_600_000_000);
-          },
-        },
-        epoch: { kind: "fixed", seconds: 1_700_000_000 },
-        platform: parsePlatform("linux/amd64"),
-        config: {},
-        createdBy: "mkbase dir .",
-        sinks: outputs.sinksForBuild(undefined, () => undefined),
-        signal: new AbortController().signal,
-        onProgress: () => undefined,
-      });
-      outputs.recordBuild(result);
+      await buildOneDirectory(outputs);
       // The archive's directory goes away before the archive is written: its output fails.
       await rm(gone, { recursive: true });
       await assert.rejects(
@@ -716,30 +722,10 @@ describe("a build that fails", () => {
     const archive = join(scratch.path, "interrupted.tar");
     const outputs = await OutputSet.open(
       parseOutputs([`type=tar,dest=${rootfs}`, `type=oci,dest=${archive}`], false),
-      {
-        tags: [],
-        annotations: [],
-        env: {},
-        images: 1,
-      },
+      { tags: [], annotations: [], env: {}, images: 1 },
     );
     try {
-      const result = await build({
-        source: {
-          description: "one directory",
-          *entries() {
-            yield directoryEntry("etc", 0o755, 1_600_000_000);
-          },
-        },
-        epoch: { kind: "fixed", seconds: 1_700_000_000 },
-        platform: parsePlatform("linux/amd64"),
-        config: {},
-        createdBy: "mkbase dir .",
-        sinks: outputs.sinksForBuild(undefined, () => undefined),
-        signal: new AbortController().signal,
-        onProgress: () => undefined,
-      });
-      outputs.recordBuild(result);
+      const result = await buildOneDirectory(outputs);
       // Ctrl-C while the archive is written, after the rootfs tar.
       const controller = new AbortController();
       controller.abort(new InterruptedError("received SIGINT"));
