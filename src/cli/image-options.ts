@@ -17,7 +17,7 @@ import {
   type ContainerConfig,
 } from "../image/config.js";
 import { hostPlatform, parsePlatform, type Platform } from "../image/platform.js";
-import { parseTagReference, type Reference } from "../image/reference.js";
+import { normalizedName, parseTagReference, type Reference } from "../image/reference.js";
 import type { ScratchUser } from "../sources/static-binary.js";
 
 /** Values commander collects for the shared flags. */
@@ -254,5 +254,13 @@ export function platformFromFlags(flags: ImageFlags): Platform {
 }
 
 export function tagsFromFlags(flags: ImageFlags): (Reference & { readonly tag: string })[] {
-  return flags.tag.map(parseTagReference);
+  // Spellings of one name (x:1, docker.io/library/x:1) are one tag to the engine and to registries: the
+  // first is kept, so that results (--json, outputs) do not list a tag twice.
+  const seen = new Set<string>();
+  return flags.tag.map(parseTagReference).filter((reference) => {
+    const name = normalizedName(reference);
+    if (seen.has(name)) return false;
+    seen.add(name);
+    return true;
+  });
 }

@@ -23,6 +23,7 @@ import {
   addImageOptions,
   configFromFlags,
   parseEpoch,
+  tagsFromFlags,
   type ImageFlags,
 } from "../../src/cli/image-options.js";
 
@@ -96,6 +97,16 @@ describe("config flags", () => {
         new RegExp(`a value with a line break cannot go through the engine's ${via} endpoint`),
       );
     }
+  });
+
+  it("keeps one tag for spellings of one name, the first given", () => {
+    const tags = tagsFromFlags(
+      flags(["-t", "x:1", "-t", "docker.io/library/x:1", "-t", "x", "-t", "x:latest", "-t", "reg:5000/x:1"]),
+    );
+    assert.deepEqual(
+      tags.map((tag) => `${tag.domain ?? ""}/${tag.path}:${tag.tag}`),
+      ["/x:1", "/x:latest", "reg:5000/x:1"],
+    );
   });
 
   it("refuses a stop signal on the import path, naming the flag that set it", () => {
