@@ -277,12 +277,14 @@ async function negotiate(
   signal: AbortSignal,
   options: ConnectOptions,
 ): Promise<EngineClient> {
+  // A controller and a timer, not AbortSignal.timeout(): node 20 may collect a timeout signal held only
+  // by AbortSignal.any() before it fires, and an engine that accepts but never answers hung mkbase.
+  const deadline = new AbortController();
+  // Unref'd: the engine's sockets keep the process alive while it waits, and nothing else should.
+  const timer = setTimeout(() => deadline.abort(), PING_TIMEOUT_MS).unref();
+  const bounded = AbortSignal.any([signal, deadline.signal]);
   const send = (path: string): ReturnType<Transport["send"]> =>
-    transport.send({
-      method: "GET",
-      path,
-      signal: AbortSignal.any([signal, AbortSignal.timeout(PING_TIMEOUT_MS)]),
-    });
+    transport.send({ method: "GET", path, signal: bounded });
   // Both requests go out at once. An engine (or an authorization plugin) may refuse /info: the
   // full-archive load then works on any store.
   const info =
@@ -299,7 +301,17 @@ async function negotiate(
     ping.resume();
     engineApi = ping.headers["api-version"]?.toString();
   } catch (error) {
+    clearTimeout(timer);
     if (signal.aborted) throw new InterruptedError("interrupted", { cause: error });
+    if (deadline.signal.aborted) {
+      throw new DaemonUnavailableError(
+        `${endpoint.description} took the connection but did not answer within ${PING_TIMEOUT_MS / 1000} s`,
+        {
+          cause: error,
+          hint: "The engine may be hung or still starting: check it with `docker version`, restart it, or point DOCKER_HOST at another one.",
+        },
+      );
+    }
     throw unreachable(endpoint, error);
   }
   if (engineApi === undefined) {
@@ -309,11 +321,7 @@ async function negotiate(
     );
   }
   const apiVersion = compareApiVersions(engineApi, CLIENT_MAX_API) < 0 ? engineApi : CLIENT_MAX_API;
-  return new HttpEngine(
-    transport,
-    `/v${apiVersion}`,
-    endpoint.description,
-    apiVersion,
-    info === undefined ? undefined : imageStoreOf(await info),
-  );
+  const store = info === undefined ? undefined : imageStoreOf(await info);
+  clearTimeout(timer);
+  return new HttpEngine(transport, `/v${apiVersion}`, endpoint.description, apiVersion, store);
 }

@@ -160,7 +160,7 @@ export class AtomicFile {
       const code = errnoCode(error);
       // Said of the directory: the system's message names the temporary file, not one the user chose.
       if (code === "ENOENT" || code === "ENOTDIR") {
-        throw new SinkError(`cannot write ${what}: there is no directory ${dir}`, {
+        throw new SinkError(`cannot write ${what}: there is no directory ${resolve(dir)}`, {
           cause: error,
           hint: "Create it first (mkdir -p), or choose another path.",
         });

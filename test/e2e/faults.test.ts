@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { chmod, mkdir, mkdtemp, readFile, readdir, rm, stat, symlink, writeFile } from "node:fs/promises";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -333,6 +334,23 @@ describe("no daemon listening: exit 4, naming the address tried", () => {
       options: { env: { ...process.env, DOCKER_HOST: host } },
     });
   });
+});
+
+test("an engine socket that takes the connection but never answers: exit 4 after the time limit, not a hang", async () => {
+  const socket = join(work, "hung-engine.sock");
+  const server = createServer(() => undefined);
+  await new Promise<void>((resolve) => server.listen(socket, resolve));
+  try {
+    const started = Date.now();
+    await expectFailure(["dir", tree.root], {
+      code: 4,
+      stderr: /did not answer within 15 s/,
+      options: { env: { ...process.env, DOCKER_HOST: `unix://${socket}` }, timeoutMs: hangLimitMs },
+    });
+    assert.ok(Date.now() - started < 60_000, "the time limit must end the wait");
+  } finally {
+    server.close();
+  }
 });
 
 describe("docker contexts, made by the docker CLI", () => {
