@@ -20,7 +20,7 @@ import { uncompressedManifest } from "../image/manifest.js";
 import { formatReference, type Reference } from "../image/reference.js";
 import type { ProgressEvent, ProgressListener } from "../progress.js";
 import type { CompressedLayerSpool, LayerStore } from "../sinks/compressed-layer-spool.js";
-import { madeAnyway, type Sink, type SinkResult } from "../sinks/sink.js";
+import { isEngineResult, madeAnyway, type Sink, type SinkResult } from "../sinks/sink.js";
 import type { ImageFlags } from "./image-options.js";
 import { checkDestination, destinationKind, writeFileAtomically } from "../sinks/atomic-file.js";
 
@@ -575,8 +575,10 @@ export function resultLines(results: readonly SinkResult[]): string[] {
 /**
  * The annotations from the flags: the standard `org.opencontainers.image.*` ones first (on the manifest
  * and, for multi-platform builds, the index), then every `--annotation`, which may override them.
+ * With one image there is no image index: an OCI layout's `index.json` describes the whole layout,
+ * whose other images this image's source and version do not describe.
  */
-export function annotationsFromFlags(flags: ImageFlags): Annotation[] {
+export function annotationsFromFlags(flags: ImageFlags, images: number): Annotation[] {
   const standard: [string, string | undefined][] = [
     [OCI_ANNOTATION_KEYS.source, flags.imageSource],
     [OCI_ANNOTATION_KEYS.revision, flags.imageRevision],
@@ -585,7 +587,7 @@ export function annotationsFromFlags(flags: ImageFlags): Annotation[] {
   ];
   return [
     ...standard.flatMap(([key, value]): Annotation[] =>
-      value === undefined ? [] : [{ targets: ["manifest", "index"], key, value }],
+      value === undefined ? [] : [{ targets: images > 1 ? ["manifest", "index"] : ["manifest"], key, value }],
     ),
     ...(flags.annotation ?? []).map(parseAnnotation),
   ];
@@ -629,20 +631,39 @@ function holdsIndex(spec: OutputSpec): boolean {
 
 /**
  * Refuses an `index:` or `index-descriptor:` annotation that an output would drop, as BuildKit does: one
- * image is pushed, loaded or archived for docker as a manifest alone, with no index to carry it (an OCI
- * output's `index.json` does carry it).
+ * image is pushed, loaded or archived for docker as a manifest alone, with no index to carry it. An OCI
+ * output's `index.json` carries `index:` ones; its entry for one image is the manifest's descriptor,
+ * which takes `manifest-descriptor:` ones, and no descriptor of an index is there for `index-descriptor:`.
  */
 function checkIndexAnnotations(flags: ImageFlags, specs: readonly OutputSpec[], images: number): void {
   if (images !== 1) return;
-  const dropping = specs.find((spec) => spec.type === "registry" || spec.type === "docker");
-  const annotation = (flags.annotation ?? []).find((text) =>
-    parseAnnotation(text).targets.some((target) => target.startsWith("index")),
-  );
-  if (dropping === undefined || annotation === undefined) return;
-  const output = dropping.type === "registry" ? "a push" : "a docker output";
-  throw new UsageError(`--annotation ${annotation}: ${output} of one image has no image index to carry it`, {
-    hint: "Annotate the manifest (manifest:, the default) instead, or write it to -o type=oci, whose index.json takes index annotations.",
-  });
+  for (const annotation of flags.annotation ?? []) {
+    const { targets } = parseAnnotation(annotation);
+    const dropping = specs.find(
+      (spec) =>
+        (spec.type === "registry" || spec.type === "docker") &&
+        targets.some((target) => target.startsWith("index")),
+    );
+    const oci = targets.includes("index-descriptor") ? specs.find((spec) => spec.type === "oci") : undefined;
+    const output =
+      dropping !== undefined
+        ? dropping.type === "registry"
+          ? "a push"
+          : "a docker output"
+        : oci !== undefined
+          ? "an OCI output"
+          : undefined;
+    if (output === undefined) continue;
+    throw new UsageError(
+      `--annotation ${annotation}: ${output} of one image has no image index to carry it`,
+      {
+        hint:
+          dropping === undefined
+            ? "Annotate the manifest (manifest:, the default) or its entry in index.json (manifest-descriptor:) instead."
+            : "Annotate the manifest (manifest:, the default) instead, or write it to -o type=oci, whose index.json takes index annotations.",
+      },
+    );
+  }
 }
 
 /** The outputs of a command from its flags; `images` is how many images it builds (one per platform). */
@@ -725,7 +746,7 @@ export async function openOutputs(
   if (flags.iidfile !== undefined) await rm(flags.iidfile, { force: true });
   return OutputSet.open(specs, {
     ...options,
-    annotations: annotationsFromFlags(flags),
+    annotations: annotationsFromFlags(flags, options.images),
     insecureRegistry: flags.insecureRegistry,
     registryAuthFile: flags.registryAuthFile,
     metadataFile: flags.metadataFile,
@@ -753,7 +774,7 @@ export async function completeOutputs(
     throw error;
   }
   renderer.stop(true);
-  const shown = results.filter((result) => !result.destination.startsWith("docker ("));
+  const shown = results.filter((result) => !isEngineResult(result));
   const [index] = shown;
   if (flags.iidfile !== undefined && index !== undefined) {
     await writeFileAtomically(flags.iidfile, `the image ID file ${flags.iidfile}`, [

@@ -15,7 +15,7 @@ import {
 import { formatPlatform, platformsMatch, type Platform } from "../image/platform.js";
 import type { ProgressListener } from "../progress.js";
 import { writeFileAtomically } from "../sinks/atomic-file.js";
-import { madeAnyway, type Sink, type SinkResult } from "../sinks/sink.js";
+import { isEngineResult, madeAnyway, type Sink, type SinkResult } from "../sinks/sink.js";
 import type { EntrySource } from "../tar/entry.js";
 import {
   configFromFlags,
@@ -188,7 +188,7 @@ export async function runBuild(
     if (flags.iidfile !== undefined) {
       // The image ID, as buildx writes it whatever the outputs: the engine's (which --via import and
       // build choose themselves), else the config's digest, not an OCI output's manifest digest.
-      const imageIdOf = results.find((r) => r.destination.startsWith("docker ("))?.id ?? result.imageId;
+      const imageIdOf = results.find(isEngineResult)?.id ?? result.imageId;
       await writeFileAtomically(flags.iidfile, `the image ID file ${flags.iidfile}`, [
         Buffer.from(imageIdOf),
       ]).catch((error: unknown) => Promise.reject(madeAnyway(error, results)));
@@ -196,7 +196,10 @@ export async function runBuild(
     // With dest=- stdout holds the archive; --iidfile and --metadata-file still give the result.
     if (outputSet.writesStdout) return 0;
     if (!flags.json) {
-      const lines = results.length > 0 ? resultLines(results) : [id];
+      // Of several builds into one output set, only the engine's images are results by themselves; an
+      // OCI or registry output first prints what it holds once complete (the index), not each manifest.
+      const completedLater = outputs !== undefined && results[0] !== undefined && !isEngineResult(results[0]);
+      const lines = completedLater ? [] : results.length > 0 ? resultLines(results) : [id];
       for (const line of lines) context.stdout.write(`${line}\n`);
       outputs?.printed.push(...lines);
     } else if (outputs === undefined) {

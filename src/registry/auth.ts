@@ -406,7 +406,8 @@ export class RegistryAuthenticator {
       response = await this.options.send({ method: "GET", url, headers });
     }
     if (response.status === 401 || response.status === 403) {
-      throw await this.refusal(`token server ${url.host} refused the credentials`);
+      // Said of the registry, as every refusal is: "the registry H refused access (…)".
+      throw await this.refusal(`refused access (its token server ${url.host} answered ${response.status})`);
     }
     if (response.status !== 200) {
       throw new SinkError(

@@ -581,7 +581,8 @@ export class RegistryClient {
         },
         [repositoryScope(repository, "pull,push")],
       );
-      this.expect(response, [201], what, repository);
+      // The spec says 201; some registries answer 200 or 202 for a stored manifest, and crane takes them.
+      this.expect(response, [200, 201, 202], what, repository);
       const reported = response.headers["docker-content-digest"];
       if (typeof reported === "string" && reported !== "" && reported !== manifest.descriptor.digest) {
         throw new SinkError(

@@ -56,6 +56,14 @@ export interface SinkResult {
   readonly descriptor?: Descriptor;
 }
 
+/** The destination of every Docker Engine sink starts so (`docker (load)`, `docker (import)`, …). */
+const ENGINE_DESTINATION = "docker (";
+
+/** Whether `result` is an image in the Docker Engine, rather than a file or a registry's manifest. */
+export function isEngineResult(result: SinkResult): boolean {
+  return result.destination.startsWith(ENGINE_DESTINATION);
+}
+
 export interface Sink {
   readonly destination: string;
   /** True when `write` must read the layer again after it was packed (so the build keeps a copy). */

@@ -383,6 +383,18 @@ describe("annotations", () => {
           /^--annotation index(-descriptor)?:k=v: a (push|docker output) of one image has no image index to carry it$/,
       });
     }
+    // One image's index.json entry is its manifest's descriptor: no index descriptor is there.
+    await assert.rejects(
+      openOutputs(
+        { output: ["type=oci,dest=x.tar"], annotation: ["index-descriptor:k=v"] } as ImageFlags,
+        options,
+      ),
+      {
+        name: "UsageError",
+        message:
+          "--annotation index-descriptor:k=v: an OCI output of one image has no image index to carry it",
+      },
+    );
     // An OCI output's index.json carries it; several images make an index anywhere.
     const layout = join(scratch.path, "layout");
     const oci = await openOutputs(
@@ -413,7 +425,7 @@ describe("annotations", () => {
       imageVersion: "1.0",
       annotation: ["org.opencontainers.image.version=2.0"],
     } as unknown as ImageFlags;
-    const annotations = annotationsFromFlags(flags);
+    const annotations = annotationsFromFlags(flags, 2);
     assert.deepEqual(annotationsFor(annotations, "manifest"), {
       "org.opencontainers.image.source": "https://example.org/src",
       "org.opencontainers.image.version": "2.0",
@@ -422,6 +434,10 @@ describe("annotations", () => {
       "org.opencontainers.image.source": "https://example.org/src",
       "org.opencontainers.image.version": "1.0",
     });
+    // One image has no index: a layout's index.json, shared with other images, gets none of them.
+    const single = annotationsFromFlags(flags, 1);
+    assert.deepEqual(annotationsFor(single, "manifest"), annotationsFor(annotations, "manifest"));
+    assert.deepEqual(annotationsFor(single, "index"), {});
   });
 });
 

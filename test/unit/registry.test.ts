@@ -49,6 +49,8 @@ interface FakeRegistryOptions {
   readonly host?: string;
   /** Serve HTTPS with this key and certificate. */
   readonly tls?: { readonly key: Buffer; readonly cert: Buffer };
+  /** The status a stored manifest is answered with: 201 as the spec says, or another success. */
+  readonly manifestStatus?: number;
 }
 
 /** An in-memory distribution registry, strict about what it checks, recording every request. */
@@ -269,7 +271,7 @@ class FakeRegistry {
         contentType: request.headers["content-type"] ?? "",
         data: body,
       });
-      this.reply(response, 201, { "docker-content-digest": digest });
+      this.reply(response, this.options.manifestStatus ?? 201, { "docker-content-digest": digest });
     } else {
       this.reply(response, 405, {}, { errors: [{ code: "UNSUPPORTED", message: "not here" }] });
     }
@@ -359,6 +361,20 @@ describe("pushImage against an anonymous registry", () => {
       phases.some((p) => /^pushing layer sha256:[0-9a-f]{12}… \(2\.9 KiB\)$/.test(p)),
       phases.join("\n"),
     );
+  });
+
+  it("takes 200 and 202 for a manifest, as crane does, not only the spec's 201", async () => {
+    for (const manifestStatus of [200, 202]) {
+      const registry = await FakeRegistry.start({ manifestStatus });
+      try {
+        const image = testImage("m");
+        const pushed = await pushImage(parseTagReference(`${registry.host}/lenient:1`), image, options());
+        assert.equal(pushed.digest, image.manifest.descriptor.digest);
+        assert.ok(registry.manifests.has("lenient@1"));
+      } finally {
+        await registry.close();
+      }
+    }
   });
 
   it("uploads no blob when the registry already has them", async () => {
@@ -618,6 +634,27 @@ describe("registry auth", () => {
         },
       );
       assert.equal(registry.manifests.has("basic@2"), false);
+    } finally {
+      await registry.close();
+    }
+  });
+
+  it("says that the token server refused, in a sentence about the registry", async () => {
+    const registry = await FakeRegistry.start({ auth: "bearer", user: "alice", password: "s3cret" });
+    try {
+      const auth = Buffer.from("alice:wrong").toString("base64");
+      const dir = await dockerConfig("bearer-wrong", { auths: { [registry.host]: { auth } } });
+      await assert.rejects(
+        pushImage(
+          parseTagReference(`${registry.host}/tok/denied:1`),
+          testImage("p"),
+          options({ env: { DOCKER_CONFIG: dir } }),
+        ),
+        {
+          name: "SinkError",
+          message: `the registry ${registry.host} refused access (its token server ${registry.host} answered 401) (credentials from ${join(dir, "config.json")})`,
+        },
+      );
     } finally {
       await registry.close();
     }
