@@ -169,7 +169,10 @@ export function addImageOptions(command: Command): Command {
     .option("--image-revision <rev>", "annotation org.opencontainers.image.revision: the source revision")
     .option("--image-version <version>", "annotation org.opencontainers.image.version")
     .option("--image-base-name <ref>", "annotation org.opencontainers.image.base.name")
-    .option("--insecure-registry", "allow plain HTTP to registries other than localhost (with a push)")
+    .option(
+      "--insecure-registry",
+      "allow unverified HTTPS or plain HTTP to registries other than localhost (with a push)",
+    )
     .option(
       "--registry-auth-file <file>",
       "docker config.json to read registry credentials from (with a push)",

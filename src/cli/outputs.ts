@@ -163,6 +163,10 @@ export function parseOutput(text: string): OutputSpec {
       hint: "Drop oci-mediatypes=false.",
     });
   }
+  // Every layer is compressed as it is packed, so buildx's force-compression (recompress a base image's
+  // layers) always holds; its value must still be one.
+  const force = values.get("force-compression");
+  if (force !== undefined) parseBool(force, "force-compression", origin);
   switch (spec) {
     case "docker":
       return dest === undefined ? { type: spec } : { type: spec, dest };
@@ -675,10 +679,26 @@ export async function openOutputs(
     readonly images: number;
   },
 ): Promise<OutputSet> {
+  const specs = await checkOutputs(flags, options.images);
+  return OutputSet.open(specs, {
+    ...options,
+    annotations: annotationsFromFlags(flags, options.images),
+    insecureRegistry: flags.insecureRegistry,
+    registryAuthFile: flags.registryAuthFile,
+    metadataFile: flags.metadataFile,
+  });
+}
+
+/**
+ * The outputs' flags checked, every destination tested and the previous `--iidfile` removed: what a
+ * command does before any work, so that a build that fails early (a missing program) fails as one that
+ * fails late. Returns the parsed outputs.
+ */
+export async function checkOutputs(flags: ImageFlags, images: number): Promise<OutputSpec[]> {
   const specs = parseOutputs(flags.output ?? [], flags.push);
   await checkOutputFlags(flags, specs);
-  checkIndexAnnotations(flags, specs, options.images);
-  if (options.images > 1 && flags.iidfile !== undefined && !specs.some(holdsIndex)) {
+  checkIndexAnnotations(flags, specs, images);
+  if (images > 1 && flags.iidfile !== undefined && !specs.some(holdsIndex)) {
     throw new UsageError(
       "--iidfile holds one image ID, and --platform os/arch=FILE gives the engine one image per platform",
       {
@@ -744,13 +764,7 @@ export async function openOutputs(
   }
   // As buildx does: a build that fails must not leave the previous build's ID where a script reads it.
   if (flags.iidfile !== undefined) await rm(flags.iidfile, { force: true });
-  return OutputSet.open(specs, {
-    ...options,
-    annotations: annotationsFromFlags(flags, options.images),
-    insecureRegistry: flags.insecureRegistry,
-    registryAuthFile: flags.registryAuthFile,
-    metadataFile: flags.metadataFile,
-  });
+  return specs;
 }
 
 /**

@@ -304,8 +304,8 @@ Examples:
 
 With several --platform os/arch=FILE, each image is loaded into the engine as NAME:TAG-ARCH
 (hello:multi-amd64, hello:multi-arm64) and NAME:TAG points at the one for this machine's platform;
-OCI and registry outputs hold one index under NAME:TAG. stdout then has the result of each platform,
-a line each, then that of the index; --json prints one object for the whole command.`,
+OCI and registry outputs hold one index under NAME:TAG. stdout then has each platform's image ID in the
+engine, a line each, then the index's digest; --json prints one object for the whole command.`,
     )
     .action(async (binary: string | undefined, args: string[], flags: ScratchFlags) => {
       const operands = binary === undefined ? args : [binary, ...args];
@@ -332,7 +332,7 @@ async function runScratch(
       hint: "Only the program and what the flags name go into the image; drop the flag.",
     });
   }
-  const { completeOutputs, openOutputs } = await import("./outputs.js");
+  const { checkOutputs, completeOutputs, openOutputs } = await import("./outputs.js");
   // Several images: as buildx, the ID file gets the digest of the index an OCI or registry output holds.
   const severalImages = targets.length > 1;
   const user = flags.user === undefined ? undefined : parseScratchUser(flags.user);
@@ -352,6 +352,8 @@ async function runScratch(
   const addMode = flags.chmod === undefined ? undefined : parseChmod(flags.chmod);
   const adds = flags.add.map(parseAddSpec);
 
+  // Before the programs are read: a missing one must not leave the previous build's --iidfile behind.
+  await checkOutputs(sharedFlags, targets.length);
   const programPath = multi && flags.dest === undefined ? commonProgramPath(targets) : undefined;
   const { StaticBinarySource } = await import("../sources/static-binary.js");
   const images = [];

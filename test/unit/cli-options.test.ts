@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { mkdir, readdir, stat } from "node:fs/promises";
+import { mkdir, readdir, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { Command } from "commander";
@@ -306,6 +306,25 @@ describe("stdout and stderr in scripts", () => {
   /** Runs `mkbase ARGS` through sh with `redirect` appended, e.g. `2>/dev/full`. */
   const runRedirected = (args: readonly string[], redirect: string) =>
     runCommand("sh", ["-c", `"$@" ${redirect}`, "sh", mkbaseLauncher, ...args], { cwd: scratch.path });
+
+  it("a build that fails before its outputs open leaves no --iidfile of an earlier build", async () => {
+    const idFile = join(scratch.path, "image-id");
+    for (const args of [
+      ["scratch", join(scratch.path, "no-such-program")],
+      ["dir", join(scratch.path, "no-such-tree")],
+    ]) {
+      await writeFile(idFile, "sha256:an-earlier-build\n");
+      const result = await runMkbase([
+        ...args,
+        "--iidfile",
+        idFile,
+        "-o",
+        `type=tar,dest=${join(scratch.path, "o.tar")}`,
+      ]);
+      assert.equal(result.code, 3, describeResult(result));
+      await assert.rejects(stat(idFile), { code: "ENOENT" }, `${args[0] ?? ""} left the old ID file`);
+    }
+  });
 
   it("builds to the end when stderr cannot be written, leaving no temporary file", async () => {
     const archive = join(scratch.path, "stderr-full.tar");

@@ -102,6 +102,7 @@ describe("parseOutput", () => {
       "type=oci,dest=-,tar=false",
       "type=oci,dest=a,dest=b",
       "type=oci,dest=a,oci-mediatypes=false",
+      "type=oci,dest=a,force-compression=banana",
     ]) {
       assert.throws(() => parseOutput(bad), UsageError, bad);
     }
