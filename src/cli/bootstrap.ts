@@ -188,6 +188,22 @@ export function bootstrapConfig(flags: ImageFlags, shell: readonly string[] | un
   return given.Cmd === undefined && given.Entrypoint === undefined ? { ...given, Cmd: shell } : given;
 }
 
+/**
+ * The `-updates` and `-security` pockets of a Debian plan, for `--dry-run`. With its default mirror
+ * mmdebstrap adds them itself; debootstrap takes the release alone.
+ */
+export function describePockets(
+  plan: Pick<import("../sources/bootstrap/debian.js").DebianPlan, "backend" | "mirror" | "pockets">,
+): string {
+  if (plan.pockets.length === 0) {
+    return plan.mirror === undefined && plan.backend === "mmdebstrap" ? "the tool's default" : "none";
+  }
+  const listed = plan.pockets.map((p) => `${p.suite} at ${p.uri}`).join(", ");
+  return plan.backend === "debootstrap"
+    ? `${listed} (listed for apt only: debootstrap takes one suite)`
+    : listed;
+}
+
 /** The image platform is the bootstrapped architecture's; a contradicting --platform is an error. */
 function platformFor(architecturePlatform: Platform, flags: ImageFlags): Platform {
   if (flags.platform !== undefined && !platformsMatch(parsePlatform(flags.platform), architecturePlatform)) {
@@ -402,17 +418,7 @@ Examples:
               "mirror",
               plan.mirror === undefined ? "the tool's default" : `${plan.mirror} (from ${plan.mirrorOrigin})`,
             ],
-            [
-              "pockets",
-              plan.pockets.length === 0
-                ? plan.mirror === undefined
-                  ? "the tool's default"
-                  : "none"
-                : plan.pockets.map((p) => `${p.suite} at ${p.uri}`).join(", ") +
-                  (plan.backend === "debootstrap"
-                    ? " (listed for apt only: debootstrap takes one suite)"
-                    : ""),
-            ],
+            ["pockets", describePockets(plan)],
             ["keyring", plan.keyring ?? "none"],
             ["signatures", plan.insecure ? "NOT checked (--insecure)" : "checked"],
             ["variant", plan.variant],

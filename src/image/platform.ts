@@ -19,6 +19,8 @@ const NODE_ARCHES: Readonly<Record<string, string>> = {
   ppc64: "ppc64le",
   s390x: "s390x",
   riscv64: "riscv64",
+  mips64el: "mips64le",
+  loong64: "loong64",
 };
 
 /** The platform of the machine mkbase runs on. */
@@ -61,6 +63,11 @@ const architectureAliases = new Map<string, { architecture: string; variant?: st
   ["powerpc64le", { architecture: "ppc64le" }],
   ["s390x", { architecture: "s390x" }],
   ["riscv64", { architecture: "riscv64" }],
+  // Ports Debian (mips64el, loong64) and Alpine (loongarch64) build, and the engine runs under qemu-user.
+  ["mips64le", { architecture: "mips64le" }],
+  ["mips64el", { architecture: "mips64le" }],
+  ["loong64", { architecture: "loong64" }],
+  ["loongarch64", { architecture: "loong64" }],
 ]);
 
 /** Every spelling of `architecture` (a GOARCH name) that {@link parsePlatform} understands. */

@@ -111,6 +111,22 @@ describe("apk.static plans", () => {
     assert.equal((await planAlpine(foreign)).architecture, "riscv64");
   });
 
+  it("names the architecture as given when it cannot run here, not dpkg's name for it", async () => {
+    writeFileSync(join(scratch, "signing.rsa.pub"), "");
+    const binfmtDir = join(scratch, "binfmt-none");
+    mkdirSync(binfmtDir, { recursive: true });
+    const request = { ...base, mirror: "http://m/alpine", keysDir: scratch, binfmtDir };
+    // Alpine's armv7 is dpkg's armhf, and its armhf (ARMv6) dpkg's armel.
+    await assert.rejects(planAlpine({ ...request, architecture: "armv7" }), {
+      name: "ToolError",
+      message: "programs for armv7 cannot run on this machine (no qemu-arm binfmt handler)",
+    });
+    await assert.rejects(planAlpine({ ...request, architecture: "armhf" }), {
+      name: "ToolError",
+      message: "programs for armhf cannot run on this machine (no qemu-arm binfmt handler)",
+    });
+  });
+
   it("refuses to download apk.static it could not verify", async () => {
     await assert.rejects(planAlpine({ ...base, mirror: "http://m/alpine", insecure: true }), ToolError);
   });
@@ -268,6 +284,27 @@ describe("Debian keyrings", () => {
       assert.deepEqual([gpg.keyring, gpg.keyringFormat], [join(scratch, "k.gpg"), "binary"]);
       const asc = await plan(keyringFile("k.key", "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmQINBGPL\n"));
       assert.equal(asc.keyringFormat, "armored");
+    });
+
+    it("names --exclude-packages, not the shared path filter --exclude, when mmdebstrap cannot leave packages out", async () => {
+      await assert.rejects(
+        planDebianBootstrap({
+          suite: "bookworm",
+          backend: "mmdebstrap",
+          variant: "minbase",
+          architecture: hostDpkgArchitecture(),
+          include: [],
+          exclude: ["e2fsprogs"],
+          insecure: true,
+          env,
+          aptSources: [],
+        }),
+        {
+          name: "UsageError",
+          message:
+            "--exclude-packages needs the debootstrap backend (mmdebstrap installs no more than asked)",
+        },
+      );
     });
 
     it("refuses a keybox for mmdebstrap and armor for debootstrap, with the command that converts it", async () => {

@@ -20,7 +20,7 @@ import {
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { bootstrapConfig } from "../../src/cli/bootstrap.js";
+import { bootstrapConfig, describePockets } from "../../src/cli/bootstrap.js";
 import type { ImageFlags } from "../../src/cli/image-options.js";
 import { SinkError, UsageError } from "../../src/errors.js";
 import type { EntrySource, TarEntry } from "../../src/tar/entry.js";
@@ -30,6 +30,7 @@ import {
   debianCommandLine,
   isSignatureFailure,
   prepareAptTrust,
+  runDebianBootstrap,
   signatureReason,
   type DebianPlan,
 } from "../../src/sources/bootstrap/debian.js";
@@ -122,10 +123,12 @@ describe("suites", () => {
 });
 
 describe("installed packages", () => {
-  it("reads dpkg status, skipping removed packages", () => {
+  it("reads dpkg status, skipping removed, purged and half-installed packages", () => {
     const status =
       "Package: zlib1g\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1:1.2.13\n\n" +
       "Package: gone\nStatus: deinstall ok config-files\nVersion: 1\n\n" +
+      "Package: purged\nStatus: purge ok not-installed\nVersion: 2\n\n" +
+      "Package: broken\nStatus: install reinstreq half-installed\nVersion: 3\n\n" +
       "Package: adduser\nStatus: install ok installed\nArchitecture: all\nVersion: 3.134\n";
     const packages = parseDpkgStatus(status);
     assert.equal(formatPackageList(packages), "adduser\t3.134\tall\nzlib1g\t1:1.2.13\tamd64\n");
@@ -335,6 +338,71 @@ describe("cleanup profile", () => {
   });
 });
 
+describe("what mkbase keeps mmdebstrap from cleaning", () => {
+  it("goes once the Release date is read and the cache filled, so --no-clean gives mmdebstrap's own tree", async () => {
+    const work = join(scratch, "mmdebstrap-leftovers");
+    const target = join(work, "rootfs");
+    const cacheDir = join(work, "cache");
+    mkdirSync(target, { recursive: true });
+    // A stand-in that leaves what mmdebstrap leaves with --skip=cleanup/apt, a cache seeded with a
+    // package of an earlier run, and mkbase's apt options.
+    const tool = join(work, "mmdebstrap");
+    writeFileSync(
+      tool,
+      [
+        "#!/bin/sh",
+        "set -e",
+        'r="$MKBASE_TEST_ROOT"',
+        'mkdir -p "$r/var/lib/apt/lists/partial" "$r/var/lib/apt/lists/auxfiles" "$r/var/cache/apt/archives/partial" "$r/etc/apt/apt.conf.d"',
+        ': > "$r/var/lib/apt/lists/lock"; : > "$r/var/cache/apt/archives/lock"',
+        'printf "Date: Sat, 10 Jun 2023 08:49:00 UTC\\n" > "$r/var/lib/apt/lists/m_dists_bookworm_InRelease"',
+        'echo x > "$r/var/lib/apt/lists/m_dists_bookworm_main_binary-amd64_Packages"',
+        'echo x > "$r/var/cache/apt/archives/bash_5.2_amd64.deb"',
+        'echo x > "$r/var/cache/apt/archives/curl-from-an-earlier-run_amd64.deb"',
+        'echo x > "$r/var/cache/apt/archives/partial/half.deb"',
+        'echo x > "$r/var/cache/apt/pkgcache.bin"',
+        'echo \'APT::Sandbox::User "root";\' > "$r/etc/apt/apt.conf.d/99mmdebstrap"',
+        'echo keep > "$r/etc/apt/apt.conf.d/70debconf"',
+        "",
+      ].join("\n"),
+    );
+    chmodSync(tool, 0o755);
+    const plan: DebianPlan = {
+      backend: "mmdebstrap",
+      toolPath: tool,
+      suite: { family: "debian", suite: "bookworm", version: "12" },
+      variant: "minbase",
+      architecture: "amd64",
+      foreign: false,
+      components: ["main"],
+      include: [],
+      exclude: [],
+      mirror: "http://mirror/debian",
+      mirrorOrigin: "--mirror",
+      pockets: [],
+      keyring: undefined,
+      keyringFormat: undefined,
+      insecure: true,
+      cacheDir,
+      mergedUsrHooks: undefined,
+    };
+    const outcome = await runDebianBootstrap(plan, work, target, {
+      signal: new AbortController().signal,
+      onProgress: () => undefined,
+      verbose: false,
+      env: { PATH: process.env.PATH, MKBASE_TEST_ROOT: target },
+    });
+    assert.equal(outcome.releaseDate, Date.UTC(2023, 5, 10, 8, 49) / 1000);
+    assert.ok(existsSync(join(cacheDir, "archives/bash_5.2_amd64.deb")));
+    assert.ok(existsSync(join(cacheDir, "lists/m_dists_bookworm_InRelease")));
+    assert.deepEqual(readdirSync(join(target, "var/lib/apt/lists")).sort(), ["lock", "partial"]);
+    assert.deepEqual(readdirSync(join(target, "var/cache/apt/archives")).sort(), ["lock", "partial"]);
+    assert.deepEqual(readdirSync(join(target, "var/cache/apt/archives/partial")), []);
+    assert.deepEqual(readdirSync(join(target, "var/cache/apt")), ["archives"]);
+    assert.deepEqual(readdirSync(join(target, "etc/apt/apt.conf.d")), ["70debconf"]);
+  });
+});
+
 describe("rebuilt /dev", () => {
   it("adds the node set right after dev, in sorted order", async () => {
     const dir = (path: string): TarEntry => ({
@@ -423,6 +491,21 @@ describe("Debian command lines", () => {
       "the cache path must not be quoted into a shell line",
     );
     assert.deepEqual(args.slice(-3), ["bookworm", "/t/rootfs", "http://mirror/debian"]);
+  });
+
+  it("says in the plan which pockets each tool installs from", () => {
+    const security = [{ uri: "http://security/debian-security", suite: "bookworm-security" }];
+    assert.equal(
+      describePockets({ backend: "mmdebstrap", mirror: undefined, pockets: [] }),
+      "the tool's default",
+    );
+    // debootstrap's default mirror serves it the release alone.
+    assert.equal(describePockets({ backend: "debootstrap", mirror: undefined, pockets: [] }), "none");
+    assert.equal(describePockets({ backend: "mmdebstrap", mirror: "http://m/debian", pockets: [] }), "none");
+    assert.equal(
+      describePockets({ backend: "debootstrap", mirror: "http://m/debian", pockets: security }),
+      "bookworm-security at http://security/debian-security (listed for apt only: debootstrap takes one suite)",
+    );
   });
 
   it("gives mmdebstrap the pockets as sources.list lines after the mirror", () => {

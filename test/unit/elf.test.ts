@@ -535,6 +535,8 @@ describe("parsePlatform", () => {
       ["linux/ppc64el", "linux/ppc64le"],
       ["Linux/S390X", "linux/s390x"],
       ["linux/riscv64", "linux/riscv64"],
+      ["linux/mips64el", "linux/mips64le"],
+      ["linux/loongarch64", "linux/loong64"],
     ];
     for (const [text, expected] of cases) assert.equal(formatPlatform(parsePlatform(text)), expected, text);
   });

@@ -112,7 +112,7 @@ export async function planAlpine(request: AlpineRequest): Promise<AlpinePlan> {
   }
   // The packages' install scripts run inside the tree: a foreign one needs qemu-user, checked before
   // any download, as for Debian.
-  await requireEmulation(DPKG_ARCH_OF_APK[architecture] as string, request.binfmtDir);
+  await requireEmulation(DPKG_ARCH_OF_APK[architecture] as string, request.binfmtDir, architecture);
   if (request.packages.length === 0)
     throw new UsageError("--packages is empty", { hint: "Name at least one package, e.g. alpine-base." });
   let repositories = [...request.repositories];

@@ -182,6 +182,23 @@ export async function removeSecrets(root: string, distribution: Distribution): P
 }
 
 /**
+ * What mmdebstrap's own cleanup removes and mkbase tells it to keep (`--skip=cleanup/apt`, for the
+ * Release date and the cache): the index files, the package files (with a cache dir, every package the
+ * cache held) and apt's binary caches; and its `99mmdebstrap` files, which hold only mkbase's options
+ * (apt downloading as root; with `--insecure`, unsigned repositories allowed). Done with or without the
+ * cleanup profile, so that `--no-clean` gives the tree mmdebstrap itself would have left.
+ */
+export async function removeMmdebstrapLeftovers(root: string): Promise<void> {
+  const keep = (name: string): boolean => name === "lock" || name === "partial";
+  await removeChildren(root, "var/lib/apt/lists", keep);
+  await removeChildren(root, "var/lib/apt/lists/partial");
+  await removeChildren(root, "var/cache/apt/archives", keep);
+  await removeChildren(root, "var/cache/apt/archives/partial");
+  await removeChildren(root, "var/cache/apt", (name) => !name.endsWith(".bin"));
+  await removePath(root, "etc/apt/apt.conf.d/99mmdebstrap");
+}
+
+/**
  * Removes runtime state, package caches and indexes, logs and host traces from the tree at `root`, and
  * with `slim` documentation and translations too. Must run while nothing is mounted below `root`.
  */

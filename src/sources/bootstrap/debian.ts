@@ -14,6 +14,7 @@ import { constants } from "node:fs";
 import { appendFile, copyFile, mkdir, open, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { ToolError, UsageError, errnoCode } from "../../errors.js";
+import { removeMmdebstrapLeftovers } from "./cleanup.js";
 import { hostDpkgArchitecture, requireEmulation, runsNatively } from "./host.js";
 import {
   findOnPath,
@@ -234,9 +235,12 @@ export async function planDebianBootstrap(request: DebianRequest): Promise<Debia
     });
   }
   if (backend === "mmdebstrap" && request.exclude.length > 0) {
-    throw new UsageError("--exclude needs the debootstrap backend (mmdebstrap installs no more than asked)", {
-      hint: "Use --backend debootstrap, or a smaller --variant with --include.",
-    });
+    throw new UsageError(
+      "--exclude-packages needs the debootstrap backend (mmdebstrap installs no more than asked)",
+      {
+        hint: "Use --backend debootstrap, or a smaller --variant with --include.",
+      },
+    );
   }
   const { keyring, keyringFormat } = await chooseKeyring(request, suite, backend);
   let mirror = request.mirror;
@@ -503,6 +507,7 @@ export async function runDebianBootstrap(
   if (plan.backend === "debootstrap" && plan.pockets.length > 0) await listPockets(target, plan, options);
   const outcome = { releaseDate: await readReleaseDate(target) };
   if (plan.cacheDir !== undefined) await saveToCache(target, plan, options.signal);
+  if (plan.backend === "mmdebstrap") await removeMmdebstrapLeftovers(target);
   return outcome;
 }
 

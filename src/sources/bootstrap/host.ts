@@ -73,8 +73,15 @@ export function runsNatively(arch: string, host: string = hostDpkgArchitecture()
 /**
  * Throws unless programs of `arch` can run here: natively, or through a registered qemu-user binfmt
  * handler (maintainer scripts run inside the foreign tree).
+ *
+ * @param arch dpkg's name of the architecture
+ * @param shownAs the name the user gave (Alpine's `armv7` is dpkg's `armhf`, its `armhf` dpkg's `armel`)
  */
-export async function requireEmulation(arch: string, binfmtDir = "/proc/sys/fs/binfmt_misc"): Promise<void> {
+export async function requireEmulation(
+  arch: string,
+  binfmtDir = "/proc/sys/fs/binfmt_misc",
+  shownAs = arch,
+): Promise<void> {
   if (runsNatively(arch)) return;
   const qemu = QEMU_NAME[arch];
   const registered =
@@ -85,7 +92,7 @@ export async function requireEmulation(arch: string, binfmtDir = "/proc/sys/fs/b
     ));
   if (!registered) {
     throw new ToolError(
-      `programs for ${arch} cannot run on this machine (no qemu-${qemu ?? arch} binfmt handler)`,
+      `programs for ${shownAs} cannot run on this machine (no qemu-${qemu ?? arch} binfmt handler)`,
       {
         hint: "Install the Debian package qemu-user-static (apt-get install qemu-user-static) and make sure binfmt_misc is mounted and the handler registered.",
       },

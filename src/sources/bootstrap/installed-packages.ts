@@ -20,7 +20,10 @@ function byName(a: InstalledPackage, b: InstalledPackage): number {
   return a.name < b.name ? -1 : a.name > b.name ? 1 : a.architecture < b.architecture ? -1 : 1;
 }
 
-/** Packages of a dpkg `status` file whose status is `install ok installed`. */
+/**
+ * Packages of a dpkg `status` file whose state (the third word of `Status:`) is `installed`: a purged
+ * package can stay listed as `purge ok not-installed`, a broken one as `half-installed`.
+ */
 export function parseDpkgStatus(text: string): InstalledPackage[] {
   const packages: InstalledPackage[] = [];
   for (const stanza of text.split(/\n\s*\n/)) {
@@ -29,7 +32,7 @@ export function parseDpkgStatus(text: string): InstalledPackage[] {
       fields.set((match[1] as string).toLowerCase(), (match[2] as string).trim());
     }
     const name = fields.get("package");
-    if (name === undefined || !/\binstalled$/.test(fields.get("status") ?? "")) continue;
+    if (name === undefined || (fields.get("status") ?? "").split(/\s+/)[2] !== "installed") continue;
     packages.push({
       name,
       version: fields.get("version") ?? "",
