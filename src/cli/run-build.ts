@@ -147,7 +147,10 @@ export async function runBuild(
     // It connects before the source opens, so a stopped daemon fails at once, not after a bootstrap.
     if (outputSet.wantsEngine) {
       const { connectEngine } = await import("../docker/engine.js");
-      engine = await connectEngine(context.signal, { imageStore: (flags.via ?? "load") === "load" });
+      engine = await connectEngine(context.signal, {
+        imageStore: (flags.via ?? "load") === "load",
+        platform: flags.via === "import",
+      });
     }
     const source = await openSource(onProgress);
     if (typeof overrides === "function") prepared = { ...prepared, ...overrides() };

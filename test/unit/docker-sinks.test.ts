@@ -336,6 +336,39 @@ describe("the image store", () => {
   });
 });
 
+describe("the engine's own platform", () => {
+  it("is asked for while connecting when wanted, so that no round trip of its own is made later", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "mkbase-unit-"));
+    const socket = join(dir, "engine.sock");
+    const asked: string[] = [];
+    const server = createServer((req, res) => {
+      asked.push(req.url ?? "");
+      if (req.url === "/_ping") res.writeHead(200, { "Api-Version": "1.41" }).end("OK");
+      else res.writeHead(200, { "Content-Type": "application/json" }).end('{"Os":"linux","Arch":"arm64"}');
+    });
+    await new Promise<void>((resolve) => server.listen(socket, resolve));
+    try {
+      const discovery = {
+        env: { DOCKER_HOST: `unix://${socket}` },
+        exists: () => false,
+        readFile: () => Buffer.alloc(0),
+        home: dir,
+      };
+      const engine = await connectEngine(new AbortController().signal, {
+        discovery,
+        imageStore: false,
+        platform: true,
+      });
+      assert.deepEqual(await engine.enginePlatform(), { os: "linux", architecture: "arm64" });
+      assert.deepEqual(asked.sort(), ["/_ping", "/version"]);
+      engine.close();
+    } finally {
+      server.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("DockerImportSink", () => {
   const id = `sha256:${"b".repeat(64)}`;
 
