@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer } from "node:http";
+import { createServer, type ServerResponse } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PassThrough, Readable } from "node:stream";
@@ -14,6 +14,7 @@ import {
   type ImageStore,
   type ImageSummary,
 } from "../../src/docker/engine.js";
+import type { DiscoveryEnvironment } from "../../src/docker/connection.js";
 import { SinkError } from "../../src/errors.js";
 import type { Image } from "../../src/image/image.js";
 import { parseTagReference } from "../../src/image/reference.js";
@@ -267,6 +268,37 @@ describe("DockerLoadSink on the classic image store", () => {
   });
 });
 
+/**
+ * Runs `use` with the discovery of a fake engine on a unix socket: API 1.41 on /_ping, `reply` for
+ * every other request. Returns the paths it was asked for.
+ */
+async function withFakeEngine(
+  reply: (res: ServerResponse) => void,
+  use: (discovery: DiscoveryEnvironment) => Promise<void>,
+): Promise<string[]> {
+  const dir = await mkdtemp(join(tmpdir(), "mkbase-unit-"));
+  const socket = join(dir, "engine.sock");
+  const asked: string[] = [];
+  const server = createServer((req, res) => {
+    asked.push(req.url ?? "");
+    if (req.url === "/_ping") res.writeHead(200, { "Api-Version": "1.41" }).end("OK");
+    else reply(res);
+  });
+  await new Promise<void>((resolve) => server.listen(socket, resolve));
+  try {
+    await use({
+      env: { DOCKER_HOST: `unix://${socket}` },
+      exists: () => false,
+      readFile: () => Buffer.alloc(0),
+      home: dir,
+    });
+    return asked;
+  } finally {
+    server.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
 describe("the image store", () => {
   it("tells the containerd image store from the classic one by the driver type", () => {
     assert.equal(
@@ -286,29 +318,17 @@ describe("the image store", () => {
     info: object,
     imageStore = true,
   ): Promise<{ store: ImageStore | undefined; asked: string[] }> {
-    const dir = await mkdtemp(join(tmpdir(), "mkbase-unit-"));
-    const socket = join(dir, "engine.sock");
-    const asked: string[] = [];
-    const server = createServer((req, res) => {
-      asked.push(req.url ?? "");
-      if (req.url === "/_ping") res.writeHead(200, { "Api-Version": "1.41" }).end("OK");
-      else res.writeHead(infoStatus, { "Content-Type": "application/json" }).end(JSON.stringify(info));
-    });
-    await new Promise<void>((resolve) => server.listen(socket, resolve));
-    try {
-      const discovery = {
-        env: { DOCKER_HOST: `unix://${socket}` },
-        exists: () => false,
-        readFile: () => Buffer.alloc(0),
-        home: dir,
-      };
-      const engine = await connectEngine(new AbortController().signal, { discovery, imageStore });
-      assert.equal(engine.apiVersion, "1.41");
-      return { store: engine.imageStore, asked };
-    } finally {
-      server.close();
-      await rm(dir, { recursive: true, force: true });
-    }
+    let store: ImageStore | undefined;
+    const asked = await withFakeEngine(
+      (res) => res.writeHead(infoStatus, { "Content-Type": "application/json" }).end(JSON.stringify(info)),
+      async (discovery) => {
+        const engine = await connectEngine(new AbortController().signal, { discovery, imageStore });
+        assert.equal(engine.apiVersion, "1.41");
+        store = engine.imageStore;
+        engine.close();
+      },
+    );
+    return { store, asked };
   }
 
   it("is read from /info when the engine connects", async () => {
@@ -338,34 +358,20 @@ describe("the image store", () => {
 
 describe("the engine's own platform", () => {
   it("is asked for while connecting when wanted, so that no round trip of its own is made later", async () => {
-    const dir = await mkdtemp(join(tmpdir(), "mkbase-unit-"));
-    const socket = join(dir, "engine.sock");
-    const asked: string[] = [];
-    const server = createServer((req, res) => {
-      asked.push(req.url ?? "");
-      if (req.url === "/_ping") res.writeHead(200, { "Api-Version": "1.41" }).end("OK");
-      else res.writeHead(200, { "Content-Type": "application/json" }).end('{"Os":"linux","Arch":"arm64"}');
-    });
-    await new Promise<void>((resolve) => server.listen(socket, resolve));
-    try {
-      const discovery = {
-        env: { DOCKER_HOST: `unix://${socket}` },
-        exists: () => false,
-        readFile: () => Buffer.alloc(0),
-        home: dir,
-      };
-      const engine = await connectEngine(new AbortController().signal, {
-        discovery,
-        imageStore: false,
-        platform: true,
-      });
-      assert.deepEqual(await engine.enginePlatform(), { os: "linux", architecture: "arm64" });
-      assert.deepEqual(asked.sort(), ["/_ping", "/version"]);
-      engine.close();
-    } finally {
-      server.close();
-      await rm(dir, { recursive: true, force: true });
-    }
+    const asked = await withFakeEngine(
+      (res) =>
+        res.writeHead(200, { "Content-Type": "application/json" }).end('{"Os":"linux","Arch":"arm64"}'),
+      async (discovery) => {
+        const engine = await connectEngine(new AbortController().signal, {
+          discovery,
+          imageStore: false,
+          platform: true,
+        });
+        assert.deepEqual(await engine.enginePlatform(), { os: "linux", architecture: "arm64" });
+        engine.close();
+      },
+    );
+    assert.deepEqual(asked.sort(), ["/_ping", "/version"]);
   });
 });
 
