@@ -13,7 +13,7 @@ import { TEMP_PREFIX, listedNames } from "../sinks/atomic-file.js";
 import type { EntrySource, TarEntry } from "../tar/entry.js";
 import type { PathFilter } from "../tar/exclude.js";
 import { SYSTEM_RUNTIME_DIRS, walkTree } from "../tar/walk.js";
-import { parseMountPoints } from "./bootstrap/workspace.js";
+import { mountPointsUnder } from "./bootstrap/workspace.js";
 import { isImageArchive } from "./image-archive.js";
 
 export interface RootfsDirOptions {
@@ -38,8 +38,8 @@ async function mountPointsBelow(realRoot: string): Promise<Set<string>> {
   const table = await readFile("/proc/self/mountinfo", "utf8").catch(() => "");
   const prefix = realRoot.endsWith("/") ? realRoot : `${realRoot}/`;
   return new Set(
-    parseMountPoints(table)
-      .filter((point) => point.startsWith(prefix) && point.length > prefix.length)
+    mountPointsUnder(realRoot, table)
+      .filter((point) => point.length > prefix.length)
       .map((point) => point.slice(prefix.length)),
   );
 }

@@ -33,7 +33,8 @@ export function parseMountPoints(mountinfo: string): string[] {
  */
 export function mountPointsUnder(dir: string, mountinfo: string): string[] {
   const base = resolve(dir);
-  const under = parseMountPoints(mountinfo).filter((p) => p === base || p.startsWith(`${base}/`));
+  const prefix = base.endsWith("/") ? base : `${base}/`;
+  const under = parseMountPoints(mountinfo).filter((p) => p === base || p.startsWith(prefix));
   // Stable sort by depth: for equal paths the later (upper) mount stays later, so reverse afterwards.
   return under
     .map((path, index) => ({ path, index, depth: path.split("/").length }))
