@@ -25,7 +25,7 @@ import {
   type ImageFlags,
 } from "./image-options.js";
 import { annotationsFor } from "../image/annotations.js";
-import { openOutputs, resultLines, type OutputSet } from "./outputs.js";
+import { checkEngineAnnotations, openOutputs, resultLines, type OutputSet } from "./outputs.js";
 import { makeRenderer } from "./render.js";
 
 export interface CommandContext {
@@ -68,8 +68,8 @@ export function prepareImageFlags(flags: ImageFlags, env: CommandContext["env"])
 
 /**
  * Before an import into an engine whose import endpoint records its own architecture (before API 1.42,
- * Docker 23), a different platform is refused at once rather than after the upload: the image would be
- * removed again by the check of what the engine made.
+ * Docker 23), a different platform is refused as soon as the engine's is known, stopping the upload: the
+ * image would be removed again by the check of what the engine made.
  */
 async function checkImportPlatform(engine: EngineClient, platform: Platform): Promise<void> {
   if (compareApiVersions(engine.apiVersion, "1.42") >= 0) return;
@@ -151,12 +151,12 @@ export async function runBuild(
         imageStore: (flags.via ?? "load") === "load",
         platform: flags.via === "import",
       });
+      checkEngineAnnotations(flags, outputSet.specs, engine.imageStore);
     }
     const source = await openSource(onProgress);
     if (typeof overrides === "function") prepared = { ...prepared, ...overrides() };
     const common = { engine, tags: prepared.tags, onProgress, message: flags.message };
     const platform = formatPlatform(prepared.platform);
-    if (engine !== undefined && flags.via === "import") await checkImportPlatform(engine, prepared.platform);
     const sink: Sink | undefined =
       engine === undefined
         ? undefined
@@ -166,6 +166,7 @@ export async function runBuild(
               engine,
               changes: configToInstructions(prepared.config),
               platform,
+              platformCheck: checkImportPlatform(engine, prepared.platform),
             })
           : flags.via === "build"
             ? new DockerBuildSink({ ...common, engine, platform })

@@ -332,24 +332,63 @@ export class DockerImportSink implements Sink {
   readonly destination = "docker (import)";
   readonly needsLayerFile = false;
   private upload: LayerImport | undefined;
+  /** Why the platform check refused the import, once it has. */
+  private refusal: { readonly error: unknown } | undefined;
 
   constructor(
     private readonly options: DockerEngineSinkOptions & {
       readonly changes: readonly string[];
       readonly platform: string;
+      /**
+       * Rejects when the engine cannot record the image's platform. The upload does not wait for it (on
+       * Docker 20.10 `/version` takes 10–60 ms, the whole of an empty import's difference from `docker
+       * import`): a refusal stops the upload, and once the layer is complete the check of the image the
+       * engine made decides.
+       */
+      readonly platformCheck?: Promise<void>;
     },
-  ) {}
+  ) {
+    // A build that fails before its upload starts never asks why the check failed.
+    options.platformCheck?.catch(() => undefined);
+  }
 
   streamLayer(signal: AbortSignal): LayerConsumer {
-    const { engine, onProgress, changes, message, platform } = this.options;
+    const { engine, onProgress, changes, message, platform, platformCheck } = this.options;
     onProgress({ kind: "phase", message: `importing into the Docker Engine at ${engine.endpoint}` });
-    this.upload = new LayerImport(engine, { changes, message, platform }, signal, onProgress);
-    return this.upload.consumer;
+    const upload = new LayerImport(engine, { changes, message, platform }, signal, onProgress);
+    this.upload = upload;
+    let ended = false;
+    platformCheck?.catch((error: unknown) => {
+      this.refusal = { error };
+      // A complete body may already be an image: finish() removes it, and reports this refusal.
+      if (!ended) upload.consumer.abort(error);
+    });
+    return {
+      write: async (chunk, release) => {
+        try {
+          await upload.consumer.write(chunk, release);
+        } catch (error) {
+          throw this.refusal?.error ?? error;
+        }
+      },
+      end: () => {
+        ended = true;
+        upload.consumer.end();
+      },
+      abort: (error) => upload.consumer.abort(error),
+    };
   }
 
   async write(image: Image, signal: AbortSignal): Promise<SinkResult> {
     if (this.upload === undefined) throw new Error("import sink written before its layer was streamed");
-    const id = await this.upload.finish(image.layers[0]?.diffId, image.platform);
+    // Settled long before the upload is, in practice; its refusal words a mismatch better than finish().
+    await this.options.platformCheck?.catch(() => undefined);
+    let id: string;
+    try {
+      id = await this.upload.finish(image.layers[0]?.diffId, image.platform);
+    } catch (error) {
+      throw this.refusal?.error ?? error;
+    }
     signal.throwIfAborted();
     return {
       destination: this.destination,

@@ -15,7 +15,7 @@ import {
   type ImageSummary,
 } from "../../src/docker/engine.js";
 import type { DiscoveryEnvironment } from "../../src/docker/connection.js";
-import { SinkError } from "../../src/errors.js";
+import { SinkError, UsageError } from "../../src/errors.js";
 import type { Image } from "../../src/image/image.js";
 import { parseTagReference } from "../../src/image/reference.js";
 import type { ProgressEvent } from "../../src/progress.js";
@@ -375,27 +375,40 @@ describe("the engine's own platform", () => {
   });
 });
 
+/**
+ * An engine whose import answers with `id` and whose inspect reports the layer it received, recorded as
+ * amd64; `onLayer` runs when the whole layer has arrived.
+ */
+function importingEngine(id: string, onLayer: () => void = () => undefined): FakeEngine {
+  let diffId = "";
+  return new FakeEngine(
+    (body) => {
+      diffId = sha(body);
+      onLayer();
+      return [{ status: "Importing" }, { status: id }];
+    },
+    (asked) => ({ id: asked, diffIds: [diffId], platform: AMD64, repoTags: [] }),
+  );
+}
+
+/** An import sink of `platform` into `engine`, for the tags above. */
+function importSink(
+  engine: FakeEngine,
+  platform: string,
+  more: { readonly changes?: string[]; readonly platformCheck?: Promise<void> } = {},
+): DockerImportSink {
+  return new DockerImportSink({ engine, tags, onProgress: () => {}, changes: [], platform, ...more });
+}
+
 describe("DockerImportSink", () => {
   const id = `sha256:${"b".repeat(64)}`;
 
   it("checks the imported layer against ours before tagging", async () => {
-    let diffId = "";
-    const engine = new FakeEngine(
-      (body) => {
-        diffId = sha(body);
-        return [{ status: "Importing" }, { status: id }];
-      },
-      (asked) => ({ id: asked, diffIds: [diffId], platform: AMD64, repoTags: [] }),
-    );
-    const sink = new DockerImportSink({
-      engine,
-      tags,
-      onProgress: () => {},
-      changes: ['CMD ["/x"]'],
-      platform: "linux/amd64",
-    });
+    const engine = importingEngine(id);
+    const sink = importSink(engine, "linux/amd64", { changes: ['CMD ["/x"]'] });
     const result = await build(request(sink));
-    assert.equal(result.diffId, diffId);
+    assert.ok(engine.calls.includes(`inspect ${id}`));
+    assert.equal(result.diffId, sha(engine.received));
     assert.deepEqual(engine.calls.slice(-2), [`tag ${id} corp/x:1`, `tag ${id} corp/x:2`]);
   });
 
@@ -404,34 +417,15 @@ describe("DockerImportSink", () => {
       () => [{ status: id }],
       (asked) => ({ id: asked, diffIds: [`sha256:${"c".repeat(64)}`], platform: AMD64, repoTags: [] }),
     );
-    const sink = new DockerImportSink({
-      engine,
-      tags,
-      onProgress: () => {},
-      changes: [],
-      platform: "linux/amd64",
-    });
+    const sink = importSink(engine, "linux/amd64");
     await assert.rejects(build(request(sink)), /differs from the one mkbase packed/);
     assert.ok(engine.calls.includes(`remove ${id}`));
     assert.ok(!engine.calls.some((c) => c.startsWith("tag")));
   });
 
   it("removes the image and tags nothing when the engine recorded another platform", async () => {
-    let diffId = "";
-    const engine = new FakeEngine(
-      (body) => {
-        diffId = sha(body);
-        return [{ status: id }];
-      },
-      (asked) => ({ id: asked, diffIds: [diffId], platform: AMD64, repoTags: [] }),
-    );
-    const sink = new DockerImportSink({
-      engine,
-      tags,
-      onProgress: () => {},
-      changes: [],
-      platform: "linux/arm64",
-    });
+    const engine = importingEngine(id);
+    const sink = importSink(engine, "linux/arm64");
     const arm64 = { ...request(sink), platform: { os: "linux", architecture: "arm64" } };
     await assert.rejects(build(arm64), {
       name: "SinkError",
@@ -440,6 +434,40 @@ describe("DockerImportSink", () => {
     });
     assert.ok(engine.calls.includes(`remove ${id}`));
     assert.ok(!engine.calls.some((c) => c.startsWith("tag")));
+  });
+});
+
+describe("DockerImportSink with the engine's platform still being asked for", () => {
+  const id = `sha256:${"b".repeat(64)}`;
+  const refusal = new UsageError("the engine records its own architecture");
+
+  it("stops the upload when the check refuses the platform", async () => {
+    let replied = false;
+    const engine = importingEngine(id, () => (replied = true));
+    const sink = importSink(engine, "linux/arm64", { platformCheck: Promise.reject(refusal) });
+    await assert.rejects(build(request(sink, largeSource)), refusal);
+    assert.equal(replied, false, "the engine never saw a complete layer");
+    assert.deepEqual(engine.calls, ["post /images/create"]);
+  });
+
+  it("removes the image and reports the refusal when it comes after the layer is complete", async () => {
+    let refuse: (error: Error) => void = () => undefined;
+    const platformCheck = new Promise<void>((_, reject) => (refuse = reject));
+    const engine = importingEngine(id, () => refuse(refusal));
+    const sink = importSink(engine, "linux/arm64", { platformCheck });
+    const arm64 = { ...request(sink), platform: { os: "linux", architecture: "arm64" } };
+    await assert.rejects(build(arm64), refusal);
+    assert.ok(engine.calls.includes(`remove ${id}`));
+    assert.ok(!engine.calls.some((c) => c.startsWith("tag")));
+  });
+
+  it("imports and tags once the check passes", async () => {
+    const engine = importingEngine(id);
+    const sink = importSink(engine, "linux/amd64", {
+      platformCheck: new Promise((resolve) => setTimeout(resolve, 20)),
+    });
+    await build(request(sink, largeSource));
+    assert.deepEqual(engine.calls.slice(-2), [`tag ${id} corp/x:1`, `tag ${id} corp/x:2`]);
   });
 });
 
