@@ -117,7 +117,7 @@ export function addImageOptions(command: Command): Command {
     .option("--platform <os/arch[/variant]>", "platform recorded in the image (default: this machine's)")
     .option(
       "-c, --change <instruction>",
-      "apply a Dockerfile instruction (CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, USER, VOLUME, WORKDIR, STOPSIGNAL); repeatable",
+      "apply a Dockerfile instruction (CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, USER, VOLUME, WORKDIR, STOPSIGNAL, HEALTHCHECK, ONBUILD); repeatable",
       collect,
       [],
     )

@@ -11,7 +11,24 @@ import { UsageError } from "../errors.js";
  */
 export const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/** OCI image config `config` object. Absent members are omitted from the JSON. */
+/**
+ * Docker's `Healthcheck`: `Test` is `["NONE"]`, `["CMD", ...argv]` or `["CMD-SHELL", command]`; the
+ * durations are nanoseconds. An absent member (the engine omits zeros) means the engine's default.
+ */
+export interface HealthConfig {
+  readonly Test: readonly string[];
+  readonly Interval?: number;
+  readonly Timeout?: number;
+  readonly StartPeriod?: number;
+  readonly StartInterval?: number;
+  readonly Retries?: number;
+}
+
+/**
+ * OCI image config `config` object, with the two members only Docker's config has (`Healthcheck`,
+ * `OnBuild`), under Docker's names, which the engines read from either. Absent members are omitted from
+ * the JSON.
+ */
 export interface ContainerConfig {
   readonly User?: string;
   readonly ExposedPorts?: Readonly<Record<string, Record<string, never>>>;
@@ -22,6 +39,9 @@ export interface ContainerConfig {
   readonly WorkingDir?: string;
   readonly Labels?: Readonly<Record<string, string>>;
   readonly StopSignal?: string;
+  readonly Healthcheck?: HealthConfig;
+  /** ONBUILD triggers, each as written after `ONBUILD`. */
+  readonly OnBuild?: readonly string[];
 }
 
 /**
@@ -216,6 +236,8 @@ const CHANGE_INSTRUCTIONS = [
   "VOLUME",
   "WORKDIR",
   "STOPSIGNAL",
+  "HEALTHCHECK",
+  "ONBUILD",
 ];
 
 /**
@@ -259,6 +281,238 @@ export function checkVolume(path: string, what: string): string {
     });
   }
   return path;
+}
+
+/**
+ * The `--name=value` words that lead an instruction's arguments, and the text after them, split as the
+ * engine's parser splits them: quotes and `\` escapes inside a flag word, no variable substitution, and a
+ * lone `--` ends the flags.
+ */
+function leadingFlags(args: string): { flags: string[]; rest: string } {
+  const flags: string[] = [];
+  let i = 0;
+  for (;;) {
+    while (/\s/.test(args[i] ?? "")) i++;
+    if (!args.startsWith("--", i)) break;
+    let word = "";
+    let quote: string | undefined;
+    for (; i < args.length && (quote !== undefined || !/\s/.test(args[i] as string)); i++) {
+      const c = args[i] as string;
+      if (c === quote) quote = undefined;
+      else if (quote === undefined && (c === '"' || c === "'")) quote = c;
+      else if (c !== "\\") word += c;
+      else if (i + 1 < args.length) word += args[++i];
+    }
+    if (word === "--") break;
+    flags.push(word);
+  }
+  return { flags, rest: args.slice(i).trim() };
+}
+
+/**
+ * The values of an instruction's flags by name, checked as the engine's builder checks them: each flag
+ * known, given once, and with `=value` (an empty value counts as not given).
+ */
+function flagValues(
+  flags: readonly string[],
+  known: readonly string[],
+  instruction: string,
+  what: string,
+): Map<string, string> {
+  const values = new Map<string, string>();
+  for (const flag of flags) {
+    const eq = flag.indexOf("=");
+    const name = (eq < 0 ? flag : flag.slice(0, eq)).replace(/^--/, "");
+    if (!known.includes(name)) {
+      throw new UsageError(`${what}: ${instruction} has no flag --${name}`, {
+        hint:
+          known.length === 0
+            ? `${instruction} takes no flags.`
+            : `${instruction} takes ${known.map((k) => `--${k}`).join(", ")}.`,
+      });
+    }
+    if (values.has(name)) {
+      throw new UsageError(`${what}: --${name} is given twice`, { hint: `Give --${name} once.` });
+    }
+    if (eq < 0) {
+      throw new UsageError(`${what}: --${name} has no value`, { hint: `Write --${name}=VALUE.` });
+    }
+    if (flag.length > eq + 1) values.set(name, flag.slice(eq + 1));
+  }
+  return values;
+}
+
+const GO_DURATION_UNITS = new Map<string, bigint>([
+  ["ns", 1n],
+  ["us", 1_000n],
+  ["\u00b5s", 1_000n],
+  ["\u03bcs", 1_000n],
+  ["ms", 1_000_000n],
+  ["s", 1_000_000_000n],
+  ["m", 60_000_000_000n],
+  ["h", 3_600_000_000_000n],
+]);
+/** Go's bound in `time.ParseDuration`: one past the largest int64, the magnitude of the smallest. */
+const INT64_LIMIT = 1n << 63n;
+
+/**
+ * Nanoseconds of `text` read as Go's `time.ParseDuration` reads it (`500ms`, `1.5h`, `1m30s`), which is how
+ * the engine reads HEALTHCHECK's durations, down to its rounding of fractions and its int64 range;
+ * undefined where Go reports an error.
+ */
+function parseGoDuration(text: string): bigint | undefined {
+  const negative = text.startsWith("-");
+  const body = /^[-+]/.test(text) ? text.slice(1) : text;
+  if (body === "0") return 0n;
+  if (body === "") return undefined;
+  const part = /(\d*)(?:\.(\d*))?([^\d.]*)/y;
+  let total = 0n;
+  while (part.lastIndex < body.length) {
+    const [, integer = "", fraction, unitName = ""] = part.exec(body) ?? [];
+    const unit = GO_DURATION_UNITS.get(unitName);
+    if ((integer === "" && !fraction) || unit === undefined) return undefined;
+    let value = BigInt(integer === "" ? 0 : integer);
+    if (value > INT64_LIMIT / unit) return undefined;
+    value *= unit;
+    // Go keeps the fraction's digits only while they fit an int64, then scales them in float64.
+    let digits = 0n;
+    let scale = 1;
+    for (const digit of fraction ?? "") {
+      const next = digits * 10n + BigInt(digit);
+      if (next > INT64_LIMIT) break;
+      digits = next;
+      scale *= 10;
+    }
+    if (digits > 0n) value += BigInt(Math.trunc(Number(digits) * (Number(unit) / scale)));
+    total += value;
+    if (value > INT64_LIMIT || total > INT64_LIMIT) return undefined;
+  }
+  if (!negative && total === INT64_LIMIT) return undefined;
+  return negative ? -total : total;
+}
+
+/** `ns` as Go's `Duration.String` writes it (`1m30s`, `1.5s`, `500ms`), for a duration of at least 1ms. */
+function formatGoDuration(ns: number): string {
+  const decimal = (value: bigint, unit: bigint, digits: number): string => {
+    const fraction = String(value % unit)
+      .padStart(digits, "0")
+      .replace(/0+$/, "");
+    return `${value / unit}${fraction === "" ? "" : `.${fraction}`}`;
+  };
+  const value = BigInt(ns);
+  if (value < 1_000_000_000n) return `${decimal(value, 1_000_000n, 6)}ms`;
+  const hours = value / 3_600_000_000_000n;
+  const minutes = (value / 60_000_000_000n) % 60n;
+  const seconds = decimal(value % 60_000_000_000n, 1_000_000_000n, 9);
+  return `${hours > 0n ? `${hours}h` : ""}${hours > 0n || minutes > 0n ? `${minutes}m` : ""}${seconds}s`;
+}
+
+/** HEALTHCHECK flags that take a duration, and the member each one sets. */
+const HEALTHCHECK_DURATIONS = [
+  ["interval", "Interval"],
+  ["timeout", "Timeout"],
+  ["start-period", "StartPeriod"],
+  ["start-interval", "StartInterval"],
+] as const;
+
+const HEALTHCHECK_USAGE =
+  'Write HEALTHCHECK [--interval=30s] [--timeout=5s] [--start-period=1m] [--start-interval=5s] [--retries=3] CMD ["/bin/check"] (or CMD followed by a shell command), or HEALTHCHECK NONE.';
+
+/** A HEALTHCHECK duration flag in nanoseconds, undefined for 0 (the engine's default). */
+function healthDuration(flag: string, value: string, what: string): number | undefined {
+  const ns = parseGoDuration(value);
+  if (ns === undefined) {
+    throw new UsageError(`${what}: --${flag}=${value} is not a duration`, {
+      hint: "Give a Go duration such as 500ms, 30s or 1m30s, or 0 for the engine's default.",
+    });
+  }
+  if (ns === 0n) return undefined;
+  // The engine's minimum, so that a number meant as seconds is not taken as nanoseconds.
+  if (ns < 1_000_000n) {
+    throw new UsageError(`${what}: --${flag}=${value} is shorter than 1ms`, {
+      hint: "Give at least 1ms, or 0 for the engine's default.",
+    });
+  }
+  // Go allows up to 292 years; past 2^53 ns (104 days) not every value survives the JSON number.
+  if (BigInt(Number(ns)) !== ns) {
+    throw new UsageError(`${what}: --${flag}=${value} cannot be recorded exactly`, {
+      hint: "Round it to whole minutes.",
+    });
+  }
+  return Number(ns);
+}
+
+/**
+ * HEALTHCHECK as the engine's Dockerfile parser reads it: `NONE`, or flags then `CMD` with the exec form
+ * (a JSON array) or the shell form (the rest of the line, unquoted, without variable substitution).
+ */
+function parseHealthcheck(args: string, what: string): HealthConfig {
+  const { flags, rest } = leadingFlags(args);
+  const [, kind = "", command = ""] = /^(\S*)\s*(.*)$/s.exec(rest) ?? [];
+  if (kind.toUpperCase() === "NONE") {
+    if (command !== "") {
+      throw new UsageError(`${what}: HEALTHCHECK NONE takes no arguments`, { hint: HEALTHCHECK_USAGE });
+    }
+    // The engine ignores flags before NONE; one given there is a mistake, not a setting.
+    if (flags.length > 0) {
+      throw new UsageError(`${what}: HEALTHCHECK NONE takes no flags`, {
+        hint: "NONE turns off the health check an image inherits; drop the flags.",
+      });
+    }
+    return { Test: ["NONE"] };
+  }
+  const known = [...HEALTHCHECK_DURATIONS.map(([flag]) => flag), "retries"];
+  const values = flagValues(flags, known, "HEALTHCHECK", what);
+  if (kind.toUpperCase() !== "CMD") {
+    throw new UsageError(`${what}: HEALTHCHECK needs CMD or NONE${kind === "" ? "" : `, not ${kind}`}`, {
+      hint: HEALTHCHECK_USAGE,
+    });
+  }
+  const test = command.startsWith("[")
+    ? ["CMD", ...parseJsonArray(command, "HEALTHCHECK CMD")]
+    : ["CMD-SHELL", command];
+  if (test.length === 1 || command === "") {
+    throw new UsageError(`${what}: HEALTHCHECK CMD has no command`, { hint: HEALTHCHECK_USAGE });
+  }
+  let health: HealthConfig = { Test: test };
+  for (const [flag, member] of HEALTHCHECK_DURATIONS) {
+    const value = values.get(flag);
+    const ns = value === undefined ? undefined : healthDuration(flag, value, what);
+    if (ns !== undefined) health = { ...health, [member]: ns };
+  }
+  const retries = values.get("retries");
+  if (retries !== undefined) {
+    // strconv.ParseInt(value, 10, 32), as the engine reads it.
+    const count = /^[-+]?\d+$/.test(retries) ? Number(retries) : NaN;
+    if (!(Math.abs(count) < 2 ** 31) || count < 0) {
+      throw new UsageError(`${what}: --retries=${retries} is not a number of retries`, {
+        hint: "Give a whole number, 0 or more (0 for the engine's default).",
+      });
+    }
+    if (count > 0) health = { ...health, Retries: count };
+  }
+  return health;
+}
+
+/**
+ * An ONBUILD trigger as the engine records it: the line after `ONBUILD`, verbatim (the trigger runs, and
+ * is read, only in a build that starts from this image).
+ */
+function parseOnBuild(line: string, args: string, what: string): string {
+  const { flags, rest } = leadingFlags(args);
+  flagValues(flags, [], "ONBUILD", what);
+  const trigger = /^\S*/.exec(rest)?.[0].toUpperCase() ?? "";
+  if (trigger === "") {
+    throw new UsageError(`${what}: ONBUILD needs an instruction`, {
+      hint: "Write ONBUILD followed by the instruction to run in builds from this image, e.g. ONBUILD RUN make.",
+    });
+  }
+  if (["ONBUILD", "FROM", "MAINTAINER"].includes(trigger)) {
+    throw new UsageError(`${what}: ${trigger} is not allowed as an ONBUILD trigger`, {
+      hint: "Docker refuses ONBUILD ONBUILD, ONBUILD FROM and ONBUILD MAINTAINER; use another instruction.",
+    });
+  }
+  return line.replace(/^\s*ONBUILD\s*/i, "");
 }
 
 /**
@@ -353,6 +607,13 @@ function applyInstruction(config: ContainerConfig, line: string): ContainerConfi
         WorkingDir: path.startsWith("/") ? path : posix.join("/", config.WorkingDir ?? "", path),
       };
     }
+    case "HEALTHCHECK":
+      return { ...config, Healthcheck: parseHealthcheck(args, `--change "${line}"`) };
+    case "ONBUILD":
+      return {
+        ...config,
+        OnBuild: [...(config.OnBuild ?? []), parseOnBuild(line, args, `--change "${line}"`)],
+      };
     default:
       return { ...config, StopSignal: checkStopSignal(word(), `--change "${line}"`) };
   }
@@ -364,6 +625,20 @@ function applyInstruction(config: ContainerConfig, line: string): ContainerConfi
  */
 function quoted(value: string): string {
   return `"${value.replace(/["$\\]/g, "\\$&")}"`;
+}
+
+/** The HEALTHCHECK line that the engine reads back as `health`. */
+function healthcheckInstruction(health: HealthConfig): string {
+  const [kind, ...command] = health.Test;
+  if (kind === "NONE") return "HEALTHCHECK NONE";
+  const flags = HEALTHCHECK_DURATIONS.flatMap(([flag, member]) => {
+    const ns = health[member];
+    return ns === undefined ? [] : [`--${flag}=${formatGoDuration(ns)}`];
+  });
+  if (health.Retries !== undefined) flags.push(`--retries=${health.Retries}`);
+  // The shell form is written back as it was read: the engine takes the rest of the line literally.
+  const test = kind === "CMD-SHELL" ? command.join(" ") : JSON.stringify(command);
+  return ["HEALTHCHECK", ...flags, "CMD", test].join(" ");
 }
 
 /**
@@ -388,6 +663,8 @@ export function configToInstructions(config: ContainerConfig): string[] {
   if (config.WorkingDir !== undefined) lines.push(`WORKDIR ${quoted(config.WorkingDir)}`);
   if (config.User !== undefined) lines.push(`USER ${quoted(config.User)}`);
   if (config.StopSignal !== undefined) lines.push(`STOPSIGNAL ${quoted(config.StopSignal)}`);
+  if (config.Healthcheck !== undefined) lines.push(healthcheckInstruction(config.Healthcheck));
+  for (const trigger of config.OnBuild ?? []) lines.push(`ONBUILD ${trigger}`);
   if (config.Entrypoint !== undefined) lines.push(`ENTRYPOINT ${JSON.stringify(config.Entrypoint)}`);
   if (config.Cmd !== undefined) lines.push(`CMD ${JSON.stringify(config.Cmd)}`);
   return lines;

@@ -317,6 +317,27 @@ describe("config flags reach the image", () => {
     });
   }
 
+  test("HEALTHCHECK and ONBUILD changes give the same config by every --via", async () => {
+    // The engine's import and build read these lines back from configToInstructions; load takes the
+    // config mkbase writes. All three must agree with what Docker makes of the same changes.
+    const changes = [
+      "-c",
+      'HEALTHCHECK --interval=5s --retries=2 CMD ["/bin/true"]',
+      "-c",
+      "ONBUILD RUN echo hi",
+    ];
+    const format = "{{json .Config.Healthcheck}} {{json .Config.OnBuild}}";
+    for (const via of ["load", "import", "build"]) {
+      const tag = uniqueTag(`dir-healthcheck-onbuild-${via}`);
+      await mkbaseDir(tree.root, tag, ["--via", via, "--source-date-epoch", String(epoch), ...changes]);
+      assert.equal(
+        await runChecked("docker", ["inspect", "--format", format, tag]),
+        '{"Test":["CMD","/bin/true"],"Interval":5000000000,"Retries":2} ["RUN echo hi"]\n',
+        `--via ${via}`,
+      );
+    }
+  });
+
   test("-m with --via build is refused, not silently dropped", async () => {
     // A build has no way to record a history comment; like --stop-signal on the import path, a flag
     // the chosen path cannot honour must be a usage error rather than vanish.

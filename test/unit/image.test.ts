@@ -53,6 +53,17 @@ describe("image references", () => {
   });
 });
 
+/** Each change line is refused with a usage error whose message matches, and which has a hint. */
+function assertRefused(refusals: readonly (readonly [string, RegExp])[]): void {
+  for (const [line, message] of refusals) {
+    assert.throws(
+      () => applyChange({}, line),
+      (error: unknown) =>
+        error instanceof UsageError && message.test(error.message) && error.hint !== undefined,
+      line,
+    );
+  }
+}
 describe("container config", () => {
   it("parses exec and shell forms", () => {
     assert.deepEqual(parseCommand('["/bin/app","-x"]', "--cmd"), ["/bin/app", "-x"]);
@@ -216,6 +227,119 @@ describe("container config", () => {
     const rebuilt = configToInstructions(config).reduce(applyChange, {});
     assert.deepEqual(rebuilt, config);
   });
+
+  it("reads HEALTHCHECK as Docker's parser does", () => {
+    assert.deepEqual(applyChange({}, "HEALTHCHECK none").Healthcheck, { Test: ["NONE"] });
+    assert.deepEqual(
+      applyChange({}, 'HEALTHCHECK --interval=5s --retries=2 CMD ["/bin/true", "-x"]').Healthcheck,
+      {
+        Test: ["CMD", "/bin/true", "-x"],
+        Interval: 5_000_000_000,
+        Retries: 2,
+      },
+    );
+    // The shell form is the rest of the line, quotes and $ untouched; the durations are Go's, in ns (the
+    // values an engine 20.10 import recorded for this line).
+    assert.deepEqual(
+      applyChange(
+        { Env: ["A=1"] },
+        'HEALTHCHECK --interval=1m30.5s --timeout=1.5ms --start-period=2h --start-interval="250ms"  cmd   curl -f "http://x/$A"  ',
+      ).Healthcheck,
+      {
+        Test: ["CMD-SHELL", 'curl -f "http://x/$A"'],
+        Interval: 90_500_000_000,
+        Timeout: 1_500_000,
+        StartPeriod: 7_200_000_000_000,
+        StartInterval: 250_000_000,
+      },
+    );
+    // 0 (or an empty value) is the engine's default, which it leaves out of the config.
+    assert.deepEqual(
+      applyChange({}, "HEALTHCHECK --interval=0 --timeout=0s --start-period= --retries=0 CMD x").Healthcheck,
+      { Test: ["CMD-SHELL", "x"] },
+    );
+    assert.deepEqual(applyChange({}, "HEALTHCHECK --timeout=.5s --retries=+3 CMD x").Healthcheck, {
+      Test: ["CMD-SHELL", "x"],
+      Timeout: 500_000_000,
+      Retries: 3,
+    });
+    // A later HEALTHCHECK replaces the earlier one as a whole.
+    const replaced = ["HEALTHCHECK --retries=5 CMD a", "HEALTHCHECK CMD b"].reduce(applyChange, {});
+    assert.deepEqual(replaced.Healthcheck, { Test: ["CMD-SHELL", "b"] });
+  });
+
+  it("refuses a HEALTHCHECK Docker refuses, with a hint", () => {
+    const refusals: [string, RegExp][] = [
+      ["HEALTHCHECK --bogus=1 CMD x", /HEALTHCHECK has no flag --bogus$/],
+      ["HEALTHCHECK --interval CMD x", /--interval has no value$/],
+      ["HEALTHCHECK --interval=1s --interval=2s CMD x", /--interval is given twice$/],
+      ["HEALTHCHECK --interval=5 CMD x", /--interval=5 is not a duration$/],
+      ["HEALTHCHECK --timeout=1x CMD x", /--timeout=1x is not a duration$/],
+      ["HEALTHCHECK --interval=500us CMD x", /--interval=500us is shorter than 1ms$/],
+      ["HEALTHCHECK --start-period=-1s CMD x", /--start-period=-1s is shorter than 1ms$/],
+      ["HEALTHCHECK --interval=2501h59m59.254740993s CMD x", /cannot be recorded exactly$/],
+      ["HEALTHCHECK --retries=-1 CMD x", /--retries=-1 is not a number of retries$/],
+      ["HEALTHCHECK --retries=two CMD x", /--retries=two is not a number of retries$/],
+      ["HEALTHCHECK --retries=2147483648 CMD x", /is not a number of retries$/],
+      ["HEALTHCHECK --interval=5s", /HEALTHCHECK needs CMD or NONE$/],
+      ["HEALTHCHECK RUN x", /HEALTHCHECK needs CMD or NONE, not RUN$/],
+      ["HEALTHCHECK CMD", /HEALTHCHECK CMD has no command$/],
+      ["HEALTHCHECK --retries=1 CMD []", /HEALTHCHECK CMD has no command$/],
+      ["HEALTHCHECK NONE x", /HEALTHCHECK NONE takes no arguments$/],
+      // The engine ignores flags before NONE; they can only be a mistake.
+      ["HEALTHCHECK --interval=5s NONE", /HEALTHCHECK NONE takes no flags$/],
+      ["HEALTHCHECK CMD [1]", /the exec form must be a JSON array of strings/],
+    ];
+    assertRefused(refusals);
+    assert.throws(() => applyChange({}, "HEALTHCHECK"), /HEALTHCHECK needs an argument/);
+  });
+
+  it("records ONBUILD triggers verbatim, in order, and refuses those Docker refuses", () => {
+    const config = [
+      "ONBUILD RUN echo $A   ",
+      "onbuild  copy . /src",
+      "ONBUILD RUN make \\\n  && make install",
+    ].reduce(applyChange, { Env: ["A=1"] });
+    // Not substituted, spacing and case kept (trailing blanks too), continued lines joined: as the engine
+    // records the triggers.
+    assert.deepEqual(config.OnBuild, ["RUN echo $A   ", "copy . /src", "RUN make   && make install"]);
+    const refusals: [string, RegExp][] = [
+      ["ONBUILD ONBUILD RUN x", /ONBUILD is not allowed as an ONBUILD trigger$/],
+      ["ONBUILD from alpine", /FROM is not allowed as an ONBUILD trigger$/],
+      ["ONBUILD MAINTAINER me", /MAINTAINER is not allowed as an ONBUILD trigger$/],
+      ["ONBUILD --x RUN y", /ONBUILD has no flag --x$/],
+      ["ONBUILD --", /ONBUILD needs an instruction$/],
+    ];
+    assertRefused(refusals);
+    assert.throws(() => applyChange({}, "ONBUILD"), /ONBUILD needs an argument/);
+  });
+
+  it("writes HEALTHCHECK and ONBUILD back as the engine reads them", () => {
+    const config = {
+      Healthcheck: {
+        Test: ["CMD-SHELL", 'curl -f "http://localhost/$PORT" || exit 1'],
+        Interval: 90_500_000_000,
+        Timeout: 1_500_000,
+        StartPeriod: 7_200_000_000_000,
+        StartInterval: 1_000_000_000,
+        Retries: 3,
+      },
+      OnBuild: ["RUN echo $A   ", "COPY . /src"],
+    };
+    const lines = configToInstructions(config);
+    assert.deepEqual(lines, [
+      'HEALTHCHECK --interval=1m30.5s --timeout=1.5ms --start-period=2h0m0s --start-interval=1s --retries=3 CMD curl -f "http://localhost/$PORT" || exit 1',
+      "ONBUILD RUN echo $A   ",
+      "ONBUILD COPY . /src",
+    ]);
+    assert.deepEqual(lines.reduce(applyChange, {}), config);
+    for (const Healthcheck of [
+      { Test: ["NONE"] },
+      { Test: ["CMD", "/bin/check", "a b"], Interval: 5_000_000_000 },
+    ]) {
+      assert.deepEqual(configToInstructions({ Healthcheck }).reduce(applyChange, {}), { Healthcheck });
+    }
+  });
 });
 
 describe("image identity", () => {
@@ -236,6 +360,15 @@ describe("image identity", () => {
     assert.deepEqual(parsed.config, { Cmd: ["/hello"] }, "empty members are omitted");
     assert.deepEqual(parsed.rootfs, { type: "layers", diff_ids: [`sha256:${"a".repeat(64)}`] });
     assert.equal(configJson(image).toString(), canonicalJson(parsed).toString());
+  });
+
+  it("carries Docker's Healthcheck and OnBuild in the config it writes", () => {
+    const config = {
+      Healthcheck: { Test: ["CMD", "/bin/true"], Interval: 5_000_000_000, Retries: 2 },
+      OnBuild: ["RUN echo hi"],
+    };
+    const parsed = JSON.parse(configJson({ ...image, config }).toString()) as Record<string, unknown>;
+    assert.deepEqual(parsed.config, config);
   });
 
   // The golden value was computed independently: sha256 of the same document written by Python json.dumps(sort_keys).
