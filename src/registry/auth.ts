@@ -168,16 +168,18 @@ export async function runCredentialHelper(
       },
     );
   }
-  let answer: { Username?: unknown; Secret?: unknown };
+  let answer: { Username?: unknown; Secret?: unknown } | null;
   try {
     answer = JSON.parse(out) as typeof answer;
   } catch (error) {
-    throw new ToolError(`the credential helper ${program} printed something that is not JSON`, {
+    // docker fails here as well: only the not-found error above means "no credentials".
+    const printed = out === "" ? "nothing" : "something that is not JSON";
+    throw new ToolError(`the credential helper ${program} printed ${printed} for ${server}`, {
       cause: error,
       hint: `It must print {"ServerURL":…,"Username":…,"Secret":…}; check \`echo ${server} | ${program} get\`.`,
     });
   }
-  if (typeof answer.Secret !== "string" || answer.Secret === "") return undefined;
+  if (typeof answer?.Secret !== "string" || answer.Secret === "") return undefined;
   const username = typeof answer.Username === "string" ? answer.Username : undefined;
   // Helpers store OAuth refresh tokens with this placeholder user name (docker CLI convention).
   if (username === "<token>") return { identityToken: answer.Secret, origin: program };
@@ -358,6 +360,13 @@ export class RegistryAuthenticator {
     }
     await this.fetchToken([...scopes, ...challenge.scopes]);
     return `Bearer ${this.token?.value ?? ""}`;
+  }
+
+  /** The error for a request answered 401 again after the header {@link answer} returned was sent. */
+  refusedAgain(): Promise<SinkError> {
+    // A token server that issued a token took the credentials (or anonymity): what is refused is the
+    // access the token was asked for, mostly push rights on the repository.
+    return this.refusal(this.mode === "bearer" ? "refused access" : "refused the credentials");
   }
 
   /** The error for a registry that still says no; the hint depends on whether we had credentials. */

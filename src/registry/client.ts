@@ -1,17 +1,19 @@
 /**
  * The OCI distribution protocol, the part a push needs: blob existence (`HEAD`), blob upload (one
  * `PUT` after the `POST`, or `PATCH` chunks with `Content-Range` for large blobs), cross-repository
- * mount, and manifest `PUT`. One client talks to one registry host for one push.
+ * mount (best effort: a registry that does not mount gets the blob uploaded), and manifest `PUT`.
+ * One client talks to one registry host for one push.
  *
  * Transport rules: HTTPS with a verified certificate. The loopback names (`localhost`, `127.0.0.1`,
  * `[::1]`) and registries the user allows as insecure are treated as docker and crane treat them: HTTPS
  * without verifying the certificate, and plain HTTP when the server does not speak TLS; the first
  * request decides which, for the whole client. Credentials are only ever sent to the registry's own
- * origin and to its token realm, never to a host an upload `Location` points at.
+ * origin and to its token realm, never to a host an upload `Location` or a redirect points at.
  *
  * Failures: connection resets and refusals, timeouts, 429 and 5xx are transient; each operation is
- * retried as a whole (a blob upload starts over with a fresh open of the blob) with exponential
- * backoff, a bounded number of times. Every other 4xx is final and becomes a
+ * retried as a whole (a blob upload starts over in a new session with a fresh open of the blob, never
+ * re-sending a chunk to a session in an unknown state) with exponential backoff or the registry's
+ * `Retry-After`, a bounded number of times. Every other 4xx is final and becomes a
  * {@link RegistryResponseError} carrying the registry's own `errors[]`.
  */
 import * as http from "node:http";
@@ -26,6 +28,12 @@ import { failWhenSilent } from "../net/http-get.js";
 import { ProxyAgents, isLoopbackHost, proxyHint, proxyRoute } from "../net/proxy.js";
 import type { ProgressListener } from "../progress.js";
 import { RegistryAuthenticator, repositoryScope, type RegistryCredentials } from "./auth.js";
+
+/** An upload the registry opened: where the bytes go, and the smallest chunk it takes (0: any). */
+export interface UploadSession {
+  readonly location: URL;
+  readonly minChunkLength: number;
+}
 
 /** A blob to push: its descriptor, and a way to read its bytes (again, for each try). */
 export interface PushBlob {
@@ -55,6 +63,8 @@ export interface RegistryResponse {
 export interface RegistryErrorEntry {
   readonly code: string;
   readonly message: string;
+  /** `detail` as text (JSON unless it is a string); absent when the registry gave none. */
+  readonly detail?: string;
 }
 
 /** A registry answered a request with a final (non-retryable) error status. */
@@ -99,6 +109,15 @@ const DEFAULT_CHUNK_SIZE = 16 * 1024 * 1024;
 const MAX_TRIES = 4;
 const FIRST_BACKOFF_MS = 500;
 const MAX_BACKOFF_MS = 8_000;
+/**
+ * The longest `Retry-After` waited for, as containers/image caps it: trying again before the time a
+ * rate limiter named only earns another 429.
+ */
+const MAX_RETRY_AFTER_MS = 60_000;
+/** Redirects followed for one request, as many as Go's HTTP client (crane, skopeo) follows. */
+const MAX_REDIRECTS = 10;
+/** Longest error text kept from a registry's answer: enough for a sentence, not for a page. */
+const MAX_ERROR_TEXT = 200;
 /** A socket silent this long is given up (and the operation retried). */
 const IDLE_TIMEOUT_MS = 60_000;
 /** Registry answers we read are JSON documents and error bodies: far below this. */
@@ -115,17 +134,35 @@ export interface RegistryClientOptions {
   readonly chunkSize?: number;
 }
 
+/** `text` on one line, cut at {@link MAX_ERROR_TEXT} characters. */
+function oneLine(text: string): string {
+  const line = text.replace(/\s+/g, " ").trim();
+  return line.length > MAX_ERROR_TEXT ? `${line.slice(0, MAX_ERROR_TEXT)}…` : line;
+}
+
+/**
+ * The `detail` of an error entry as text. Registries put the useful part there (the missing blob's
+ * digest, why a manifest is invalid); distribution marshals Go errors it holds as an empty `{}`.
+ */
+function detailText(detail: unknown): string {
+  if (detail === undefined || detail === null) return "";
+  const text = oneLine(typeof detail === "string" ? detail : JSON.stringify(detail));
+  return text === "{}" || text === "[]" ? "" : text;
+}
+
 function registryErrors(body: Buffer): RegistryErrorEntry[] {
   try {
     const parsed = JSON.parse(body.toString("utf8")) as { errors?: unknown };
     if (!Array.isArray(parsed.errors)) return [];
     return parsed.errors.flatMap((entry: unknown) => {
       if (entry === null || typeof entry !== "object") return [];
-      const { code, message } = entry as { code?: unknown; message?: unknown };
+      const { code, message, detail } = entry as { code?: unknown; message?: unknown; detail?: unknown };
+      const text = detailText(detail);
       return [
         {
           code: typeof code === "string" ? code : "UNKNOWN",
           message: typeof message === "string" ? message : "",
+          ...(text === "" ? {} : { detail: text }),
         },
       ];
     });
@@ -135,16 +172,28 @@ function registryErrors(body: Buffer): RegistryErrorEntry[] {
 }
 
 function describeErrors(status: number, errors: readonly RegistryErrorEntry[], body: Buffer): string {
-  if (errors.length > 0)
-    return errors.map((e) => (e.message === "" ? e.code : `${e.code}: ${e.message}`)).join("; ");
-  const text = body.toString("utf8").trim().slice(0, 200);
+  if (errors.length > 0) {
+    return errors
+      .map((e) => {
+        const what = e.message === "" ? e.code : `${e.code}: ${e.message}`;
+        return e.detail === undefined ? what : `${what} (${e.detail})`;
+      })
+      .join("; ");
+  }
+  // Proxies and load balancers in front of a registry answer with an HTML page: its title says it.
+  const page = body.toString("utf8");
+  const html = /^\s*</.test(page);
+  const title = html ? /<title[^>]*>([^<]*)<\/title>/i.exec(page)?.[1] : undefined;
+  const text = oneLine(html ? (title ?? page.replace(/<[^>]*>/g, " ")) : page);
   return text === "" ? `HTTP ${status}` : `HTTP ${status}: ${text}`;
 }
 
+/** `Retry-After` in milliseconds: delay-seconds, or an HTTP date (RFC 9110, section 10.2.3). */
 function retryAfterMs(headers: http.IncomingHttpHeaders): number | undefined {
   const value = headers["retry-after"];
-  if (value === undefined || !/^\d+$/.test(value)) return undefined;
-  return Number(value) * 1000;
+  if (value === undefined) return undefined;
+  const ms = /^\d+$/.test(value) ? Number(value) * 1000 : Date.parse(value) - Date.now();
+  return Number.isFinite(ms) && ms > 0 ? ms : undefined;
 }
 
 /** `sha256:` and the first 12 hex digits, enough to tell blobs apart in messages. */
@@ -414,16 +463,44 @@ export class RegistryClient {
     return url.protocol === "https:" ? this.httpsAgent : this.httpAgent;
   }
 
-  /** An exchange with the registry itself: auth header added, one retry after a 401 challenge. */
+  /**
+   * An exchange with the registry itself: auth header added, one retry after a 401 challenge, and
+   * 307/308 redirects followed. The distribution spec lets a registry redirect any request; these two
+   * keep the method and body, so a manifest or an upload is sent again to the new URL. A HEAD is left
+   * to its caller: a blob HEAD redirected to storage already says that the blob exists.
+   */
   private async call(request: RegistryRequest, scopes: readonly string[]): Promise<RegistryResponse> {
-    // Never hand credentials to another origin (blob storage a Location may point at).
+    let current = request;
+    for (let redirects = 0; ; redirects++) {
+      const response = await this.callOnce(current, scopes);
+      if (
+        request.method === "HEAD" ||
+        (response.status !== 307 && response.status !== 308) ||
+        response.headers.location === undefined
+      ) {
+        return response;
+      }
+      if (redirects === MAX_REDIRECTS) {
+        throw new SinkError(
+          `the registry ${this.host} redirects ${request.method} ${request.url.pathname} more than ${MAX_REDIRECTS} times`,
+          {
+            hint: "The registry or a proxy in front of it is misconfigured; ask its operator.",
+          },
+        );
+      }
+      current = { ...current, url: this.location(response, current.url, `a ${response.status} redirect`) };
+    }
+  }
+
+  private async callOnce(request: RegistryRequest, scopes: readonly string[]): Promise<RegistryResponse> {
+    // Never hand credentials to another origin (blob storage a Location or a redirect may point at).
     if (request.url.origin !== (await this.origin())) return this.exchange(request);
     const sent = await this.auth.authorization(scopes);
     const first = await this.exchange(withAuthorization(request, sent));
     if (first.status !== 401) return first;
     const retry = await this.auth.answer(first.headers["www-authenticate"], scopes, sent);
     const second = await this.exchange(withAuthorization(request, retry));
-    if (second.status === 401) throw await this.auth.refusal("refused the credentials");
+    if (second.status === 401) throw await this.auth.refusedAgain();
     return second;
   }
 
@@ -443,7 +520,7 @@ export class RegistryClient {
           });
         }
         const backoff = Math.min(FIRST_BACKOFF_MS * 2 ** (tryNumber - 1), MAX_BACKOFF_MS);
-        const delay = Math.min(Math.max(backoff, error.retryAfterMs ?? 0), MAX_BACKOFF_MS);
+        const delay = Math.max(backoff, Math.min(error.retryAfterMs ?? 0, MAX_RETRY_AFTER_MS));
         onProgress({
           kind: "log",
           source: "registry",
@@ -458,21 +535,26 @@ export class RegistryClient {
     }
   }
 
-  /** Fails with the registry's own error unless `response.status` is one of `expected`. */
+  /**
+   * Fails with the registry's own error unless `response.status` is one of `expected`; `hintFor` may
+   * give advice that fits the step better than the general one.
+   */
   private expect(
     response: RegistryResponse,
     expected: readonly number[],
     what: string,
     repository: string,
+    hintFor?: (status: number, errors: readonly RegistryErrorEntry[]) => string | undefined,
   ): void {
     if (expected.includes(response.status)) return;
     const errors = registryErrors(response.body);
     const hint =
-      response.status === 403
+      hintFor?.(response.status, errors) ??
+      (response.status === 403
         ? `The credentials for ${this.host} lack push rights on ${repository}; check them or log in as another user.`
         : response.status === 404
           ? `Check the repository name ${repository} and that the registry at ${this.host} serves the distribution API.`
-          : `The registry refused the request; its answer is above.`;
+          : `The registry refused the request; its answer is above.`);
     throw new RegistryResponseError(
       `${what} at ${this.host}/${repository} failed: ${describeErrors(response.status, errors, response.body)}`,
       response.status,
@@ -493,6 +575,15 @@ export class RegistryClient {
     return url;
   }
 
+  /** The upload session a 202 to a `POST` on the uploads endpoint opened. */
+  private uploadSession(response: RegistryResponse, base: URL): UploadSession {
+    const min = Number(response.headers["oci-chunk-min-length"]);
+    return {
+      location: this.location(response, base, "an upload start"),
+      minChunkLength: Number.isSafeInteger(min) && min > 0 ? min : 0,
+    };
+  }
+
   /** Whether `repository` already holds blob `digest`. */
   blobExists(repository: string, digest: string): Promise<boolean> {
     return this.retrying(`checking blob ${shortDigest(digest)}`, async () => {
@@ -506,38 +597,75 @@ export class RegistryClient {
   }
 
   /**
-   * Asks the registry to mount blob `digest` from repository `from` into `repository`. Returns true
-   * when mounted; false when the registry could not (it then opened an upload, which is left to expire).
+   * Asks the registry to mount blob `digest` from repository `from` into `repository`. Returns
+   * `"mounted"`; else the upload session the registry opened instead (a 202: it cannot mount, or does
+   * not find the blob there), for {@link uploadBlob} to continue; else undefined when it refused.
    */
-  mountBlob(repository: string, digest: string, from: string): Promise<boolean> {
+  mountBlob(
+    repository: string,
+    digest: string,
+    from: string,
+  ): Promise<"mounted" | UploadSession | undefined> {
     const scopes = [repositoryScope(repository, "pull,push"), repositoryScope(from, "pull")];
-    return this.retrying(`mounting blob ${shortDigest(digest)}`, async () => {
+    const what = `mounting blob ${shortDigest(digest)} from ${from}`;
+    return this.retrying(what, async () => {
       const url = await this.url(`/v2/${repository}/blobs/uploads/`);
       url.searchParams.set("mount", digest);
       url.searchParams.set("from", from);
-      const response = await this.call({ method: "POST", url }, scopes);
-      this.expect(response, [201, 202], `mounting blob ${shortDigest(digest)} from ${from}`, repository);
-      return response.status === 201;
+      try {
+        const response = await this.call({ method: "POST", url }, scopes);
+        this.expect(response, [201, 202], what, repository);
+        return response.status === 201 ? "mounted" : this.uploadSession(response, url);
+      } catch (error) {
+        // A mount only saves an upload. Registries refuse it where they should answer 202: a token
+        // without pull on `from` (401), a source repository they do not know (403, 404), and token
+        // servers refuse scopes on such repositories. The upload then shows any lasting problem.
+        if (!(error instanceof SinkError)) throw error;
+        this.options.onProgress({
+          kind: "log",
+          source: "registry",
+          line: `${what}: ${error.message}; uploading it instead`,
+        });
+        return undefined;
+      }
     });
   }
 
-  /** Uploads `blob` into `repository`: one `PUT` when small, `PATCH` chunks then a `PUT` when large. */
-  uploadBlob(repository: string, blob: PushBlob): Promise<void> {
+  /** Opens an upload session in `repository`. */
+  private async startUpload(
+    repository: string,
+    scopes: readonly string[],
+    what: string,
+  ): Promise<UploadSession> {
+    const url = await this.url(`/v2/${repository}/blobs/uploads/`);
+    const response = await this.call({ method: "POST", url }, scopes);
+    this.expect(response, [202], what, repository);
+    return this.uploadSession(response, url);
+  }
+
+  /**
+   * Uploads `blob` into `repository`, in `opened` if a mount left a session: one `PUT` when small,
+   * `PATCH` chunks then a `PUT` when large.
+   */
+  uploadBlob(repository: string, blob: PushBlob, opened?: UploadSession): Promise<void> {
     const { digest, size } = blob.descriptor;
     const what = `uploading blob ${shortDigest(digest)}`;
     const scopes = [repositoryScope(repository, "pull,push")];
+    let unused = opened;
     return this.retrying(what, async () => {
-      const start = await this.url(`/v2/${repository}/blobs/uploads/`);
-      const started = await this.call({ method: "POST", url: start }, scopes);
-      this.expect(started, [202], what, repository);
-      let location = this.location(started, start, "an upload start");
+      // A session serves one try: a failed one may have left part of the blob in it.
+      const session = unused ?? (await this.startUpload(repository, scopes, what));
+      unused = undefined;
+      // The spec's minimum for every chunk but the last (object storage has one for multipart parts).
+      const chunkSize = Math.max(this.chunkSize, session.minChunkLength);
+      let location = session.location;
       const open = (): AsyncIterable<Buffer> => exactly(blob.open(), size, `blob ${digest}`);
       let body: RegistryRequest["body"];
-      if (size <= this.chunkSize) {
+      if (size <= chunkSize) {
         body = { size, open };
       } else {
         let offset = 0;
-        for await (const chunk of fixedChunks(open(), this.chunkSize)) {
+        for await (const chunk of fixedChunks(open(), chunkSize)) {
           const response = await this.call(
             {
               method: "PATCH",
@@ -570,19 +698,26 @@ export class RegistryClient {
   /** Puts a manifest or index under `reference` (a digest or a tag); returns the digest the registry reports. */
   putManifest(repository: string, reference: string, manifest: Blob): Promise<string> {
     const what = `putting manifest ${shortDigest(manifest.descriptor.digest)} as ${reference.includes(":") ? shortDigest(reference) : reference}`;
+    const { mediaType } = manifest.descriptor;
+    // Registries that predate OCI manifests answer them as unsupported or as invalid.
+    const ociRefused = (status: number, errors: readonly RegistryErrorEntry[]): string | undefined =>
+      status === 415 ||
+      (status === 400 && errors.some((e) => e.code === "MANIFEST_INVALID" || e.code === "UNSUPPORTED"))
+        ? `The registry may not take ${mediaType} (mkbase writes OCI media types only). Write an OCI archive with -o type=oci,dest=image.tar, then convert it to Docker's manifest format while pushing: \`skopeo copy --all --format v2s2 oci-archive:image.tar docker://${this.host}/${repository}:TAG\`.`
+        : undefined;
     return this.retrying(what, async () => {
       const url = await this.url(`/v2/${repository}/manifests/${reference}`);
       const response = await this.call(
         {
           method: "PUT",
           url,
-          headers: { "content-type": manifest.descriptor.mediaType },
+          headers: { "content-type": mediaType },
           body: manifest.data,
         },
         [repositoryScope(repository, "pull,push")],
       );
       // The spec says 201; some registries answer 200 or 202 for a stored manifest, and crane takes them.
-      this.expect(response, [200, 201, 202], what, repository);
+      this.expect(response, [200, 201, 202], what, repository, ociRefused);
       const reported = response.headers["docker-content-digest"];
       if (typeof reported === "string" && reported !== "" && reported !== manifest.descriptor.digest) {
         throw new SinkError(

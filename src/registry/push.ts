@@ -121,10 +121,15 @@ async function pushBlob(session: PushSession, blob: PushBlob, kind: string): Pro
     log(`${digestLabel(digest)} exists`);
   } else {
     const from = known.get(digest);
-    if (from !== undefined && from !== repository && (await client.mountBlob(repository, digest, from))) {
+    const mount =
+      from !== undefined && from !== repository
+        ? await client.mountBlob(repository, digest, from)
+        : undefined;
+    if (mount === "mounted") {
       log(`${digestLabel(digest)} mounted from ${from}`);
     } else {
-      await client.uploadBlob(repository, blob);
+      // A mount the registry did not do may have opened the session to upload in.
+      await client.uploadBlob(repository, blob, mount);
       log(`${digestLabel(digest)} pushed`);
     }
   }

@@ -51,6 +51,14 @@ interface FakeRegistryOptions {
   readonly tls?: { readonly key: Buffer; readonly cert: Buffer };
   /** The status a stored manifest is answered with: 201 as the spec says, or another success. */
   readonly manifestStatus?: number;
+  /** false: answer every mount with a new upload session (202), as registries that cannot mount do. */
+  readonly mounts?: boolean;
+  /** Announced as `OCI-Chunk-Min-Length` when an upload starts. */
+  readonly chunkMinLength?: number;
+  /** Issue a token without any scope to a client that sends no credentials. */
+  readonly anonymousTokens?: boolean;
+  /** Scopes the token server leaves out of every token, as it does for access the user lacks. */
+  readonly ungranted?: readonly string[];
 }
 
 /** An in-memory distribution registry, strict about what it checks, recording every request. */
@@ -61,8 +69,11 @@ class FakeRegistry {
   readonly manifests = new Map<string, { contentType: string; data: Buffer }>();
   /** Connections that did not speak HTTP (or TLS, when serving HTTPS), e.g. a TLS handshake to HTTP. */
   clientErrors = 0;
-  /** Decides a failure status for a request before it is handled (fault injection). */
-  fail: (request: SeenRequest) => { status: number; body?: object } | undefined = () => undefined;
+  /** Decides an answer (a failure, a redirect) for a request before it is handled (fault injection). */
+  fail: (
+    request: SeenRequest,
+  ) => { status: number; headers?: Record<string, string>; body?: object | string } | undefined = () =>
+    undefined;
   private readonly uploads = new Map<string, { repository: string; data: Buffer }>();
   private readonly tokens = new Map<string, Set<string>>();
   private nextId = 1;
@@ -120,9 +131,9 @@ class FakeRegistry {
     response: ServerResponse,
     status: number,
     headers: Record<string, string> = {},
-    body?: object,
+    body?: object | string,
   ): void {
-    const text = body === undefined ? "" : JSON.stringify(body);
+    const text = body === undefined ? "" : typeof body === "string" ? body : JSON.stringify(body);
     response.writeHead(status, { ...headers, "content-length": String(Buffer.byteLength(text)) });
     response.end(text);
   }
@@ -158,12 +169,14 @@ class FakeRegistry {
       return;
     }
     const expected = Buffer.from(`${this.options.user}:${this.options.password}`).toString("base64");
-    if (seen.headers.authorization !== `Basic ${expected}`) {
+    const anonymous = seen.headers.authorization === undefined && this.options.anonymousTokens === true;
+    if (seen.headers.authorization !== `Basic ${expected}` && !anonymous) {
       this.reply(response, 401, {}, { details: "incorrect username or password" });
       return;
     }
     const token = `token-${this.nextId++}`;
-    this.tokens.set(token, new Set(seen.query.getAll("scope")));
+    const granted = anonymous ? [] : seen.query.getAll("scope");
+    this.tokens.set(token, new Set(granted.filter((scope) => !this.options.ungranted?.includes(scope))));
     this.reply(response, 200, {}, { token, expires_in: 300 });
   }
 
@@ -182,7 +195,7 @@ class FakeRegistry {
     this.requests.push(seen);
     const failure = this.fail(seen);
     if (failure !== undefined) {
-      this.reply(response, failure.status, {}, failure.body);
+      this.reply(response, failure.status, failure.headers, failure.body);
       return;
     }
     const upload = /^\/v2\/(.+)\/blobs\/uploads\/([^/]*)$/.exec(url.pathname);
@@ -211,16 +224,18 @@ class FakeRegistry {
     } else if (upload !== null && request.method === "POST" && upload[2] === "") {
       const mount = url.searchParams.get("mount");
       const source = mount === null || from === null ? undefined : this.blob(from, mount);
-      if (mount !== null && source !== undefined) {
+      if (mount !== null && source !== undefined && this.options.mounts !== false) {
         this.store(repository, mount, source);
         this.reply(response, 201, { location: `/v2/${repository}/blobs/${mount}` });
         return;
       }
       const id = String(this.nextId++);
       this.uploads.set(id, { repository, data: Buffer.alloc(0) });
+      const minimum = this.options.chunkMinLength;
       this.reply(response, 202, {
         location: `/v2/${repository}/blobs/uploads/${id}?_state=s${id}`,
         range: "0-0",
+        ...(minimum === undefined ? {} : { "oci-chunk-min-length": String(minimum) }),
       });
     } else if (upload !== null && (request.method === "PATCH" || request.method === "PUT")) {
       const state = this.uploads.get(upload[2] as string);
@@ -530,6 +545,117 @@ describe("pushImage against an anonymous registry", () => {
     assert.equal(registry.requests.length, before);
   });
 
+  it("shows an error's detail, and the title of an HTML error page rather than the page", async () => {
+    const detail = `sha256:${"0".repeat(64)}`;
+    registry.fail = (r) =>
+      r.method === "PUT" && r.path.includes("/manifests/")
+        ? {
+            status: 400,
+            body: {
+              errors: [{ code: "MANIFEST_BLOB_UNKNOWN", message: "blob unknown to registry", detail }],
+            },
+          }
+        : undefined;
+    try {
+      await assert.rejects(
+        pushImage(parseTagReference(`${registry.host}/detail:1`), testImage("w"), options()),
+        (error) => {
+          assert.ok(error instanceof RegistryResponseError);
+          assert.match(
+            error.message,
+            /failed: MANIFEST_BLOB_UNKNOWN: blob unknown to registry \(sha256:0{64}\)$/,
+          );
+          assert.deepEqual(error.errors, [
+            { code: "MANIFEST_BLOB_UNKNOWN", message: "blob unknown to registry", detail },
+          ]);
+          return true;
+        },
+      );
+      const page =
+        "<html>\r\n<head><title>403 Forbidden</title></head>\r\n<body>\r\n<center><h1>403 Forbidden</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
+      registry.fail = (r) =>
+        r.method === "POST"
+          ? { status: 403, headers: { "content-type": "text/html" }, body: page }
+          : undefined;
+      await assert.rejects(
+        pushImage(parseTagReference(`${registry.host}/html:1`), testImage("x"), options()),
+        (error) => {
+          assert.ok(error instanceof RegistryResponseError);
+          assert.match(error.message, / at [^ ]+\/html failed: HTTP 403: 403 Forbidden$/);
+          return true;
+        },
+      );
+    } finally {
+      registry.fail = () => undefined;
+    }
+  });
+
+  it("says that a registry may not take OCI manifests when it calls one invalid or unsupported", async () => {
+    for (const refusal of [
+      { status: 400, body: { errors: [{ code: "MANIFEST_INVALID", message: "manifest invalid" }] } },
+      { status: 415 },
+    ]) {
+      registry.fail = (r) => (r.method === "PUT" && r.path.includes("/manifests/") ? refusal : undefined);
+      try {
+        await assert.rejects(
+          pushImage(parseTagReference(`${registry.host}/old:1`), testImage("y"), options()),
+          (error) => {
+            assert.ok(error instanceof RegistryResponseError);
+            assert.equal(error.status, refusal.status);
+            assert.match(
+              error.hint ?? "",
+              new RegExp(
+                `may not take application/vnd\\.oci\\.image\\.manifest\\.v1\\+json .*skopeo copy --all --format v2s2 oci-archive:image\\.tar docker://${registry.host}/old:TAG`,
+              ),
+            );
+            return true;
+          },
+        );
+      } finally {
+        registry.fail = () => undefined;
+      }
+    }
+  });
+
+  it("waits as long as a 429's Retry-After asks, in seconds or as a date, beyond its own backoff", async () => {
+    for (const [retryAfter, wait] of [
+      ["30", /in 30\.0 s$/],
+      [new Date(Date.now() + 21_000).toUTCString(), /in (19|20|21)\.\d s$/],
+    ] as const) {
+      registry.fail = (r) =>
+        r.method === "POST"
+          ? {
+              status: 429,
+              headers: { "retry-after": retryAfter },
+              body: { errors: [{ code: "TOOMANYREQUESTS", message: "slow down" }] },
+            }
+          : undefined;
+      const controller = new AbortController();
+      const lines: string[] = [];
+      try {
+        await assert.rejects(
+          pushImage(
+            parseTagReference(`${registry.host}/limited:1`),
+            testImage("z"),
+            options({
+              signal: controller.signal,
+              onProgress: (event) => {
+                if (event.kind !== "log") return;
+                lines.push(event.line);
+                controller.abort();
+              },
+            }),
+          ),
+          InterruptedError,
+        );
+        assert.match(lines[0] ?? "", /TOOMANYREQUESTS: slow down; try 2 of 4 /);
+        assert.match(lines[0] ?? "", wait);
+      } finally {
+        registry.fail = () => undefined;
+      }
+    }
+  });
+
   it("stops with an InterruptedError when the signal is aborted", async () => {
     const controller = new AbortController();
     controller.abort();
@@ -541,6 +667,125 @@ describe("pushImage against an anonymous registry", () => {
       ),
       InterruptedError,
     );
+  });
+});
+
+describe("pushImage against registries that answer in other allowed ways", () => {
+  it("continues in the session a mount opened instead of mounting (202), without opening another", async () => {
+    const registry = await FakeRegistry.start({ mounts: false });
+    try {
+      const image = testImage("s");
+      await pushImage(parseTagReference(`${registry.host}/origin:1`), image, options());
+      await pushImage(parseTagReference(`${registry.host}/copy:1`), image, options());
+      const starts = registry.requests.filter(
+        (r) => r.method === "POST" && r.path === "/v2/copy/blobs/uploads/",
+      );
+      assert.equal(starts.length, 2, "one upload session per blob, the one the mount opened");
+      assert.ok(starts.every((r) => r.query.get("from") === "origin"));
+      assert.deepEqual(registry.blob("copy", image.layer.descriptor.digest), Buffer.alloc(3000, "s"));
+      assert.ok(registry.manifests.has("copy@1"));
+    } finally {
+      await registry.close();
+    }
+  });
+
+  it("sends chunks of at least the OCI-Chunk-Min-Length the registry announces", async () => {
+    const registry = await FakeRegistry.start({ chunkMinLength: 2000 });
+    try {
+      const image = testImage("t", 5000);
+      await pushImage(parseTagReference(`${registry.host}/minimum:1`), image, options({ chunkSize: 1000 }));
+      assert.deepEqual(
+        registry.requests.filter((r) => r.method === "PATCH").map((r) => r.headers["content-range"]),
+        ["0-1999", "2000-3999", "4000-4999"],
+      );
+      assert.deepEqual(registry.blob("minimum", image.layer.descriptor.digest), Buffer.alloc(5000, "t"));
+    } finally {
+      await registry.close();
+    }
+  });
+
+  it("follows 307 and 308 redirects, with the Authorization header for the registry's own origin only", async () => {
+    const registry = await FakeRegistry.start({ auth: "bearer", user: "alice", password: "s3cret" });
+    const stored: { query: URLSearchParams; authorization: string | undefined; body: Buffer }[] = [];
+    const storage = createServer((request, response) => {
+      const chunks: Buffer[] = [];
+      request.on("data", (chunk: Buffer) => chunks.push(chunk));
+      request.on("end", () => {
+        const url = new URL(request.url ?? "/", "http://storage");
+        stored.push({
+          query: url.searchParams,
+          authorization: request.headers.authorization,
+          body: Buffer.concat(chunks),
+        });
+        response.writeHead(201, { "content-length": "0" });
+        response.end();
+      });
+    });
+    const storagePort = await listenOnLoopback(storage);
+    try {
+      const auth = Buffer.from("alice:s3cret").toString("base64");
+      const dir = await dockerConfig("redirect", { auths: { [registry.host]: { auth } } });
+      registry.fail = (r) => {
+        // Blob uploads finish at another host; the tag moves within the registry.
+        if (r.method === "PUT" && r.path.includes("/blobs/uploads/")) {
+          return { status: 307, headers: { location: `http://127.0.0.1:${storagePort}/bucket?${r.query}` } };
+        }
+        if (r.method === "PUT" && r.path === "/v2/moving/manifests/1" && r.query.get("moved") === null) {
+          return { status: 308, headers: { location: "/v2/moving/manifests/1?moved=1" } };
+        }
+        return undefined;
+      };
+      const image = testImage("u");
+      await pushImage(
+        parseTagReference(`${registry.host}/moving:1`),
+        image,
+        options({ env: { DOCKER_CONFIG: dir } }),
+      );
+      assert.deepEqual(
+        stored.map((s) => [s.query.get("digest"), s.authorization, s.body.length]),
+        [
+          [image.layer.descriptor.digest, undefined, 3000],
+          [image.config.descriptor.digest, undefined, image.config.descriptor.size],
+        ],
+      );
+      const moved = registry.requests.find((r) => r.query.get("moved") === "1");
+      assert.match(moved?.headers.authorization ?? "", /^Bearer /);
+      assert.deepEqual(registry.manifests.get("moving@1")?.data, image.manifest.data);
+    } finally {
+      await registry.close();
+      await new Promise((resolve) => storage.close(resolve));
+    }
+  });
+
+  it("uploads a blob whose mount the registry refuses for lack of pull on the source repository", async () => {
+    const registry = await FakeRegistry.start({
+      auth: "bearer",
+      user: "alice",
+      password: "s3cret",
+      ungranted: ["repository:tok/src:pull"],
+    });
+    try {
+      const auth = Buffer.from("alice:s3cret").toString("base64");
+      const env = {
+        DOCKER_CONFIG: await dockerConfig("unmountable", { auths: { [registry.host]: { auth } } }),
+      };
+      const image = testImage("v");
+      await pushImage(parseTagReference(`${registry.host}/tok/src:1`), image, options({ env }));
+      const opts = options({ env });
+      await pushImage(parseTagReference(`${registry.host}/tok/dst:1`), image, opts);
+      assert.deepEqual(registry.blob("tok/dst", image.layer.descriptor.digest), Buffer.alloc(3000, "v"));
+      assert.ok(registry.manifests.has("tok/dst@1"));
+      assert.ok(
+        logLines(opts.events).some((line) =>
+          /^mounting blob sha256:[0-9a-f]{12} from tok\/src: .*refused access.*; uploading it instead$/.test(
+            line,
+          ),
+        ),
+        logLines(opts.events).join("\n"),
+      );
+    } finally {
+      await registry.close();
+    }
   });
 });
 
@@ -726,6 +971,69 @@ describe("registry auth", () => {
       }),
       ToolError,
     );
+  });
+
+  it("says that access was refused, not the credentials, when a token lacks the push scope", async () => {
+    const registry = await FakeRegistry.start({
+      auth: "bearer",
+      user: "alice",
+      password: "s3cret",
+      anonymousTokens: true,
+      ungranted: ["repository:tok/locked:pull,push"],
+    });
+    try {
+      await assert.rejects(
+        pushImage(parseTagReference(`${registry.host}/tok/anon:1`), testImage("a"), options()),
+        (error) => {
+          assert.ok(error instanceof SinkError);
+          assert.equal(
+            error.message,
+            `the registry ${registry.host} refused access and no credentials for it were found`,
+          );
+          assert.match(error.hint ?? "", /docker login/);
+          return true;
+        },
+      );
+      assert.equal(
+        registry.tokenRequests[0]?.headers.authorization,
+        undefined,
+        "an anonymous token was not asked for",
+      );
+      const auth = Buffer.from("alice:s3cret").toString("base64");
+      const dir = await dockerConfig("no-push", { auths: { [registry.host]: { auth } } });
+      await assert.rejects(
+        pushImage(
+          parseTagReference(`${registry.host}/tok/locked:1`),
+          testImage("b"),
+          options({ env: { DOCKER_CONFIG: dir } }),
+        ),
+        {
+          name: "SinkError",
+          message: `the registry ${registry.host} refused access (credentials from ${join(dir, "config.json")})`,
+        },
+      );
+    } finally {
+      await registry.close();
+    }
+  });
+
+  it("names a credential helper that printed nothing, and takes a null answer as no credentials", async () => {
+    const bin = await mkdtemp(join(scratch, "bin-"));
+    const helper = join(bin, "docker-credential-quiet");
+    await writeFile(
+      helper,
+      ["#!/bin/sh", "read server", 'if [ "$server" = quiet.example ]; then exit 0; fi', "echo null", ""].join(
+        "\n",
+      ),
+    );
+    await chmod(helper, 0o755);
+    const dir = await dockerConfig("quiet", { credsStore: "quiet" });
+    const lookup = { env: { DOCKER_CONFIG: dir, PATH: bin }, signal: new AbortController().signal };
+    await assert.rejects(findCredentials("quiet.example", lookup), {
+      name: "ToolError",
+      message: "the credential helper docker-credential-quiet printed nothing for quiet.example",
+    });
+    assert.equal(await findCredentials("null.example", lookup), undefined);
   });
 });
 
