@@ -1,13 +1,14 @@
 /**
  * HTTP proxies named by the environment, taken as curl, docker, crane and skopeo take them: HTTPS_PROXY
  * for https URLs, HTTP_PROXY for http ones, ALL_PROXY for either, NO_PROXY for the hosts to reach
- * directly (each in lowercase too). As in Go's net/http (docker, crane, skopeo), a loopback host is
- * never proxied: a server on this machine is one that a proxy elsewhere cannot reach.
+ * directly (each in lowercase too). As in Go's net/http (docker, buildx, crane, skopeo), NO_PROXY also
+ * takes IP addresses and CIDR ranges, and a loopback host is never proxied: a server on this machine is
+ * one that a proxy elsewhere cannot reach.
  *
  * The agents are loaded only when a proxy is named, so a command without one pays nothing for them.
  */
 import type * as http from "node:http";
-import type { Socket } from "node:net";
+import { BlockList, isIP, type Socket } from "node:net";
 import { checkServerIdentity, type PeerCertificate } from "node:tls";
 import { getProxyForUrl } from "proxy-from-env";
 import { UsageError } from "../errors.js";
@@ -28,6 +29,55 @@ export function isLoopbackHost(hostname: string): boolean {
   return name === "localhost" || name === "[::1]" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(name);
 }
 
+/** A NO_PROXY entry that names addresses: one address (and maybe a port), or a CIDR range. */
+interface AddressRule {
+  readonly addresses: BlockList;
+  /** Only requests to this port; any port when absent. */
+  readonly port?: string;
+}
+
+/**
+ * The {@link AddressRule} of a NO_PROXY entry, or undefined for a host name (left to proxy-from-env):
+ * `10.0.0.0/8`, `fd00::/8`, `10.1.2.3`, `10.1.2.3:5000`, `fd00::1`, `[fd00::1]:5000`, as Go's
+ * httpproxy reads them. A range takes no port there either.
+ */
+function addressRule(entry: string): AddressRule | undefined {
+  const range = /^([^/]+)\/(\d{1,3})$/.exec(entry);
+  const hostPort = /^\[(.+)\](?::(\d+))?$/.exec(entry) ?? /^([^:]+):(\d+)$/.exec(entry);
+  const address = range?.[1] ?? hostPort?.[1] ?? entry;
+  const family = isIP(address);
+  if (family === 0) return undefined;
+  const width = family === 4 ? 32 : 128;
+  const prefix = range === null ? width : Number(range[2]);
+  if (prefix > width) return undefined;
+  const addresses = new BlockList();
+  addresses.addSubnet(address, prefix, family === 4 ? "ipv4" : "ipv6");
+  return { addresses, port: hostPort?.[2] };
+}
+
+/**
+ * Whether NO_PROXY names `url`'s host by address: an IP address equal to it or a CIDR range holding it.
+ * proxy-from-env compares entries as text: it knows no ranges, and takes an IPv6 entry's last group for
+ * a port. Only a host written as an address is matched, as in Go: a name is not resolved to see whether
+ * it falls in a range, and an IPv4 entry also matches the IPv4-mapped IPv6 form of its address.
+ */
+function noProxyNamesAddress(url: URL): boolean {
+  const host = url.hostname.replace(/^\[(.*)\]$/, "$1");
+  const family = isIP(host);
+  if (family === 0) return false;
+  const port = url.port || (url.protocol === "https:" ? "443" : "80");
+  // The variable proxy-from-env reads, so that its entries and these come from one list.
+  const list = process.env.no_proxy || process.env.NO_PROXY || "";
+  return list
+    .toLowerCase()
+    .split(/[\s,]+/)
+    .some((entry) => {
+      const rule = addressRule(entry);
+      if (rule === undefined || (rule.port !== undefined && rule.port !== port)) return false;
+      return rule.addresses.check(host, family === 4 ? "ipv4" : "ipv6");
+    });
+}
+
 /** The variable proxy-from-env read the proxy of a `protocol` URL from: the first one set. */
 function namingVariable(protocol: string): string {
   const scheme = protocol.replace(/:$/, "");
@@ -40,7 +90,7 @@ function namingVariable(protocol: string): string {
  * http(s) proxy URL is a usage error: silently going direct would fail later, further from the cause.
  */
 export function proxyRoute(url: URL): ProxyRoute | undefined {
-  if (isLoopbackHost(url.hostname)) return undefined;
+  if (isLoopbackHost(url.hostname) || noProxyNamesAddress(url)) return undefined;
   if (getProxyForUrl(url.href) === "") return undefined;
   const variable = namingVariable(url.protocol);
   const named = process.env[variable] ?? "";

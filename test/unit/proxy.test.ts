@@ -66,6 +66,46 @@ test("NO_PROXY names hosts (and domain suffixes) that are reached directly", () 
   assert.notEqual(proxyRoute(new URL("https://registry.example.com/")), undefined);
 });
 
+test("NO_PROXY takes IP addresses and CIDR ranges, matched against a host written as an address", () => {
+  environment({
+    HTTPS_PROXY: "http://proxy:3128",
+    HTTP_PROXY: "http://proxy:3128",
+    // Commas and spaces both separate entries; case does not matter.
+    NO_PROXY: "10.0.0.0/8, 192.168.1.0/24 FD00::/8,172.16.0.5,[2001:db8::1]:5000,172.16.0.6:5000",
+  });
+  const direct = [
+    "https://10.1.2.3:5000/v2/",
+    "http://192.168.1.77/x.tar",
+    "https://[fd00::1]/",
+    "https://[fdff:1::2]:8443/",
+    "https://172.16.0.5/",
+    "https://172.16.0.6:5000/",
+    "https://[2001:db8::1]:5000/",
+    // The IPv4-mapped IPv6 form of an address in a range, as Go matches it.
+    "https://[::ffff:10.0.0.1]/",
+  ];
+  for (const url of direct) assert.equal(proxyRoute(new URL(url)), undefined, url);
+  const proxied = [
+    "https://11.0.0.1/",
+    "http://192.168.2.1/",
+    "https://[fe80::1]/",
+    "https://172.16.0.4/",
+    // An address with a port in NO_PROXY is direct on that port only.
+    "https://172.16.0.6/",
+    "https://[2001:db8::1]/",
+    // A name is not resolved to see whether it falls in a range.
+    "https://10.0.0.1.example.com/",
+  ];
+  for (const url of proxied) assert.notEqual(proxyRoute(new URL(url)), undefined, url);
+});
+
+test("NO_PROXY=* sends every host direct, whatever its form", () => {
+  environment({ HTTPS_PROXY: "http://proxy:3128", no_proxy: "*" });
+  for (const url of ["https://registry.example.com/", "https://10.1.2.3/", "https://[fd00::1]:5000/"]) {
+    assert.equal(proxyRoute(new URL(url)), undefined, url);
+  }
+});
+
 test("a loopback host is never proxied, whatever the variables say", () => {
   environment({ HTTPS_PROXY: "http://proxy:3128", HTTP_PROXY: "http://proxy:3128" });
   assert.equal(proxyRoute(new URL("http://127.0.0.1:5000/v2/")), undefined);
