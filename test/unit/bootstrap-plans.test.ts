@@ -1,7 +1,7 @@
 /**
  * Plans and command lines of pacstrap and apk.static, and the Alpine package reader: signatures stay on
  * unless `--insecure`, and a package split into its gzip members is read back exactly. Debian plans
- * take a `--keyring` only when it is a keyring the chosen tool can read.
+ * take a `--keyring` only when it is a keyring the chosen tool can read, and never with `--insecure`.
  */
 import assert from "node:assert/strict";
 import { generateKeyPairSync, sign } from "node:crypto";
@@ -246,7 +246,7 @@ describe("Debian keyrings", () => {
       return path;
     }
 
-    function plan(keyring: string, backend: DebianBackend = "mmdebstrap") {
+    function plan(keyring: string, backend: DebianBackend = "mmdebstrap", insecure = false) {
       return planDebianBootstrap({
         suite: "bookworm",
         backend,
@@ -256,11 +256,24 @@ describe("Debian keyrings", () => {
         exclude: [],
         mirror: "http://mirror/debian",
         keyring,
-        insecure: false,
+        insecure,
         env,
         aptSources: [],
       });
     }
+
+    it("refuses --insecure with --keyring, which would check with the keyring or not by the backend", async () => {
+      const gpg = keyringFile("both.gpg", binary);
+      for (const backend of ["debootstrap", "mmdebstrap"] as const) {
+        await assert.rejects(plan(gpg, backend, true), (error: unknown) => {
+          assert.ok(error instanceof UsageError, String(error));
+          assert.equal(error.message, "--insecure and --keyring contradict each other");
+          assert.match(error.hint ?? "", /Leave out --insecure to check .* or --keyring to build without/);
+          assert.match(error.hint ?? "", /mkbase\.insecure=true/);
+          return true;
+        });
+      }
+    });
 
     it("refuses a file that is no OpenPGP keyring, and an empty one, before anything runs", async () => {
       await assert.rejects(

@@ -15,6 +15,7 @@ import { appendFile, copyFile, mkdir, open, readFile, readdir, rm, stat, writeFi
 import { join, resolve } from "node:path";
 import { ToolError, UsageError, errnoCode } from "../../errors.js";
 import { removeMmdebstrapLeftovers } from "./cleanup.js";
+import { INSECURE_LABEL } from "./finish.js";
 import { hostDpkgArchitecture, requireEmulation, runsNatively } from "./host.js";
 import {
   findOnPath,
@@ -81,7 +82,7 @@ export interface DebianPlan {
    * sources.list. Empty with `--mirror`: that archive is all the user asked for.
    */
   readonly pockets: readonly Pocket[];
-  /** Undefined only with `insecure`. */
+  /** Undefined exactly with `insecure`: the two are never given together. */
   readonly keyring: string | undefined;
   /** How `keyring` is encoded; apt tells its keyring files apart by their extension. */
   readonly keyringFormat: KeyringFormat | undefined;
@@ -157,6 +158,15 @@ async function chooseKeyring(
   backend: DebianBackend,
 ): Promise<{ keyring: string | undefined; keyringFormat: KeyringFormat | undefined }> {
   if (request.keyring !== undefined) {
+    // Both at once have no one meaning. debootstrap's own --no-check-gpg turns off the check that
+    // --keyring asks for; apt under mmdebstrap checks with the keyring and, allowed insecure
+    // repositories, installs all the same. Either way the keyring vouches for nothing, and which tool
+    // runs depends on what is installed: the user chooses.
+    if (request.insecure) {
+      throw new UsageError("--insecure and --keyring contradict each other", {
+        hint: `Leave out --insecure to check the archive's signatures with ${request.keyring}, or --keyring to build without checking them (the image then carries the label ${INSECURE_LABEL}=true).`,
+      });
+    }
     const keyring = resolve(request.keyring);
     if (!(await isFile(keyring))) {
       throw new UsageError(`--keyring ${request.keyring} does not exist or is not a file`, {
@@ -341,7 +351,7 @@ export function debianCommandLine(plan: DebianPlan, workDir: string, target: str
     if (plan.include.length > 0) args.push(`--include=${list(plan.include)}`);
     if (plan.exclude.length > 0) args.push(`--exclude=${list(plan.exclude)}`);
     if (plan.keyring !== undefined) args.push(`--keyring=${plan.keyring}`);
-    if (plan.insecure && plan.keyring === undefined) args.push("--no-check-gpg");
+    if (plan.insecure) args.push("--no-check-gpg");
     if (plan.cacheDir !== undefined) args.push(`--cache-dir=${cachePaths(plan.cacheDir).archives}`);
     if (plan.foreign) args.push("--foreign");
     args.push(plan.suite.suite, target);
