@@ -13,6 +13,7 @@ import {
   type Compression,
   type CompressionAlgorithm,
 } from "../compress/compression.js";
+import type { ImageStore } from "../docker/engine.js";
 import { UsageError } from "../errors.js";
 import { makeTemporaryDirectory, type TemporaryDirectory } from "../forced-exit.js";
 import { OCI_ANNOTATION_KEYS, parseAnnotation, type Annotation } from "../image/annotations.js";
@@ -597,35 +598,103 @@ export function annotationsFromFlags(flags: ImageFlags, images: number): Annotat
   ];
 }
 
+/** The flags given that annotate the image: `--annotation` and the standard `--image-*` ones. */
+function annotationFlags(flags: ImageFlags): string[] {
+  const given: [string, boolean][] = [
+    ["--annotation", (flags.annotation ?? []).length > 0],
+    ["--image-source", flags.imageSource !== undefined],
+    ["--image-revision", flags.imageRevision !== undefined],
+    ["--image-version", flags.imageVersion !== undefined],
+    ["--image-base-name", flags.imageBaseName !== undefined],
+  ];
+  return given.filter(([, isGiven]) => isGiven).map(([flag]) => flag);
+}
+
+/** `--annotation is` or `--annotation and --image-version are`: the subject of a message about `flags`. */
+function flagsSubject(flags: readonly string[]): string {
+  return `${new Intl.ListFormat("en").format(flags)} ${flags.length === 1 ? "is" : "are"}`;
+}
+
+/**
+ * Whether `spec` may keep the image's annotations. A rootfs tar and a build context hold no manifest.
+ * The engine keeps them only in its containerd image store, which --via load gives the whole manifest:
+ * its classic store reads the archive's `manifest.json`, and the import and build endpoints take no
+ * manifest at all. Which store the engine has is known once connected: see
+ * {@link checkEngineAnnotations}.
+ */
+function mayKeepAnnotations(spec: OutputSpec, via: ImageFlags["via"]): boolean {
+  if (spec.type === "tar" || spec.type === "context") return false;
+  if (spec.type === "docker" && spec.dest === undefined) return (via ?? "load") === "load";
+  return true;
+}
+
+const KEEP_ANNOTATIONS_HINT =
+  "Add an output that keeps them: -o type=oci,dest=…, a docker-archive file (-o type=docker,dest=FILE) or --push";
+
 /**
  * The flags for one kind of output, before anything is built: without that output they would be
- * ignored (a forgotten --push, a --via with only file outputs), and an auth file that cannot be used
- * would otherwise fail the push only after the whole layer was packed and compressed.
+ * ignored (a forgotten --push, a --via with only file outputs, annotations on a rootfs tar), and an
+ * auth file that cannot be used would otherwise fail the push only after the whole layer was packed and
+ * compressed. `images` is how many images the command builds (a bootstrapper's: one).
  */
-export async function checkOutputFlags(flags: ImageFlags, specs: readonly OutputSpec[]): Promise<void> {
+export async function checkOutputFlags(
+  flags: ImageFlags,
+  specs: readonly OutputSpec[],
+  images = 1,
+): Promise<void> {
   if (flags.via !== undefined && !wantsEngine(specs)) {
     throw new UsageError("--via chooses how the image enters the Docker Engine, and no output goes there", {
       hint: "Add -o type=docker (the engine) to the outputs, or leave --via out.",
     });
   }
+  const annotating = annotationFlags(flags);
+  if (annotating.length > 0 && !specs.some((spec) => mayKeepAnnotations(spec, flags.via))) {
+    throw new UsageError(
+      `${flagsSubject(annotating)} only kept by an OCI output, a docker-archive file or a push, and this command writes none`,
+      {
+        hint: `${KEEP_ANNOTATIONS_HINT}, or leave the flag out. The Docker Engine keeps them only in its containerd image store, with the default --via load.`,
+      },
+    );
+  }
+  checkIndexAnnotations(flags, specs, images);
   const given = [
     flags.registryAuthFile !== undefined ? "--registry-auth-file" : undefined,
     flags.insecureRegistry === true ? "--insecure-registry" : undefined,
   ].filter((flag) => flag !== undefined);
   if (given.length === 0) return;
   if (!specs.some((spec) => spec.type === "registry")) {
-    const verb = given.length === 1 ? "is" : "are";
-    throw new UsageError(
-      `${given.join(" and ")} ${verb} only used by a push, and this command pushes nothing`,
-      {
-        hint: "Add --push (or -o type=registry) to push the image, or leave the flag out.",
-      },
-    );
+    throw new UsageError(`${flagsSubject(given)} only used by a push, and this command pushes nothing`, {
+      hint: "Add --push (or -o type=registry) to push the image, or leave the flag out.",
+    });
   }
   if (flags.registryAuthFile !== undefined) {
     const { readAuthFile } = await import("../registry/auth.js");
     await readAuthFile(flags.registryAuthFile);
   }
+}
+
+/**
+ * Refuses annotations that only the Docker Engine would get, once it is known to drop them: its classic
+ * image store makes the image from the archive's `manifest.json`, without the manifest that holds them.
+ * Checked when the engine is connected, before the source is opened.
+ */
+export function checkEngineAnnotations(
+  flags: ImageFlags,
+  specs: readonly OutputSpec[],
+  store: ImageStore | undefined,
+): void {
+  const annotating = annotationFlags(flags);
+  if (store !== "classic" || annotating.length === 0) return;
+  const elsewhere = specs.some(
+    (spec) => !(spec.type === "docker" && spec.dest === undefined) && mayKeepAnnotations(spec, flags.via),
+  );
+  if (elsewhere) return;
+  throw new UsageError(
+    `${flagsSubject(annotating)} lost in the Docker Engine's classic image store, and no other output keeps annotations`,
+    {
+      hint: `${KEEP_ANNOTATIONS_HINT}, switch the engine to the containerd image store, or leave the flag out.`,
+    },
+  );
 }
 
 /** Whether the output holds an image index when several images go into it (OCI and registry outputs). */
@@ -634,10 +703,14 @@ function holdsIndex(spec: OutputSpec): boolean {
 }
 
 /**
- * Refuses an `index:` or `index-descriptor:` annotation that an output would drop, as BuildKit does: one
- * image is pushed, loaded or archived for docker as a manifest alone, with no index to carry it. An OCI
- * output's `index.json` carries `index:` ones; its entry for one image is the manifest's descriptor,
- * which takes `manifest-descriptor:` ones, and no descriptor of an index is there for `index-descriptor:`.
+ * Refuses an annotation for an image index, or for a manifest's entry in one, that an output would
+ * drop: one image is pushed, loaded or archived for docker as a manifest alone, with no index to carry
+ * it. BuildKit refuses `index:` and `index-descriptor:` ones so ("index annotations not supported for
+ * single platform export"); a `manifest-descriptor:` one is refused alike, since buildx, whose
+ * attestations make an index of a single platform's push too, puts it on the manifest's entry there.
+ * An OCI output's `index.json` carries `index:` ones; its entry for one image is the manifest's
+ * descriptor, which takes `manifest-descriptor:` ones, and no descriptor of an index is there for
+ * `index-descriptor:`.
  */
 function checkIndexAnnotations(flags: ImageFlags, specs: readonly OutputSpec[], images: number): void {
   if (images !== 1) return;
@@ -646,7 +719,7 @@ function checkIndexAnnotations(flags: ImageFlags, specs: readonly OutputSpec[], 
     const dropping = specs.find(
       (spec) =>
         (spec.type === "registry" || spec.type === "docker") &&
-        targets.some((target) => target.startsWith("index")),
+        targets.some((target) => target !== "manifest"),
     );
     const oci = targets.includes("index-descriptor") ? specs.find((spec) => spec.type === "oci") : undefined;
     const output =
@@ -664,7 +737,7 @@ function checkIndexAnnotations(flags: ImageFlags, specs: readonly OutputSpec[], 
         hint:
           dropping === undefined
             ? "Annotate the manifest (manifest:, the default) or its entry in index.json (manifest-descriptor:) instead."
-            : "Annotate the manifest (manifest:, the default) instead, or write it to -o type=oci, whose index.json takes index annotations.",
+            : "Annotate the manifest (manifest:, the default) instead, or write it to -o type=oci, whose index.json takes index and manifest-descriptor annotations.",
       },
     );
   }
@@ -696,8 +769,7 @@ export async function openOutputs(
  */
 export async function checkOutputs(flags: ImageFlags, images: number): Promise<OutputSpec[]> {
   const specs = parseOutputs(flags.output ?? [], flags.push);
-  await checkOutputFlags(flags, specs);
-  checkIndexAnnotations(flags, specs, images);
+  await checkOutputFlags(flags, specs, images);
   if (images > 1 && flags.iidfile !== undefined && !specs.some(holdsIndex)) {
     throw new UsageError(
       "--iidfile holds one image ID, and --platform os/arch=FILE gives the engine one image per platform",

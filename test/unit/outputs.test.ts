@@ -22,6 +22,7 @@ import { describe, it } from "node:test";
 import { build, type BuildResult } from "../../src/build.js";
 import {
   annotationsFromFlags,
+  checkEngineAnnotations,
   compressionForName,
   describeOutput,
   openOutputs,
@@ -227,6 +228,61 @@ describe("flags for one kind of output", () => {
     }
   });
 
+  it("refuse annotations that no output keeps: a rootfs tar, a build context, the engine by import or build", async () => {
+    for (const flags of [
+      { output: ["type=tar,dest=rootfs.tar"], annotation: ["a=b"] },
+      { output: ["type=context,dest=ctx", "type=tar,dest=rootfs.tar"], imageVersion: "1.0" },
+      { via: "import", annotation: ["a=b"], imageSource: "https://example.org/src" },
+      { output: ["type=docker"], via: "build", imageRevision: "abc" },
+    ] as ImageFlags[]) {
+      await assert.rejects(openOutputs(flags, options), (error: unknown) => {
+        assert.ok(error instanceof UsageError, String(error));
+        assert.match(
+          error.message,
+          /^--(annotation|image-\w+)( and --image-source are| is) only kept by an OCI output, a docker-archive file or a push, and this command writes none$/,
+        );
+        assert.match(
+          error.hint ?? "",
+          /-o type=oci,dest=…, a docker-archive file \(-o type=docker,dest=FILE\) or --push/,
+        );
+        return true;
+      });
+    }
+    // Beside an output that keeps them, or into the engine by load, whose store is known only once connected.
+    for (const flags of [
+      {
+        output: [
+          `type=tar,dest=${join(scratch.path, "rootfs.tar")}`,
+          `type=docker,dest=${join(scratch.path, "image.tar")}`,
+        ],
+        annotation: ["a=b"],
+      },
+      { output: [`type=oci,dest=${join(scratch.path, "layout")},tar=false`], imageVersion: "1.0" },
+      { output: ["type=docker"], annotation: ["a=b"] },
+    ] as ImageFlags[]) {
+      const outputs = await openOutputs(flags, options);
+      await outputs.close();
+    }
+  });
+
+  it("refuse annotations that only the engine would get, once its store is known to be the classic one", () => {
+    const flags = { annotation: ["a=b"], imageBaseName: "debian:12" } as ImageFlags;
+    const engineOnly = parseOutputs([], undefined);
+    assert.throws(() => checkEngineAnnotations(flags, engineOnly, "classic"), {
+      name: "UsageError",
+      message:
+        "--annotation and --image-base-name are lost in the Docker Engine's classic image store, and no other output keeps annotations",
+    });
+    // The containerd store keeps the manifest the archive holds; a docker-archive file keeps them anyway.
+    checkEngineAnnotations(flags, engineOnly, "containerd");
+    checkEngineAnnotations(
+      flags,
+      parseOutputs(["type=docker", "type=docker,dest=d.tar"], undefined),
+      "classic",
+    );
+    checkEngineAnnotations({} as ImageFlags, engineOnly, "classic");
+  });
+
   it("refuse --iidfile or --metadata-file at the path of another output, which stays as it was", async () => {
     const archive = join(scratch.path, "image.tar");
     await writeFile(archive, "an earlier archive");
@@ -384,6 +440,24 @@ describe("annotations", () => {
           /^--annotation index(-descriptor)?:k=v: a (push|docker output) of one image has no image index to carry it$/,
       });
     }
+    // A manifest's descriptor is kept only as its entry in an index (buildx pushes one for one platform
+    // too, for its attestations): a lone manifest pushed, loaded or archived would drop it.
+    for (const output of [["--push"], ["type=docker"], ["type=docker,dest=x.tar"]]) {
+      const flags = (
+        output[0] === "--push"
+          ? { push: true, output: ["type=oci,dest=x.tar"], annotation: ["manifest-descriptor:k=v"] }
+          : { output, annotation: ["manifest-descriptor:k=v"] }
+      ) as ImageFlags;
+      await assert.rejects(openOutputs(flags, options), (error: unknown) => {
+        assert.ok(error instanceof UsageError, String(error));
+        assert.match(
+          error.message,
+          /^--annotation manifest-descriptor:k=v: a (push|docker output) of one image has no image index to carry it$/,
+        );
+        assert.match(error.hint ?? "", /index\.json takes index and manifest-descriptor annotations/);
+        return true;
+      });
+    }
     // One image's index.json entry is its manifest's descriptor: no index descriptor is there.
     await assert.rejects(
       openOutputs(
@@ -399,7 +473,10 @@ describe("annotations", () => {
     // An OCI output's index.json carries it; several images make an index anywhere.
     const layout = join(scratch.path, "layout");
     const oci = await openOutputs(
-      { output: [`type=oci,dest=${layout},tar=false`], annotation: ["index:k=v"] } as ImageFlags,
+      {
+        output: [`type=oci,dest=${layout},tar=false`],
+        annotation: ["index:k=v", "manifest-descriptor:d=1"],
+      } as ImageFlags,
       options,
     );
     await oci.close();
