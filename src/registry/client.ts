@@ -478,7 +478,13 @@ export class RegistryClient {
         (response.status !== 307 && response.status !== 308) ||
         response.headers.location === undefined
       ) {
-        return response;
+        const location = response.headers.location;
+        // Callers read a Location against the URL they asked; after a redirect, it is relative to another.
+        if (redirects === 0 || location === undefined) return response;
+        return {
+          ...response,
+          headers: { ...response.headers, location: new URL(location, current.url).href },
+        };
       }
       if (redirects === MAX_REDIRECTS) {
         throw new SinkError(

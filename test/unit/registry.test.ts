@@ -757,6 +757,41 @@ describe("pushImage against registries that answer in other allowed ways", () =>
     }
   });
 
+  it("reads a relative Location against the URL a redirect led to", async () => {
+    const registry = await FakeRegistry.start();
+    const finished: string[] = [];
+    const storage = createServer((request, response) => {
+      request.resume();
+      request.on("end", () => {
+        const url = new URL(request.url ?? "/", "http://storage");
+        // The upload opened here continues at a path relative to this server's answer.
+        if (request.method === "POST")
+          response.writeHead(202, { location: "session-1", "content-length": "0" });
+        else {
+          finished.push(`${request.method} ${url.pathname} ${url.searchParams.get("digest")}`);
+          response.writeHead(201, { "content-length": "0" });
+        }
+        response.end();
+      });
+    });
+    const storagePort = await listenOnLoopback(storage);
+    try {
+      registry.fail = (r) =>
+        r.method === "POST" && r.path.includes("/blobs/uploads/")
+          ? { status: 307, headers: { location: `http://127.0.0.1:${storagePort}/uploads/` } }
+          : undefined;
+      const image = testImage("w");
+      await pushImage(parseTagReference(`${registry.host}/elsewhere:1`), image, options());
+      assert.deepEqual(finished, [
+        `PUT /uploads/session-1 ${image.layer.descriptor.digest}`,
+        `PUT /uploads/session-1 ${image.config.descriptor.digest}`,
+      ]);
+    } finally {
+      await registry.close();
+      await new Promise((resolve) => storage.close(resolve));
+    }
+  });
+
   it("uploads a blob whose mount the registry refuses for lack of pull on the source repository", async () => {
     const registry = await FakeRegistry.start({
       auth: "bearer",
