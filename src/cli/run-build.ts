@@ -5,7 +5,7 @@
 import { build, type BuildResult } from "../build.js";
 import { UsageError } from "../errors.js";
 import { compareApiVersions, type EngineClient } from "../docker/engine.js";
-import { configToInstructions } from "../image/config.js";
+import { configToInstructions, type ContainerConfig } from "../image/config.js";
 import {
   DockerBuildSink,
   DockerImportSink,
@@ -83,6 +83,22 @@ async function checkImportPlatform(engine: EngineClient, platform: Platform): Pr
   );
 }
 
+/**
+ * HEALTHCHECK's `--start-interval` came with API 1.44 (Docker 25): older import and build endpoints
+ * refuse the line with their parser's "Unknown flag", after the upload. Refused before it, with the way
+ * out.
+ */
+function checkStartInterval(engine: EngineClient, via: string, config: ContainerConfig): void {
+  if (config.Healthcheck?.StartInterval === undefined || compareApiVersions(engine.apiVersion, "1.44") >= 0)
+    return;
+  throw new UsageError(
+    `the Docker Engine at ${engine.endpoint} (API ${engine.apiVersion}) has no HEALTHCHECK --start-interval: its ${via} endpoint would refuse the line`,
+    {
+      hint: "Use the default --via load, which records it for engines that use it (Docker 25 on), or drop --start-interval.",
+    },
+  );
+}
+
 /** The `--json` object of one build, whose final ID is `id`. */
 function resultJson(
   result: BuildResult,
@@ -152,6 +168,8 @@ export async function runBuild(
         platform: flags.via === "import",
       });
       checkEngineAnnotations(flags, outputSet.specs, engine.imageStore);
+      if (flags.via === "import" || flags.via === "build")
+        checkStartInterval(engine, flags.via, prepared.config);
     }
     const source = await openSource(onProgress);
     if (typeof overrides === "function") prepared = { ...prepared, ...overrides() };

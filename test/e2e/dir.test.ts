@@ -338,6 +338,27 @@ describe("config flags reach the image", () => {
     }
   });
 
+  test("HEALTHCHECK --start-interval through an engine that does not know it", async () => {
+    const api = (await runChecked("docker", ["version", "--format", "{{.Server.APIVersion}}"])).trim();
+    const [major = 0, minor = 0] = api.split(".").map(Number);
+    const change = ["-c", "HEALTHCHECK --start-interval=2s CMD /bin/true"];
+    for (const via of ["import", "build"]) {
+      const tag = uniqueTag(`dir-start-interval-${via}`);
+      const result = await runMkbase(["dir", tree.root, "--via", via, "-t", tag, ...change]);
+      if (major > 1 || minor >= 44) {
+        assert.equal(result.code, 0, describeResult(result));
+        await runChecked("docker", ["rmi", tag]);
+        continue;
+      }
+      assert.equal(result.code, 2, describeResult(result));
+      assert.match(
+        result.stderr,
+        /has no HEALTHCHECK --start-interval: its (import|build) endpoint would refuse/,
+      );
+      assert.equal(await imageInspect(tag), undefined, `--via ${via} made no image`);
+    }
+  });
+
   test("-m with --via build is refused, not silently dropped", async () => {
     // A build has no way to record a history comment; like --stop-signal on the import path, a flag
     // the chosen path cannot honour must be a usage error rather than vanish.
