@@ -19,6 +19,7 @@ import { configToInstructions } from "../image/config.js";
 import { imageId, type Image } from "../image/image.js";
 import { formatPlatform, platformsMatch, type Platform } from "../image/platform.js";
 import type { Layer } from "../image/layer.js";
+import { uncompressedManifest } from "../image/manifest.js";
 import { formatReference, repositoryOf, type Reference } from "../image/reference.js";
 import type { ProgressListener } from "../progress.js";
 import { bytesEntry, type TarEntry } from "../tar/entry.js";
@@ -257,22 +258,22 @@ export class DockerLoadSink implements Sink {
 
   async write(image: Image, signal: AbortSignal): Promise<SinkResult> {
     const { engine, onProgress } = this.options;
-    const expected = imageId(image);
+    let id = imageId(image);
     if (this.upload !== undefined) {
       const carrier = await this.upload.finish(image.layers[0]?.diffId);
       try {
-        await this.load(image, expected, false, signal);
+        await this.load(image, id, false, signal);
       } finally {
         await engine.removeImage(carrier).catch(() => undefined);
       }
     } else if (this.held !== undefined) {
-      if ((await engine.inspectImage(expected)) !== undefined) {
+      if ((await engine.inspectImage(id)) !== undefined) {
         // The ID is the digest of the config, which names every layer by its digest: an image the engine
         // holds under it is this very image, so a rebuild of unchanged input only adds the tags. (Checked
         // for a held layer only: a streamed one has been sent by the time its ID is known.)
         onProgress({
           kind: "phase",
-          message: `the Docker Engine already holds ${expected.slice(0, 19)}…: tagging it`,
+          message: `the Docker Engine already holds ${id.slice(0, 19)}…: tagging it`,
         });
       } else {
         const chunks = this.held;
@@ -282,16 +283,19 @@ export class DockerLoadSink implements Sink {
             yield* chunks;
           },
         }));
-        await this.load({ ...image, layers }, expected, true, signal);
+        await this.load({ ...image, layers }, id, true, signal);
       }
     } else {
       onProgress({ kind: "phase", message: `loading into the Docker Engine at ${engine.endpoint}` });
-      await this.load(image, expected, true, signal);
+      // The containerd store names an image by what the archive's index.json points at, the manifest
+      // (moby prints the target's digest); the classic store by its config.
+      if (engine.imageStore === "containerd") id = uncompressedManifest(image).manifest.descriptor.digest;
+      await this.load(image, id, true, signal);
     }
     return {
       destination: this.destination,
-      id: expected,
-      tags: await tagAll(engine, expected, this.options.tags),
+      id,
+      tags: await tagAll(engine, id, this.options.tags),
     };
   }
 

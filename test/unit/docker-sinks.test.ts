@@ -22,6 +22,7 @@ import type { ProgressEvent } from "../../src/progress.js";
 import { dockerArchiveEntries } from "../../src/sinks/docker-archive.js";
 import { DockerImportSink, DockerLoadSink } from "../../src/sinks/docker-engine.js";
 import type { LayerConsumer, Sink } from "../../src/sinks/sink.js";
+import { uncompressedManifest } from "../../src/image/manifest.js";
 import type { EntrySource, TarEntry } from "../../src/tar/entry.js";
 
 const AMD64 = { os: "linux", architecture: "amd64" };
@@ -126,6 +127,15 @@ const probeSink = {
 };
 
 const tags = [parseTagReference("corp/x:1"), parseTagReference("corp/x:2")];
+
+/**
+ * The ID an engine with `store` prints for the loaded test image: the config's digest in the classic
+ * store, the manifest's (the target of index.json) in the containerd store.
+ */
+async function loadedId(store: ImageStore | undefined): Promise<string> {
+  const probe = await build(request(probeSink));
+  return store === "classic" ? probe.imageId : uncompressedManifest(probe.image).manifest.descriptor.digest;
+}
 const sha = (data: Buffer): string => `sha256:${createHash("sha256").update(data).digest("hex")}`;
 
 describe("DockerLoadSink on the containerd image store", () => {
@@ -138,14 +148,14 @@ describe("DockerLoadSink on the containerd image store", () => {
     assert.ok(!engine.calls.some((c) => c.startsWith("tag")), "nothing was tagged");
   });
 
-  it("tags every reference when the engine loaded our image", async () => {
+  it("tags every reference when the engine loaded our image, which it names by its manifest", async () => {
     const engine = new FakeEngine(() => [{ stream: `Loaded image ID: ${loaded}\n` }]);
     let loaded = "";
     const sink = new DockerLoadSink({ engine, tags, onProgress: () => {} });
-    const probe = await build(request(probeSink));
-    loaded = probe.imageId;
+    loaded = await loadedId(engine.imageStore);
     const result = await build(request(sink));
-    assert.equal(result.results[0]?.id, probe.imageId);
+    assert.equal(result.results[0]?.id, loaded);
+    assert.notEqual(loaded, result.imageId, "the store's ID is not the config digest");
     assert.deepEqual(result.results[0]?.tags, ["corp/x:1", "corp/x:2"]);
     assert.equal(result.epoch, 200, "the epoch defaults to the newest mtime");
     assert.ok(engine.received.includes(Buffer.from("manifest.json")), "a docker-archive was sent");
@@ -166,8 +176,7 @@ describe("DockerLoadSink on the containerd image store", () => {
   it("removes the tags it made when a later tag fails", async () => {
     let loaded = "";
     const engine = new FakeEngine(() => [{ stream: `Loaded image ID: ${loaded}\n` }], undefined, 1);
-    const probe = await build(request(probeSink));
-    loaded = probe.imageId;
+    loaded = await loadedId(engine.imageStore);
     await assert.rejects(
       build(request(new DockerLoadSink({ engine, tags, onProgress: () => {} }))),
       /tag refused/,
