@@ -80,4 +80,14 @@ export class RootfsTarSink implements Sink {
     await file.commit(path);
     return { destination: this.destination, id: image.layers[0]?.diffId ?? "", tags: [] };
   }
+
+  /**
+   * Waits for the removal that a failed stream starts by itself: the command would otherwise exit
+   * before it, leaving the temporary file beside the dest. A file finished but never committed (a later
+   * output failed first) is removed here.
+   */
+  async discard(): Promise<void> {
+    const written = await this.written?.catch(() => undefined);
+    await written?.file.discard();
+  }
 }

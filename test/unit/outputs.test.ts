@@ -761,6 +761,14 @@ describe("a build that fails", () => {
     assert.deepEqual(await readdir(scratch.path), []);
   });
 
+  it("leaves no temporary rootfs tar beside its dest once the outputs are closed", async () => {
+    // The compressors take the longest to stop, which let the command end before the file was removed.
+    for (const name of ["rootfs.tar", "rootfs.tar.gz", "rootfs.tar.zst"]) {
+      await failInto(`type=tar,dest=${join(scratch.path, name)}`);
+      assert.deepEqual(await readdir(scratch.path), [], name);
+    }
+  });
+
   /** Builds an image of one directory into `outputs` and records it, as a command does before completing them. */
   async function buildOneDirectory(outputs: OutputSet): Promise<BuildResult> {
     const result = await build({
