@@ -50,12 +50,20 @@ export interface EngineClient {
   readonly imageStore: ImageStore | undefined;
   /**
    * POSTs `body` (a tar) to `path` and resolves with the streamed response once the headers say 2xx.
-   * The request is destroyed, never ended, when `signal` aborts or `body` errors.
+   * The request is destroyed, never ended, when `signal` aborts (with `untilSent`, only while the body
+   * is being sent, since the engine reads a complete one anyway) or `body` errors.
    */
-  postTar(path: string, query: Query, body: Readable, signal: AbortSignal): Promise<Readable>;
+  postTar(
+    path: string,
+    query: Query,
+    body: Readable,
+    signal: AbortSignal,
+    untilSent?: boolean,
+  ): Promise<Readable>;
   /**
    * Starts a POST of a tar to `path` that the caller writes into `body` (see {@link Upload}); `response`
-   * is as for {@link postTar}. Aborting `signal` or destroying `body` destroys the request.
+   * is as for {@link postTar}. Destroying `body`, or aborting `signal` before `body` is ended and sent,
+   * destroys the request.
    */
   uploadTar(path: string, query: Query, signal: AbortSignal): EngineUpload;
   inspectImage(id: string): Promise<ImageSummary | undefined>;
@@ -156,20 +164,32 @@ class HttpEngine implements EngineClient {
     this.transport.close();
   }
 
-  async postTar(path: string, query: Query, body: Readable, signal: AbortSignal): Promise<Readable> {
+  async postTar(
+    path: string,
+    query: Query,
+    body: Readable,
+    signal: AbortSignal,
+    untilSent = false,
+  ): Promise<Readable> {
     if (signal.aborted) {
       body.destroy();
       throw new InterruptedError("interrupted");
     }
     return this.awaitReply(
       path,
-      this.transport.send({ method: "POST", path: this.prefix + path, query, body, signal }),
+      this.transport.send({ method: "POST", path: this.prefix + path, query, body, signal, untilSent }),
       signal,
     );
   }
 
   uploadTar(path: string, query: Query, signal: AbortSignal): EngineUpload {
-    const upload = this.transport.upload({ method: "POST", path: this.prefix + path, query, signal });
+    const upload = this.transport.upload({
+      method: "POST",
+      path: this.prefix + path,
+      query,
+      signal,
+      untilSent: true,
+    });
     return { body: upload.body, response: this.awaitReply(path, upload.response, signal) };
   }
 

@@ -29,6 +29,12 @@ export interface EngineRequest {
   readonly path: string;
   readonly query?: Query;
   readonly signal?: AbortSignal;
+  /**
+   * The signal stops the request only while its body is being sent. The engine reads a complete body
+   * whatever becomes of the connection (a load or an import then makes its image): the reply is awaited
+   * instead, so that the caller can remove that image.
+   */
+  readonly untilSent?: boolean;
 }
 
 /** A request whose body (a tar) the caller writes. */
@@ -206,7 +212,7 @@ export async function openTransport(address: EngineAddress): Promise<Transport> 
   }
   /** Starts a request; `stop` (a body's producer) is called at once when it fails or is refused. */
   const start = (
-    { method, path, query, signal }: EngineRequest,
+    { method, path, query, signal, untilSent }: EngineRequest,
     hasBody: boolean,
     stop = () => {},
   ): Upload => {
@@ -215,8 +221,13 @@ export async function openTransport(address: EngineAddress): Promise<Transport> 
       method,
       path: withQuery(path, query),
       headers: hasBody ? { "Content-Type": "application/x-tar" } : {},
-      signal,
     });
+    const stopUnlessSent = (): void => {
+      if (untilSent !== true || !req.writableFinished) req.destroy(signal?.reason as Error);
+    };
+    if (signal?.aborted === true) stopUnlessSent();
+    signal?.addEventListener("abort", stopUnlessSent, { once: true });
+    req.once("close", () => signal?.removeEventListener("abort", stopUnlessSent));
     const response = new Promise<IncomingMessage>((resolve, reject) => {
       // `on`, not `once`: a request that fails while writing may report more than one error.
       req.on("error", (error) => {

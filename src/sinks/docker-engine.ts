@@ -65,7 +65,8 @@ function logMessage(onProgress: ProgressListener): (message: EngineMessage) => v
 
 /**
  * POSTs the tar of `entries` to `path` and reads the engine's whole reply. The request is destroyed if
- * packing fails or the reply reports an error.
+ * packing fails or the reply reports an error; if `signal` aborts, only while the body is being sent
+ * when `untilSent` (the engine's `postTar` says why).
  */
 async function postEntries(
   engine: EngineClient,
@@ -75,11 +76,12 @@ async function postEntries(
   what: string,
   signal: AbortSignal,
   onProgress: ProgressListener,
+  untilSent = false,
 ): Promise<EngineMessage[]> {
   const controller = new AbortController();
   const linked = AbortSignal.any([signal, controller.signal]);
   const body = Readable.from(packTar(entries, { signal: linked }), { objectMode: false });
-  const response = await engine.postTar(path, query, body, linked);
+  const response = await engine.postTar(path, query, body, linked, untilSent);
   try {
     return await readEngineMessages(response, what, logMessage(onProgress));
   } catch (error) {
@@ -104,7 +106,7 @@ class LayerImport {
   constructor(
     private readonly engine: EngineClient,
     query: Query,
-    signal: AbortSignal,
+    private readonly signal: AbortSignal,
     private readonly onProgress: ProgressListener,
   ) {
     const linked = AbortSignal.any([signal, this.controller.signal]);
@@ -190,6 +192,11 @@ class LayerImport {
         { hint: IMPORT_PLATFORM_HINT },
       );
     }
+    // Interrupted once the layer was sent: the reply was awaited so that the image can go again.
+    if (this.signal.aborted) {
+      await this.engine.removeImage(id).catch(() => undefined);
+      this.signal.throwIfAborted();
+    }
     return id;
   }
 }
@@ -262,7 +269,7 @@ export class DockerLoadSink implements Sink {
     if (this.upload !== undefined) {
       const carrier = await this.upload.finish(image.layers[0]?.diffId);
       try {
-        await this.load(image, id, false, signal);
+        await this.load(image, id, false, signal, (await engine.inspectImage(id)) !== undefined);
       } finally {
         await engine.removeImage(carrier).catch(() => undefined);
       }
@@ -283,14 +290,14 @@ export class DockerLoadSink implements Sink {
             yield* chunks;
           },
         }));
-        await this.load({ ...image, layers }, id, true, signal);
+        await this.load({ ...image, layers }, id, true, signal, false);
       }
     } else {
       onProgress({ kind: "phase", message: `loading into the Docker Engine at ${engine.endpoint}` });
       // The containerd store names an image by what the archive's index.json points at, the manifest
       // (moby prints the target's digest); the classic store by its config.
       if (engine.imageStore === "containerd") id = uncompressedManifest(image).manifest.descriptor.digest;
-      await this.load(image, id, true, signal);
+      id = await this.load(image, id, true, signal, (await engine.inspectImage(id)) !== undefined);
     }
     return {
       destination: this.destination,
@@ -299,13 +306,18 @@ export class DockerLoadSink implements Sink {
     };
   }
 
-  /** Loads `image` (whose ID is `expected`), with or without its layers, and checks the ID loaded. */
+  /**
+   * Loads `image` (whose ID in the engine's store is `expected`), with or without its layers, checks the
+   * ID loaded and returns it. An interrupt that comes once the archive is sent waits for the engine,
+   * which makes the image anyway, and removes it again unless the engine held it before (`existed`).
+   */
   private async load(
     image: Image,
     expected: string,
     withLayers: boolean,
     signal: AbortSignal,
-  ): Promise<void> {
+    existed: boolean,
+  ): Promise<string> {
     const { engine, onProgress } = this.options;
     const messages = await postEntries(
       engine,
@@ -315,15 +327,36 @@ export class DockerLoadSink implements Sink {
       "loading the image",
       signal,
       onProgress,
+      true,
     );
     const loaded = messages
       .map((m) => /Loaded image ID: (sha256:[0-9a-f]{64})/.exec(m.stream ?? "")?.[1])
       .find((id) => id !== undefined);
-    if (loaded !== expected) {
+    if (signal.aborted) {
+      if (!existed && loaded !== undefined) await engine.removeImage(loaded).catch(() => undefined);
+      signal.throwIfAborted();
+    }
+    // Either digest names this very image. Which one the engine gives depends on its store, which is
+    // only assumed when the engine refused /info (as an authorization plugin may): a classic one then
+    // still answers with the config's.
+    const ours = [imageId(image), uncompressedManifest(image).manifest.descriptor.digest];
+    if (loaded === undefined || !ours.includes(loaded)) {
       throw new SinkError(`the Docker Engine loaded ${loaded ?? "no image"} but mkbase built ${expected}`, {
         hint: "The engine rewrote the image; report this with `docker version` output.",
       });
     }
+    // From Docker 27.2 the containerd store reports a layer it could not unpack (a full disk, a
+    // snapshotter's refusal) on a line of its own, after the ID, and the load still succeeds, where the
+    // classic store fails it. Tagged, the image would fail at `docker run`, which unpacks it again.
+    const unpacking = messages
+      .map((m) => m.stream ?? "")
+      .find((line) => line.startsWith("Error unpacking image"));
+    if (unpacking !== undefined) {
+      throw new SinkError(`the Docker Engine could not unpack the loaded image: ${unpacking.trim()}`, {
+        hint: "The image is left untagged. Check the engine's disk space and log (`docker info`), and run again.",
+      });
+    }
+    return loaded;
   }
 }
 

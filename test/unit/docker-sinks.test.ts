@@ -15,7 +15,7 @@ import {
   type ImageSummary,
 } from "../../src/docker/engine.js";
 import type { DiscoveryEnvironment } from "../../src/docker/connection.js";
-import { SinkError, UsageError } from "../../src/errors.js";
+import { InterruptedError, SinkError, UsageError } from "../../src/errors.js";
 import type { Image } from "../../src/image/image.js";
 import { parseTagReference } from "../../src/image/reference.js";
 import type { ProgressEvent } from "../../src/progress.js";
@@ -161,6 +161,32 @@ describe("DockerLoadSink on the containerd image store", () => {
     assert.ok(engine.received.includes(Buffer.from("manifest.json")), "a docker-archive was sent");
   });
 
+  it("takes the config's digest from an engine whose store was only assumed, as a classic one gives it", async () => {
+    // An engine that refused /info is taken for a containerd one (see "falls back to the full-archive load").
+    const probe = await build(request(probeSink));
+    const engine = new FakeEngine(() => [{ stream: `Loaded image ID: ${probe.imageId}\n` }]);
+    const result = await build(request(new DockerLoadSink({ engine, tags, onProgress: () => {} })));
+    assert.equal(result.results[0]?.id, probe.imageId);
+    assert.deepEqual(engine.calls.slice(-2), [
+      `tag ${probe.imageId} corp/x:1`,
+      `tag ${probe.imageId} corp/x:2`,
+    ]);
+  });
+
+  it("tags nothing when the engine loaded the image but could not unpack it", async () => {
+    let loaded = "";
+    const engine = new FakeEngine(() => [
+      { stream: `Loaded image ID: ${loaded}\n` },
+      { stream: `Error unpacking image ${loaded}: failed to extract layer: no space left on device\n` },
+    ]);
+    loaded = await loadedId(engine.imageStore);
+    await assert.rejects(build(request(new DockerLoadSink({ engine, tags, onProgress: () => {} }))), {
+      name: "SinkError",
+      message: /could not unpack the loaded image: .*no space left on device/,
+    });
+    assert.ok(!engine.calls.some((c) => c.startsWith("tag")));
+  });
+
   it("turns an engine error line into a SinkError without tagging", async () => {
     const engine = new FakeEngine(() => [
       { status: "Loading" },
@@ -244,6 +270,28 @@ describe("DockerLoadSink on the classic image store", () => {
     assert.ok(events.some((e) => e.kind === "phase" && /already holds/.test(e.message)));
   });
 
+  it("removes the image it loaded when interrupted once the archive was sent, and tags nothing", async () => {
+    const probe = await build(request(probeSink));
+    const controller = new AbortController();
+    const engine = classicEngine(() => {
+      // Ctrl-C while the engine reads the archive: it makes the image all the same.
+      controller.abort(new InterruptedError("received SIGINT"));
+      return probe.imageId;
+    });
+    await assert.rejects(
+      build({
+        ...request(new DockerLoadSink({ engine, tags, onProgress: () => {} })),
+        signal: controller.signal,
+      }),
+      InterruptedError,
+    );
+    assert.deepEqual(engine.calls, [
+      `inspect ${probe.imageId}`,
+      "post /images/load",
+      `remove ${probe.imageId}`,
+    ]);
+  });
+
   it("sends a large layer by import, loads an archive without it, then removes the imported image", async () => {
     const probe = await build(request(probeSink, largeSource));
     const engine = classicEngine(() => probe.imageId);
@@ -254,6 +302,7 @@ describe("DockerLoadSink on the classic image store", () => {
     assert.deepEqual(engine.calls, [
       "post /images/create",
       `inspect ${carrier}`,
+      `inspect ${probe.imageId}`,
       "post /images/load",
       `remove ${carrier}`,
       `tag ${probe.imageId} corp/x:1`,

@@ -211,6 +211,38 @@ describe("the engine's HTTP client", () => {
     );
   });
 
+  it("awaits the reply to a load whose body was all sent when the signal aborts, and stops an unsent one", async () => {
+    const controller = new AbortController();
+    await withEngine(
+      "sent",
+      "1.41",
+      (_req, res) => {
+        // The whole archive has arrived, so the engine makes the image even if the client goes away.
+        controller.abort(new Error("interrupted"));
+        setTimeout(50).then(
+          () => res.writeHead(200).end('{"stream":"Loaded image ID: sha256:1"}\n'),
+          () => {},
+        );
+      },
+      async (engine) => {
+        const reply = await engine.postTar(
+          "/images/load",
+          {},
+          Readable.from([Buffer.alloc(512)]),
+          controller.signal,
+          true,
+        );
+        assert.match(Buffer.concat(await reply.toArray()).toString(), /Loaded image ID/);
+        const unsent = new Readable({ read: () => undefined });
+        const stopped = new AbortController();
+        const posted = engine.postTar("/images/load", {}, unsent, stopped.signal, true);
+        unsent.push(Buffer.alloc(512));
+        stopped.abort(new Error("interrupted"));
+        await assert.rejects(posted, /interrupted/);
+      },
+    );
+  });
+
   it("names the socket and what to do when nothing listens", async () => {
     await assert.rejects(
       connectEngine(new AbortController().signal, {
