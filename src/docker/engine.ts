@@ -156,8 +156,6 @@ class HttpEngine implements EngineClient {
     readonly endpoint: string,
     readonly apiVersion: string,
     readonly imageStore: ImageStore | undefined,
-    /** The engine's platform, when it was asked for while connecting. */
-    private readonly askedPlatform?: Promise<Platform>,
   ) {}
 
   close(): void {
@@ -237,9 +235,6 @@ class HttpEngine implements EngineClient {
   }
 
   async enginePlatform(): Promise<Platform> {
-    // What was asked while connecting; if that failed, the request below fails with its own message.
-    const asked = await this.askedPlatform?.catch(() => undefined);
-    if (asked !== undefined) return asked;
     try {
       const version = JSON.parse(await this.call("GET", "/version")) as { Os: string; Arch: string };
       return { os: version.Os, architecture: version.Arch };
@@ -293,11 +288,6 @@ export interface ConnectOptions {
   readonly imageStore?: boolean;
   /** Where to look for the engine (default: this process's environment and files). */
   readonly discovery?: DiscoveryEnvironment;
-  /**
-   * Whether to ask for the engine's own platform alongside (default: no): the import path checks it
-   * before the upload, and asked at once it costs no round trip of its own (over ssh, tens of ms).
-   */
-  readonly platform?: boolean;
 }
 
 /** Asks for the engine's API version and, if asked, its image store (see {@link connectEngine}). */
@@ -323,15 +313,6 @@ async function negotiate(
           .then(async (response) => JSON.parse(await readText(response)) as InfoResponse)
           .catch((): InfoResponse => ({ DriverStatus: [["driver-type", "unknown"]] }))
       : undefined;
-  // Unversioned, so it needs no answer from /_ping; a failure is reported when the platform is used.
-  const platform =
-    options.platform === true
-      ? send("/version").then(async (response) => {
-          const version = JSON.parse(await readText(response)) as { Os: string; Arch: string };
-          return { os: version.Os, architecture: version.Arch };
-        })
-      : undefined;
-  platform?.catch(() => undefined);
   let engineApi: string | undefined;
   try {
     // As the docker CLI negotiates: /_ping costs the engine nothing, unlike /version, and its header
@@ -361,7 +342,6 @@ async function negotiate(
   }
   const apiVersion = compareApiVersions(engineApi, CLIENT_MAX_API) < 0 ? engineApi : CLIENT_MAX_API;
   const store = info === undefined ? undefined : imageStoreOf(await info);
-  // The time limit stays on the platform's request until it is answered.
-  void Promise.allSettled([platform]).then(() => clearTimeout(timer));
-  return new HttpEngine(transport, `/v${apiVersion}`, endpoint.description, apiVersion, store, platform);
+  clearTimeout(timer);
+  return new HttpEngine(transport, `/v${apiVersion}`, endpoint.description, apiVersion, store);
 }
