@@ -149,13 +149,21 @@ export async function build(request: BuildRequest): Promise<BuildResult> {
       annotations: request.annotations ?? {},
     };
     const results: SinkResult[] = [];
-    for (const sink of request.sinks) {
-      throwIfAborted(request.signal);
-      try {
-        results.push(await sink.write(image, request.signal));
-      } catch (error) {
-        throw madeAnyway(error, results);
+    try {
+      for (const sink of request.sinks) {
+        throwIfAborted(request.signal);
+        try {
+          results.push(await sink.write(image, request.signal));
+        } catch (error) {
+          throw madeAnyway(error, results);
+        }
       }
+    } catch (error) {
+      // An engine's upload that was ended with the layer becomes an image whether or not its sink is
+      // written: the sinks left behind wait for it and remove it (the output set, which discards the
+      // others again when the command ends, knows no engine sink). The build's error is the one to report.
+      for (const sink of request.sinks.slice(results.length)) await sink.discard?.().catch(() => undefined);
+      throw error;
     }
     return {
       image,

@@ -1,7 +1,9 @@
 /**
  * What a forced exit (a second Ctrl-C, or SIGTERM after SIGINT) must still undo. The process then exits
  * at once, so the asynchronous cleanup in `finally` blocks never runs: every temporary file, directory
- * and mount registers a synchronous undo here for as long as it exists.
+ * and mount registers a synchronous undo here for as long as it exists. What no synchronous step can
+ * undo (an image the engine makes of a body it has all received) is registered too, so that the message
+ * of the exit can name it.
  */
 import { rmSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
@@ -10,10 +12,19 @@ import { join } from "node:path";
 import { UsageError, errnoCode } from "./errors.js";
 
 const undos = new Set<Undo>();
+const unstoppable = new Set<{ readonly what: string }>();
 
 interface Undo {
   readonly what: string;
   readonly run: () => void;
+}
+
+/** What a forced exit did not remove. */
+export interface ForcedExitLeftovers {
+  /** What its undo failed to remove, with why. */
+  readonly failed: readonly string[];
+  /** What may still come to exist, as nothing in this process can stop it any more. */
+  readonly mayRemain: readonly string[];
 }
 
 /** Registers `run`, which removes `what`; call the returned function once it is gone anyway. */
@@ -23,8 +34,18 @@ export function onForcedExit(what: string, run: () => void): () => void {
   return () => undos.delete(undo);
 }
 
-/** Runs every registered undo, newest first; returns what could not be removed, with why. */
-export function undoForForcedExit(): string[] {
+/**
+ * Registers `what`, which a forced exit cannot stop or undo; call the returned function once it is
+ * settled (done with, or removed again).
+ */
+export function mayRemainAfterForcedExit(what: string): () => void {
+  const entry = { what };
+  unstoppable.add(entry);
+  return () => unstoppable.delete(entry);
+}
+
+/** Runs every registered undo, newest first; returns what could not be removed, and what may remain. */
+export function undoForForcedExit(): ForcedExitLeftovers {
   const failed: string[] = [];
   for (const undo of [...undos].reverse()) {
     try {
@@ -34,7 +55,7 @@ export function undoForForcedExit(): string[] {
     }
     undos.delete(undo);
   }
-  return failed;
+  return { failed, mayRemain: [...new Set([...unstoppable].map((entry) => entry.what))] };
 }
 
 /** A private (0700) directory under TMPDIR whose removal is registered for a forced exit. */

@@ -81,11 +81,17 @@ export async function main(argv: readonly string[]): Promise<number> {
     // A second Ctrl-C means "now": stop waiting for tools and the engine, but still remove what this
     // run made on the host (a bootstrap's tmpfs would otherwise stay mounted, holding memory).
     if (interrupts > 1) {
-      const left = undoForForcedExit();
+      const { failed, mayRemain } = undoForForcedExit();
+      // No label marks an image as mkbase's (a dir's has only the user's, the helper image of a large
+      // load none): being untagged is what tells it apart.
+      const engine =
+        mayRemain.length === 0
+          ? ""
+          : ` The Docker Engine may still make ${mayRemain.join(" and ")}, untagged: \`docker images --filter dangling=true\` lists untagged images, \`docker image prune\` removes them.`;
       process.stderr.write(
-        left.length === 0
-          ? `mkbase: error: interrupted again (${signal}): stopped at once; temporary files and mounts were removed.\n`
-          : `mkbase: error: interrupted again (${signal}): stopped at once, but could not remove ${left.join("; ")}. Unmount (umount --lazy PATH) and delete it by hand.\n`,
+        failed.length === 0
+          ? `mkbase: error: interrupted again (${signal}): stopped at once; temporary files and mounts were removed.${engine}\n`
+          : `mkbase: error: interrupted again (${signal}): stopped at once, but could not remove ${failed.join("; ")}. Unmount (umount --lazy PATH) and delete it by hand.${engine}\n`,
       );
       process.exit(ExitCode.interrupted);
     }

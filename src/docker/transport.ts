@@ -8,6 +8,7 @@ import { Agent, request as httpRequest, type IncomingMessage } from "node:http";
 import type { RequestOptions } from "node:https";
 import type { Socket } from "node:net";
 import { Duplex, type Readable, type Writable } from "node:stream";
+import { mayRemainAfterForcedExit } from "../forced-exit.js";
 import { sshDestination, type EngineAddress } from "./connection.js";
 
 /** Query values as the engine reads them: a list becomes a repeated key. */
@@ -227,7 +228,16 @@ export async function openTransport(address: EngineAddress): Promise<Transport> 
     };
     if (signal?.aborted === true) stopUnlessSent();
     signal?.addEventListener("abort", stopUnlessSent, { once: true });
-    req.once("close", () => signal?.removeEventListener("abort", stopUnlessSent));
+    // Once the body is all sent the engine makes its image whatever mkbase does, and only the caller,
+    // reading the reply, can remove it: a forced exit, which cannot wait for that, must say so.
+    let settled = (): void => undefined;
+    if (untilSent === true)
+      req.once("finish", () => (settled = mayRemainAfterForcedExit("an image of the archive it received")));
+    // After the whole reply is read, or once the connection is gone.
+    req.once("close", () => {
+      signal?.removeEventListener("abort", stopUnlessSent);
+      settled();
+    });
     const response = new Promise<IncomingMessage>((resolve, reject) => {
       // `on`, not `once`: a request that fails while writing may report more than one error.
       req.on("error", (error) => {

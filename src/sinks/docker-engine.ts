@@ -102,6 +102,10 @@ class LayerImport {
   private queued = 0;
   /** Wakes a writer waiting for {@link queued} to fall. */
   private sent: () => void = () => undefined;
+  /** The layer was all written: the engine makes an image of it, whatever becomes of the build. */
+  private ended = false;
+  /** {@link finish} or {@link discard} reads the reply: the other must not. */
+  private replyTaken = false;
 
   constructor(
     private readonly engine: EngineClient,
@@ -142,7 +146,10 @@ class LayerImport {
           if ((await Promise.race([sent, closed, failed])) === "closed") await stopped();
         }
       },
-      end: () => body.end(),
+      end: () => {
+        this.ended = true;
+        body.end();
+      },
       abort: (error) => {
         this.controller.abort(error);
         body.destroy();
@@ -156,6 +163,7 @@ class LayerImport {
    * its layer); otherwise the image is removed again.
    */
   async finish(diffId: string | undefined, platform?: Platform): Promise<string> {
+    this.replyTaken = true;
     let messages: EngineMessage[];
     try {
       messages = await readEngineMessages(
@@ -167,10 +175,7 @@ class LayerImport {
       this.controller.abort(error);
       throw error;
     }
-    const id = [...messages]
-      .reverse()
-      .map((m) => /^(sha256:[0-9a-f]{64})$/.exec(m.status?.trim() ?? "")?.[1])
-      .find((found) => found !== undefined);
+    const id = importedId(messages);
     if (id === undefined)
       throw new SinkError("the Docker Engine finished the import without naming an image");
     // The engine's tar reader accepts a body that stops at any block boundary, so a short upload could
@@ -199,6 +204,28 @@ class LayerImport {
     }
     return id;
   }
+
+  /**
+   * For a build that failed or was interrupted after the layer was all sent, before {@link finish}: waits
+   * for the engine's reply and removes the image it made, which nothing else would, untagged as it is.
+   * Never throws.
+   */
+  async discard(): Promise<void> {
+    if (!this.ended || this.replyTaken) return;
+    this.replyTaken = true;
+    const id = await this.response
+      .then(async (response) => importedId(await readEngineMessages(response, "importing the image")))
+      .catch(() => undefined);
+    if (id !== undefined) await this.engine.removeImage(id).catch(() => undefined);
+  }
+}
+
+/** The ID of the image an import made, which the engine's last status line names. */
+function importedId(messages: readonly EngineMessage[]): string | undefined {
+  return [...messages]
+    .reverse()
+    .map((m) => /^(sha256:[0-9a-f]{64})$/.exec(m.status?.trim() ?? "")?.[1])
+    .find((found) => found !== undefined);
 }
 
 /**
@@ -304,6 +331,11 @@ export class DockerLoadSink implements Sink {
       id,
       tags: await tagAll(engine, id, this.options.tags),
     };
+  }
+
+  /** The image the layer's import made, when the build failed before {@link write} could use it. */
+  async discard(): Promise<void> {
+    await this.upload?.discard();
   }
 
   /**
@@ -432,6 +464,11 @@ export class DockerImportSink implements Sink {
       id,
       tags: await tagAll(this.options.engine, id, this.options.tags),
     };
+  }
+
+  /** The image the engine made, when the build failed before {@link write} could check and tag it. */
+  async discard(): Promise<void> {
+    await this.upload?.discard();
   }
 }
 

@@ -81,8 +81,9 @@ export interface Sink {
    */
   finish?(signal: AbortSignal): Promise<SinkResult>;
   /**
-   * Present on sinks that make something (a directory) before their output is complete: called when the
-   * command ends, it removes that unless the output was completed.
+   * Present on sinks that make something (a directory, an image in the engine) before their output is
+   * complete: called when the command ends, and by a failed build for the sinks it did not write, it
+   * removes that unless the output was completed. A second call does nothing more.
    */
   discard?(): Promise<void>;
 }

@@ -491,6 +491,41 @@ describe("DockerImportSink", () => {
   });
 });
 
+/** An output before the engine's that fails once the layer is packed, as a full disk would; `then` runs first. */
+function failingOutput(error: Error, then: () => void = () => undefined): Sink {
+  return {
+    destination: "oci-archive",
+    needsLayerFile: false,
+    write: async () => {
+      then();
+      throw error;
+    },
+  };
+}
+
+describe("an engine's upload ended with the layer, when an earlier output fails", () => {
+  const id = `sha256:${"b".repeat(64)}`;
+
+  it("is awaited and its image removed, by the import path", async () => {
+    const engine = importingEngine(id);
+    const built = request(importSink(engine, "linux/amd64"));
+    const sinks = [failingOutput(new SinkError("no space left on device")), ...built.sinks];
+    await assert.rejects(build({ ...built, sinks }), /no space left on device/);
+    assert.deepEqual(engine.calls, ["post /images/create", `remove ${id}`]);
+  });
+
+  it("is awaited and its image removed when interrupted, by the classic store's load", async () => {
+    const carrier = `sha256:${"d".repeat(64)}`;
+    const engine = new FakeEngine(() => [{ status: carrier }], undefined, -1, "classic");
+    const controller = new AbortController();
+    const built = request(new DockerLoadSink({ engine, tags, onProgress: () => {} }), largeSource);
+    const interrupted = new InterruptedError("received SIGINT");
+    const sinks = [failingOutput(interrupted, () => controller.abort(interrupted)), ...built.sinks];
+    await assert.rejects(build({ ...built, sinks, signal: controller.signal }), interrupted);
+    assert.deepEqual(engine.calls, ["post /images/create", `remove ${carrier}`]);
+  });
+});
+
 describe("DockerImportSink with the engine's platform still being asked for", () => {
   const id = `sha256:${"b".repeat(64)}`;
   const refusal = new UsageError("the engine records its own architecture");

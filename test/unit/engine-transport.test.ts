@@ -9,6 +9,7 @@ import { after, before, describe, it } from "node:test";
 import { connectEngine, type EngineClient } from "../../src/docker/engine.js";
 import { withQuery } from "../../src/docker/transport.js";
 import { DaemonUnavailableError, SinkError } from "../../src/errors.js";
+import { undoForForcedExit } from "../../src/forced-exit.js";
 import { temporaryDirectory } from "../support/temporary-directory.js";
 
 interface Received {
@@ -239,6 +240,39 @@ describe("the engine's HTTP client", () => {
         unsent.push(Buffer.alloc(512));
         stopped.abort(new Error("interrupted"));
         await assert.rejects(posted, /interrupted/);
+      },
+    );
+  });
+
+  it("names the image the engine may still make while a sent load awaits its reply, for a forced exit", async () => {
+    let replied = (): void => undefined;
+    const replying = new Promise<void>((resolve) => (replied = resolve));
+    let answer = (): void => undefined;
+    await withEngine(
+      "forced",
+      "1.41",
+      (_req, res) => {
+        answer = () => res.writeHead(200).end('{"stream":"Loaded image ID: sha256:1"}\n');
+        replied();
+      },
+      async (engine) => {
+        const unsent = new Readable({ read: () => undefined });
+        const stopped = new AbortController();
+        const posted = engine.postTar("/images/load", {}, unsent, stopped.signal, true);
+        unsent.push(Buffer.alloc(512));
+        await setTimeout(20);
+        assert.deepEqual(undoForForcedExit().mayRemain, [], "a body not all sent makes no image");
+        stopped.abort(new Error("interrupted"));
+        await assert.rejects(posted, /interrupted/);
+
+        const body = Readable.from([Buffer.alloc(512)]);
+        const reply = engine.postTar("/images/load", {}, body, new AbortController().signal, true);
+        await replying;
+        assert.deepEqual(undoForForcedExit().mayRemain, ["an image of the archive it received"]);
+        answer();
+        await (await reply).toArray();
+        await setTimeout(10);
+        assert.deepEqual(undoForForcedExit().mayRemain, [], "settled once the reply is read");
       },
     );
   });
