@@ -271,9 +271,14 @@ export function describeOutput(spec: OutputSpec, via: ImageFlags["via"]): string
   }
 }
 
+/** Whether `spec` is the Docker Engine itself (`-o type=docker` without a file). */
+function isEngineOutput(spec: OutputSpec): boolean {
+  return spec.type === "docker" && spec.dest === undefined;
+}
+
 /** Whether `specs` include the Docker Engine (a `docker` output without dest). */
 export function wantsEngine(specs: readonly OutputSpec[]): boolean {
-  return specs.some((spec) => spec.type === "docker" && spec.dest === undefined);
+  return specs.some(isEngineOutput);
 }
 
 export interface OutputSetOptions {
@@ -624,7 +629,7 @@ function flagsSubject(flags: readonly string[]): string {
  */
 function mayKeepAnnotations(spec: OutputSpec, via: ImageFlags["via"]): boolean {
   if (spec.type === "tar" || spec.type === "context") return false;
-  if (spec.type === "docker" && spec.dest === undefined) return (via ?? "load") === "load";
+  if (isEngineOutput(spec)) return (via ?? "load") === "load";
   return true;
 }
 
@@ -685,9 +690,7 @@ export function checkEngineAnnotations(
 ): void {
   const annotating = annotationFlags(flags);
   if (store !== "classic" || annotating.length === 0) return;
-  const elsewhere = specs.some(
-    (spec) => !(spec.type === "docker" && spec.dest === undefined) && mayKeepAnnotations(spec, flags.via),
-  );
+  const elsewhere = specs.some((spec) => !isEngineOutput(spec) && mayKeepAnnotations(spec, flags.via));
   if (elsewhere) return;
   throw new UsageError(
     `${flagsSubject(annotating)} lost in the Docker Engine's classic image store, and no other output keeps annotations`,

@@ -52,18 +52,24 @@ export function temporaryFileError(what: string, room: string, error: unknown): 
 /** A {@link SinkError} for a failed write of `what`, with a hint that fits the errno. */
 export function fileWriteError(what: string, error: unknown): SinkError {
   if (error instanceof SinkError) return error;
+  return new SinkError(`cannot write ${what}: ${(error as Error).message}`, {
+    cause: error,
+    hint: fileWriteHint(error),
+  });
+}
+
+/** What to do about a failed file write, for the errnos a user can act on. */
+function fileWriteHint(error: unknown): string | undefined {
   const code = errnoCode(error);
-  const hint =
-    code === "ENOSPC" || code === "EDQUOT"
-      ? "The disk is full: free space there or choose another path; nothing partial was left behind."
-      : code === "EACCES" || code === "EPERM" || code === "EROFS"
-        ? "Choose a path you can write to."
-        : code === "ENOENT" || code === "ENOTDIR"
-          ? "Create the parent directory first, or choose another path."
-          : code === "EPIPE"
-            ? "The program reading stdout exited before the archive was complete; its own message says why."
-            : undefined;
-  return new SinkError(`cannot write ${what}: ${(error as Error).message}`, { cause: error, hint });
+  return code === "ENOSPC" || code === "EDQUOT"
+    ? "The disk is full: free space there or choose another path; nothing partial was left behind."
+    : code === "EACCES" || code === "EPERM" || code === "EROFS"
+      ? "Choose a path you can write to."
+      : code === "ENOENT" || code === "ENOTDIR"
+        ? "Create the parent directory first, or choose another path."
+        : code === "EPIPE"
+          ? "The program reading stdout exited before the archive was complete; its own message says why."
+          : undefined;
 }
 
 /** What an {@link AtomicFile} writes through: an open file, or standard output. */
@@ -169,7 +175,7 @@ export class AtomicFile {
         `cannot write ${what}: no file can be made in ${resolve(dir)} (${code ?? String(error)})`,
         {
           cause: error,
-          hint: fileWriteError(what, error).hint,
+          hint: fileWriteHint(error),
         },
       );
     }

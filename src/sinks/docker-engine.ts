@@ -103,7 +103,7 @@ class LayerImport {
   /** Wakes a writer waiting for {@link queued} to fall. */
   private sent: () => void = () => undefined;
   /** The layer was all written: the engine makes an image of it, whatever becomes of the build. */
-  private ended = false;
+  ended = false;
   /** {@link finish} or {@link discard} reads the reply: the other must not. */
   private replyTaken = false;
 
@@ -426,13 +426,13 @@ export class DockerImportSink implements Sink {
     onProgress({ kind: "phase", message: `importing into the Docker Engine at ${engine.endpoint}` });
     const upload = new LayerImport(engine, { changes, message, platform }, signal, onProgress);
     this.upload = upload;
-    let ended = false;
     platformCheck?.catch((error: unknown) => {
       this.refusal = { error };
       // A complete body may already be an image: finish() removes it, and reports this refusal.
-      if (!ended) upload.consumer.abort(error);
+      if (!upload.ended) upload.consumer.abort(error);
     });
     return {
+      ...upload.consumer,
       write: async (chunk, release) => {
         try {
           await upload.consumer.write(chunk, release);
@@ -440,11 +440,6 @@ export class DockerImportSink implements Sink {
           throw this.refusal?.error ?? error;
         }
       },
-      end: () => {
-        ended = true;
-        upload.consumer.end();
-      },
-      abort: (error) => upload.consumer.abort(error),
     };
   }
 
