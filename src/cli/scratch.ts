@@ -3,6 +3,7 @@
  * libraries, CA certificates, zoneinfo, a non-root user, `/tmp` and extra files). With several
  * `--platform os/arch=FILE` it builds one image per platform.
  */
+import { lstat } from "node:fs/promises";
 import { basename } from "node:path";
 import type { Command, Option } from "commander";
 import { UsageError } from "../errors.js";
@@ -223,6 +224,29 @@ export function scratchTargets(
   };
 }
 
+/**
+ * Refuses an operand written after the program without a `--` when it names an existing file or directory:
+ * `mkbase scratch ./server ./worker` reads as two programs (or a program and a file to add), and would
+ * silently build an image that runs `/server ./worker`. After `--` it is an argument, whatever it names.
+ *
+ * @throws UsageError naming the operand, what it would become, and the spellings for each intent
+ */
+export async function refuseFilesAsArguments(operands: ScratchOperands): Promise<void> {
+  const [program, ...rest] = operands.beforeDashes;
+  if (program === undefined) return;
+  for (const operand of rest) {
+    const stats = await lstat(operand).catch(() => undefined);
+    if (stats === undefined) continue;
+    const what = stats.isDirectory() ? "a directory" : "a file";
+    throw new UsageError(
+      `${operand}, written after the program ${program}, is ${what} on this machine: mkbase scratch puts one program into an image, and ${operand} would only be an argument of that program (the image's CMD)`,
+      {
+        hint: `To pass it to the program, write it after --: mkbase scratch ${program} -- ${rest.join(" ")}. To put it into the image, use --add ${operand}:/DEST; for one program per platform, --platform os/arch=FILE.`,
+      },
+    );
+  }
+}
+
 /** The tag suffix for a platform in a multi-platform build: the architecture, plus the variant for 32-bit arm. */
 export function platformTagSuffix(platform: Platform): string {
   return platform.architecture === "arm" && platform.variant !== undefined
@@ -277,18 +301,23 @@ export function registerScratchCommand(
     .option("--chown <uid[:gid]>", "owner of the --add files (numbers, root, or the --user name)")
     .option("--chmod <mode>", "octal mode of the --add files and directories (default: their own)");
   addImageOptions(command);
-  // Commander drops the `--` that ends the options, and with --platform os/arch=FILE only the operands after
-  // it are arguments for the program: note them as the command parses its arguments.
-  let afterDashes: readonly string[] = [];
-  const parseOptions = command.parseOptions.bind(command);
-  command.parseOptions = (argv) => {
-    const parsed = parseOptions(argv);
-    afterDashes = operandsAfterDashes(argv, parsed.operands);
-    return parsed;
+  // Commander drops the `--` that ends the options (the top level already, when no option precedes it), and
+  // only the operands after it are arguments for the program: note the whole command line as the top level
+  // parses it, to find them.
+  let commandLine: readonly string[] = [];
+  const parseProgramOptions = program.parseOptions.bind(program);
+  program.parseOptions = (argv) => {
+    commandLine = argv;
+    return parseProgramOptions(argv);
   };
   // Two shared flags mean more here: --platform names a program per platform, --user creates the account.
   sharedOption(command, "--platform").argParser(collect).description =
     "platform the program must be built for (default: the program's own); os/arch=FILE, repeated, builds one image per platform";
+  // Only the program and what the flags name go in: there is no tree to leave parts of out, and both are refused.
+  sharedOption(command, "--exclude").hideHelp();
+  sharedOption(command, "--exclude-from").hideHelp();
+  sharedOption(command, "--source-date-epoch").description =
+    "build time: every file's mtime and the image's created time (default: $SOURCE_DATE_EPOCH, else the program's mtime)";
   sharedOption(command, "--user").description =
     "run as NAME[:UID], creating /etc/passwd and /etc/group with root and that user (nonroot is 65532), or as UID[:GID] without an account";
   command
@@ -309,7 +338,7 @@ engine, a line each, then the index's digest; --json prints one object for the w
     )
     .action(async (binary: string | undefined, args: string[], flags: ScratchFlags) => {
       const operands = binary === undefined ? args : [binary, ...args];
-      const split = operands.length - afterDashes.length;
+      const split = operands.length - operandsAfterDashes(commandLine, operands).length;
       done(
         await runScratch(
           context(),
@@ -327,6 +356,7 @@ async function runScratch(
   flags: ScratchFlags,
 ): Promise<number> {
   const { targets, args, perPlatform: multi } = scratchTargets(operands, flags.platform ?? []);
+  if (!multi) await refuseFilesAsArguments(operands);
   if (flags.exclude.length > 0 || flags.excludeFrom.length > 0) {
     throw new UsageError("--exclude and --exclude-from have nothing to leave out in mkbase scratch", {
       hint: "Only the program and what the flags name go into the image; drop the flag.",

@@ -45,9 +45,9 @@ export type LibrarySearchStep =
   | "rpath"
   | "runpath"
   /**
-   * A directory listed in `/etc/ld.so.conf` that is not a default one. glibc finds these through
-   * `/etc/ld.so.cache`, so the image needs that cache (or the library in a default directory) for the
-   * loader to find it there too.
+   * A directory listed in `/etc/ld.so.conf` (musl: `/etc/ld-musl-<arch>.path`) that is not one of the
+   * loader's built-in ones. glibc finds these through `/etc/ld.so.cache`, musl through that file, and an
+   * image has neither: the loader there finds the library only through `LD_LIBRARY_PATH`.
    */
   | "ld.so.conf"
   /** One of the loader's built-in directories: found in the image without any configuration. */
@@ -307,7 +307,11 @@ class LibraryResolver {
         const foundBy = owner.info.runpath === undefined ? "rpath" : "runpath";
         if (list !== undefined) steps.push({ foundBy, directories: this.pathList(list, owner) });
       }
-      steps.push({ foundBy: "default", directories: (await this.muslSystemDirectories()).map(inRoot) });
+      // The path file replaces the built-in list; its other directories are searched through it alone.
+      for (const directory of await this.muslSystemDirectories()) {
+        const foundBy = MUSL_DEFAULT_DIRECTORIES.includes(directory) ? "default" : "ld.so.conf";
+        steps.push({ foundBy, directories: [inRoot(directory)] });
+      }
       return steps;
     }
 
@@ -519,13 +523,17 @@ class LibraryResolver {
     if (walk?.kind === "file") {
       const text = await readFile(hostPathInRoot(this.root, walk.realPath), "utf8").catch(() => undefined);
       if (text !== undefined) {
-        return text
-          .split(/[:\n]/)
-          .map((entry) => entry.trim())
-          .filter((entry) => posix.isAbsolute(entry));
+        return (
+          text
+            .split(/[:\n]/)
+            .map((entry) => entry.trim())
+            .filter((entry) => posix.isAbsolute(entry))
+            // `/usr/lib/` is the built-in `/usr/lib`: compared with that list, it must be spelt the same.
+            .map((entry) => posix.normalize(entry).replace(/(.)\/+$/, "$1"))
+        );
       }
     }
-    return ["/lib", "/usr/local/lib", "/usr/lib"];
+    return MUSL_DEFAULT_DIRECTORIES;
   }
 
   private missingError(binary: string, missing: readonly MissingLibrary[]): SourceError {
@@ -605,6 +613,9 @@ function inRoot(image: string): MappedPath {
 function unique<T>(items: readonly T[]): T[] {
   return [...new Set(items)];
 }
+
+/** musl's built-in search path, used when `/etc/ld-musl-<arch>.path` is missing (ldso/dynlink.c). */
+const MUSL_DEFAULT_DIRECTORIES: readonly string[] = ["/lib", "/usr/local/lib", "/usr/lib"];
 
 /** musl's loader is also its libc: these names resolve to the interpreter itself (ldso/dynlink.c). */
 function isMuslBuiltin(name: string): boolean {

@@ -361,6 +361,11 @@ export class StaticBinarySource implements EntrySource {
     readonly binaryMtime: number,
     /** Every entry of the image, sorted, parents first. */
     readonly entryList: readonly TarEntry[],
+    /**
+     * Directories of bundled libraries that the loader found on the source through `/etc/ld.so.conf` (or
+     * musl's path file) alone: the image has no `/etc/ld.so.cache`, so `LD_LIBRARY_PATH` must name them.
+     */
+    readonly libraryPath: readonly string[],
     private readonly options: StaticBinaryOptions,
   ) {
     this.description = `program ${options.binary} (${formatPlatform(platform)})`;
@@ -411,7 +416,9 @@ export class StaticBinarySource implements EntrySource {
 
     const tree = new ImageTree(mtime);
     tree.add(hostFileEntry(entryPath(binaryImagePath), hostBinary, stats.size, 0o755, mtime), binary);
-    if (!elf.isStatic) await addLibraries(tree, binary, elf, binaryImagePath, options, mtime);
+    const libraryPath = elf.isStatic
+      ? []
+      : await addLibraries(tree, binary, elf, binaryImagePath, options, mtime);
     if (options.caCerts === true) await addCaBundle(tree, options.sysroot, mtime);
     if (options.tzdata === true) await addZoneinfo(tree, options.sysroot, mtime, options.signal);
     if (options.user?.name !== undefined) {
@@ -420,7 +427,15 @@ export class StaticBinarySource implements EntrySource {
     }
     if (options.tmp === true) tree.add(directoryEntry("tmp", 0o1777, mtime), "--tmp");
     for (const spec of options.adds ?? []) await addCopy(tree, spec, options, mtime);
-    return new StaticBinarySource(elf, platform, binaryImagePath, binaryMtime, tree.sorted(), options);
+    return new StaticBinarySource(
+      elf,
+      platform,
+      binaryImagePath,
+      binaryMtime,
+      tree.sorted(),
+      libraryPath,
+      options,
+    );
   }
 
   *entries(signal: AbortSignal): Generator<TarEntry> {
@@ -432,8 +447,9 @@ export class StaticBinarySource implements EntrySource {
 
   /**
    * The image config: `base` (from the user's flags) with the program as ENTRYPOINT unless a command was
-   * given, `args` as CMD, `SSL_CERT_FILE` for `--ca-certs` and the numeric USER for `--user`; then the
-   * command is checked against the files of the image.
+   * given, `args` as CMD, `SSL_CERT_FILE` for `--ca-certs`, `LD_LIBRARY_PATH` for libraries that only
+   * `/etc/ld.so.conf` made findable, and the numeric USER for `--user`; then the command is checked
+   * against the files of the image.
    *
    * @throws UsageError when the command names a program the image does not hold or cannot run
    */
@@ -455,6 +471,7 @@ export class StaticBinarySource implements EntrySource {
       // OpenSSL and Go read this variable; programs with another built-in path still find the Debian one.
       config = withEnv(config, "SSL_CERT_FILE", CA_BUNDLE_IMAGE_PATH);
     }
+    if (this.libraryPath.length > 0) config = withLibraryPath(config, this.libraryPath);
     const user = this.options.user;
     if (user !== undefined) {
       // Numeric, so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
@@ -469,6 +486,18 @@ export class StaticBinarySource implements EntrySource {
     this.byPath ??= new Map(this.entryList.map((entry) => [mapKey(entry.path), entry]));
     return lookUpIn(this.byPath, imagePath);
   }
+}
+
+/**
+ * `config` with `directories` in `LD_LIBRARY_PATH`: after the directories an `--env LD_LIBRARY_PATH` already
+ * names, so that a value the user gave keeps its precedence and still lets the bundled libraries load.
+ */
+export function withLibraryPath(config: ContainerConfig, directories: readonly string[]): ContainerConfig {
+  const line = (config.Env ?? []).findLast((entry) => entry.startsWith("LD_LIBRARY_PATH="));
+  const given = line === undefined ? [] : line.slice("LD_LIBRARY_PATH=".length).split(":");
+  const missing = directories.filter((directory) => !given.includes(directory));
+  if (missing.length === 0) return config;
+  return withEnv(config, "LD_LIBRARY_PATH", [...given.filter((entry) => entry !== ""), ...missing].join(":"));
 }
 
 function lookUpIn(byPath: ReadonlyMap<string, TarEntry>, imagePath: string): TarEntry | undefined {
@@ -581,11 +610,17 @@ function dynamicProgramError(binary: string, elf: ElfInfo): SourceError {
       path: binary,
       hint:
         "Pass --bundle-libs to copy the loader and the libraries into the image (from this machine or --sysroot DIR), " +
-        "or build a static program: CGO_ENABLED=0 for Go, -static for gcc/clang, or musl-gcc -static.",
+        "or build a static program: CGO_ENABLED=0 for Go (without -buildmode=pie, which needs the loader), -static for gcc/clang, or musl-gcc -static.",
     },
   );
 }
 
+/**
+ * Adds the interpreter and the libraries of a dynamic program.
+ *
+ * @returns the image directories of the libraries found only through the source's `/etc/ld.so.conf`
+ *   (or musl's path file), which the loader in the image needs in `LD_LIBRARY_PATH`
+ */
 async function addLibraries(
   tree: ImageTree,
   binary: string,
@@ -593,7 +628,7 @@ async function addLibraries(
   binaryImagePath: string,
   options: StaticBinaryOptions,
   mtime: number,
-): Promise<void> {
+): Promise<string[]> {
   const resolved = await resolveLibraries(binary, elf, {
     sysroot: options.sysroot,
     binaryImagePath,
@@ -626,6 +661,9 @@ async function addLibraries(
       "--bundle-libs",
     );
   }
+  // The directory of the path the loader opened, not of the file's real path: that is what it searched.
+  const configured = resolved.libraries.filter((library) => library.foundBy === "ld.so.conf");
+  return [...new Set(configured.map((library) => posix.dirname(library.imagePath)))];
 }
 
 async function addCaBundle(tree: ImageTree, sysroot: string | undefined, mtime: number): Promise<void> {

@@ -31,6 +31,7 @@ import {
 } from "./support/docker.js";
 import { registerArm64Emulation } from "./support/emulation.js";
 import { containerRuntimePaths } from "./support/inspect.js";
+import { makeGreetRoot } from "../support/glibc-root.js";
 import { writeCertificateAuthority, writeSignedCertificate, type KeyPair } from "../support/certificate.js";
 
 const imageIdPattern = /^sha256:[0-9a-f]{64}$/;
@@ -162,6 +163,41 @@ describe("mkbase scratch", () => {
       files.some((file) => file.endsWith("/ld-linux-x86-64.so.2")),
       files.join("\n"),
     );
+  });
+
+  test("--bundle-libs: a library only /etc/ld.so.conf names is found in the image through LD_LIBRARY_PATH", async () => {
+    // The sysroot's ld.so.conf names /opt/greet/lib, as /usr/local/lib is named on most machines: its
+    // loader finds libgreet.so there through /etc/ld.so.cache, which the image does not have.
+    const sysroot = join(work, "ld-so-conf-root");
+    const program = await makeGreetRoot({
+      root: sysroot,
+      ldSoConf: "/opt/greet/lib\n",
+      libraryDir: "opt/greet/lib",
+      fixtures: join(repositoryRoot, "fixtures", "c"),
+      program: join(work, "greet"),
+    });
+
+    const tag = uniqueTag("scratch-ld-so-conf");
+    await scratch(tag, [program, "--bundle-libs", "--sysroot", sysroot]);
+    const run = await dockerRun(tag, []);
+    assert.equal(run.code, 0, describeResult(run));
+    assert.equal(run.stdout, "hello from libgreet\n");
+    assert.deepEqual((await imageInspect(tag))?.Config?.Env, ["LD_LIBRARY_PATH=/opt/greet/lib"]);
+  });
+
+  test("an existing file after the program, without --, is refused; after -- it is an argument", async () => {
+    const refused = await assertRefused([programs.hello, programs.whoami], /written after the program/, 2);
+    assert.match(
+      refused.stderr,
+      new RegExp(escapeRegExp(`mkbase scratch ${programs.hello} -- ${programs.whoami}`)),
+    );
+    // No option before the --: the top level of the command line takes it, and it still counts.
+    const result = await runMkbase(["scratch", programs.hello, "--", programs.whoami]);
+    assert.equal(result.code, 0, describeResult(result));
+    const id = result.stdout.trim();
+    assert.match(id, imageIdPattern);
+    made.add(id);
+    assert.deepEqual((await imageInspect(id))?.Config?.Cmd, [programs.whoami]);
   });
 
   test("an arm64 program makes an arm64 image; --platform linux/amd64 contradicts it", async (t) => {

@@ -242,6 +242,39 @@ describe("resolveLibraries", () => {
     await assertLayoutReproducesLookups([result.interpreter]);
   });
 
+  test("musl: a directory only /etc/ld-musl-<arch>.path names is not one the loader searches by itself", async () => {
+    // The path file replaces musl's built-in /lib:/usr/local/lib:/usr/lib; an image has no such file.
+    const root = path.join(workDir, "musl-root");
+    await mkdir(path.join(root, "lib"), { recursive: true });
+    await mkdir(path.join(root, "etc"));
+    await mkdir(path.join(root, "opt/musl/lib"), { recursive: true });
+    await copyFile("/lib/ld-musl-x86_64.so.1", path.join(root, "lib/ld-musl-x86_64.so.1"));
+    await writeFile(path.join(root, "etc/ld-musl-x86_64.path"), "/opt/musl/lib/\n/usr/lib/:/lib/\n");
+    const library = (directory: string, name: string) =>
+      compile("musl-gcc", [
+        ...["-shared", "-fPIC", `-Wl,-soname,${name}.so`],
+        ...["-o", path.join(root, directory, `${name}.so`), source("greet.c")],
+      ]);
+    await library("opt/musl/lib", "libgreet");
+    await library("lib", "libgreetdefault");
+    const program = path.join(workDir, "greet-musl");
+    await compile("musl-gcc", [
+      ...["-o", program, source("greet-main.c")],
+      ...["-L", path.join(root, "opt/musl/lib"), "-L", path.join(root, "lib")],
+      ...["-Wl,--no-as-needed", "-lgreet", "-lgreetdefault"],
+    ]);
+    const info = await inspectElfFile(program);
+    const result = await resolveLibraries(program, info, { sysroot: root });
+    const foundBy = new Map(result.libraries.map((entry) => [entry.imagePath, entry.foundBy]));
+    assert.deepEqual(
+      foundBy,
+      new Map([
+        ["/opt/musl/lib/libgreet.so", "ld.so.conf"],
+        ["/lib/libgreetdefault.so", "default"],
+      ]),
+    );
+  });
+
   test("$ORIGIN in DT_RUNPATH finds the library next to the program", async () => {
     const info = await inspectElfFile(built.greetRunpath);
     assert.equal(info.runpath, "$ORIGIN/lib");

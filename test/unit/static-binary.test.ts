@@ -41,6 +41,7 @@ import {
   type StaticBinaryOptions,
 } from "../../src/sources/static-binary.js";
 import type { TarEntry } from "../../src/tar/entry.js";
+import { makeGreetRoot } from "../support/glibc-root.js";
 
 const run = promisify(execFile);
 const fixtures = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../../fixtures/c");
@@ -308,6 +309,8 @@ describe("StaticBinarySource checks", () => {
       assert.match(error.message, /libc\.so\.6/);
       assert.match(error.hint ?? "", /--bundle-libs/);
       assert.match(error.hint ?? "", /-static/);
+      // A Go program built with CGO_ENABLED=0 -buildmode=pie still names the loader.
+      assert.match(error.hint ?? "", /CGO_ENABLED=0 for Go \(without -buildmode=pie/);
       return true;
     });
   });
@@ -584,6 +587,41 @@ describe("mkbase scratch operands next to --platform os/arch=FILE", () => {
     });
   });
 
+  test("through commander: an existing file or directory after the program, without --, is a usage error", async () => {
+    const other = path.join(workDir, "other-program");
+    await copyFile(built.hello, other);
+    const refusal = (operand: string, what: string) => ({
+      name: "UsageError",
+      message: `${operand}, written after the program ${built.hello}, is ${what} on this machine: mkbase scratch puts one program into an image, and ${operand} would only be an argument of that program (the image's CMD)`,
+    });
+    await assert.rejects(runScratchCommand([built.hello, other]), refusal(other, "a file"));
+    await assert.rejects(runScratchCommand(["-q", built.hello, other, "-t", "x"]), refusal(other, "a file"));
+    await assert.rejects(runScratchCommand([built.hello, "serve", workDir]), (error: unknown) => {
+      assert.deepEqual(
+        { name: (error as Error).name, message: (error as Error).message },
+        refusal(workDir, "a directory"),
+      );
+      assert.equal(
+        (error as UsageError).hint,
+        `To pass it to the program, write it after --: mkbase scratch ${built.hello} -- serve ${workDir}. To put it into the image, use --add ${workDir}:/DEST; for one program per platform, --platform os/arch=FILE.`,
+      );
+      return true;
+    });
+    // After --, with or without an option before it, the same names are arguments: the program is opened
+    // (and, dynamic here, refused for that), which the check above comes before.
+    for (const argv of [
+      [built.helloDynamic, "--", other],
+      [built.helloDynamic, "serve", "--", other],
+      ["-q", built.helloDynamic, "--", other],
+      ["--", built.helloDynamic, other],
+    ]) {
+      await assert.rejects(runScratchCommand(argv), {
+        name: "SourceError",
+        message: new RegExp(`^${built.helloDynamic} is dynamically linked`),
+      });
+    }
+  });
+
   test("through commander: operands after -- become the CMD, also with --platform os/arch=FILE", async () => {
     const cases: [string[], string][] = [
       [["--platform", `linux/amd64=${built.hello}`, "--", "--flag"], '["--flag"]'],
@@ -777,6 +815,46 @@ describe("StaticBinarySource: shared libraries", () => {
     const source = await open({ binary: staticPie });
     assert.equal(source.elf.type, "DYN");
     assert.deepEqual(listing(source.entryList), ["hello-static-pie file 0755 0:0"]);
+  });
+});
+
+describe("StaticBinarySource: libraries the loader finds through /etc/ld.so.conf", () => {
+  let sysroot: string;
+  let program: string;
+
+  before(async () => {
+    // A root whose ld.so.conf alone names /opt/greet/lib, where libgreet.so lives: glibc finds it there
+    // through /etc/ld.so.cache, which no image built from the bundled files has.
+    sysroot = path.join(workDir, "ld-so-conf-root");
+    program = await makeGreetRoot({
+      root: sysroot,
+      ldSoConf: "/opt/greet/lib/\n/lib/x86_64-linux-gnu\n",
+      libraryDir: "opt/greet/lib",
+      fixtures,
+      program: path.join(workDir, "greet-configured"),
+    });
+  });
+
+  test("their directories go into LD_LIBRARY_PATH; libraries in the loader's own directories need none", async () => {
+    const source = await open({ binary: program, bundleLibs: true, sysroot });
+    assert.equal(source.lookUp("/opt/greet/lib/libgreet.so")?.type, "file");
+    assert.deepEqual(source.libraryPath, ["/opt/greet/lib"]);
+    assert.deepEqual(source.imageConfig({}, []).Env, ["LD_LIBRARY_PATH=/opt/greet/lib"]);
+    // A value the user gave keeps its precedence; the bundled directory follows it, once.
+    assert.deepEqual(source.imageConfig({ Env: ["LD_LIBRARY_PATH=/mine", "A=1"] }, []).Env, [
+      "A=1",
+      "LD_LIBRARY_PATH=/mine:/opt/greet/lib",
+    ]);
+    assert.deepEqual(source.imageConfig({ Env: ["LD_LIBRARY_PATH=/opt/greet/lib:/mine"] }, []).Env, [
+      "LD_LIBRARY_PATH=/opt/greet/lib:/mine",
+    ]);
+    assert.deepEqual(source.imageConfig({ Env: ["LD_LIBRARY_PATH="] }, []).Env, [
+      "LD_LIBRARY_PATH=/opt/greet/lib",
+    ]);
+
+    const plain = await open({ binary: built.helloDynamic, bundleLibs: true, sysroot });
+    assert.deepEqual(plain.libraryPath, []);
+    assert.deepEqual(plain.imageConfig({}, []), { Entrypoint: ["/hello-dynamic"] });
   });
 });
 
