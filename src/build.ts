@@ -9,7 +9,7 @@ import { throwIfAborted } from "./errors.js";
 import { makeTemporaryDirectory } from "./forced-exit.js";
 import type { ContainerConfig } from "./image/config.js";
 import { RunningDigest } from "./image/digest.js";
-import { formatCreated, imageId, type Image } from "./image/image.js";
+import { LAST_RFC3339_SECOND, formatCreated, imageId, type Image } from "./image/image.js";
 import { fileLayer, type Layer } from "./image/layer.js";
 import type { Platform } from "./image/platform.js";
 import type { ProgressListener } from "./progress.js";
@@ -109,7 +109,8 @@ async function packLayer(
 function chooseEpoch(choice: EpochChoice, newestMtime: number | undefined): number {
   if (choice.kind === "fixed") return choice.seconds;
   if (choice.kind === "now") return Math.floor(Date.now() / 1000);
-  return Math.max(0, newestMtime ?? 0);
+  // A file dated after 9999 (tmpfs and btrfs keep such times) would make a `created` no reader parses.
+  return Math.min(Math.max(0, newestMtime ?? 0), LAST_RFC3339_SECOND);
 }
 
 /** Builds the image and delivers it to every sink. Temporary files are removed whatever happens. */

@@ -16,6 +16,7 @@ import {
   withEnv,
   type ContainerConfig,
 } from "../image/config.js";
+import { LAST_RFC3339_SECOND } from "../image/image.js";
 import { hostPlatform, parsePlatform, type Platform } from "../image/platform.js";
 import { normalizedName, parseTagReference, type Reference } from "../image/reference.js";
 import type { ScratchUser } from "../sources/static-binary.js";
@@ -179,11 +180,8 @@ export function addImageOptions(command: Command): Command {
     );
 }
 
-/** Largest epoch accepted: the end of year 9999, the limit of RFC 3339 timestamps. */
-const MAX_EPOCH = 253402300799;
-
 function parseEpochValue(value: string, origin: string): number {
-  if (!/^\d+$/.test(value.trim()) || Number(value) > MAX_EPOCH) {
+  if (!/^\d+$/.test(value.trim()) || Number(value) > LAST_RFC3339_SECOND) {
     throw new UsageError(`${origin}=${value} is not a valid build time`, {
       hint: "Give whole seconds since 1970-01-01 UTC, e.g. $(git log -1 --format=%ct).",
     });

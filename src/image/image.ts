@@ -24,9 +24,21 @@ export interface Image {
   readonly annotations: Readonly<Record<string, string>>;
 }
 
-/** RFC 3339 UTC without fractional seconds, as the OCI config's `created` and Docker both write it. */
+/**
+ * The last second RFC 3339 can write (its years have four digits): 9999-12-31T23:59:59Z. The latest build
+ * time mkbase takes or derives.
+ */
+export const LAST_RFC3339_SECOND = 253402300799;
+
+/**
+ * RFC 3339 UTC without fractional seconds, as the OCI config's `created` and Docker both write it. A time
+ * after 9999 (the epoch of a tree with a file dated so, which tmpfs and btrfs keep) is written as the last
+ * second RFC 3339 has: JavaScript would write a six-digit year (`+011476-…`), which Go's time parser, and
+ * with it the engine's load and skopeo, refuses.
+ */
 export function formatCreated(epochSeconds: number): string {
-  return new Date(epochSeconds * 1000).toISOString().replace(/\.\d{3}Z$/, "Z");
+  const seconds = Math.min(epochSeconds, LAST_RFC3339_SECOND);
+  return new Date(seconds * 1000).toISOString().replace(/\.\d{3}Z$/, "Z");
 }
 
 function omitEmpty(config: ContainerConfig): Record<string, unknown> {

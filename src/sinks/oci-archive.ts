@@ -46,11 +46,42 @@ function blobEntry(digest: string, size: number, mtime: number, chunks?: AsyncIt
   };
 }
 
-/** A single header block (blob names are short enough never to need a PAX header). */
+/** The largest number the ustar header's 12-byte octal fields hold: a size of 8 GiB - 1, a time in 2242. */
+const MAX_OCTAL_11 = 0o77777777777;
+
+/** Writes `value` into the 12-byte numeric field at `offset` in GNU's base-256 form. */
+function writeBase256(block: Buffer, offset: number, value: number): void {
+  let rest = value;
+  for (let i = offset + 11; i > offset; i--) {
+    block[i] = rest % 256;
+    rest = Math.floor(rest / 256);
+  }
+  block[offset] = 0x80;
+}
+
+/**
+ * The single header block of a directory or blob entry (their names are short enough never to need a
+ * PAX header). A layer's header has one block of room, kept before its size is known, so a size or time
+ * too large for the octal fields (a layer of 8 GiB or more, a build time after 2242) is written in
+ * base-256, the GNU form that Go's archive/tar (skopeo, containerd, the engine), libarchive, GNU tar and
+ * Python read in any header, instead of in the PAX header that would need two more blocks.
+ */
 function headerBlock(entry: TarEntry): Buffer {
-  const header = encodeHeader(entry);
+  const size = entry.type === "file" ? entry.size : 0;
+  const header = encodeHeader({
+    ...entry,
+    size: Math.min(size, MAX_OCTAL_11),
+    mtime: Math.min(entry.mtime, MAX_OCTAL_11),
+  });
   if (header.length !== BLOCK)
     throw new Error(`${entry.path.toString()}: a header of ${header.length} bytes`);
+  if (size <= MAX_OCTAL_11 && entry.mtime <= MAX_OCTAL_11) return header;
+  if (size > MAX_OCTAL_11) writeBase256(header, 124, size);
+  if (entry.mtime > MAX_OCTAL_11) writeBase256(header, 136, entry.mtime);
+  // The checksum again, counted with its own field as eight spaces, written as ustarBlock writes it.
+  header.fill(0x20, 148, 156);
+  const sum = header.reduce((total, byte) => total + byte, 0);
+  header.write(`${sum.toString(8).padStart(6, "0")}\0 `, 148, "latin1");
   return header;
 }
 
@@ -154,6 +185,34 @@ function layoutEntries(
   ];
 }
 
+/**
+ * An archive written in one go (to stdout, or from layers spooled for other outputs too), laid out as an
+ * {@link ArchiveFile} is and with the same one-block headers: the directories, the layers, then `rest`
+ * packed as it packs them. A dest gets the same bytes whichever way it is written.
+ */
+async function* wholeArchive(
+  layers: readonly ContentBlob[],
+  rest: readonly TarEntry[],
+  mtime: number,
+  signal: AbortSignal,
+): AsyncGenerator<Buffer> {
+  yield Buffer.concat(layoutDirectories(mtime).map(headerBlock));
+  for (const layer of layers) {
+    const { digest, size } = layer.descriptor;
+    yield headerBlock(blobEntry(digest, size, mtime));
+    let copied = 0;
+    for await (const chunk of layer.open()) {
+      throwIfAborted(signal);
+      copied += chunk.length;
+      yield chunk;
+    }
+    if (copied !== size)
+      throw new Error(`layer ${digest}: ${copied} bytes where its descriptor says ${size}`);
+    yield Buffer.alloc(paddingFor(size));
+  }
+  yield* packTar(rest, { signal });
+}
+
 export class OciArchiveSink implements Sink {
   readonly destination: string;
   readonly needsLayerFile = false;
@@ -192,12 +251,12 @@ export class OciArchiveSink implements Sink {
           .flatMap((image) => image.layers)
           .map((layer) => [layer.descriptor.digest, layer]),
       );
-      const entries = [
-        ...layoutDirectories(this.created),
-        ...[...layers.values()].map((layer) => contentEntry(layer, this.created)),
-        ...layoutEntries(files, this.created, layers),
-      ];
-      await writeFileAtomically(dest, `the OCI archive ${shownDest(dest)}`, packTar(entries, { signal }));
+      const rest = layoutEntries(files, this.created, layers);
+      await writeFileAtomically(
+        dest,
+        `the OCI archive ${shownDest(dest)}`,
+        wholeArchive([...layers.values()], rest, this.created, signal),
+      );
     } else {
       const rest = layoutEntries(files, this.created, this.archive.layers);
       await this.archive.finish(rest, this.created, signal);

@@ -245,6 +245,22 @@ describe("dest=- (stdout), in a pipeline", () => {
     assert.equal(`sha256:${result.stdout.split(" ")[0] ?? ""}`, await sha256File(file));
   });
 
+  test("a build time after 2242 (past ustar's octal field) gives the same archive both ways, which skopeo reads", async () => {
+    const tree = join(repositoryRoot, "fixtures", "demo-rootfs");
+    const late = ["--source-date-epoch", "10413792000"];
+    const file = join(scratch, "late.oci.tar");
+    await mkbaseOk(["dir", tree, ...late, "-o", `type=oci,dest=${file}`]);
+    const result = await pipeline(["dir", tree, ...late, "-o", "type=oci,dest=-"], "sha256sum");
+    assert.equal(result.code, 0, describeResult(result));
+    assert.equal(`sha256:${result.stdout.split(" ")[0] ?? ""}`, await sha256File(file));
+    const inspected = JSON.parse(await runChecked("skopeo", ["inspect", `oci-archive:${file}`]));
+    assert.equal(inspected.Created, "2300-01-01T00:00:00Z");
+    const listing = await runChecked("tar", ["--full-time", "-tvf", file], {
+      env: { ...process.env, TZ: "UTC" },
+    });
+    assert.match(listing, /2300-01-01 00:00:00 blobs\/\n/);
+  });
+
   test("a reader that stops early fails the build (exit 5, saying why) and leaves no temporary file", async () => {
     const tmp = await mkdtemp(join(scratch, "tmp-"));
     const result = await pipeline(["dir", minimal.root, "-o", "type=oci,dest=-"], "head -c 100 >/dev/null", {

@@ -16,7 +16,7 @@ import {
 } from "../../src/docker/engine.js";
 import type { DiscoveryEnvironment } from "../../src/docker/connection.js";
 import { InterruptedError, SinkError, UsageError } from "../../src/errors.js";
-import type { Image } from "../../src/image/image.js";
+import { LAST_RFC3339_SECOND, type Image } from "../../src/image/image.js";
 import { parseTagReference } from "../../src/image/reference.js";
 import type { ProgressEvent } from "../../src/progress.js";
 import { dockerArchiveEntries } from "../../src/sinks/docker-archive.js";
@@ -692,5 +692,14 @@ describe("the docker-archive's index.json and manifest.json", () => {
     assert.equal(index.manifests.length, 1);
     assert.deepEqual(index.manifests[0]?.platform, image.platform);
     assert.equal(index.manifests[0]?.annotations, undefined);
+  });
+});
+
+describe("the build time derived from the input", () => {
+  it("is the last second RFC 3339 writes when a file is dated after 9999", async () => {
+    const late: TarEntry = { ...(entries[0] as TarEntry), mtime: 400_000_000_000 };
+    const result = await build(request(probeSink, { description: "a late file", entries: () => [late] }));
+    assert.equal(result.epoch, LAST_RFC3339_SECOND);
+    assert.equal(result.image.history[0]?.created, "9999-12-31T23:59:59Z");
   });
 });

@@ -13,7 +13,7 @@ import {
   parsePort,
 } from "../../src/image/config.js";
 import { AppendedDigest, canonicalJson, sha256Digest } from "../../src/image/digest.js";
-import { configJson, imageId, type Image } from "../../src/image/image.js";
+import { configJson, formatCreated, imageId, type Image } from "../../src/image/image.js";
 import { formatReference, parseReference, parseTagReference } from "../../src/image/reference.js";
 
 describe("image references", () => {
@@ -360,6 +360,25 @@ describe("image identity", () => {
     assert.deepEqual(parsed.config, { Cmd: ["/hello"] }, "empty members are omitted");
     assert.deepEqual(parsed.rootfs, { type: "layers", diff_ids: [`sha256:${"a".repeat(64)}`] });
     assert.equal(configJson(image).toString(), canonicalJson(parsed).toString());
+  });
+
+  it("writes created as RFC 3339, whose years have four digits, also for a time after 9999", () => {
+    // Go's time.Parse(time.RFC3339, …), which the engine and skopeo read `created` with, takes no other form.
+    const rfc3339 = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$/;
+    const cases: [number, string][] = [
+      [0, "1970-01-01T00:00:00Z"],
+      [10_413_792_000, "2300-01-01T00:00:00Z"],
+      [253_402_300_799, "9999-12-31T23:59:59Z"],
+      // A tree with a file dated in the year 11476 (tmpfs keeps such a time) makes this epoch.
+      [300_000_000_000, "9999-12-31T23:59:59Z"],
+    ];
+    for (const [created, expected] of cases) {
+      const written = formatCreated(created);
+      assert.match(written, rfc3339);
+      assert.equal(written, expected);
+      const parsed = JSON.parse(configJson({ ...image, created }).toString()) as { created: string };
+      assert.equal(parsed.created, expected);
+    }
   });
 
   it("carries Docker's Healthcheck and OnBuild in the config it writes", () => {
