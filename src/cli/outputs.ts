@@ -91,6 +91,29 @@ function foreignCompressionOf(dest: string): string | undefined {
   return match === "txz" ? "xz" : match.startsWith("tbz") ? "bz2" : match === "tlz" ? "lzma" : match;
 }
 
+/** The command that makes a file of the compression a name promises (`bz2` for `x.tar.bz2`). */
+const COMPRESSOR_COMMANDS: Readonly<Record<string, string>> = { bz2: "bzip2", lz: "lzip", z: "compress" };
+
+/**
+ * Refuses an archive output named as a compressed file (`image.tar.gz`): the archive is a plain tar whose
+ * layers are compressed inside, so `tar -xzf` on it would fail, whatever the name promised.
+ *
+ * @throws UsageError naming the compression the name promises, with the command that would give it
+ */
+function refuseCompressedName(dest: string, type: "docker" | "oci", origin: string): void {
+  const own = compressionForName(dest);
+  const promised = own === "none" ? foreignCompressionOf(dest) : own;
+  if (promised === undefined) return;
+  const what = type === "docker" ? "a docker-archive" : "an OCI archive";
+  const command = COMPRESSOR_COMMANDS[promised] ?? promised;
+  throw new UsageError(
+    `${origin}: ${what} is a plain tar (its layers are compressed inside), not ${promised}`,
+    {
+      hint: `Name it .tar, or compress the archive yourself: -o type=${type},dest=- | ${command} > ${dest}.`,
+    },
+  );
+}
+
 /**
  * Parses one `-o` value.
  *
@@ -170,22 +193,20 @@ export function parseOutput(text: string): OutputSpec {
   if (force !== undefined) parseBool(force, "force-compression", origin);
   switch (spec) {
     case "docker":
+      if (dest !== undefined) refuseCompressedName(dest, spec, origin);
       return dest === undefined ? { type: spec } : { type: spec, dest };
     case "oci": {
       const tar = values.get("tar");
-      return {
-        type: spec,
-        dest: requireDest(),
-        tar: tar === undefined ? true : parseBool(tar, "tar", origin),
-        compression: compression("gzip"),
-      };
+      const archive = tar === undefined ? true : parseBool(tar, "tar", origin);
+      if (archive) refuseCompressedName(requireDest(), spec, origin);
+      return { type: spec, dest: requireDest(), tar: archive, compression: compression("gzip") };
     }
     case "tar": {
       const path = requireDest();
       const foreign = values.has("compression") ? undefined : foreignCompressionOf(path);
       if (foreign !== undefined) {
         throw new UsageError(`${origin}: mkbase compresses a rootfs tar with gzip or zstd, not ${foreign}`, {
-          hint: `Name it .tar, .tar.gz or .tar.zst, or compress the stream yourself: -o type=tar,dest=- | ${foreign === "bz2" ? "bzip2" : foreign} > ${path}.`,
+          hint: `Name it .tar, .tar.gz or .tar.zst, or compress the stream yourself: -o type=tar,dest=- | ${COMPRESSOR_COMMANDS[foreign] ?? foreign} > ${path}.`,
         });
       }
       return { type: spec, dest: path, compression: compression(compressionForName(path)) };

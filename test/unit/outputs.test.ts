@@ -149,6 +149,38 @@ describe("a rootfs tar's compression from its name", () => {
   });
 });
 
+describe("an archive output named as a compressed file", () => {
+  it("is refused for a docker-archive and an OCI archive, with the command that compresses it", () => {
+    for (const [type, dest, what, format, tool] of [
+      ["docker", "image.tar.gz", "a docker-archive", "gzip", "gzip"],
+      ["oci", "image.oci.tgz", "an OCI archive", "gzip", "gzip"],
+      ["oci", "image.tar.zst", "an OCI archive", "zstd", "zstd"],
+      ["docker", "image.tar.bz2", "a docker-archive", "bz2", "bzip2"],
+      ["oci", "image.tar.xz", "an OCI archive", "xz", "xz"],
+    ] as const) {
+      const text = `type=${type},dest=${dest}`;
+      assert.throws(
+        () => parseOutput(text),
+        (error: unknown) => {
+          assert.ok(error instanceof UsageError);
+          assert.equal(
+            error.message,
+            `--output ${text}: ${what} is a plain tar (its layers are compressed inside), not ${format}`,
+          );
+          assert.ok(error.hint?.endsWith(`-o type=${type},dest=- | ${tool} > ${dest}.`), error.hint);
+          return true;
+        },
+      );
+    }
+  });
+
+  it("is a layout directory's own business, and a plain .tar name is taken", () => {
+    assert.equal(parseOutput("type=oci,dest=layout.gz,tar=false").type, "oci");
+    assert.equal(parseOutput("type=oci,dest=image.oci.tar").type, "oci");
+    assert.equal(parseOutput("type=docker,dest=image.tar").type, "docker");
+  });
+});
+
 describe("dest=- (stdout)", () => {
   it("takes the archives and the rootfs tar, once, and marks them as writing stdout", () => {
     const specs = parseOutputs(["type=tar,dest=-"], undefined);
