@@ -18,6 +18,7 @@ import { UsageError } from "../errors.js";
 import { makeTemporaryDirectory, type TemporaryDirectory } from "../forced-exit.js";
 import { OCI_ANNOTATION_KEYS, parseAnnotation, type Annotation } from "../image/annotations.js";
 import { uncompressedManifest } from "../image/manifest.js";
+import { formatPlatform, platformsMatch, type Platform } from "../image/platform.js";
 import { formatReference, type Reference } from "../image/reference.js";
 import type { ProgressEvent, ProgressListener } from "../progress.js";
 import type { CompressedLayerSpool, LayerStore } from "../sinks/compressed-layer-spool.js";
@@ -719,6 +720,22 @@ export function checkEngineAnnotations(
       hint: `${KEEP_ANNOTATIONS_HINT}, switch the engine to the containerd image store, or leave the flag out.`,
     },
   );
+}
+
+/**
+ * Refuses an `--annotation` limited to a platform (`manifest[linux/arm64]:k=v`) that none of the images
+ * built has: it would reach no manifest, and the command would succeed without it. Checked once the
+ * platforms are known (a program's from its ELF header), before anything is packed.
+ */
+export function checkAnnotationPlatforms(flags: ImageFlags, platforms: readonly Platform[]): void {
+  for (const text of flags.annotation ?? []) {
+    const wanted = parseAnnotation(text).platform;
+    if (wanted === undefined || platforms.some((platform) => platformsMatch(wanted, platform))) continue;
+    const built = new Intl.ListFormat("en").format(platforms.map(formatPlatform));
+    throw new UsageError(`--annotation ${text}: no image for that platform is built, only for ${built}`, {
+      hint: "Name a platform the command builds, or leave out [os/arch] to annotate every manifest.",
+    });
+  }
 }
 
 /** Whether the output holds an image index when several images go into it (OCI and registry outputs). */

@@ -25,7 +25,13 @@ import {
   type ImageFlags,
 } from "./image-options.js";
 import { annotationsFor } from "../image/annotations.js";
-import { checkEngineAnnotations, openOutputs, resultLines, type OutputSet } from "./outputs.js";
+import {
+  checkAnnotationPlatforms,
+  checkEngineAnnotations,
+  openOutputs,
+  resultLines,
+  type OutputSet,
+} from "./outputs.js";
 import { makeRenderer } from "./render.js";
 
 export interface CommandContext {
@@ -162,6 +168,11 @@ export async function runBuild(
   let ok = false;
   let engine: EngineClient | undefined;
   try {
+    // A caller that builds several images checks them all at once, and one whose source gives the
+    // platform (a bootstrapper's) before it runs the source.
+    if (typeof overrides !== "function" && outputs === undefined) {
+      checkAnnotationPlatforms(flags, [prepared.platform]);
+    }
     // Only outputs that need the engine pay for loading its client and the round trip to it.
     // It connects before the source opens, so a stopped daemon fails at once, not after a bootstrap.
     if (outputSet.wantsEngine) {

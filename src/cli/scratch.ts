@@ -362,7 +362,8 @@ async function runScratch(
       hint: "Only the program and what the flags name go into the image; drop the flag.",
     });
   }
-  const { checkOutputs, completeOutputs, openOutputs } = await import("./outputs.js");
+  const { checkAnnotationPlatforms, checkOutputs, completeOutputs, openOutputs } =
+    await import("./outputs.js");
   // Several images: as buildx, the ID file gets the digest of the index an OCI or registry output holds.
   const severalImages = targets.length > 1;
   const user = flags.user === undefined ? undefined : parseScratchUser(flags.user);
@@ -408,6 +409,11 @@ async function runScratch(
     images.push({ source, config });
   }
 
+  if (multi)
+    checkAnnotationPlatforms(
+      sharedFlags,
+      images.map(({ source }) => source.platform),
+    );
   const { runBuild } = await import("./run-build.js");
   const host = hostPlatform();
   const hostImage = images.find(({ source }) => platformsMatch(source.platform, host));

@@ -22,6 +22,7 @@ import { describe, it } from "node:test";
 import { build, type BuildResult } from "../../src/build.js";
 import {
   annotationsFromFlags,
+  checkAnnotationPlatforms,
   checkEngineAnnotations,
   compressionForName,
   describeOutput,
@@ -37,7 +38,7 @@ import type { ImageFlags } from "../../src/cli/image-options.js";
 import { makeCompression } from "../../src/compress/compression.js";
 import { InterruptedError, SinkError, UsageError } from "../../src/errors.js";
 import { annotationsFor, parseAnnotation } from "../../src/image/annotations.js";
-import { parsePlatform } from "../../src/image/platform.js";
+import { formatPlatform, parsePlatform } from "../../src/image/platform.js";
 import { parseTagReference } from "../../src/image/reference.js";
 import { TEMP_PREFIX, writeFileAtomically } from "../../src/sinks/atomic-file.js";
 import { ArchiveFile } from "../../src/sinks/oci-archive.js";
@@ -884,5 +885,32 @@ describe("a build that fails", () => {
     await mkdir(existing);
     await failInto(`type=oci,dest=${existing},tar=false`);
     assert.deepEqual(await readdir(existing), []);
+  });
+});
+
+describe("an annotation for one platform", () => {
+  const amd64 = parsePlatform("linux/amd64");
+  const arm64 = parsePlatform("linux/arm64");
+
+  it("is refused when no image for that platform is built, naming the ones that are", () => {
+    const text = "manifest[linux/riscv64]:k=v";
+    assert.throws(
+      () => checkAnnotationPlatforms({ annotation: [text] } as ImageFlags, [amd64, arm64]),
+      (error: unknown) => {
+        assert.ok(error instanceof UsageError);
+        assert.equal(
+          error.message,
+          `--annotation ${text}: no image for that platform is built, only for linux/amd64 and ${formatPlatform(arm64)}`,
+        );
+        return true;
+      },
+    );
+  });
+
+  it("is taken when one image has that platform, and one without a platform always", () => {
+    const flags = { annotation: ["manifest[linux/arm64]:k=v", "k2=v2"] } as ImageFlags;
+    checkAnnotationPlatforms(flags, [amd64, arm64]);
+    assert.throws(() => checkAnnotationPlatforms(flags, [amd64]), UsageError);
+    checkAnnotationPlatforms({ annotation: ["k2=v2"] } as ImageFlags, [amd64]);
   });
 });
