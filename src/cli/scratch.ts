@@ -319,7 +319,7 @@ export function registerScratchCommand(
   sharedOption(command, "--source-date-epoch").description =
     "build time: every file's mtime and the image's created time (default: $SOURCE_DATE_EPOCH, else the program's mtime)";
   sharedOption(command, "--user").description =
-    "run as NAME[:UID], creating /etc/passwd and /etc/group with root and that user (nonroot is 65532), or as UID[:GID] without an account";
+    "run as NAME[:UID], creating /etc/passwd and /etc/group with root and that user (nonroot is 65532) and its home /home/NAME, or as UID[:GID] without an account";
   command
     .addHelpText(
       "after",

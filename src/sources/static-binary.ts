@@ -237,13 +237,23 @@ function generatedFileEntry(imagePath: string, text: string, mtime: number): Tar
 }
 
 /**
- * `/etc/passwd` for root and `user`. Neither has a home in the image: `/nonexistent` is Debian's name for
- * "no home", and `/sbin/nologin` (absent too) marks accounts nobody logs into.
+ * The home of a named account other than root: `/home/NAME`, which the image holds, owned by the user with
+ * mode 0700, as distroless's `nonroot` has it. The engine sets `HOME` from `/etc/passwd`, and programs
+ * keep caches and configuration there (Go's `os.UserCacheDir`, `~/.config`).
+ */
+export function homeDirectory(user: ScratchUser | undefined): string | undefined {
+  return user?.name === undefined || user.uid === 0 ? undefined : `/home/${user.name}`;
+}
+
+/**
+ * `/etc/passwd` for root and `user`, who has a {@link homeDirectory}. `/sbin/nologin` (absent in the image)
+ * marks accounts nobody logs into.
  */
 export function passwdFile(user: ScratchUser | undefined): string {
   const lines = ["root:x:0:0:root:/root:/sbin/nologin"];
-  if (user?.name !== undefined && user.uid !== 0) {
-    lines.push(`${user.name}:x:${user.uid}:${user.uid}:${user.name}:/nonexistent:/sbin/nologin`);
+  const home = homeDirectory(user);
+  if (user?.name !== undefined && home !== undefined) {
+    lines.push(`${user.name}:x:${user.uid}:${user.uid}:${user.name}:${home}:/sbin/nologin`);
   }
   return `${lines.join("\n")}\n`;
 }
@@ -424,6 +434,11 @@ export class StaticBinarySource implements EntrySource {
     if (options.user?.name !== undefined) {
       tree.add(generatedFileEntry("/etc/passwd", passwdFile(options.user), mtime), "--user");
       tree.add(generatedFileEntry("/etc/group", groupFile(options.user), mtime), "--user");
+      const home = homeDirectory(options.user);
+      if (home !== undefined) {
+        const { uid } = options.user;
+        tree.add({ ...directoryEntry(entryPath(home).toString(), 0o700, mtime), uid, gid: uid }, "--user");
+      }
     }
     if (options.tmp === true) tree.add(directoryEntry("tmp", 0o1777, mtime), "--tmp");
     for (const spec of options.adds ?? []) await addCopy(tree, spec, options, mtime);

@@ -219,7 +219,7 @@ describe("mkbase scratch", () => {
     );
   });
 
-  test("--ca-certs and --tzdata put both in place; --user nonroot runs as 65532, --user 1000:2000 as those numbers", async () => {
+  test("--ca-certs and --tzdata put both in place; --user nonroot runs as 65532 with a home of its own, --user 1000:2000 as those numbers", async () => {
     const certsTag = uniqueTag("scratch-certs");
     await scratch(certsTag, [programs.certsTz, "--ca-certs", "--tzdata"]);
     const certs = await dockerRun(certsTag, []);
@@ -235,11 +235,13 @@ describe("mkbase scratch", () => {
     await scratch(userTag, [programs.whoami, "--user", "nonroot", "--tmp"]);
     const whoami = await dockerRun(userTag, []);
     assert.equal(whoami.code, 0, describeResult(whoami));
-    assert.equal(whoami.stdout, "uid=65532 gid=65532\n");
+    assert.equal(whoami.stdout, "uid=65532 gid=65532 home=/home/nonroot writable\n");
     assert.deepEqual(await imageFiles(userTag, true), [
       "/etc",
       "/etc/group",
       "/etc/passwd",
+      "/home",
+      "/home/nonroot",
       "/tmp",
       "/whoami",
     ]);
@@ -248,7 +250,7 @@ describe("mkbase scratch", () => {
     await scratch(numericTag, [programs.whoami, "--user", "1000:2000"]);
     const numeric = await dockerRun(numericTag, []);
     assert.equal(numeric.code, 0, describeResult(numeric));
-    assert.equal(numeric.stdout, "uid=1000 gid=2000\n");
+    assert.equal(numeric.stdout, "uid=1000 gid=2000 home=/ unwritable\n");
     assert.deepEqual(await imageFiles(numericTag, false), ["/whoami"]);
   });
 

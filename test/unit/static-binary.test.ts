@@ -138,6 +138,8 @@ describe("StaticBinarySource entries", () => {
       "etc/ssl directory 0755 0:0",
       "etc/ssl/certs directory 0755 0:0",
       "etc/ssl/certs/ca-certificates.crt file 0644 0:0",
+      "home directory 0755 0:0",
+      "home/nonroot directory 0700 65532:65532",
       "tmp directory 1777 0:0",
       "usr directory 0755 0:0",
       "usr/local directory 0755 0:0",
@@ -148,7 +150,7 @@ describe("StaticBinarySource entries", () => {
     assert.ok(source.entryList.every((entry) => entry.mtime === EPOCH));
     assert.equal(
       bytesOf(entryAt(source, "etc/passwd")),
-      "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/nonexistent:/sbin/nologin\n",
+      "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n",
     );
     assert.equal(bytesOf(entryAt(source, "etc/group")), "root:x:0:\nnonroot:x:65532:\n");
     const passwd = entryAt(source, "etc/passwd");
