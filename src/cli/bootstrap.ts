@@ -3,6 +3,7 @@
  * a private temp dir, cleaned, and packed into an image. Everything that can be checked without the
  * network (suite, architecture, keyring, tool, root) is checked before the bootstrapper starts.
  */
+import { tmpdir } from "node:os";
 import { Option, type Command } from "commander";
 import { ToolError, UsageError, errnoCode } from "../errors.js";
 import type { EpochChoice } from "../build.js";
@@ -244,6 +245,9 @@ async function runBootstrapBuild(
   const { readInstalledPackages, newestBuildTime } =
     await import("../sources/bootstrap/installed-packages.js");
   const { loadPathFilter } = await import("../tar/exclude.js");
+  // runBuild learns the platform only once the tree is made: check it before the bootstrapper runs.
+  const { checkAnnotationPlatforms } = await import("./outputs.js");
+  checkAnnotationPlatforms(flags, [job.platform]);
   const keepRootfs =
     flags.keepRootfs === undefined ? undefined : await checkKeepRootfsTarget(flags.keepRootfs);
   await checkPackageList(flags.packageList);
@@ -311,11 +315,20 @@ async function runBootstrapBuild(
     if (keepRootfs !== undefined && bootstrapped && !context.signal.aborted) {
       await workspace.keepRootfs(keepRootfs).catch(() => undefined);
     }
-    if (!context.signal.aborted && (await workspace.isFullTmpfs())) {
-      throw new ToolError("the tree did not fit in memory: the tmpfs mkbase built it on is full", {
-        cause: error,
-        hint: "Use --tmpfs never to build on disk in TMPDIR (set TMPDIR to a disk with room), or free memory.",
-      });
+    if (!context.signal.aborted && (await workspace.isFull())) {
+      if (workspace.plan.tmpfsBytes !== undefined) {
+        throw new ToolError("the tree did not fit in memory: the tmpfs mkbase built it on is full", {
+          cause: error,
+          hint: "Use --tmpfs never to build on disk in TMPDIR (set TMPDIR to a disk with room), or free memory.",
+        });
+      }
+      // Once the tree is made, TMPDIR also takes spooled layers, whose own errors say what filled it.
+      if (!bootstrapped) {
+        throw new ToolError(`the tree did not fit: TMPDIR=${tmpdir()}, where mkbase built it, is full`, {
+          cause: error,
+          hint: "Free space there, or point TMPDIR at a filesystem with room for the tree and the downloaded packages (e.g. TMPDIR=/var/tmp).",
+        });
+      }
     }
     throw error;
   } finally {

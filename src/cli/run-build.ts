@@ -168,8 +168,8 @@ export async function runBuild(
   let ok = false;
   let engine: EngineClient | undefined;
   try {
-    // A caller that builds several images checks them all at once, and one whose source gives the
-    // platform (a bootstrapper's) before it runs the source.
+    // A caller that builds several images checks them all at once, and a bootstrapper, whose platform
+    // comes with the tree, before it runs.
     if (typeof overrides !== "function" && outputs === undefined) {
       checkAnnotationPlatforms(flags, [prepared.platform]);
     }

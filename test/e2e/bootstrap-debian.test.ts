@@ -119,10 +119,20 @@ async function checkDebianImage(tag: string): Promise<void> {
   const state = await dockerRun(tag, [
     "sh",
     "-c",
-    "ls -A /var/lib/apt/lists | wc -l; wc -c < /etc/machine-id; ls /var/cache/apt/archives/*.deb 2>/dev/null | wc -l",
+    "find /var/lib/apt/lists -type f | wc -l; wc -c < /etc/machine-id; ls /var/cache/apt/archives/*.deb 2>/dev/null | wc -l",
   ]);
   assert.equal(state.code, 0, describeResult(state));
   assert.deepEqual(state.stdout.trim().split(/\s+/), ["0", "0", "0"], "lists, machine-id, cached packages");
+  // dpkg's own checks find nothing amiss: every package configured, every packaged file (and
+  // directory) in place, apt's dependency tree whole. No network is needed for any of them. The login
+  // records the packages created are there, emptied, as in Debian's own images.
+  const verify = await dockerRun(tag, [
+    "sh",
+    "-c",
+    "dpkg --audit && dpkg --verify && apt-get check -qq && lastlog -u root >/dev/null && faillog -u root >/dev/null && stat -c '%a %U:%G %s' /var/log/btmp",
+  ]);
+  assert.equal(verify.code, 0, describeResult(verify));
+  assert.equal(verify.stdout, "660 root:utmp 0\n", describeResult(verify));
   const hostResolv = await readFile("/etc/resolv.conf", "utf8").catch(() => "");
   const imageResolv = await fileInImage(tag, "etc/resolv.conf");
   assert.equal(imageResolv, "", "the image's resolv.conf is empty");
@@ -258,6 +268,47 @@ describe("mkbase debootstrap bookworm", () => {
     assert.ok((await stat("/dev/null")).isCharacterDevice(), "the host's /dev/null is no longer a device");
     assert.equal(await imageInspect(tag), undefined);
     assert.deepEqual(await leftBehind(before, label, tag), []);
+  });
+
+  test("a TMPDIR too small for the tree: one message that says so, and nothing left", async () => {
+    const small = await mkdtemp(join(scratch, "small-tmpdir-"));
+    await runChecked("mount", ["-t", "tmpfs", "-o", "size=48m", "mkbase-test", small]);
+    try {
+      const before = await imageIds();
+      const label = failureLabel();
+      const tag = uniqueTag("debootstrap-full");
+      const result = await runMkbase(
+        [
+          "debootstrap",
+          "bookworm",
+          "--backend",
+          "mmdebstrap",
+          "--tmpfs",
+          "never",
+          "--cache-dir",
+          cacheDir,
+          "-t",
+          tag,
+          "--label",
+          label.flag,
+        ],
+        { env: testEnv({ TMPDIR: small }), timeoutMs: 5 * 60_000 },
+      );
+      assert.equal(result.code, 6, describeResult(result));
+      assert.match(
+        result.stderr,
+        new RegExp(
+          `^mkbase: error: the tree did not fit: TMPDIR=${small}, where mkbase built it, is full\\. `,
+          "m",
+        ),
+      );
+      assert.equal(result.stderr.match(/^mkbase: error:/gm)?.length, 1, describeResult(result));
+      assert.deepEqual(await readdir(small), [], "the workspace was removed");
+      assert.ok(!(await readFile("/proc/self/mountinfo", "utf8")).includes(`${small}/`), "a mount remains");
+      assert.deepEqual(await leftBehind(before, label, tag), []);
+    } finally {
+      await runChecked("umount", [small]);
+    }
   });
 });
 

@@ -214,10 +214,16 @@ describe("cleanup profile", () => {
       "run/lock/x": "x",
       "tmp/junk": "x",
       "var/lib/apt/lists/host_dists_bookworm_InRelease": "x",
+      "var/lib/apt/lists/partial/host_dists_bookworm_InRelease": "x",
+      "var/lib/apt/lists/lock": "",
       "var/cache/apt/pkgcache.bin": "x",
       "var/cache/apt/archives/libc6.deb": "x",
       "var/log/apt/history.log": "x",
       "var/log/dpkg.log": "x",
+      "var/log/btmp": "x",
+      "var/log/wtmp": "x",
+      "var/log/lastlog": "x",
+      "var/log/faillog": "x",
       "var/lib/dpkg/status": "Package: x\n",
       "var/lib/dpkg/status-old": "x",
       "etc/machine-id": "0123456789abcdef\n",
@@ -227,12 +233,27 @@ describe("cleanup profile", () => {
       "usr/share/doc/libc6/copyright": "x",
       "usr/share/doc/libc6/changelog.gz": "x",
     });
+    chmodSync(join(root, "var/log/btmp"), 0o660);
     await cleanRootfs(root, { distribution: "debian", slim: false });
-    for (const dir of ["proc", "dev", "run", "tmp", "var/lib/apt/lists"]) {
+    for (const dir of ["proc", "dev", "run", "tmp", "var/lib/apt/lists/partial"]) {
       assert.deepEqual(readdirSync(join(root, dir)), [], dir);
     }
+    // The apt package ships the (empty) partial directory: `dpkg -V apt` must not find it missing.
+    assert.deepEqual(readdirSync(join(root, "var/lib/apt/lists")), ["partial"]);
     assert.deepEqual(readdirSync(join(root, "var/cache/apt")), ["archives"]);
-    assert.deepEqual(readdirSync(join(root, "var/log")), ["apt"]);
+    // The login records stay, emptied, with their mode: packages create them once, and `lastlog` and
+    // `faillog` fail without them.
+    assert.deepEqual(readdirSync(join(root, "var/log")).sort(), [
+      "apt",
+      "btmp",
+      "faillog",
+      "lastlog",
+      "wtmp",
+    ]);
+    for (const name of ["btmp", "faillog", "lastlog", "wtmp"]) {
+      assert.equal(statSync(join(root, "var/log", name)).size, 0, name);
+    }
+    assert.equal(statSync(join(root, "var/log/btmp")).mode & 0o777, 0o660);
     assert.deepEqual(readdirSync(join(root, "var/log/apt")), []);
     assert.equal(existsSync(join(root, "var/lib/dpkg/status")), true);
     assert.equal(existsSync(join(root, "var/lib/dpkg/status-old")), false);
@@ -338,6 +359,30 @@ describe("cleanup profile", () => {
   });
 });
 
+/** A bookworm amd64 minbase plan with the tool's default mirror and no keyring; `changes` on top. */
+function bookwormPlan(changes: Partial<DebianPlan>): DebianPlan {
+  return {
+    backend: "mmdebstrap",
+    toolPath: "/nonexistent",
+    suite: { family: "debian", suite: "bookworm", version: "12" },
+    variant: "minbase",
+    architecture: "amd64",
+    foreign: false,
+    components: ["main"],
+    include: [],
+    exclude: [],
+    mirror: undefined,
+    mirrorOrigin: "the tool's default",
+    pockets: [],
+    keyring: undefined,
+    keyringFormat: undefined,
+    insecure: true,
+    cacheDir: undefined,
+    mergedUsrHooks: undefined,
+    ...changes,
+  };
+}
+
 describe("what mkbase keeps mmdebstrap from cleaning", () => {
   it("goes once the Release date is read and the cache filled, so --no-clean gives mmdebstrap's own tree", async () => {
     const work = join(scratch, "mmdebstrap-leftovers");
@@ -367,25 +412,13 @@ describe("what mkbase keeps mmdebstrap from cleaning", () => {
       ].join("\n"),
     );
     chmodSync(tool, 0o755);
-    const plan: DebianPlan = {
+    const plan = bookwormPlan({
       backend: "mmdebstrap",
       toolPath: tool,
-      suite: { family: "debian", suite: "bookworm", version: "12" },
-      variant: "minbase",
-      architecture: "amd64",
-      foreign: false,
-      components: ["main"],
-      include: [],
-      exclude: [],
       mirror: "http://mirror/debian",
       mirrorOrigin: "--mirror",
-      pockets: [],
-      keyring: undefined,
-      keyringFormat: undefined,
-      insecure: true,
       cacheDir,
-      mergedUsrHooks: undefined,
-    };
+    });
     const outcome = await runDebianBootstrap(plan, work, target, {
       signal: new AbortController().signal,
       onProgress: () => undefined,
@@ -400,6 +433,36 @@ describe("what mkbase keeps mmdebstrap from cleaning", () => {
     assert.deepEqual(readdirSync(join(target, "var/cache/apt/archives/partial")), []);
     assert.deepEqual(readdirSync(join(target, "var/cache/apt")), ["archives"]);
     assert.deepEqual(readdirSync(join(target, "etc/apt/apt.conf.d")), ["70debconf"]);
+  });
+});
+
+describe("debootstrap's sources", () => {
+  it("warns when its default mirror leaves the image's apt without -updates and -security", async () => {
+    const work = join(scratch, "debootstrap-default-mirror");
+    const target = join(work, "rootfs");
+    mkdirSync(target, { recursive: true });
+    const tool = join(work, "debootstrap");
+    writeFileSync(tool, "#!/bin/sh\nexit 0\n");
+    chmodSync(tool, 0o755);
+    const plan = bookwormPlan({ backend: "debootstrap", toolPath: tool });
+    const warnings = async (changes: Partial<DebianPlan>): Promise<string[]> => {
+      const seen: string[] = [];
+      await runDebianBootstrap({ ...plan, ...changes }, work, target, {
+        signal: new AbortController().signal,
+        onProgress: (event) => {
+          if (event.kind === "warning") seen.push(event.message);
+        },
+        verbose: false,
+        env: { PATH: process.env.PATH },
+      });
+      return seen;
+    };
+    assert.deepEqual(await warnings({}), [
+      "debootstrap installs from bookworm alone and lists only it for apt: the image's apt sees no bookworm-updates or bookworm-security (use the mmdebstrap backend, which adds them with its default mirror, or add them to the sources in a derived image)",
+    ]);
+    // A development suite has no pockets; a --mirror is all the user asked for.
+    assert.deepEqual(await warnings({ suite: { family: "debian", suite: "sid" } }), []);
+    assert.deepEqual(await warnings({ mirror: "http://mirror/debian", mirrorOrigin: "--mirror" }), []);
   });
 });
 

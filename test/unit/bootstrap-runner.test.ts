@@ -297,17 +297,47 @@ describe("where the workspace lives (--tmpfs)", () => {
         assert.deepEqual(mounted(), [workspace.dir]);
         assert.equal(statSync(workspace.dir).mode & 0o777, 0o700);
         assert.equal(statSync(workspace.rootfs).mode & 0o777, 0o755);
-        assert.equal(await workspace.isFullTmpfs(), false);
+        assert.equal(await workspace.isFull(), false);
         // 32 MiB tmpfs: filling it leaves less room than a bootstrapper needs.
         assert.throws(() => writeFileSync(join(workspace.rootfs, "big"), Buffer.alloc(40 * 1024 * 1024)), {
           code: "ENOSPC",
         });
-        assert.equal(await workspace.isFullTmpfs(), true);
+        assert.equal(await workspace.isFull(), true);
       } finally {
         await workspace.dispose();
       }
       assert.deepEqual(mounted(), []);
       assert.equal(existsSync(workspace.dir), false);
+    },
+  );
+
+  it(
+    "a workspace in TMPDIR knows when the tree filled TMPDIR's filesystem",
+    { skip: process.geteuid?.() !== 0 },
+    async () => {
+      // A small filesystem as TMPDIR, as a CI runner's nearly full disk would be.
+      const small = join(scratch, "small-tmpdir");
+      mkdirSync(small);
+      execFileSync("mount", ["-t", "tmpfs", "-o", "size=16m", "mkbase-test", small]);
+      const saved = process.env.TMPDIR;
+      process.env.TMPDIR = small;
+      try {
+        const workspace = await BootstrapWorkspace.create();
+        try {
+          assert.equal(workspace.plan.tmpfsBytes, undefined);
+          assert.equal(await workspace.isFull(), false);
+          assert.throws(() => writeFileSync(join(workspace.rootfs, "big"), Buffer.alloc(20 * 1024 * 1024)), {
+            code: "ENOSPC",
+          });
+          assert.equal(await workspace.isFull(), true);
+        } finally {
+          await workspace.dispose();
+        }
+      } finally {
+        if (saved === undefined) delete process.env.TMPDIR;
+        else process.env.TMPDIR = saved;
+        execFileSync("umount", [small]);
+      }
     },
   );
 });

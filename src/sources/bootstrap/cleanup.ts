@@ -6,7 +6,7 @@
  * Every path is resolved inside the root without following symlinks: a rootfs may hold `var/run -> /run`,
  * and following it would delete the host's files.
  */
-import { lstat, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import { lstat, readFile, readdir, rm, truncate as truncateFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { errnoCode } from "../../errors.js";
 
@@ -53,16 +53,37 @@ async function removeChildren(root: string, rel: string, keep: (name: string) =>
   }
 }
 
-/** Removes regular files (and symlinks, sockets…) anywhere below `rel`, keeping the directories. */
-async function removeFilesBelow(root: string, rel: string): Promise<void> {
+/**
+ * Removes regular files (and symlinks, sockets…) anywhere below `rel`, keeping the directories; the
+ * regular files named in `truncate` (paths relative to the root) are emptied instead, keeping their owner
+ * and mode.
+ */
+async function removeFilesBelow(
+  root: string,
+  rel: string,
+  truncate: ReadonlySet<string> = new Set(),
+): Promise<void> {
   const dir = await insideRoot(root, rel);
   if (dir === undefined || (await lstatOrUndefined(dir))?.isDirectory() !== true) return;
   for (const name of await readdir(dir)) {
     const info = await lstat(join(dir, name));
-    if (info.isDirectory()) await removeFilesBelow(root, `${rel}/${name}`);
+    if (info.isDirectory()) await removeFilesBelow(root, `${rel}/${name}`, truncate);
+    else if (info.isFile() && truncate.has(`${rel}/${name}`)) await truncateFile(join(dir, name), 0);
     else await rm(join(dir, name), { force: true });
   }
 }
+
+/**
+ * The login records that packages create once, at their first install, with the owner and mode they
+ * need (`btmp` readable by root and group utmp only): emptied, not removed, as the distributions' own
+ * images have them. Without them `lastlog` and `faillog` fail, and nothing would create them again.
+ */
+const LOGIN_RECORDS: ReadonlySet<string> = new Set([
+  "var/log/btmp",
+  "var/log/wtmp",
+  "var/log/lastlog",
+  "var/log/faillog",
+]);
 
 async function removePath(root: string, rel: string): Promise<void> {
   const path = await insideRoot(root, rel);
@@ -100,7 +121,10 @@ const PACKAGE_STATE: Readonly<
   Record<Distribution, readonly (readonly [string, (name: string) => boolean])[]>
 > = {
   debian: [
-    ["var/lib/apt/lists", () => false],
+    // The empty `partial` directories belong to the apt package: without them `dpkg -V` reports apt's
+    // files as missing.
+    ["var/lib/apt/lists", (name) => name === "partial"],
+    ["var/lib/apt/lists/partial", () => false],
     ["var/cache/apt", (name) => name === "archives"],
     ["var/cache/apt/archives", (name) => name === "partial"],
     ["var/cache/apt/archives/partial", () => false],
@@ -205,7 +229,7 @@ export async function removeMmdebstrapLeftovers(root: string): Promise<void> {
 export async function cleanRootfs(root: string, options: CleanupOptions): Promise<void> {
   for (const dir of RUNTIME_DIRS) await removeChildren(root, dir);
   for (const [dir, keep] of PACKAGE_STATE[options.distribution]) await removeChildren(root, dir, keep);
-  await removeFilesBelow(root, "var/log");
+  await removeFilesBelow(root, "var/log", LOGIN_RECORDS);
   for (const file of HOST_FILES) await removePath(root, file);
   await removeSecrets(root, options.distribution);
   if (options.distribution === "arch") {

@@ -28,6 +28,7 @@ import {
 import {
   FAMILY_DEFAULTS,
   checkArchitecture,
+  hasPockets,
   lookupSuite,
   mirrorFromSources,
   readAptSources,
@@ -515,6 +516,14 @@ export async function runDebianBootstrap(
     });
   }
   if (plan.backend === "debootstrap" && plan.pockets.length > 0) await listPockets(target, plan, options);
+  else if (plan.backend === "debootstrap" && plan.mirror === undefined && hasPockets(plan.suite.suite)) {
+    // With its default mirror mmdebstrap adds the pockets itself; debootstrap lists the release alone,
+    // and nothing else would tell that the image's apt never sees a security fix.
+    options.onProgress({
+      kind: "warning",
+      message: `debootstrap installs from ${plan.suite.suite} alone and lists only it for apt: the image's apt sees no ${plan.suite.suite}-updates or ${plan.suite.suite}-security (use the mmdebstrap backend, which adds them with its default mirror, or add them to the sources in a derived image)`,
+    });
+  }
   const outcome = { releaseDate: await readReleaseDate(target) };
   if (plan.cacheDir !== undefined) await saveToCache(target, plan, options.signal);
   if (plan.backend === "mmdebstrap") await removeMmdebstrapLeftovers(target);

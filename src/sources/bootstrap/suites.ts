@@ -189,6 +189,11 @@ export interface Pocket {
 /** Suites that have no `-updates` or `-security` pocket: packages reach them directly. */
 const DEVELOPMENT_SUITES = new Set(["sid", "unstable", "experimental"]);
 
+/** Whether `suite` has `-updates` and `-security` pockets (a development suite has none). */
+export function hasPockets(suite: string): boolean {
+  return !DEVELOPMENT_SUITES.has(suite);
+}
+
 /**
  * The `-updates` and `-security` pockets of `suite`, laid out as the machine's apt sources lay out those
  * of its own release: `-updates` when they list one at `mirror`, `-security` at the URI where they list
@@ -202,7 +207,7 @@ export function pocketsFromSources(
   mirror: string,
   suite: string,
 ): Pocket[] {
-  if (DEVELOPMENT_SUITES.has(suite)) return [];
+  if (!hasPockets(suite)) return [];
   const known =
     family === "debian"
       ? [...Object.keys(DEBIAN_CODENAMES), ...DEBIAN_ALIASES]

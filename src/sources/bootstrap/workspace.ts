@@ -214,15 +214,17 @@ export class BootstrapWorkspace {
   }
 
   /**
-   * True when the workspace is a tmpfs with (almost) no room left: a bootstrapper's failure then most
-   * likely means the tree did not fit in memory.
+   * True when the filesystem the workspace is on (its own tmpfs, or TMPDIR's) has (almost) no room left:
+   * a bootstrapper's failure then most likely means the tree did not fit. The tools rarely say so
+   * themselves: debootstrap writes "No space left on device" only into its log inside the tree.
    */
-  async isFullTmpfs(): Promise<boolean> {
-    if (this.plan.tmpfsBytes === undefined) return false;
+  async isFull(): Promise<boolean> {
     const info = await statfs(this.dir).catch(() => undefined);
-    // What a failed package install leaves free: less than 64 MiB, or 5 % of a small tmpfs.
-    const nearlyFull = Math.min(64 * 1024 * 1024, this.plan.tmpfsBytes * 0.05);
-    return info !== undefined && info.bavail * info.bsize < nearlyFull;
+    if (info === undefined) return false;
+    // What a failed package install leaves free: less than 64 MiB, or 5 % of a small filesystem. The
+    // blocks reserved for root count as free: the bootstrappers run as root and write into them.
+    const nearlyFull = Math.min(64 * 1024 * 1024, info.blocks * info.bsize * 0.05);
+    return info.bfree * info.bsize < nearlyFull;
   }
 
   /** A path for a helper file or directory next to the rootfs. */
