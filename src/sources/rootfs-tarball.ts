@@ -4,11 +4,20 @@
  * host: its entries go straight to the pipeline, in archive order.
  */
 import { createHash } from "node:crypto";
-import { createReadStream } from "node:fs";
+import { closeSync, createReadStream, fstatSync, open } from "node:fs";
 import { access, constants, stat } from "node:fs/promises";
 import type { IncomingMessage } from "node:http";
+import { Socket } from "node:net";
 import { basename } from "node:path";
-import { errnoCode, MkbaseError, SourceError, throwIfAborted, UsageError } from "../errors.js";
+import type { Readable } from "node:stream";
+import {
+  errnoCode,
+  InterruptedError,
+  MkbaseError,
+  SourceError,
+  throwIfAborted,
+  UsageError,
+} from "../errors.js";
 import { isUntrustedCertificate } from "../net/extra-ca.js";
 import { httpGet } from "../net/http-get.js";
 import { proxyHint } from "../net/proxy.js";
@@ -256,26 +265,73 @@ function fileError(path: string, error: unknown): SourceError {
   });
 }
 
-async function* readFile(path: string, signal: AbortSignal): AsyncGenerator<Buffer> {
-  const stream = createReadStream(path, { highWaterMark: READ_CHUNK });
+/**
+ * The chunks of `stream`, ended by an {@link InterruptedError} as soon as `signal` aborts. A writer that
+ * stalls (a hung ssh behind a pipe, or behind a FIFO such as `<(…)`) would otherwise keep the pending
+ * read, and with it the whole build, waiting after a Ctrl-C or a SIGTERM: destroying a file stream does
+ * not end a read of a FIFO that is under way, so each read is raced with the signal.
+ */
+async function* chunksUntilAborted(
+  stream: NodeJS.ReadableStream,
+  signal: AbortSignal,
+): AsyncGenerator<Buffer | string> {
+  const chunks = (stream as AsyncIterable<Buffer | string>)[Symbol.asyncIterator]();
+  let stop = (): void => {};
+  const aborted = new Promise<never>((_, reject) => {
+    stop = () => reject(new InterruptedError("interrupted", { cause: signal.reason }));
+  });
+  // Settled by an abort while no read waits; the rejection is read through the race.
+  aborted.catch(() => {});
+  signal.addEventListener("abort", stop, { once: true });
   try {
-    for await (const chunk of stream as AsyncIterable<Buffer>) {
+    throwIfAborted(signal);
+    while (true) {
+      const next = await Promise.race([chunks.next(), aborted]);
+      // A chunk that was already buffered wins the race against an abort.
       throwIfAborted(signal);
-      yield chunk;
+      if (next.done === true) return;
+      yield next.value;
     }
+  } finally {
+    signal.removeEventListener("abort", stop);
+    (stream as Partial<Pick<Readable, "destroy">>).destroy?.();
+  }
+}
+
+/**
+ * A stream of the file at `path`. A FIFO (`mkbase tar <(ssh host tar -c -C / .)`) is read as a pipe, as
+ * stdin is: a file stream reads in node's thread pool, where a read of a FIFO whose writer stalls cannot
+ * be stopped, and would keep mkbase from exiting after a Ctrl-C.
+ */
+async function openFile(path: string): Promise<NodeJS.ReadableStream> {
+  const fd = await new Promise<number>((resolve, reject) => {
+    open(path, "r", (error, opened) => (error === null ? resolve(opened) : reject(error)));
+  });
+  let fifo: boolean;
+  try {
+    fifo = fstatSync(fd).isFIFO();
+  } catch (error) {
+    closeSync(fd);
+    throw error;
+  }
+  if (fifo) return new Socket({ fd, readable: true, writable: false });
+  return createReadStream(path, { fd, highWaterMark: READ_CHUNK });
+}
+
+async function* readFile(path: string, signal: AbortSignal): AsyncGenerator<Buffer> {
+  try {
+    const stream = await openFile(path);
+    for await (const chunk of chunksUntilAborted(stream, signal)) yield chunk as Buffer;
   } catch (error) {
     throwIfAborted(signal);
     if (error instanceof MkbaseError) throw error;
     throw fileError(path, error);
-  } finally {
-    stream.destroy();
   }
 }
 
 async function* readStdin(stdin: NodeJS.ReadableStream, signal: AbortSignal): AsyncGenerator<Buffer> {
   try {
-    for await (const chunk of stdin as AsyncIterable<Buffer | string>) {
-      throwIfAborted(signal);
+    for await (const chunk of chunksUntilAborted(stdin, signal)) {
       yield typeof chunk === "string" ? Buffer.from(chunk) : chunk;
     }
   } catch (error) {
@@ -295,7 +351,7 @@ async function* download(url: URL, shown: string, signal: AbortSignal): AsyncGen
   } catch (error) {
     throwIfAborted(signal);
     if (error instanceof MkbaseError) throw error;
-    throw new SourceError(`could not download ${shown}${describeCode(error)}`, {
+    throw new SourceError(`could not download ${shown}${describeCause(error)}`, {
       cause: error,
       hint: isUntrustedCertificate(error)
         ? "the server's certificate is not trusted: if its CA is a private one, name a PEM file holding it in NODE_EXTRA_CA_CERTS"
@@ -331,6 +387,15 @@ async function* download(url: URL, shown: string, signal: AbortSignal): AsyncGen
 function describeCode(error: unknown): string {
   const code = errnoCode(error);
   return code === undefined ? "" : ` (${code})`;
+}
+
+/**
+ * {@link describeCode}, or else the error's own words: a redirect loop or a redirect to another scheme
+ * has no code, and "could not download URL" alone leaves the user to guess.
+ */
+function describeCause(error: unknown): string {
+  if (errnoCode(error) !== undefined || !(error instanceof Error)) return describeCode(error);
+  return `: ${error.message}`;
 }
 
 /**

@@ -43,11 +43,70 @@ const UNSUPPORTED_MAGIC: readonly { magic: readonly number[]; name: string; tool
   { magic: [0x50, 0x4b, 0x03, 0x04], name: "zip", tool: "bsdtar -cf - @FILE" },
 ];
 
+const CONVERT_WITH_BSDTAR = "convert it to a tar archive first: `bsdtar -cf - @FILE | mkbase tar -`";
+
+/**
+ * Other archives and images a root filesystem comes in, named instead of "not a tar archive". Checked
+ * only when the input does not start like a tar header, raw or decompressed (a `.cpio.gz`).
+ */
+const OTHER_FORMATS: readonly { magic: readonly number[]; name: string; hint: string }[] = [
+  { magic: [0x37, 0x7a, 0xbc, 0xaf, 0x27, 0x1c], name: "a 7z archive", hint: CONVERT_WITH_BSDTAR },
+  // cpio: new ASCII (initramfs, Buildroot's rootfs.cpio), with CRC, old ASCII, old binary either way.
+  ...["070701", "070702", "070707"].map((magic) => ({
+    magic: [...Buffer.from(magic, "latin1")],
+    name: "a cpio archive",
+    hint: CONVERT_WITH_BSDTAR,
+  })),
+  { magic: [0xc7, 0x71], name: "a cpio archive", hint: CONVERT_WITH_BSDTAR },
+  { magic: [0x71, 0xc7], name: "a cpio archive", hint: CONVERT_WITH_BSDTAR },
+  {
+    magic: [...Buffer.from("!<arch>\n", "latin1")],
+    name: "an ar archive (a Debian package?)",
+    hint: "a .deb keeps its files in a tar archive inside: `dpkg-deb --fsys-tarfile FILE | mkbase tar -`",
+  },
+  {
+    magic: [...Buffer.from("hsqs", "latin1")],
+    name: "a SquashFS image",
+    hint: "mount it (mount -o loop,ro IMAGE DIR) and use `mkbase dir DIR`, or convert it with `sqfs2tar IMAGE | mkbase tar -`",
+  },
+];
+
+/** What `head`, which is no tar header, is when it is another kind of archive or image. */
+function otherFormat(head: Buffer): SourceError | undefined {
+  const format = OTHER_FORMATS.find((candidate) => startsWith(head, candidate.magic));
+  if (format === undefined) return undefined;
+  return new SourceError(`not a tar archive: it is ${format.name}`, { hint: format.hint });
+}
+
+/**
+ * Whether `head` starts with a zstd skippable frame (magic 0x184D2A50 to 0x184D2A5F, little-endian):
+ * pzstd, zstd's parallel compressor, writes one before each frame, and zstd -d skips them.
+ */
+function isZstdSkippableFrame(head: Buffer): boolean {
+  return (
+    head.length >= 4 &&
+    (head[0] ?? 0) >> 4 === 0x5 &&
+    head[1] === 0x2a &&
+    head[2] === 0x4d &&
+    head[3] === 0x18
+  );
+}
+
+interface DecompressTool {
+  readonly command: string;
+  /** Arguments that decompress stdin to stdout. */
+  readonly args: readonly string[];
+  /** The Debian package that has the command. */
+  readonly package: string;
+}
+
 /** Debian's command-line decompressors and the package that has each. */
-const TOOLS: Readonly<Record<"bzip2" | "xz" | "zstd", { command: string; package: string }>> = {
-  bzip2: { command: "bzip2", package: "bzip2" },
-  xz: { command: "xz", package: "xz-utils" },
-  zstd: { command: "zstd", package: "zstd" },
+const TOOLS: Readonly<Record<"bzip2" | "xz" | "zstd", DecompressTool>> = {
+  bzip2: { command: "bzip2", args: ["-dc"], package: "bzip2" },
+  xz: { command: "xz", args: ["-dc"], package: "xz-utils" },
+  // zstd decodes windows up to 128 MiB unless told more: `zstd --long=31` (and -19 --long) archives of a
+  // large tree need up to 2 GiB, and would fail as "Frame requires too much memory for decoding".
+  zstd: { command: "zstd", args: ["-dc", "--long=31"], package: "zstd" },
 };
 
 function startsWith(head: Buffer, magic: readonly number[]): boolean {
@@ -64,6 +123,7 @@ export function detectCompression(head: Buffer): Compression {
   for (const format of MAGIC) {
     if (startsWith(head, format.magic)) return format.compression;
   }
+  if (isZstdSkippableFrame(head)) return "zstd";
   for (const format of UNSUPPORTED_MAGIC) {
     if (startsWith(head, format.magic)) {
       throw new SourceError(`the input is compressed with ${format.name}, which mkbase does not read`, {
@@ -83,6 +143,8 @@ export function detectCompression(head: Buffer): Compression {
     });
   }
   if (!looksLikeTarHeader(head)) {
+    const other = otherFormat(head);
+    if (other !== undefined) throw other;
     throw new SourceError(
       "not a tar archive: it is neither compressed with gzip, bzip2, xz or zstd nor a tar header",
       {
@@ -149,8 +211,8 @@ export async function* decompress(
 }
 
 /**
- * The decompressed `chunks`, refused when they start compressed again (a `.tar.gz.gz`): the tar reader
- * would call them "not a tar archive" without saying why.
+ * The decompressed `chunks`, refused when they start compressed again (a `.tar.gz.gz`) or are another
+ * kind of archive (a `.cpio.gz`): the tar reader would call them "not a tar archive" without saying why.
  */
 async function* notCompressedAgain(
   chunks: AsyncIterable<Buffer>,
@@ -166,6 +228,8 @@ async function* notCompressedAgain(
           hint: `decompress the outer ${outer} first (e.g. \`${outer === "gzip" ? "gzip" : TOOLS[outer].command} -dc FILE > FILE.inner\`) and pass the result`,
         });
       }
+      const other = looksLikeTarHeader(chunk) ? undefined : otherFormat(chunk);
+      if (other !== undefined) throw other;
     }
     yield chunk;
   }
@@ -323,14 +387,14 @@ function firstComplaint(stderr: string, command: string): string | undefined {
     .replace(/;$/, "");
 }
 
-/** Runs `TOOL -dc` with the input on its stdin and yields its stdout. */
+/** Runs the decompressor with the input on its stdin and yields its stdout. */
 async function* decompressWithTool(
-  tool: { command: string; package: string },
+  tool: DecompressTool,
   input: AsyncIterable<Buffer>,
   signal: AbortSignal,
 ): AsyncGenerator<Buffer> {
   throwIfAborted(signal);
-  const child = spawn(tool.command, ["-dc"], { stdio: ["pipe", "pipe", "pipe"], signal });
+  const child = spawn(tool.command, tool.args, { stdio: ["pipe", "pipe", "pipe"], signal });
   let spawnError: unknown;
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
     child.on("error", (error) => {

@@ -12,10 +12,13 @@ import { HOST_ONLY_XATTRS, displayPath, sparseFileWarning, type EntryType, type 
 
 const BLOCK = 512;
 const EMPTY = Buffer.alloc(0);
+const ROOT = Buffer.from(".");
 
 /**
  * PAX records and GNU long names are read into memory; real ones are a few kilobytes (an xattr value is
- * at most 64 KiB on Linux). The limit keeps a corrupt size field from allocating gigabytes.
+ * at most 64 KiB on Linux). The limit keeps a corrupt size field from allocating gigabytes. It holds for
+ * all the extended headers before one entry together, and for all the global ones: a run of headers
+ * each under it would otherwise add up without bound, as would an old GNU sparse map's extension blocks.
  */
 const MAX_METADATA_SIZE = 16 * 1024 * 1024;
 
@@ -57,6 +60,9 @@ const TYPEFLAG_OFFSET = 156;
  * A GNU sparse file (`tar -S`, in any of GNU tar's four formats) becomes a regular file of its real
  * size: its holes read as zeros, as when GNU tar or Go's archive/tar (`docker import`) extract it. A
  * large one that is mostly holes is reported to `onWarning`. A GNU volume label (`tar -V`) is skipped.
+ * The directories of a GNU incremental dump (`tar -g`) are directories, as GNU tar extracts them without
+ * `-g`; the entries their lists mark as not dumped (a dump above level 0 leaves out what did not change)
+ * are reported to `onWarning` once, at the end.
  *
  * @throws SourceError for a truncated or corrupt archive, an input that is not a tar archive, and
  *   unknown entry types.
@@ -68,8 +74,12 @@ export async function* readTar(
 ): AsyncGenerator<TarEntry> {
   const input = new TarInput(chunks[Symbol.asyncIterator]());
   const globals = new Map<string, Buffer>();
+  /** Bytes of global PAX headers read so far. */
+  let globalsSize = 0;
   let pending = emptyPending();
   let headers = 0;
+  /** Entries that the directories of a GNU incremental dump list as not in the archive. */
+  const notDumped: NotDumped = { count: 0, first: undefined };
   try {
     while (true) {
       throwIfAborted(signal);
@@ -102,6 +112,7 @@ export async function* readTar(
             },
           );
         }
+        if (notDumped.count > 0) onWarning?.(incrementalDumpWarning(notDumped));
         await input.drain();
         return;
       }
@@ -117,15 +128,21 @@ export async function* readTar(
       headers++;
       const header = parseHeader(block, headerOffset);
       const flag = header.typeflag;
-      if (flag === "S") pending.oldGnuSparse = await readOldGnuSparseMap(block, input);
+      if (flag === "S") pending.oldGnuSparse = await readOldGnuSparseMap(block, input, pending.size);
 
       if (flag === "x" || flag === "g" || flag === "L" || flag === "K") {
-        if (header.size > MAX_METADATA_SIZE) {
+        const before = flag === "g" ? globalsSize : pending.size;
+        if (header.size > MAX_METADATA_SIZE - before) {
           throw new SourceError(
-            `corrupt tar archive: the extended header at byte ${headerOffset} claims ${header.size} bytes`,
+            `corrupt tar archive: the extended header at byte ${headerOffset} claims ${header.size} bytes` +
+              (before === 0
+                ? ""
+                : `, after ${before} bytes of ${flag === "g" ? "global" : "other"} extended headers`),
             { hint: "the file is damaged; download or create it again" },
           );
         }
+        if (flag === "g") globalsSize += header.size;
+        else pending.size += header.size;
         const data = await input.readBytes(header.size);
         await input.skip(padding(header.size));
         // A global record stands alone (git archive starts with one); the others describe the next entry.
@@ -153,6 +170,8 @@ export async function* readTar(
       }
 
       const { entry, dataSize, sparse, where } = buildEntry(header, pending, globals);
+      const dumpdir = entry.type === "directory" ? pending.pax.get("GNU.dumpdir") : undefined;
+      if (dumpdir !== undefined) new DumpdirScan(entry.path, notDumped).feed(dumpdir);
       pending = emptyPending();
       if (entry.type === "file" && entry.size > 0) {
         const layout = sparse === undefined ? undefined : await sparseLayout(input, sparse, dataSize, where);
@@ -170,9 +189,20 @@ export async function* readTar(
         await input.skip(padding(stored));
       } else {
         yield entry;
-        // GNU tar skips the data of every non-directory entry by its size field (a pax hardlink may carry
-        // the file's data); a directory's size is informational.
-        if (entry.type !== "directory" && dataSize > 0) await input.skip(dataSize + padding(dataSize));
+        if (flag === "D") {
+          // The data of an incremental dump's directory is its list of entries.
+          const scan = new DumpdirScan(entry.path, notDumped);
+          for (let remaining = dataSize; remaining > 0;) {
+            const chunk = await input.take(remaining);
+            remaining -= chunk.length;
+            scan.feed(chunk);
+          }
+          await input.skip(padding(dataSize));
+        } else if (entry.type !== "directory" && dataSize > 0) {
+          // GNU tar skips the data of every non-directory entry by its size field (a pax hardlink may
+          // carry the file's data); a directory's size is informational.
+          await input.skip(dataSize + padding(dataSize));
+        }
       }
     }
   } finally {
@@ -183,6 +213,8 @@ export async function* readTar(
 interface PendingMetadata {
   /** An extended header has been read and an entry header must follow. */
   started: boolean;
+  /** Bytes of the extended headers read for the entry, held against {@link MAX_METADATA_SIZE}. */
+  size: number;
   pax: Map<string, Buffer>;
   longName: Buffer | undefined;
   longLink: Buffer | undefined;
@@ -193,6 +225,7 @@ interface PendingMetadata {
 function emptyPending(): PendingMetadata {
   return {
     started: false,
+    size: 0,
     pax: new Map(),
     longName: undefined,
     longLink: undefined,
@@ -253,7 +286,74 @@ const TYPES: Readonly<Record<string, EntryType>> = {
   "4": "block",
   "5": "directory",
   "6": "fifo",
+  // A directory of a GNU incremental dump (tar -g); its data lists the directory's entries.
+  D: "directory",
 };
+
+/** The entries a GNU incremental dump leaves out: how many, and the path of the first. */
+interface NotDumped {
+  count: number;
+  first: Buffer | undefined;
+}
+
+/**
+ * Reads the list of a GNU incremental dump's directory (`tar -g`, `--listed-incremental`): the data of a
+ * `D` entry, or the PAX `GNU.dumpdir` of a directory in the POSIX format. It holds one record per entry
+ * of the directory, a letter and the name ending in a NUL, and an empty record at the end. `N` marks an
+ * entry that is not in the archive: unchanged since the dump of the level before, or excluded.
+ * Extracted without `-g`, GNU tar and bsdtar make the directory and ignore the list; the entries marked
+ * `N` are counted here, since an image made from a dump above level 0 lacks them.
+ */
+class DumpdirScan {
+  private atRecord = true;
+  private ended = false;
+  /** The name of the first `N` record while it is read. */
+  private name: Buffer[] | undefined;
+
+  constructor(
+    private readonly directory: Buffer,
+    private readonly notDumped: NotDumped,
+  ) {}
+
+  /** The next bytes of the list. */
+  feed(chunk: Buffer): void {
+    let i = 0;
+    while (!this.ended && i < chunk.length) {
+      if (this.atRecord) {
+        const letter = chunk[i++];
+        if (letter === 0) this.ended = true;
+        else if (letter === 0x4e) {
+          this.notDumped.count++;
+          if (this.notDumped.first === undefined && this.name === undefined) this.name = [];
+        }
+        this.atRecord = false;
+        continue;
+      }
+      const nul = chunk.indexOf(0, i);
+      const end = nul < 0 ? chunk.length : nul;
+      this.name?.push(Buffer.from(chunk.subarray(i, end)));
+      i = end;
+      if (nul >= 0) {
+        i++;
+        this.atRecord = true;
+        if (this.name !== undefined) {
+          const parent = this.directory.equals(ROOT) ? [] : [this.directory, Buffer.from("/")];
+          this.notDumped.first = Buffer.concat([...parent, ...this.name]);
+          this.name = undefined;
+        }
+      }
+    }
+  }
+}
+
+function incrementalDumpWarning(notDumped: NotDumped): string {
+  const first = displayPath(notDumped.first ?? Buffer.alloc(0));
+  return (
+    `the archive is a GNU incremental dump (tar -g) that leaves out ${notDumped.count} ` +
+    `entr${notDumped.count === 1 ? "y" : "ies"} of its directories (first: "${first}"), unchanged since ` +
+    `an earlier dump or excluded: the image lacks them; for a whole tree, give a dump of level 0 or a plain archive`
+  );
+}
 
 /**
  * Applies the header, then GNU long names, then global PAX records, then per-entry PAX records. For a
@@ -275,6 +375,15 @@ function buildEntry(
   const rawLink = pax.get("linkpath") ?? pending.longLink ?? header.linkname;
 
   let type = TYPES[header.typeflag];
+  if (header.typeflag === "M") {
+    throw new SourceError(
+      `"${displayPath(stripPath(rawName))}" continues a file from the previous volume of a multi-volume archive (tar -M)`,
+      {
+        path: displayPath(stripPath(rawName)),
+        hint: "extract all the volumes (tar -x -M -f VOL1 -f VOL2 …) and use `mkbase dir`, or recreate the archive without -M: mkbase reads a whole archive, not one volume",
+      },
+    );
+  }
   if (type === undefined) {
     const flag = header.typeflag.charCodeAt(0);
     const shownFlag = flag >= 0x21 && flag < 0x7f ? `'${header.typeflag}'` : `byte ${flag}`;
@@ -367,8 +476,11 @@ interface Sparse {
 const OLD_GNU_SPARSE = { regions: 386, slots: 4, extended: 482, realSize: [483, 495] } as const;
 const OLD_GNU_SPARSE_EXTENSION = { regions: 0, slots: 21, extended: 504 } as const;
 
-/** Reads the map of an old GNU sparse header and of the extension blocks that follow it. */
-async function readOldGnuSparseMap(block: Buffer, input: TarInput): Promise<Sparse> {
+/**
+ * Reads the map of an old GNU sparse header and of the extension blocks that follow it, which may take
+ * up what `metadataSize` bytes of extended headers before it left of {@link MAX_METADATA_SIZE}.
+ */
+async function readOldGnuSparseMap(block: Buffer, input: TarInput, metadataSize: number): Promise<Sparse> {
   const headerOffset = input.offset - BLOCK;
   const regions: SparseRegion[] = [];
   const readSlots = (
@@ -388,7 +500,15 @@ async function readOldGnuSparseMap(block: Buffer, input: TarInput): Promise<Spar
     return from[layout.extended] !== 0;
   };
   let extended = readSlots(block, OLD_GNU_SPARSE, headerOffset);
+  let size = metadataSize;
   while (extended) {
+    size += BLOCK;
+    if (size > MAX_METADATA_SIZE) {
+      throw new SourceError(
+        `corrupt tar archive: the map of the sparse file at byte ${headerOffset} runs past ${MAX_METADATA_SIZE} bytes`,
+        { hint: "the file is damaged; download or create it again" },
+      );
+    }
     const at = input.offset;
     const extension = await input.readBlock();
     if (extension === undefined) throw truncated("it ends inside the map of a sparse file");
@@ -929,7 +1049,8 @@ class EntryContentStream implements AsyncIterable<Buffer> {
  * symlink or non-directory (extracting it would write through the link); a non-directory at a path that
  * earlier entries lie below (extracting it would drop them, or send a later hard link through it); a
  * hard link whose target is not an earlier entry, is absolute, contains `..` or is a directory; a path
- * that appears twice. Absolute paths are made relative with one warning per archive. The root entry
+ * that appears twice; a name over 255 bytes or a symlink target over 4095, which Linux cannot hold (the
+ * engine fails to unpack the layer). Absolute paths are made relative with one warning per archive. The root entry
  * (`.`) is dropped. A hard link's absolute target is refused, unless the archive's paths are absolute
  * too (`tar -P`): then it is made relative like them.
  *
@@ -962,6 +1083,25 @@ export class ArchiveEntryChecker {
         path: shown(),
         hint: "an entry must stay inside the root; create the archive from inside the root directory (tar -C ROOT -c .)",
       });
+    }
+    const long = components.find((component) => component.length > NAME_MAX);
+    if (long !== undefined) {
+      throw new SourceError(
+        `"${shown()}" has a name of ${long.length} bytes, longer than the ${NAME_MAX} that Linux allows`,
+        {
+          path: shown(),
+          hint: 'no container could hold it: the engine fails with "file name too long" when it unpacks the layer; recreate the archive without it',
+        },
+      );
+    }
+    if (entry.type === "symlink" && (entry.linkname?.length ?? 0) > SYMLINK_MAX) {
+      throw new SourceError(
+        `symbolic link "${shown()}" has a target of ${entry.linkname?.length} bytes, longer than the ${SYMLINK_MAX} that Linux allows`,
+        {
+          path: shown(),
+          hint: 'no container could hold it: the engine fails with "file name too long" when it unpacks the layer; recreate the archive without it',
+        },
+      );
     }
     if (components.length === 0) {
       if (entry.type === "directory") return undefined;
@@ -1087,6 +1227,11 @@ export class ArchiveEntryChecker {
     return canonical === raw ? target : Buffer.from(canonical, "latin1");
   }
 }
+
+/** The longest name (path component) Linux file systems allow, in bytes. */
+const NAME_MAX = 255;
+/** The longest symbolic link target Linux allows, in bytes (PATH_MAX less the NUL). */
+const SYMLINK_MAX = 4095;
 
 /** An entry type as messages name it. */
 function typeName(type: EntryType): string {

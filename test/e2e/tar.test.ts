@@ -5,15 +5,25 @@
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { createReadStream } from "node:fs";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { createReadStream, createWriteStream } from "node:fs";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:http";
 import { createServer as createHttpsServer, type Server as HttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { PassThrough } from "node:stream";
 import { after, before, describe, test } from "node:test";
-import { describeResult, runChecked, runMkbase, type RunOptions, type RunResult } from "./support/cli.js";
+import {
+  describeResult,
+  runChecked,
+  runMkbase,
+  spawnMkbase,
+  waitForExit,
+  waitForStderr,
+  type RunOptions,
+  type RunResult,
+} from "./support/cli.js";
 import {
   dockerRun,
   failureLabel,
@@ -97,9 +107,12 @@ for (const [name, compressor] of [
   ["bzip2", ["bzip2", "-c"]],
   ["xz", ["xz", "-c"]],
   ["zstd", ["zstd", "-q", "-c"]],
+  // pzstd starts with a skippable frame; --long=31 from a pipe records a window of 2 GiB.
+  ["pzstd", ["pzstd", "-q", "-p", "2", "-c"]],
+  ["zstd --long=31", ["zstd", "-q", "--long=31", "-c"]],
 ] as const) {
   test(`${name}: detected from its magic bytes, same image as the plain tar`, async () => {
-    const compressed = join(work, `rootfs.tar.${name}`);
+    const compressed = join(work, `rootfs.tar.${name.replace(/\W+/g, "-")}`);
     // Through a shell for the redirections; the paths are positional parameters, never interpolated.
     await runChecked("sh", ["-c", `${compressor.join(" ")} < "$1" > "$2"`, "sh", plainTar, compressed]);
     const tag = uniqueTag(`tar-${name}`);
@@ -114,6 +127,36 @@ test("stdin (-)", async () => {
   const { id } = await mkbaseTar("-", tag, [], { input: createReadStream(plainTar) });
   assert.equal(id, plainId);
   await assertImageHoldsTree(tag);
+});
+
+test("Ctrl-C stops a read from stdin or a FIFO whose writer has stalled: exit 130 within seconds", async () => {
+  const fifo = join(work, "stalled.fifo");
+  await runChecked("mkfifo", [fifo]);
+  // The first header and part of its file, and then nothing: ssh host tar -c … hanging mid-archive.
+  const start = (await readFile(plainTar)).subarray(0, 512 + 100);
+  for (const input of ["-", fifo]) {
+    const stdin = new PassThrough();
+    const writer = input === "-" ? stdin : createWriteStream(fifo);
+    writer.on("error", () => undefined);
+    writer.write(start);
+    const dest = join(work, "stalled-rootfs.tar");
+    const child = spawnMkbase(["tar", input, "-o", `type=tar,dest=${dest}`], {
+      input: stdin,
+      timeoutMs: 60_000,
+    });
+    await waitForStderr(child, /packing tarball/);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const signalledAt = Date.now();
+    child.kill("SIGINT");
+    const result = await waitForExit(child);
+    const took = Date.now() - signalledAt;
+    writer.destroy();
+    assert.equal(result.code, 130, `${input}: ${describeResult(result)}`);
+    assert.ok(took < 5000, `${input}: took ${took} ms to stop after SIGINT`);
+    // Neither the rootfs nor a temporary file beside it.
+    const left = (await readdir(work)).filter((name) => name.includes("stalled-rootfs"));
+    assert.deepEqual(left, [], input);
+  }
 });
 
 test("a GNU sparse archive (tar -S): the container reads each file whole, zeros in its holes", async () => {

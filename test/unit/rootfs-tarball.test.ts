@@ -1,13 +1,23 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { linkSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  createWriteStream,
+  linkSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Readable } from "node:stream";
+import { PassThrough, Readable } from "node:stream";
 import { after, before, describe, test } from "node:test";
+import { gzipSync } from "node:zlib";
 import { InterruptedError, SourceError, ToolError, UsageError } from "../../src/errors.js";
 import type { ProgressEvent } from "../../src/progress.js";
 import { RootfsTarballSource, type RootfsTarballOptions } from "../../src/sources/rootfs-tarball.js";
@@ -93,6 +103,10 @@ before(async () => {
 
   server = createServer((request, response) => {
     const name = request.url?.slice(1) ?? "";
+    if (name === "loop") {
+      response.writeHead(302, { location: "/loop" }).end();
+      return;
+    }
     if (name === "cut.tar.gz") {
       // Promise more than is sent, then drop the connection.
       const data = readFileSync(join(work, "rootfs.tar.gz"));
@@ -126,6 +140,14 @@ before(async () => {
   filter("bzip2", ["-c"], plainTar, join(work, "rootfs.tar.bz2"));
   filter("xz", ["-c", "-T1"], plainTar, join(work, "rootfs.tar.xz"));
   filter("zstd", ["-c", "-q"], plainTar, join(work, "rootfs.tar.zst"));
+  // Read from a pipe, zstd --long=31 records a window of 2 GiB: plain `zstd -d` refuses anything over 128 MiB.
+  filter("zstd", ["-c", "-q", "--long=31"], plainTar, join(work, "long.tar.zst"));
+  // pzstd puts a skippable frame (magic 0x184D2A50, a length, that many bytes) before each frame.
+  const skippable = Buffer.from([0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 1, 2, 3, 4]);
+  writeFileSync(
+    join(work, "skippable.tar.zst"),
+    Buffer.concat([skippable, readFileSync(join(work, "rootfs.tar.zst")), skippable]),
+  );
 });
 
 after(async () => {
@@ -134,7 +156,7 @@ after(async () => {
 });
 
 describe("compression", () => {
-  test("gzip, multi-member gzip, pigz, bzip2, xz, zstd and plain give identical entries", async () => {
+  test("gzip, multi-member gzip, pigz, bzip2, xz, zstd (with skippable frames, with a 2 GiB window) and plain give identical entries", async () => {
     const expected = await summarize({ input: plainTar });
     assert.ok(expected.some((line) => /^usr\/bin\/tool2? file 755 .*security\.capability=01/.test(line)));
     assert.ok(expected.some((line) => /^usr\/bin\/tool2? hardlink /.test(line)));
@@ -147,6 +169,8 @@ describe("compression", () => {
       "rootfs.tar.bz2",
       "rootfs.tar.xz",
       "rootfs.tar.zst",
+      "skippable.tar.zst",
+      "long.tar.zst",
     ]) {
       assert.deepEqual(await summarize({ input: join(work, name) }), expected, name);
     }
@@ -161,10 +185,30 @@ describe("compression", () => {
     assert.equal(detectCompression(Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00, 0x00])), "xz");
     assert.equal(detectCompression(Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0x00])), "zstd");
     assert.throws(() => detectCompression(Buffer.alloc(600, 0x41)), assertSourceError(/^not a tar archive/));
+    assert.equal(detectCompression(Buffer.from([0x5e, 0x2a, 0x4d, 0x18, 0, 0, 0, 0])), "zstd");
     assert.throws(
       () => detectCompression(Buffer.from([0x04, 0x22, 0x4d, 0x18, 1, 2])),
       assertSourceError(/lz4/),
     );
+  });
+
+  test("7z, cpio, ar and SquashFS inputs are named, also inside gzip", async () => {
+    const formats: [string, Buffer][] = [
+      ["a 7z archive", Buffer.from([0x37, 0x7a, 0xbc, 0xaf, 0x27, 0x1c, 0, 4])],
+      ["a cpio archive", Buffer.from("07070100000001000041ed", "latin1")],
+      ["a cpio archive", Buffer.from("070707000001000002", "latin1")],
+      ["a cpio archive", Buffer.from([0xc7, 0x71, 0, 0xfe, 1, 0])],
+      ["an ar archive (a Debian package?)", Buffer.from("!<arch>\ndebian-binary   ", "latin1")],
+      ["a SquashFS image", Buffer.from("hsqs\x05\x00\x00\x00", "latin1")],
+    ];
+    for (const [name, head] of formats) {
+      const data = Buffer.concat([head, Buffer.alloc(2048, 0x31)]);
+      const expected = { name: "SourceError", message: `not a tar archive: it is ${name}`, hint: /\S/ };
+      assert.throws(() => detectCompression(data), expected);
+      const file = join(work, "other.gz");
+      writeFileSync(file, gzipSync(data));
+      await assert.rejects(summarize({ input: file }), expected, name);
+    }
   });
 
   test("truncated and corrupt compressed archives are SourceErrors, never shorter archives", async () => {
@@ -292,6 +336,39 @@ describe("inputs and validation", () => {
     const terminal = Object.assign(Readable.from([]), { isTTY: true });
     await assert.rejects(RootfsTarballSource.create({ input: "-", stdin: terminal }), UsageError);
   });
+
+  test(
+    "an interrupt ends a read from stdin or a FIFO whose writer has stalled",
+    { timeout: 10_000 },
+    async () => {
+      const fifo = join(work, "stalled.fifo");
+      run("mkfifo", [fifo]);
+      for (const sent of [Buffer.alloc(0), readFileSync(plainTar).subarray(0, 512 + 100)]) {
+        // Written and never ended: a producer that hangs mid-archive (ssh host tar -c … | mkbase tar -, or
+        // mkbase tar <(ssh host tar -c …)).
+        const stdin = new PassThrough();
+        const writer = createWriteStream(fifo);
+        for (const [input, stream] of [
+          ["-", stdin],
+          [fifo, writer],
+        ] as const) {
+          stream.write(sent);
+          const controller = new AbortController();
+          const source = await RootfsTarballSource.create({ input, stdin });
+          const reading = (async () => {
+            for await (const entry of source.entries(controller.signal)) {
+              if (entry.content?.kind === "stream")
+                for await (const chunk of entry.content.chunks) assert.ok(chunk);
+            }
+          })();
+          setTimeout(() => controller.abort(new Error("SIGINT")), 50);
+          await assert.rejects(reading, InterruptedError, `${input} after ${sent.length} bytes`);
+        }
+        assert.ok(stdin.destroyed);
+        writer.destroy();
+      }
+    },
+  );
 
   test("a file's sha256 is checked over all its bytes, including what follows the archive's end", async () => {
     const padded = join(work, "padded.tar");
@@ -480,6 +557,15 @@ describe("downloads", () => {
     assert.ok(lines.length > 0);
     assert.equal(events.length, 1);
     assert.equal(events[0]?.kind, "warning");
+  });
+
+  test("a redirect loop is named in the error, not only the URL", async () => {
+    await assert.rejects(
+      summarize({ input: `${baseUrl}/loop`, insecure: true }),
+      assertSourceError(
+        /^could not download http:\/\/127\.0\.0\.1:\d+\/loop: .* redirects more than 20 times$/,
+      ),
+    );
   });
 
   test("HTTP errors and cut downloads are SourceErrors", async () => {

@@ -388,6 +388,49 @@ describe("readTar on archives written by GNU tar and bsdtar", () => {
     assert.equal(entries.get("f".repeat(90))?.entry.uid, 200001);
   });
 
+  test("GNU incremental dumps (tar -g): directories with their lists skipped, and a warning for what a later level leaves out", async () => {
+    for (const format of ["gnu", "posix"]) {
+      const dir = join(work, `incremental-${format}`);
+      mkdirSync(join(dir, "a"), { recursive: true });
+      writeFileSync(join(dir, "a/one"), "1");
+      writeFileSync(join(dir, "a/two"), "2");
+      const snapshot = join(work, `incremental-${format}.snar`);
+      const read = async (level: number): Promise<{ entries: string[]; warnings: string[] }> => {
+        const file = join(work, `incremental-${format}-${level}.tar`);
+        run("tar", [`--format=${format}`, `--listed-incremental=${snapshot}`, "-C", dir, "-cf", file, "."]);
+        const warnings: string[] = [];
+        const entries: string[] = [];
+        for await (const entry of readTar(chunksOf(readFileSync(file), 700), signal, (w) =>
+          warnings.push(w),
+        )) {
+          let data = "";
+          if (entry.content?.kind === "stream")
+            for await (const chunk of entry.content.chunks) data += chunk.toString();
+          entries.push(`${entry.path.toString()} ${entry.type} ${data}`);
+        }
+        return { entries, warnings };
+      };
+      // Level 0 holds the whole tree: GNU tar marks its directories 'D' (GNU format) or gives them a
+      // GNU.dumpdir record (POSIX format).
+      const full = await read(0);
+      assert.deepEqual(
+        full.entries,
+        [". directory ", "a directory ", "a/one file 1", "a/two file 2"],
+        format,
+      );
+      assert.deepEqual(full.warnings, [], format);
+      writeFileSync(join(dir, "a/three"), "3");
+      const changes = await read(1);
+      assert.deepEqual(changes.entries, [". directory ", "a directory ", "a/three file 3"], format);
+      assert.equal(changes.warnings.length, 1, format);
+      assert.match(
+        changes.warnings[0] ?? "",
+        /^the archive is a GNU incremental dump \(tar -g\) that leaves out 2 entries of its directories \(first: "a\/one"\)/,
+        format,
+      );
+    }
+  });
+
   test("GNU base-256 numbers for owners that do not fit in octal", async () => {
     const file = join(work, "base256.tar");
     run("tar", ["--format=gnu", "--owner=:5000000", "--group=:6000000", "-C", ustarRoot, "-cf", file, "."]);
@@ -739,6 +782,11 @@ describe("readTar on hand-written archives", () => {
       ],
       ["unknown type", archive(member({ name: "weird", type: "X" })), /"weird" has the entry type 'X'/],
       [
+        "a volume after the first of a multi-volume archive",
+        archive(member({ name: "big", type: "M" })),
+        /^"big" continues a file from the previous volume of a multi-volume archive \(tar -M\)$/,
+      ],
+      [
         "sparse region past the real size",
         archive(oldGnuSparse("holes", 10, [[8, 5]], Buffer.from("01234"))),
         /sparse map has a region out of order or past the file's 10 bytes/,
@@ -800,6 +848,35 @@ describe("readTar on hand-written archives", () => {
         /the gid -1 is out of range .*"a"/,
       ],
     ];
+    // Each extended header is under the limit of 16 MiB; together they are over it.
+    const nineMiB = "v".repeat(9 * 1024 * 1024);
+    cases.push([
+      "extended headers adding up to more than 16 MiB",
+      archive(pax("x", [["a", nineMiB]]), pax("x", [["b", nineMiB]]), member({ name: "a" })),
+      /the extended header at byte 9438208 claims 9437195 bytes, after 9437195 bytes of other extended headers/,
+    ]);
+    cases.push([
+      "global headers adding up to more than 16 MiB",
+      archive(
+        pax("g", [["a", nineMiB]]),
+        member({ name: "a" }),
+        pax("g", [["b", nineMiB]]),
+        member({ name: "b" }),
+      ),
+      /claims 9437195 bytes, after 9437195 bytes of global extended headers/,
+    ]);
+    const sparseHeader = Buffer.from(oldGnuSparse("holes", 10, [[0, 0]], Buffer.alloc(0)));
+    sparseHeader[482] = 1;
+    const extension = Buffer.alloc(512);
+    extension[504] = 1;
+    cases.push([
+      "an old GNU sparse map with endless extension blocks",
+      Buffer.concat([
+        withChecksum(sparseHeader),
+        Buffer.concat(Array<Buffer>(32 * 1024 + 1).fill(extension)),
+      ]),
+      /the map of the sparse file at byte 0 runs past 16777216 bytes/,
+    ]);
     const corrupted = Buffer.from(good);
     corrupted[2560 + 10] = 0x5a; // a byte of the second header's name
     cases.push(["checksum", corrupted, /header at byte 2560 has a wrong checksum/]);
@@ -940,6 +1017,20 @@ describe("ArchiveEntryChecker", () => {
       "etc/",
     );
     assertRefused([entry(".", "file")], /root entry/, ".");
+    // Linux allows 255 bytes in a name (UTF-8 bytes, not characters); the engine cannot unpack more.
+    const long = `d/${"é".repeat(128)}`;
+    assertRefused(
+      [entry("d", "directory"), entry(long)],
+      /has a name of 256 bytes, longer than the 255/,
+      long,
+    );
+    assert.doesNotThrow(() => check([entry("d", "directory"), entry(`d/${"é".repeat(127)}x`)]));
+    assertRefused(
+      [entry("l", "symlink", "/a".repeat(2048))],
+      /symbolic link "l" has a target of 4096 bytes, longer than the 4095/,
+      "l",
+    );
+    assert.doesNotThrow(() => check([entry("l", "symlink", `${"/a".repeat(2047)}b`)]));
   });
 
   test("refuses a non-directory at a path that earlier entries lie below, naming both", () => {
