@@ -260,7 +260,8 @@ async function* resume(
 function corruptArchive(cause: unknown, detail?: string): SourceError {
   return new SourceError(`the archive is corrupt or truncated${detail === undefined ? "" : ` (${detail})`}`, {
     cause,
-    hint: "download or create it again; if you have its sha256, pass it with --sha256",
+    // Also when --sha256 was given: a damaged stream fails here, before its digest is complete.
+    hint: "download or create it again (`sha256sum FILE` against the published checksum shows a damaged download)",
   });
 }
 
