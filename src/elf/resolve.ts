@@ -85,8 +85,8 @@ export interface ResolveLibrariesOptions {
  * or soname); `DT_RPATH` of the loading object and of every object that loaded it (only while the loading
  * object has no `DT_RUNPATH`); the loading object's `DT_RUNPATH`; the directories of `/etc/ld.so.conf`
  * (standing in for `/etc/ld.so.cache`); the default directories `/lib/<triplet>`, `/usr/lib/<triplet>`,
- * `/lib64`, `/usr/lib64`, `/lib`, `/usr/lib`. Candidates of another class or machine are skipped as ld.so
- * skips them. `LD_LIBRARY_PATH` is deliberately ignored.
+ * `/lib64` and `/usr/lib64` (only in a root that is not multiarch), `/lib`, `/usr/lib`. Candidates of
+ * another class or machine are skipped as ld.so skips them. `LD_LIBRARY_PATH` is deliberately ignored.
  *
  * @throws SourceError naming every missing library and the directories searched for it
  */
@@ -143,6 +143,7 @@ class LibraryResolver {
   private readonly flavour: LoaderFlavour;
   private readonly triplet: string | undefined;
   private systemDirectoriesCache: Promise<readonly string[]> | undefined;
+  private defaultDirectoriesCache: Promise<string[]> | undefined;
 
   constructor(
     private readonly root: string,
@@ -328,7 +329,7 @@ class LibraryResolver {
     // DF_1_NODEFLIB: the object asks the loader not to look in the cache and the default directories.
     if ((object.info.flags1 & DF_1_NODEFLIB) === 0) {
       // A directory listed in ld.so.conf that is also a default one is found without the cache as well.
-      const defaults = this.defaultDirectories();
+      const defaults = await this.defaultDirectories();
       for (const directory of await this.systemDirectories()) {
         const foundBy = defaults.includes(directory) ? "default" : "ld.so.conf";
         steps.push({ foundBy, directories: [inRoot(directory)] });
@@ -507,13 +508,29 @@ class LibraryResolver {
     }
   }
 
-  /** glibc's built-in search path, multiarch first as Debian and Ubuntu configure it. */
-  private defaultDirectories(): string[] {
-    const directories: string[] = [];
-    if (this.triplet !== undefined) directories.push(`/lib/${this.triplet}`, `/usr/lib/${this.triplet}`);
-    if (this.program.class === 64) directories.push("/lib64", "/usr/lib64");
-    directories.push("/lib", "/usr/lib");
-    return directories;
+  /**
+   * glibc's built-in search path, as the loader of the root's layout has it: a multiarch root (Debian,
+   * Ubuntu: `/lib/<triplet>` or `/usr/lib/<triplet>` exists) searches `/lib/<triplet>`, `/usr/lib/<triplet>`, `/lib`, `/usr/lib`
+   * (`ld.so --list-diagnostics`, system_dirs), and not `/lib64`, where a library would be bundled yet not
+   * load; other roots (Fedora's) search `/lib64` and `/usr/lib64` for 64-bit programs.
+   */
+  private async defaultDirectories(): Promise<string[]> {
+    this.defaultDirectoriesCache ??= (async () => {
+      const triplet = this.triplet;
+      const multiarch =
+        triplet !== undefined &&
+        (
+          await Promise.all(
+            [`/lib/${triplet}`, `/usr/lib/${triplet}`].map((dir) => walkInRoot(this.root, dir)),
+          )
+        ).some((walk) => walk?.kind === "directory");
+      const directories: string[] = [];
+      if (this.triplet !== undefined) directories.push(`/lib/${this.triplet}`, `/usr/lib/${this.triplet}`);
+      if (this.program.class === 64 && !multiarch) directories.push("/lib64", "/usr/lib64");
+      directories.push("/lib", "/usr/lib");
+      return directories;
+    })();
+    return this.defaultDirectoriesCache;
   }
 
   /** musl's search path: `/etc/ld-musl-<arch>.path` (entries separated by colons or newlines) or its default. */

@@ -2,11 +2,13 @@ import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import {
   copyFile,
+  cp,
   lstat,
   mkdir,
   mkdtemp,
   readlink,
   realpath,
+  rename,
   rm,
   symlink,
   writeFile,
@@ -19,6 +21,7 @@ import { promisify } from "node:util";
 import { InterruptedError, SourceError } from "../../src/errors.js";
 import { ElfMachine, inspectElfFile } from "../../src/elf/read.js";
 import { resolveLibraries, type ResolvedFile } from "../../src/elf/resolve.js";
+import { makeGreetRoot } from "../support/glibc-root.js";
 
 const run = promisify(execFile);
 const fixtures = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../../fixtures/c");
@@ -240,6 +243,39 @@ describe("resolveLibraries", () => {
     assert.deepEqual(result.libraries, []);
     assert.ok(result.interpreter !== undefined);
     await assertLayoutReproducesLookups([result.interpreter]);
+  });
+
+  test("glibc: /usr/lib64 is searched in a root without multiarch directories only, as its loader does", async () => {
+    // Debian's loader searches /lib/<triplet>, /usr/lib/<triplet>, /lib and /usr/lib: a library found in
+    // /usr/lib64 there would be bundled, and then not load in the image.
+    const debian = path.join(workDir, "multiarch-root");
+    const program = await makeGreetRoot({
+      root: debian,
+      ldSoConf: "",
+      libraryDir: "usr/lib64",
+      fixtures,
+      program: path.join(workDir, "greet-usr-lib"),
+    });
+    const info = await inspectElfFile(program);
+    await assert.rejects(resolveLibraries(program, info, { sysroot: debian }), (error: unknown) => {
+      assert.ok(error instanceof SourceError);
+      assert.match(error.message, /needs a library not found .*: libgreet\.so/);
+      assert.doesNotMatch(error.message, /lib64/);
+      return true;
+    });
+    // Without the multiarch directory, the root is laid out as Fedora's, whose loader searches lib64.
+    const fedora = path.join(workDir, "fedora-root");
+    await cp(debian, fedora, { recursive: true, verbatimSymlinks: true });
+    for (const file of ["ld-linux-x86-64.so.2", "libc.so.6"]) {
+      await rename(path.join(fedora, "lib/x86_64-linux-gnu", file), path.join(fedora, "usr/lib64", file));
+    }
+    await rm(path.join(fedora, "lib"), { recursive: true });
+    await rm(path.join(fedora, "lib64"), { recursive: true });
+    await symlink("usr/lib64", path.join(fedora, "lib64"));
+    const result = await resolveLibraries(program, info, { sysroot: fedora });
+    const greet = result.libraries.find((entry) => entry.imagePath.endsWith("/libgreet.so"));
+    assert.equal(greet?.imagePath, "/lib64/libgreet.so", "found through /lib64, searched first");
+    assert.equal(greet?.foundBy, "default");
   });
 
   test("musl: a directory only /etc/ld-musl-<arch>.path names is not one the loader searches by itself", async () => {
