@@ -12,7 +12,7 @@ import { throwIfAborted } from "../errors.js";
 import type { Image } from "../image/image.js";
 import type { ContentBlob } from "../image/image-blobs.js";
 import { bytesEntry, directoryEntry, type TarEntry } from "../tar/entry.js";
-import { BLOCK, encodeHeader, paddingFor } from "../tar/header.js";
+import { BLOCK, encodeHeader, paddingFor, writeChecksum } from "../tar/header.js";
 import { packTar } from "../tar/pack.js";
 import { openDestination, shownDest, writeFileAtomically, type AtomicFile } from "./atomic-file.js";
 import type { LayerStore, LayerTarget } from "./compressed-layer-spool.js";
@@ -78,10 +78,7 @@ function headerBlock(entry: TarEntry): Buffer {
   if (size <= MAX_OCTAL_11 && entry.mtime <= MAX_OCTAL_11) return header;
   if (size > MAX_OCTAL_11) writeBase256(header, 124, size);
   if (entry.mtime > MAX_OCTAL_11) writeBase256(header, 136, entry.mtime);
-  // The checksum again, counted with its own field as eight spaces, written as ustarBlock writes it.
-  header.fill(0x20, 148, 156);
-  const sum = header.reduce((total, byte) => total + byte, 0);
-  header.write(`${sum.toString(8).padStart(6, "0")}\0 `, 148, "latin1");
+  writeChecksum(header);
   return header;
 }
 

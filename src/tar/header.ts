@@ -115,13 +115,17 @@ function ustarBlock(fields: {
   writeOctal(block, 329, 8, fields.devmajor);
   writeOctal(block, 337, 8, fields.devminor);
   fields.prefix.copy(block, 345, 0, Math.min(fields.prefix.length, 155));
-  // The checksum is computed with its own field read as eight spaces.
+  writeChecksum(block);
+  return block;
+}
+
+/** (Re)writes the checksum of a header block: the sum of its bytes, with its own field read as eight spaces. */
+export function writeChecksum(block: Buffer): void {
   CHECKSUM_SPACES.copy(block, 148);
   let sum = 0;
   for (let i = 0; i < BLOCK; i++) sum += block[i] ?? 0;
   writeOctal(block, 148, 7, sum);
   block[155] = 0x20;
-  return block;
 }
 
 /**
